@@ -1,0 +1,1 @@
+"""The distillation pipeline: runs as the RayJob entrypoint and under `kubedistill run`."""

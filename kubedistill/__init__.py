@@ -1,0 +1,3 @@
+"""kubedistill: knowledge distillation as a declarative Kubernetes workflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,522 @@
+"""The DistillationJob resource: "teach this small student to behave like this big teacher on this data".
+
+The pipeline (`kubedistill_jobs`), the operator and `kubedistill run` all read a job through these
+models, and `crds/` is generated from them (`python -m kubedistill.api.crdgen`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kubedistill.api.base import (
+    CONDITIONS_LIST,
+    DNS_SUBDOMAIN_PATTERN,
+    ApiModel,
+    Condition,
+    ResourceRequirements,
+    SecretKeyRef,
+    Toleration,
+    cel,
+    cel_rules,
+)
+from kubedistill.api.meta import ObjectMeta
+
+# Where models, data and outputs may live. `pkg://` names data or a model shipped inside an installed
+# Python package (`pkg://<distribution-or-module>/<path inside it>`); `hf://` a Hugging Face hub id.
+MODEL_URI_PATTERN = r"^(file://|s3://|pkg://|hf://|pvc://)\S+$|^/\S+$"
+DATA_URI_PATTERN = r"^(file://|s3://|pkg://|hf://|pvc://)\S+$|^/\S+$"
+OUTPUT_URI_PATTERN = r"^(file://|s3://|pvc://)\S+$|^/\S+$"
+HTTP_URL_PATTERN = r"^https?://\S+$"
+
+TaskType = Literal["sequence-classification", "causal-lm"]
+LossType = Literal["forward-kl", "reverse-kl", "jsd"]
+TeacherMode = Literal["cached", "online"]
+Quantization = Literal["none", "int8", "int4"]
+PruningMethod = Literal["none", "layers", "heads"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+Metric = Literal["accuracy", "macro_f1", "agreement", "kl", "perplexity", "latency"]
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class TaskSpec(ApiModel):
+    """What the student learns to do."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "self.type != 'sequence-classification' || (has(self.labels) && size(self.labels) >= 2)",
+                "sequence-classification needs at least two task.labels",
+                ".labels",
+            ),
+        )
+    }
+
+    type: TaskType = Field(description="`sequence-classification` (one label per text) or `causal-lm`.")
+    labels: list[str] | None = Field(
+        default=None,
+        description="Class names in index order (sequence-classification). Every label in the data must be one.",
+        max_length=1000,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    max_length: int = Field(default=128, description="Tokens per example; longer texts are truncated.", ge=8, le=8192)
+
+    @model_validator(mode="after")
+    def _labels_fit_task(self) -> TaskSpec:
+        if self.type == "sequence-classification" and (not self.labels or len(self.labels) < 2):
+            raise ValueError("task.labels: sequence-classification needs at least two labels, e.g. [neg, pos]")
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ValueError("task.labels: labels must be unique")
+        return self
+
+
+class TeacherEndpoint(ApiModel):
+    """An OpenAI-compatible completions endpoint that returns top-k logprobs."""
+
+    url: str = Field(description="Base URL, e.g. `https://llm.example.com/v1`.", pattern=HTTP_URL_PATTERN)
+    model: str = Field(description="Model name sent in each request.", min_length=1)
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key, sent as a bearer token."
+    )
+    timeout_seconds: float = Field(default=60.0, description="Timeout of one request.", gt=0, le=3600)
+    max_new_tokens: int = Field(default=128, description="Tokens generated per prompt.", ge=1, le=8192)
+
+
+class TeacherAdaptation(ApiModel):
+    """How a classification teacher without a trained head is adapted to the task first."""
+
+    method: Literal["auto", "head", "finetune", "none"] = Field(
+        default="auto",
+        description="`head` fits a linear head on frozen features, `finetune` trains the whole teacher, "
+        "`none` uses the teacher as is, `auto` fits a head when the teacher has none for the task.",
+    )
+    epochs: int = Field(default=3, description="Epochs of adaptation.", ge=1, le=100)
+    learning_rate: float = Field(default=2e-5, description="Learning rate of `finetune`.", gt=0, le=1)
+
+
+class TeacherSpec(ApiModel):
+    """The model that teaches: a model URI, or a remote endpoint."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("has(self.uri) != has(self.endpoint)", "set exactly one of teacher.uri and teacher.endpoint"),
+        )
+    }
+
+    uri: str | None = Field(
+        default=None,
+        description="Model location: `pkg://`, `hf://`, `s3://`, `file://`, `pvc://` or an absolute path.",
+        pattern=MODEL_URI_PATTERN,
+    )
+    gguf_file: str | None = Field(default=None, description="GGUF file inside `uri` to load (quantized checkpoints).")
+    endpoint: TeacherEndpoint | None = Field(default=None, description="A remote OpenAI-compatible teacher.")
+    adapt: TeacherAdaptation = Field(
+        default_factory=TeacherAdaptation, description="Adaptation of a classification teacher to the task."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if (self.uri is None) == (self.endpoint is None):
+            raise ValueError("teacher: set exactly one of teacher.uri (a model) and teacher.endpoint (a remote API)")
+        return self
+
+
+class StudentArchitecture(ApiModel):
+    """A fresh student of the teacher's family, sharing its tokenizer and vocabulary."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "self.hiddenSize % self.numAttentionHeads == 0",
+                "student.architecture.hiddenSize must be a multiple of numAttentionHeads",
+                ".hiddenSize",
+            ),
+        )
+    }
+
+    num_layers: int = Field(description="Transformer layers.", ge=1, le=128)
+    hidden_size: int = Field(description="Hidden size.", ge=16, le=16384)
+    num_attention_heads: int = Field(description="Attention heads.", ge=1, le=256)
+    intermediate_size: int | None = Field(
+        default=None, description="Feed-forward size; defaults to 4 × hiddenSize.", ge=16, le=65536
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> StudentArchitecture:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"student.architecture.hiddenSize ({self.hidden_size}) must be a multiple of "
+                f"numAttentionHeads ({self.num_attention_heads})"
+            )
+        return self
+
+
+class StudentFromTeacher(ApiModel):
+    """A student made of a subset of the teacher's layers (DistilBERT-style initialisation)."""
+
+    layers: list[int] | None = Field(
+        default=None,
+        description="Teacher layer indices to keep, in order. Default: every other layer.",
+        min_length=1,
+        max_length=128,
+    )
+
+
+class StudentSpec(ApiModel):
+    """The model that learns: pretrained, a fresh architecture, or derived from the teacher."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "(has(self.uri) ? 1 : 0) + (has(self.architecture) ? 1 : 0) + (has(self.fromTeacher) ? 1 : 0) == 1",
+                "set exactly one of student.uri, student.architecture and student.fromTeacher",
+            ),
+        )
+    }
+
+    uri: str | None = Field(default=None, description="A pretrained small model.", pattern=MODEL_URI_PATTERN)
+    architecture: StudentArchitecture | None = Field(
+        default=None, description="A fresh model of the teacher's family and tokenizer."
+    )
+    from_teacher: StudentFromTeacher | None = Field(
+        default=None, description="Initialise from a subset of the teacher's layers."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSpec:
+        chosen = [n for n, v in (("uri", self.uri), ("architecture", self.architecture),
+                                 ("fromTeacher", self.from_teacher)) if v is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "student: set exactly one of student.uri, student.architecture and student.fromTeacher"
+                + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        return self
+
+
+class DatasetSpec(ApiModel):
+    """The data the teacher labels and the student learns from."""
+
+    uri: str = Field(
+        description="jsonl/csv/parquet file, a folder of `<label>/*.txt`, `pkg://`, `hf://` or `s3://`.",
+        pattern=DATA_URI_PATTERN,
+    )
+    text_field: str = Field(default="text", description="Column holding the input text.", min_length=1)
+    label_field: str | None = Field(
+        default="label", description="Column holding the gold label (classification); null when unlabelled."
+    )
+    eval_fraction: float = Field(
+        default=0.2, description="Share of rows held out for evaluation (split by `training.seed`).", gt=0, lt=1
+    )
+    max_samples: int | None = Field(default=None, description="Use at most this many rows (after shuffling).", ge=2)
+
+
+class HiddenStateDistillation(ApiModel):
+    """Feature distillation: match the student's hidden states to the teacher's through a learned projection."""
+
+    enabled: bool = Field(default=False, description="Add the hidden-state loss.")
+    weight: float = Field(default=1.0, description="Weight of the hidden-state loss.", ge=0, le=100)
+
+
+class DistillationSpec(ApiModel):
+    """The distillation objective."""
+
+    loss: LossType = Field(
+        default="forward-kl",
+        description="`forward-kl` KL(teacher‖student), `reverse-kl` (MiniLLM), or `jsd` (generalized JSD, GKD).",
+    )
+    beta: float = Field(
+        default=0.5, description="Interpolation of `jsd`: 0 is forward KL, 1 is reverse KL.", ge=0, le=1
+    )
+    temperature: float = Field(default=2.0, description="Softmax temperature of both distributions.", gt=0, le=100)
+    alpha: float = Field(
+        default=0.5, description="Weight of the soft (teacher) term; 1 − alpha weighs the hard-label term.", ge=0, le=1
+    )
+    top_k: int = Field(
+        default=32, description="Teacher logits kept per token when caching (causal-lm).", ge=1, le=262144
+    )
+    teacher_mode: TeacherMode = Field(
+        default="cached", description="`cached` runs the teacher once up front, `online` in every step."
+    )
+    hidden_states: HiddenStateDistillation = Field(
+        default_factory=HiddenStateDistillation, description="Optional feature distillation."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """The optimisation loop."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!(has(self.epochs) && has(self.maxSteps))", "set training.epochs or training.maxSteps, not both"),
+        )
+    }
+
+    epochs: int | None = Field(default=None, description="Passes over the training split (default 3).", ge=1, le=10000)
+    max_steps: int | None = Field(default=None, description="Optimizer steps, instead of epochs.", ge=1, le=10_000_000)
+    batch_size: int = Field(default=32, description="Examples per step, across all workers.", ge=1, le=65536)
+    learning_rate: float = Field(default=5e-4, description="Peak learning rate (AdamW, linear decay).", gt=0, le=1)
+    weight_decay: float = Field(default=0.01, description="AdamW weight decay.", ge=0, le=1)
+    warmup_ratio: float = Field(default=0.06, description="Share of steps spent warming up.", ge=0, lt=1)
+    seed: int = Field(default=42, description="Seed of the data split, shuffling and initialisation.", ge=0)
+    checkpoint_every_steps: int = Field(default=200, description="Steps between checkpoints.", ge=1)
+    mixed_precision: MixedPrecision = Field(
+        default="auto", description="`auto` uses bf16 on GPUs that support it and fp32 on CPU."
+    )
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("training: set training.epochs or training.maxSteps, not both")
+        return self
+
+    @property
+    def resolved_epochs(self) -> int | None:
+        """Epochs to run: `epochs`, none when `maxSteps` bounds the run instead, else 3."""
+        if self.epochs is None and self.max_steps is None:
+            return 3
+        return self.epochs
+
+
+class PruningSpec(ApiModel):
+    """Structured pruning, followed by a short recovery distillation; the result stays dense."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("self.method != 'layers' || has(self.keepLayers)", "pruning method layers needs keepLayers",
+                ".keepLayers"),
+            cel("self.method != 'heads' || has(self.headRatio)", "pruning method heads needs headRatio",
+                ".headRatio"),
+        )
+    }
+
+    method: PruningMethod = Field(default="none", description="`layers`, `heads` or `none`.")
+    keep_layers: list[int] | None = Field(default=None, description="Student layer indices kept by `layers`.",
+                                          min_length=1, max_length=128)
+    head_ratio: float | None = Field(default=None, description="Share of attention heads removed by `heads`.",
+                                     gt=0, lt=1)
+    recovery_steps: int = Field(default=100, description="Distillation steps after pruning.", ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _method_args(self) -> PruningSpec:
+        if self.method == "layers" and not self.keep_layers:
+            raise ValueError("compression.pruning.keepLayers: method `layers` needs the student layers to keep")
+        if self.method == "heads" and self.head_ratio is None:
+            raise ValueError("compression.pruning.headRatio: method `heads` needs the share of heads to remove")
+        return self
+
+
+class CompressionSpec(ApiModel):
+    """How the student is shrunk for serving."""
+
+    quantization: Quantization = Field(
+        default="int8", description="`int8` (dynamic, ONNX Runtime), `int4` (weight-only, causal-lm) or `none`."
+    )
+    pruning: PruningSpec = Field(default_factory=PruningSpec, description="Optional structured pruning.")
+
+
+class GateSpec(ApiModel):
+    """The bar a student must clear; below it the job fails with reason `GateNotMet` (artifacts are kept)."""
+
+    min_retention: float | None = Field(
+        default=0.95, description="Quantized student's quality over the teacher's; null disables the gate.",
+        gt=0, le=2,
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """The student-vs-teacher gap evaluation."""
+
+    metrics: list[Metric] = Field(
+        default_factory=lambda: ["accuracy", "macro_f1", "agreement", "kl", "latency"],
+        description="Metrics to compute on the eval split.",
+        max_length=6,
+    )
+    gate: GateSpec = Field(default_factory=GateSpec, description="The pass/fail gate.")
+    routing_target: float = Field(
+        default=0.99, description="Share of the teacher's quality the recommended routing threshold keeps.",
+        gt=0, le=1,
+    )
+    max_samples: int | None = Field(default=None, description="Evaluate on at most this many eval rows.", ge=1)
+
+
+class OutputSpec(ApiModel):
+    """Where the pipeline writes the student, the Triton model repository and the report."""
+
+    uri: str = Field(
+        description="`file:///mnt/out/job`, `s3://bucket/prefix` or `pvc://claim/sub/path`; a run resumes there.",
+        pattern=OUTPUT_URI_PATTERN,
+    )
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_ENDPOINT_URL) for `s3://`.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+
+
+class RayNodeGroup(ApiModel):
+    """The pods of one Ray node group."""
+
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="CPU and memory of each pod."
+    )
+
+
+class RayWorkerGroup(RayNodeGroup):
+    """Ray workers: one Ray Train worker each."""
+
+    replicas: int = Field(default=1, description="Worker pods (and Ray Train workers).", ge=1, le=1024)
+    gpus: int = Field(default=0, description="GPUs per worker (`nvidia.com/gpu`); 0 trains on CPU.", ge=0, le=16)
+
+
+class RayClusterSpec(ApiModel):
+    """The Ray cluster KubeRay starts for the job."""
+
+    image: str = Field(default="ghcr.io/kubedistill/kubedistill-job:0.1.0",
+                       description="Image of the Ray pods; it holds the pipeline.", min_length=1)
+    ray_version: str = Field(default="2.60.0", description="Ray version in the image.", pattern=r"^\d+\.\d+\.\d+$")
+    head: RayNodeGroup = Field(default_factory=RayNodeGroup, description="The head pod.")
+    workers: RayWorkerGroup = Field(default_factory=RayWorkerGroup, description="The worker pods.")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods must run on.")
+    tolerations: list[Toleration] | None = Field(default=None, description="Taints the pods tolerate.")
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount of the pods; by default the operator's own per-job account that may "
+        "only report this job's status.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+    ttl_seconds_after_finished: int = Field(
+        default=600, description="Seconds the finished cluster is kept, for logs.", ge=0, le=604800
+    )
+    backoff_limit: int = Field(default=2, description="Retries of a failed run (each resumes).", ge=0, le=100)
+    active_deadline_seconds: int | None = Field(default=None, description="Fail the job after this long.", ge=1)
+
+
+class DistillationJobSpec(ApiModel):
+    """Teach a small student to behave like a big teacher on this data."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "self.compression.quantization != 'int4' || self.task.type == 'causal-lm'",
+                "compression.quantization int4 is for causal-lm students; use int8 for sequence-classification",
+                ".compression.quantization",
+            ),
+            cel(
+                "self.task.type != 'causal-lm' || self.distillation.teacherMode == 'online' || "
+                "!has(self.teacher.endpoint) || self.distillation.topK <= 20",
+                "an endpoint teacher exposes at most 20 logprobs: set distillation.topK <= 20",
+                ".distillation.topK",
+            ),
+            cel(
+                "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'",
+                "an endpoint teacher can only be used in distillation.teacherMode cached",
+                ".distillation.teacherMode",
+            ),
+            cel(
+                "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)",
+                "hidden-state distillation needs a teacher model, not an endpoint",
+                ".distillation.hiddenStates.enabled",
+            ),
+            cel(
+                "!has(self.student.fromTeacher) || has(self.teacher.uri)",
+                "student.fromTeacher needs teacher.uri (a model whose layers can be copied)",
+                ".student.fromTeacher",
+            ),
+            cel(
+                "!has(self.student.architecture) || has(self.teacher.uri)",
+                "student.architecture shares the teacher's tokenizer: it needs teacher.uri",
+                ".student.architecture",
+            ),
+        )
+    }
+
+    task: TaskSpec = Field(description="What the student learns to do.")
+    teacher: TeacherSpec = Field(description="The model that teaches.")
+    student: StudentSpec = Field(description="The model that learns.")
+    dataset: DatasetSpec = Field(description="Training and evaluation data.")
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="The distillation objective.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="The optimisation loop.")
+    compression: CompressionSpec = Field(default_factory=CompressionSpec, description="Shrinking for serving.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="The gap evaluation and gate.")
+    output: OutputSpec = Field(description="Where artifacts, checkpoints and the report are written.")
+    ray: RayClusterSpec = Field(default_factory=RayClusterSpec, description="The Ray cluster that runs the job.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> DistillationJobSpec:
+        if self.compression.quantization == "int4" and self.task.type != "causal-lm":
+            raise ValueError(
+                "compression.quantization: int4 is for causal-lm students; use int8 for sequence-classification"
+            )
+        endpoint = self.teacher.endpoint is not None
+        if endpoint and self.distillation.teacher_mode != "cached":
+            raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
+        if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:
+            raise ValueError("distillation.topK: an endpoint teacher exposes at most 20 logprobs: set topK <= 20")
+        if endpoint and self.distillation.hidden_states.enabled:
+            raise ValueError("distillation.hiddenStates.enabled: hidden-state distillation needs a teacher model")
+        if endpoint and (self.student.from_teacher or self.student.architecture):
+            raise ValueError(
+                "student: fromTeacher and architecture derive the student from teacher.uri; "
+                "with an endpoint teacher give student.uri"
+            )
+        return self
+
+
+class JobProgress(ApiModel):
+    """Where a running job is."""
+
+    stage: str | None = Field(default=None, description="Current stage (data, teacher, soft-targets, train, ...).")
+    percent: float | None = Field(default=None, description="Overall progress, 0-100.", ge=0, le=100)
+    step: int | None = Field(default=None, description="Training step reached.", ge=0)
+    total_steps: int | None = Field(default=None, description="Training steps planned.", ge=0)
+    estimated_remaining_seconds: int | None = Field(default=None, description="Estimated time left.", ge=0)
+
+
+class JobResults(ApiModel):
+    """The headline results of a finished job (the full report is `reportUri`)."""
+
+    retention: float | None = Field(default=None, description="Quantized student's quality over the teacher's.")
+    agreement: float | None = Field(default=None, description="Share of eval items where student and teacher agree.")
+    speedup: float | None = Field(default=None, description="Teacher p50 latency over the quantized student's.")
+    compression: float | None = Field(default=None, description="Teacher size over the quantized student's size.")
+    teacher_metric: float | None = Field(default=None, description="Teacher's primary metric on the eval split.")
+    student_metric: float | None = Field(default=None, description="Quantized student's primary metric.")
+    recommended_threshold: float | None = Field(default=None, description="Routing threshold the job recommends.")
+    escalation_rate: float | None = Field(default=None, description="Share escalated at the recommended threshold.")
+    gate_passed: bool | None = Field(default=None, description="Whether the evaluation gate passed.")
+    artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
+    report_uri: str | None = Field(default=None, description="URI of report.json.")
+    model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+
+
+class DistillationJobStatus(ApiModel):
+    """Observed state of a DistillationJob."""
+
+    phase: JobPhase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Observed conditions, keyed by type.", json_schema_extra=CONDITIONS_LIST
+    )
+    observed_generation: int | None = Field(default=None, description="Generation last acted on.", ge=0)
+    ray_job_name: str | None = Field(default=None, description="Name of the KubeRay RayJob running the pipeline.")
+    config_map_name: str | None = Field(default=None, description="Name of the ConfigMap with the resolved spec.")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount the pipeline reports with.")
+    start_time: datetime | None = Field(default=None, description="When the pipeline started.")
+    completion_time: datetime | None = Field(default=None, description="When the pipeline finished.")
+    attempt: int | None = Field(default=None, description="Run attempt (RayJob retries resume).", ge=0)
+    progress: JobProgress | None = Field(default=None, description="Live progress.")
+    metrics: dict[str, float] | None = Field(default=None, description="Live metrics (loss, eval accuracy, ...).")
+    results: JobResults | None = Field(default=None, description="Results, once the job has finished.")
+
+
+class DistillationJob(ApiModel):
+    """A DistillationJob manifest, as `kubectl apply` and `kubedistill run` read it."""
+
+    api_version: Literal["kubedistill.io/v1alpha1"] = Field(default="kubedistill.io/v1alpha1",
+                                                            description="API version.")
+    kind: Literal["DistillationJob"] = Field(default="DistillationJob", description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: DistillationJobSpec = Field(description="Desired state.")
+    status: DistillationJobStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,148 @@
+"""The layout of a job's output: what `kubedistill run` and the RayJob write, what `kubedistill serve`
+serves and what a StudentDeployment's init container fetches. One definition, used by all three.
+
+    <output>/
+      distillationjob.yaml      the resolved spec the run used (defaults filled)
+      pipeline.log              the run's log, kept next to the artifact
+      stages/<stage>.json       a marker per finished stage: a rerun skips it (resume)
+      data/                     the split, as the pipeline saw it
+      teacher/                  the task-adapted teacher (classification)
+      soft_targets/             cached teacher outputs
+      checkpoints/              training checkpoints (Ray Train)
+      student/                  the trained student: safetensors, config, tokenizer
+      train_report.json         training metrics
+      onnx/                     ONNX exports (fp32 and quantized)
+      model_repository/         what Triton serves (see below)
+      report.json, report.md    the gap evaluation (keys: kubedistill.report.Report)
+      plots/*.png
+
+    model_repository/
+      serving.json              ServingManifest: what the router needs (file at the root: Triton skips it)
+      student/config.pbtxt      platform onnxruntime_onnx
+      student/1/model.onnx      the quantized student
+      student/tokenizer.json    tokenizer files the router loads (plain files in a model folder: Triton
+      student/labels.txt        ignores them)
+      teacher/...               optional: the teacher, for colocated escalation
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from kubedistill.confidence import Signal
+
+STUDENT_MODEL = "student"
+TEACHER_MODEL = "teacher"
+SERVING_MANIFEST = "serving.json"
+MODEL_REPOSITORY = "model_repository"
+REPORT_JSON = "report.json"
+
+STAGES = ("data", "teacher", "soft-targets", "train", "compress", "evaluate", "export")
+Stage = Literal["data", "teacher", "soft-targets", "train", "compress", "evaluate", "export"]
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths inside one job's local output folder."""
+
+    root: Path
+
+    @property
+    def resolved_spec(self) -> Path:
+        return self.root / "distillationjob.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "pipeline.log"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def stage_marker(self, stage: Stage) -> Path:
+        return self.stages / f"{stage}.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def soft_targets(self) -> Path:
+        return self.root / "soft_targets"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def train_report(self) -> Path:
+        return self.root / "train_report.json"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "onnx"
+
+    @property
+    def model_repository(self) -> Path:
+        return self.root / MODEL_REPOSITORY
+
+    @property
+    def serving_manifest(self) -> Path:
+        return self.model_repository / SERVING_MANIFEST
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / REPORT_JSON
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+class ServedModel(BaseModel):
+    """One model in the repository, as the router calls it."""
+
+    name: str = Field(description="Triton model name (its folder).")
+    inputs: list[str] = Field(description="Input tensor names, in the order the tokenizer fills them (INT64).")
+    output: str = Field(description="Output tensor name (logits, FP32).")
+    max_batch_size: int = Field(description="Triton max_batch_size.")
+
+
+class ServingManifest(BaseModel):
+    """`model_repository/serving.json`: everything the router needs besides Triton itself."""
+
+    task: Literal["sequence-classification", "causal-lm"]
+    labels: list[str] | None = None
+    max_length: int
+    tokenizer: str = Field(description="Folder with tokenizer.json, relative to the model repository.")
+    student: ServedModel
+    teacher: ServedModel | None = None
+    teacher_tokenizer: str | None = Field(default=None, description="The teacher's tokenizer folder, when it differs.")
+    recommended_threshold: float | None = None
+    confidence_signal: Signal = "max-probability"
+    model_version: str = Field(description="Version of this export (the run id).")
+
+    @classmethod
+    def read(cls, model_repository: Path) -> ServingManifest:
+        return cls.model_validate_json((model_repository / SERVING_MANIFEST).read_text())
+
+    def write(self, model_repository: Path) -> None:
+        model_repository.mkdir(parents=True, exist_ok=True)
+        (model_repository / SERVING_MANIFEST).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")

@@ -1,0 +1,100 @@
+"""`report.json`: the gap evaluation's keys, written by the pipeline and read by the operator and CLI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubedistill.api.distillationjob import JobResults
+
+
+class _Open(BaseModel):
+    """Known keys are typed; extra keys (more metrics, batch-32 latencies, ...) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Latency(_Open):
+    p50: float = Field(description="Median latency at batch 1, milliseconds.")
+    p95: float = Field(description="95th percentile at batch 1, milliseconds.")
+
+
+class ModelReport(_Open):
+    params: int
+    size_bytes: int
+    metrics: dict[str, float] = Field(description="accuracy and macro_f1 (classification) or perplexity.")
+    latency_ms: Latency
+
+
+class FrontierPoint(_Open):
+    threshold: float
+    escalation_rate: float
+    accuracy: float
+
+
+class Routing(_Open):
+    signal: str = "max-probability"
+    frontier: list[FrontierPoint]
+    recommended_threshold: float | None
+    target: float
+
+
+class Gate(_Open):
+    min_retention: float | None
+    passed: bool
+
+
+class Report(_Open):
+    task: Literal["sequence-classification", "causal-lm"]
+    teacher: ModelReport
+    student: ModelReport
+    student_quantized: ModelReport
+    retention: float
+    agreement: float | None
+    speedup: float
+    compression: float
+    routing: Routing | None
+    gate: Gate
+    model_version: str | None = None
+
+    @property
+    def primary_metric(self) -> str:
+        return "perplexity" if self.task == "causal-lm" else "accuracy"
+
+    def shortfall(self) -> float:
+        """How far retention is below the gate (0 when it passed or there is no gate)."""
+        if self.gate.min_retention is None:
+            return 0.0
+        return max(0.0, self.gate.min_retention - self.retention)
+
+
+def job_results(report: Report, artifact_uri: str, report_uri: str) -> JobResults:
+    """The headline numbers a DistillationJob's status carries."""
+    routing = report.routing
+    point = None
+    if routing and routing.recommended_threshold is not None:
+        point = min(routing.frontier, key=lambda p: abs(p.threshold - routing.recommended_threshold))  # type: ignore[operator]
+    metric = report.primary_metric
+    return JobResults(
+        retention=round(report.retention, 4),
+        agreement=None if report.agreement is None else round(report.agreement, 4),
+        speedup=round(report.speedup, 2),
+        compression=round(report.compression, 2),
+        teacher_metric=report.teacher.metrics.get(metric),
+        student_metric=report.student_quantized.metrics.get(metric),
+        recommended_threshold=routing.recommended_threshold if routing else None,
+        escalation_rate=None if point is None else round(point.escalation_rate, 4),
+        gate_passed=report.gate.passed,
+        artifact_uri=artifact_uri,
+        report_uri=report_uri,
+        model_version=report.model_version,
+    )
+
+
+def load_report(text: str) -> Report:
+    return Report.model_validate_json(text)
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    return report.model_dump(mode="json")

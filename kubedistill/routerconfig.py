@@ -1,0 +1,70 @@
+"""The router sidecar's configuration: built by the operator (into a ConfigMap) and by `kubedistill serve`,
+read by the router. One definition, so the two can never drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubedistill.api.studentdeployment import (
+    ConfidenceSignal,
+    RouterMode,
+    StudentDeploymentSpec,
+    TeacherEndpointRef,
+)
+
+ROUTER_CONFIG_FILE = "router.yaml"
+ROUTER_CONFIG_DIR = "/etc/kubedistill"
+MODEL_REPOSITORY_DIR = "/models"
+TEACHER_API_KEY_FILE = "/var/run/secrets/kubedistill/teacher/api-key"
+
+
+class RouterConfig(BaseModel):
+    """Everything the router reads at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(description="Name clients use: /v1/models/<model_name>.")
+    model_repository: str = Field(default=MODEL_REPOSITORY_DIR,
+                                  description="Local folder of the model repository (serving.json, tokenizer).")
+    port: int = Field(default=8080, ge=1, le=65535)
+    triton_url: str = Field(default="localhost:8001", description="Triton's address (host:port).")
+    triton_protocol: str = Field(default="grpc", pattern="^(grpc|http)$")
+    mode: RouterMode = "route"
+    threshold: float | None = Field(default=None, ge=0, le=1,
+                                    description="None uses serving.json's recommended threshold.")
+    confidence_signal: ConfidenceSignal = "max-probability"
+    shadow_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    teacher: TeacherEndpointRef | None = Field(default=None, description="Remote teacher; None: colocated in Triton.")
+    teacher_api_key_file: str | None = Field(default=None, description="Mounted Secret file with the teacher's key.")
+    max_concurrency: int = Field(default=64, ge=1)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    max_instances: int = Field(default=256, ge=1, description="Instances per request before 400.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: StudentDeploymentSpec, threshold: float | None = None) -> RouterConfig:
+        """The config a StudentDeployment's router runs with (threshold: the resolved one, if known)."""
+        router = spec.router
+        return cls(
+            model_name=spec.model_name or name,
+            port=spec.service.port,
+            mode=router.mode,
+            threshold=router.threshold if router.threshold is not None else threshold,
+            confidence_signal=router.confidence_signal,
+            shadow_sample_rate=router.shadow_sample_rate,
+            teacher=router.teacher,
+            teacher_api_key_file=TEACHER_API_KEY_FILE if router.teacher and router.teacher.api_key_secret_ref else None,
+            max_concurrency=router.max_concurrency,
+            timeout_seconds=router.timeout_seconds,
+            max_instances=spec.triton.max_batch_size * 8,
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    @classmethod
+    def read(cls, path: str | Path) -> RouterConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))

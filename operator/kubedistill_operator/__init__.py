@@ -1,0 +1,1 @@
+"""The kopf operator: DistillationJob → RayJob, StudentDeployment → Triton + router. No torch here."""

@@ -1,0 +1,1 @@
+"""The router sidecar (student first, teacher when unsure) and `kubedistill serve`."""
