@@ -374,8 +374,11 @@ class RayWorkerGroup(RayNodeGroup):
 class RayClusterSpec(ApiModel):
     """The Ray cluster KubeRay starts for the job."""
 
-    image: str = Field(default="ghcr.io/kubedistill/kubedistill-job:0.1.0",
-                       description="Image of the Ray pods; it holds the pipeline.", min_length=1)
+    image: str | None = Field(
+        default=None,
+        description="Image of the Ray pods (it holds the pipeline); default: the operator's configured job image.",
+        min_length=1,
+    )
     ray_version: str = Field(default="2.60.0", description="Ray version in the image.", pattern=r"^\d+\.\d+\.\d+$")
     head: RayNodeGroup = Field(default_factory=RayNodeGroup, description="The head pod.")
     workers: RayWorkerGroup = Field(default_factory=RayWorkerGroup, description="The worker pods.")

@@ -26,8 +26,6 @@ DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-ROUTER_IMAGE = "ghcr.io/kubedistill/kubedistill-router:0.1.0"
-FETCHER_IMAGE = "ghcr.io/kubedistill/kubedistill-router:0.1.0"
 
 
 class JobReference(ApiModel):
@@ -129,7 +127,9 @@ class RouterSpec(ApiModel):
         )
     }
 
-    image: str = Field(default=ROUTER_IMAGE, description="Router image.", min_length=1)
+    image: str | None = Field(
+        default=None, description="Router image; default: the operator's configured router image.", min_length=1
+    )
     mode: RouterMode = Field(
         default="route",
         description="`route` escalates below the threshold, `student-only`, `teacher-only`, or `shadow` "
