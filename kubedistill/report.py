@@ -25,6 +25,8 @@ class ModelReport(_Open):
     size_bytes: int
     metrics: dict[str, float] = Field(description="accuracy and macro_f1 (classification) or perplexity.")
     latency_ms: Latency
+    latency_ms_batch32: Latency | None = Field(default=None, description="p50/p95 at batch 32, milliseconds.")
+    throughput: dict[str, float] | None = Field(default=None, description="Items/s by batch (batch1, batch32).")
 
 
 class FrontierPoint(_Open):
@@ -38,11 +40,14 @@ class Routing(_Open):
     frontier: list[FrontierPoint]
     recommended_threshold: float | None
     target: float
+    recommended: FrontierPoint | None = Field(default=None, description="The point at that threshold.")
+    teacher_accuracy: float | None = Field(default=None, description="The teacher's accuracy the target is a share of.")
 
 
 class Gate(_Open):
     min_retention: float | None
     passed: bool
+    shortfall: float = Field(default=0.0, description="How far retention fell below min_retention (0 when passed).")
 
 
 class Report(_Open):
@@ -57,6 +62,7 @@ class Report(_Open):
     routing: Routing | None
     gate: Gate
     model_version: str | None = None
+    labelled: bool | None = Field(default=None, description="False: no gold labels (agreement only).")
 
     @property
     def primary_metric(self) -> str:

@@ -1,11 +1,135 @@
-"""`kubedistill run` (placeholder registration; the pipeline fills it in)."""
+"""`kubedistill run MANIFEST [--output DIR] [--workers N]`: a DistillationJob on an embedded local Ray.
+
+Exit codes: 0 done, 2 bad input (one line naming the field), 3 the evaluation gate was not met
+(artifacts kept), 1 any other failure, 130 interrupted (rerun the same command to resume).
+Nothing heavy is imported at module level: `kubedistill --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED = 2, 1, 3, 130
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("run", help="run a DistillationJob on an embedded local Ray")
-    parser.add_argument("manifest")
-    parser.set_defaults(func=lambda args: 2)
+    parser = subparsers.add_parser(
+        "run",
+        help="run a DistillationJob on an embedded local Ray",
+        description="Run a DistillationJob manifest end to end on this machine (embedded Ray, no cluster). "
+        "Rerunning with the same output resumes: finished stages are skipped and training continues "
+        "from its last checkpoint.",
+    )
+    parser.add_argument("manifest", help="DistillationJob YAML (the same file `kubectl apply` takes)")
+    parser.add_argument("--output", metavar="DIR", help="output folder (default: the manifest's spec.output.uri)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Ray Train workers (default: spec.ray.workers.replicas, at most the CPU count)")
+    parser.add_argument("--cpus", type=int, metavar="N", help="CPUs the embedded Ray may use (default: all)")
+    parser.set_defaults(func=run_command)
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from kubedistill.api.load import ManifestError
+    from kubedistill.uris import UriError
+    from kubedistill_jobs.data import DataError
+    from kubedistill_jobs.models import ModelError
+    from kubedistill_jobs.pipeline import SpecChangedError
+    from kubedistill_jobs.preflight import PreflightError
+
+    return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # library progress bars would tear through ours
+
+    from kubedistill.api.load import ManifestError
+    from kubedistill_jobs import runner
+
+    try:
+        job = runner.load_job(args.manifest, args.output)
+        output = runner.prepare_output(job)
+    except (ManifestError, ValueError) as error:
+        return _fail("; ".join(str(error).splitlines()), EXIT_BAD_INPUT)
+    cpus = args.cpus or os.cpu_count() or 1
+    workers = args.workers or min(job.spec.ray.workers.replicas, cpus)
+    if workers < 1:
+        return _fail("--workers: at least 1", EXIT_BAD_INPUT)
+
+    import ray
+
+    from kubedistill_jobs.display import RichDisplay
+    from kubedistill_jobs.pipeline import Pipeline
+
+    bad_input = _bad_input_types()
+    display = RichDisplay()
+    pipeline = Pipeline(job, output, workers=workers, display=display)
+    try:
+        with display:  # bad input is found before Ray starts: preflight checks and the data stage need none
+            pipeline.run(stop_after="data")
+            runner.start_local_ray(cpus)
+            result = pipeline.run()
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume from {output.local}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as error:
+        cause = runner.root_cause(error)
+        if isinstance(cause, bad_input):
+            return _fail(runner.one_line(cause), EXIT_BAD_INPUT)
+        import logging
+
+        logging.getLogger(runner.LOGGER).exception("run failed")
+        return _fail(f"{type(cause).__name__}: {runner.one_line(cause)} (log: {output.local / 'pipeline.log'})",
+                     EXIT_FAILED)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    print_summary(display.console, result, output.local)
+    report = result.report
+    if report is not None and not report.gate.passed:
+        print(f"gate not met: retention {report.retention:.4f} is {report.shortfall():.4f} below "
+              f"evaluation.gate.minRetention {report.gate.min_retention} (artifacts kept in {output.local})",
+              file=sys.stderr)
+        return EXIT_GATE
+    return 0
+
+
+def print_summary(console: Any, result: Any, folder: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="kubedistill run", title_justify="left")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("result")
+    for stage, marker in result.stages.items():
+        summary = marker.get("summary") or ""
+        if stage == "data":
+            summary = f"{marker['train']} train / {marker['eval']} eval rows"
+        elif stage == "teacher":
+            summary = f"{marker['params'] / 1e6:.1f}M params, adapt {marker['method']}" + (
+                f", accuracy {marker['accuracy']:.4f}" if marker.get("accuracy") is not None else "")
+        elif stage == "train":
+            last = (marker.get("history") or [{}])[-1]
+            metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in last.items() if k.startswith("eval_"))
+            summary = f"{marker['student_params'] / 1e6:.2f}M params, {marker['steps']} steps, {metrics}"
+        table.add_row(stage, f"{marker.get('seconds', 0):.1f}", summary)
+    for stage in result.missing_stages:
+        table.add_row(stage, "-", "not installed")
+    console.print(table)
+    report = result.report
+    if report is not None:
+        metric = report.primary_metric
+        console.print(
+            f"teacher {metric} {report.teacher.metrics.get(metric, float('nan')):.4f} · quantized student "
+            f"{report.student_quantized.metrics.get(metric, float('nan')):.4f} · retention {report.retention:.4f} · "
+            f"speedup {report.speedup:.2f}x · compression {report.compression:.2f}x"
+        )
+    console.print(f"output: {folder}")

@@ -26,6 +26,8 @@ DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+# Triton's HTTP, gRPC and metrics ports, taken in every serving pod.
+TRITON_PORTS = (8000, 8001, 8002)
 
 
 class JobReference(ApiModel):
@@ -160,8 +162,23 @@ class RouterSpec(ApiModel):
 class ServiceSpec(ApiModel):
     """The Service in front of the router."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!(self.port in [8000, 8001, 8002])",
+                "service.port must not be 8000, 8001 or 8002: Triton listens on those in the same pod", ".port"),
+        )
+    }
+
     type: ServiceType = Field(default="ClusterIP", description="`ClusterIP`, `NodePort` or `LoadBalancer`.")
     port: int = Field(default=8080, description="Port of the Service (the router listens on it).", ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _port_free(self) -> ServiceSpec:
+        if self.port in TRITON_PORTS:
+            raise ValueError(
+                f"service.port: {self.port} is taken by Triton in the same pod (8000-8002); use e.g. 8080"
+            )
+        return self
 
 
 class StudentDeploymentSpec(ApiModel):

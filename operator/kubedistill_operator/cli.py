@@ -1,11 +1,77 @@
-"""`kubedistill manifests` and `kubedistill operator` (placeholder registration)."""
+"""`kubedistill manifests FILE...` and `kubedistill operator`. Imports happen inside the commands (kopf is heavy)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    for name in ("manifests", "operator"):
-        parser = subparsers.add_parser(name)
-        parser.set_defaults(func=lambda args: 2)
+    manifests = subparsers.add_parser(
+        "manifests", help="print the objects the operator would create for these resources (YAML stream)")
+    manifests.add_argument("files", nargs="+", metavar="FILE", help="DistillationJob / StudentDeployment manifests")
+    manifests.set_defaults(func=_manifests)
+
+    operator = subparsers.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="serve only this namespace (repeatable)")
+    operator.add_argument("--peering", metavar="NAME", default=None,
+                          help="kopf peering object shared by the replicas (needs kopf's peering CRDs)")
+    operator.add_argument("--standalone", action="store_true", help="no peering: this replica is the only one")
+    operator.add_argument("--liveness-port", type=int, default=8080,
+                          help="port of the liveness endpoint http://0.0.0.0:PORT/healthz (0 disables it)")
+    operator.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
+    operator.add_argument("--resync-seconds", type=float, default=600.0,
+                          help="seconds between full re-lists of the watched resources (a level-based resync)")
+    operator.set_defaults(func=_operator)
+
+
+def options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from kubedistill_operator.config import OperatorConfig
+    from kubedistill_operator.main import OperatorOptions
+
+    if args.peering and args.standalone:
+        raise SystemExit("kubedistill operator: --peering and --standalone exclude each other")
+    return OperatorOptions(
+        namespaces=tuple(args.namespace),
+        peering=args.peering,
+        standalone=args.standalone,
+        liveness_port=args.liveness_port or None,
+        kubeconfig=args.kubeconfig,
+        resync_seconds=args.resync_seconds,
+        config=OperatorConfig.from_env(),
+    )
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
+    from kubedistill_operator.main import main
+
+    try:
+        return main(options_from_args(args))
+    except ConfigException as error:
+        print(f"kubedistill operator: no cluster credentials ({error}); run it in a pod, or give --kubeconfig "
+              "or $KUBECONFIG", file=sys.stderr)
+        return 2
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kubedistill.api import ManifestError, load_manifests
+    from kubedistill_operator.config import OperatorConfig
+    from kubedistill_operator.manifests import missing_jobs, render
+
+    try:
+        resources = [r for path in args.files for r in load_manifests(path)]
+    except ManifestError as error:
+        print(error, file=sys.stderr)
+        return 2
+    for note in missing_jobs(resources):
+        print(f"note: {note}", file=sys.stderr)
+    objects = render(resources, OperatorConfig.from_env())
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    return 0

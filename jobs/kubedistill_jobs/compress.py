@@ -1,0 +1,193 @@
+"""The compress stage: optional structured pruning (+ recovery), ONNX export of the student and the
+teacher with an equivalence check on real inputs, and quantization of the student.
+
+Everything lands in `onnx/` with a `compression.json` that the evaluate and export stages read:
+    onnx/student.onnx         fp32 student (pruned, when asked)
+    onnx/student.int8.onnx    the served student (int8 / int4; absent with quantization none)
+    onnx/teacher.onnx         fp32 teacher: the latency baseline and Triton's escalation model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill.artifacts import OutputLayout
+from kubedistill_jobs.quantize import check_supported, quantized_name
+
+log = logging.getLogger(__name__)
+COMPRESSION_JSON = "compression.json"
+# Largest |PyTorch − ONNX| logit difference accepted for an fp32 export, relative to the largest logit
+# (at least 1): kernels sum in other orders, so large logits differ a little more; beyond it the graph is wrong.
+EXPORT_TOLERANCE = 1e-3
+_CHECK_ROWS = 16
+
+
+class CompressionResult(BaseModel):
+    """`onnx/compression.json`: file names are relative to `onnx/`."""
+
+    task: str
+    quantization: str
+    student_onnx: str
+    quantized_onnx: str | None
+    teacher_onnx: str | None
+    student_params: int
+    teacher_params: int
+    max_abs_diff: dict[str, float]
+    pruning: dict[str, Any] | None = None
+    recovery_losses: list[float] | None = None
+
+    def served_path(self, layout: OutputLayout) -> Path:
+        return layout.onnx / (self.quantized_onnx or self.student_onnx)
+
+    def student_path(self, layout: OutputLayout) -> Path:
+        return layout.onnx / self.student_onnx
+
+    def teacher_path(self, layout: OutputLayout) -> Path | None:
+        return None if self.teacher_onnx is None else layout.onnx / self.teacher_onnx
+
+    def write(self, layout: OutputLayout) -> None:
+        (layout.onnx / COMPRESSION_JSON).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, layout: OutputLayout) -> CompressionResult:
+        path = layout.onnx / COMPRESSION_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the compress stage first")
+        return cls.model_validate_json(path.read_text())
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    with Path(path).open() as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit is not None and len(rows) >= limit:
+                    break
+    return rows
+
+
+def load_model(path: Path, task: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    return cls.from_pretrained(str(path), dtype="float32").eval()
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def recovery_batches(spec: DistillationJobSpec, layout: OutputLayout, tokenizer: Any,
+                      teacher_tokenizer: Any) -> Callable[[], Iterator[dict[str, Any]]]:
+    import torch
+
+    rows = read_jsonl(layout.data / "train.jsonl")
+    rng = random.Random(spec.training.seed)
+    size = spec.training.batch_size
+
+    def batches() -> Iterator[dict[str, Any]]:
+        order = list(rows)
+        rng.shuffle(order)
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            texts = [r["text"] for r in chunk]
+            s = tokenizer(texts, padding=True, truncation=True, max_length=spec.task.max_length, return_tensors="pt")
+            t = teacher_tokenizer(texts, padding=True, truncation=True, max_length=spec.task.max_length,
+                                  return_tensors="pt")
+            labels = None
+            if spec.task.type == "sequence-classification":
+                labels = torch.tensor([r.get("label", -100) if r.get("label") is not None else -100 for r in chunk])
+            yield {"input_ids": s["input_ids"], "attention_mask": s["attention_mask"],
+                   "teacher_input_ids": t["input_ids"], "teacher_attention_mask": t["attention_mask"],
+                   "labels": labels}
+
+    return batches
+
+
+def compress(
+    spec: DistillationJobSpec, layout: OutputLayout, progress: Callable[[int, int], None] | None = None
+) -> None:
+    """Prune (if asked), export student and teacher to ONNX, check them, quantize the student."""
+    import torch
+
+    from kubedistill_jobs.onnx_export import compare, export_onnx, probe_inputs
+    from kubedistill_jobs.prune import prune, recover
+    from kubedistill_jobs.quantize import quantize
+
+    task = spec.task.type
+    quantization = spec.compression.quantization
+    check_supported(quantization, task)  # before any model is loaded
+    pruning = spec.compression.pruning
+    steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0)
+    done = 0
+
+    def tick(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, steps)
+
+    layout.onnx.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(layout.student)
+    student = load_model(layout.student, task)
+    teacher_tokenizer = load_tokenizer(layout.teacher)
+    teacher = load_model(layout.teacher, task)
+    rows = read_jsonl(layout.data / "eval.jsonl", _CHECK_ROWS) or read_jsonl(layout.data / "train.jsonl", _CHECK_ROWS)
+    texts = tuple(r["text"] for r in rows) or ("a probe sentence",)
+
+    pruning_info = None
+    losses = None
+    if pruning.method != "none":
+        pruning_info = prune(student, spec)
+        log.info("pruned student: %s", pruning_info)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        losses = recover(student, teacher, recovery_batches(spec, layout, tokenizer, teacher_tokenizer), spec,
+                         device=device, progress=lambda i, n: tick())
+        student.to("cpu")
+        teacher.to("cpu")
+
+    diffs: dict[str, float] = {}
+    for name, model, tok in (("student", student, tokenizer), ("teacher", teacher, teacher_tokenizer)):
+        path = layout.onnx / f"{name}.onnx"
+        export_onnx(model, tok, path, task=task, max_length=spec.task.max_length)
+        diffs[name], scale = compare(model, path, probe_inputs(tok, spec.task.max_length, texts), task)
+        log.info("%s ONNX export: max |PyTorch − ONNX| = %.2e on %d real inputs", name, diffs[name], len(texts))
+        if diffs[name] > EXPORT_TOLERANCE * max(1.0, scale):
+            raise RuntimeError(
+                f"the {name}'s ONNX graph differs from PyTorch by {diffs[name]:.3g} (logits up to {scale:.3g}) "
+                "on real inputs; the export is wrong"
+            )
+        tick()
+
+    quantized = None
+    if quantization != "none":
+        quantize(layout.onnx / "student.onnx", layout.onnx / quantized_name(quantization), quantization, task)
+        quantized = quantized_name(quantization)
+    tick()
+    CompressionResult(
+        task=task,
+        quantization=quantization,
+        student_onnx="student.onnx",
+        quantized_onnx=quantized,
+        teacher_onnx="teacher.onnx",
+        student_params=sum(p.numel() for p in student.parameters()),
+        teacher_params=sum(p.numel() for p in teacher.parameters()),
+        max_abs_diff=diffs,
+        pruning=pruning_info,
+        recovery_losses=losses,
+    ).write(layout)
+    tick()

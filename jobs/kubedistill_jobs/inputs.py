@@ -1,0 +1,64 @@
+"""What the training workers receive: tokenised splits, cached teacher outputs and the initial student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill_jobs import losses, models, soft_targets
+
+
+def classification_arrays(tokenizer: Any, rows: list[dict], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length,
+                        padding="max_length", return_tensors="np")
+    labels = np.asarray([r.get("label", losses.IGNORE_INDEX) for r in rows], dtype=np.int64)
+    return {"input_ids": encoded["input_ids"].astype(np.int32),
+            "attention_mask": encoded["attention_mask"].astype(np.int8), "labels": labels}
+
+
+def train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
+    """Training split as arrays, with the cached teacher outputs aligned row by row (cached mode)."""
+    cached = spec.distillation.teacher_mode == "cached" and soft_targets.exists(cache)
+    if spec.task.type == "sequence-classification":
+        arrays = classification_arrays(tokenizer, rows, spec.task.max_length)
+        if cached:
+            stored, meta = soft_targets.read(cache)
+            if meta["rows"] != len(rows):
+                raise ValueError(f"soft targets cache holds {meta['rows']} rows, the training split {len(rows)}")
+            arrays["logits"] = stored["logits"].astype(np.float32)
+            if spec.distillation.hidden_states.enabled:
+                arrays["features"] = stored["features"].astype(np.float32)
+        return arrays
+    if cached:  # the exact tokens the teacher saw
+        stored, _ = soft_targets.read(cache)
+        return {k: stored[k] for k in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
+    return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
+
+
+def eval_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict]) -> dict[str, np.ndarray]:
+    if spec.task.type == "sequence-classification":
+        return classification_arrays(tokenizer, rows, spec.task.max_length)
+    return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
+
+
+def load_saved_teacher(spec: DistillationJobSpec, teacher_dir: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    models._quiet_transformers()
+    auto = AutoModelForSequenceClassification if spec.task.type == "sequence-classification" else AutoModelForCausalLM
+    return auto.from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
+
+
+def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The untrained student, and what workers rebuild it from (config + weights + hidden sizes)."""
+    student = models.build_student(spec, teacher, download_dir=download_dir)
+    return student, {
+        "config": student.config,
+        "state": {k: v.detach().clone() for k, v in student.state_dict().items()},
+        "student_hidden": student.config.hidden_size,
+        "teacher_hidden": teacher.config.hidden_size,
+    }

@@ -1,0 +1,207 @@
+"""Distillation losses as pure functions over logits.
+
+Shapes: `V` is the number of classes (classification) or the vocabulary (causal LM); every function
+accepts logits of shape `(..., V)` — `(B, V)` for classification, `(B, S, V)` for a causal LM whose
+positions the caller has already aligned (student position t predicts token t + 1). `mask` is a bool
+tensor of the leading shape `(...)`; positions where it is False (padding, prompt tokens) are left out,
+and the loss is the mean over the positions that remain.
+
+The soft term is computed at temperature T on both sides and multiplied by T² (Hinton et al., 2015),
+so that its gradient keeps the same scale as the hard-label term when T changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossName = Literal["forward-kl", "reverse-kl", "jsd"]
+IGNORE_INDEX = -100
+
+
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of `values (...)` over positions where `mask (...)` is True; 0 when none are."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _kl(p_log: Tensor, q_log: Tensor) -> Tensor:
+    """KL(p ‖ q) per position, from log-probabilities `(..., V)` → `(...)`. 0·log 0 counts as 0."""
+    p = p_log.exp()
+    return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(-1)
+
+
+def kl_from_logprobs(
+    student_log: Tensor, teacher_log: Tensor, *, loss: LossName = "forward-kl", beta: float = 0.5
+) -> Tensor:
+    """The divergence between two distributions given as log-probabilities `(..., V)`, per position `(...)`.
+
+    - `forward-kl`: KL(teacher ‖ student), mean-seeking (classic KD).
+    - `reverse-kl`: KL(student ‖ teacher), mode-seeking (MiniLLM).
+    - `jsd`: generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2024) with mixture
+      m = β·teacher + (1 − β)·student: β·KL(teacher ‖ m) + (1 − β)·KL(student ‖ m). As in TRL's
+      `generalized_jsd_loss`, β = 0 is the forward KL and β = 1 the reverse KL exactly.
+    """
+    if loss == "forward-kl":
+        return _kl(teacher_log, student_log)
+    if loss == "reverse-kl":
+        return _kl(student_log, teacher_log)
+    if loss != "jsd":
+        raise ValueError(f"distillation.loss: unknown loss {loss!r}; expected forward-kl, reverse-kl or jsd")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"distillation.beta: {beta} is outside [0, 1]")
+    if beta == 0.0:
+        return _kl(teacher_log, student_log)
+    if beta == 1.0:
+        return _kl(student_log, teacher_log)
+    mixture = torch.logsumexp(
+        torch.stack([teacher_log + math.log(beta), student_log + math.log(1.0 - beta)]), dim=0
+    )
+    return beta * _kl(teacher_log, mixture) + (1.0 - beta) * _kl(student_log, mixture)
+
+
+def soft_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    loss: LossName = "forward-kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """T²·D(teacher_T, student_T) averaged over positions; logits `(..., V)` on both sides, a scalar."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
+            "student and teacher must share the label set (classification) or the vocabulary (causal-lm)"
+        )
+    student_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_position = kl_from_logprobs(student_log, teacher_log, loss=loss, beta=beta)
+    return temperature**2 * _masked_mean(per_position, mask)
+
+
+def topk_soft_loss(
+    student_logits: Tensor,
+    teacher_topk_values: Tensor,
+    teacher_topk_indices: Tensor,
+    *,
+    loss: LossName = "forward-kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """The soft loss against cached top-k teacher logits; equals `soft_loss` when k = V.
+
+    student_logits `(..., V)`; teacher_topk_values `(..., k)` (raw teacher logits of its k most likely
+    tokens) and teacher_topk_indices `(..., k)` (their token ids). The teacher distribution is its
+    softmax renormalised over those k tokens (the mass outside is unknown, so taken as 0).
+
+    - forward KL: Σ_k p_t · (log p_t − log q_s), with q_s the student's full-vocabulary softmax, so the
+      loss also pulls student mass out of the tokens the teacher left out.
+    - reverse KL and JSD: both distributions renormalised over the k tokens (a reverse KL against a
+      teacher with zero mass outside them would be infinite).
+    """
+    k = teacher_topk_values.shape[-1]
+    vocab = student_logits.shape[-1]
+    if k > vocab:
+        raise ValueError(f"distillation.topK: k = {k} is larger than the vocabulary ({vocab})")
+    if teacher_topk_indices.shape != teacher_topk_values.shape:
+        raise ValueError("teacher top-k values and indices must have the same shape (..., k)")
+    teacher_log = F.log_softmax(teacher_topk_values.float() / temperature, dim=-1)
+    scaled = student_logits.float() / temperature
+    gathered = scaled.gather(-1, teacher_topk_indices.long())
+    if loss == "forward-kl":
+        student_log = gathered - torch.logsumexp(scaled, dim=-1, keepdim=True)
+    else:
+        student_log = F.log_softmax(gathered, dim=-1)
+    per_position = kl_from_logprobs(student_log, teacher_log, loss=loss, beta=beta)
+    return temperature**2 * _masked_mean(per_position, mask)
+
+
+def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Cross-entropy with the gold labels: logits `(..., V)`, labels `(...)` (ignore_index skipped); 0 if none."""
+    flat_labels = labels.reshape(-1)
+    if not bool((flat_labels != ignore_index).any()):
+        return student_logits.float().sum() * 0.0  # keeps the graph, contributes nothing
+    return F.cross_entropy(
+        student_logits.float().reshape(-1, student_logits.shape[-1]), flat_labels, ignore_index=ignore_index
+    )
+
+
+class LossParts(NamedTuple):
+    """The total loss and its parts (all scalars); `total` is what is back-propagated."""
+
+    total: Tensor
+    soft: Tensor
+    hard: Tensor
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor | None,
+    *,
+    loss: LossName = "forward-kl",
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    teacher_topk_indices: Tensor | None = None,
+    mask: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> LossParts:
+    """alpha · T² · D(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels).
+
+    student_logits `(..., V)`. teacher_logits: full teacher logits `(..., V)`, or cached top-k values
+    `(..., k)` when `teacher_topk_indices (..., k)` is given. labels `(...)` with `ignore_index` where
+    there is no gold label, or None (unlabelled data: the hard term is 0). mask `(...)`: positions that
+    count in the soft term; when None and labels are given, positions whose label is `ignore_index`
+    are left out of the soft term too (label masking for causal LMs).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distillation.alpha: {alpha} is outside [0, 1]")
+    if mask is None and labels is not None and student_logits.dim() > 2:
+        mask = labels != ignore_index
+    zero = student_logits.float().sum() * 0.0
+    soft = zero
+    if teacher_logits is not None and alpha > 0:
+        if teacher_topk_indices is not None:
+            soft = topk_soft_loss(student_logits, teacher_logits, teacher_topk_indices, loss=loss,
+                                  temperature=temperature, beta=beta, mask=mask)
+        else:
+            soft = soft_loss(student_logits, teacher_logits, loss=loss, temperature=temperature, beta=beta, mask=mask)
+    hard = zero if labels is None else hard_loss(student_logits, labels, ignore_index=ignore_index)
+    if teacher_logits is None:  # no teacher signal: plain supervised training
+        return LossParts(hard, soft, hard)
+    return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)
+
+
+class HiddenStateProjection(nn.Module):
+    """Feature distillation: a learned linear map from the student's hidden size to the teacher's.
+
+    `forward(student_hidden (..., H_s), teacher_hidden (..., H_t), mask (...) | None)` returns the mean
+    squared error between the projected student states and the teacher's, averaged over features and
+    the positions in `mask`. The projection is trained with the student and discarded afterwards.
+    """
+
+    def __init__(self, student_hidden: int, teacher_hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(student_hidden, teacher_hidden)
+
+    def forward(self, student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        projected = self.proj(student_hidden.to(self.proj.weight.dtype))
+        per_position = (projected.float() - teacher_hidden.float()).pow(2).mean(-1)
+        return _masked_mean(per_position, mask)
+
+
+def hidden_state_loss(
+    projection: HiddenStateProjection, student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """MSE(projection(student_hidden), teacher_hidden) over the positions in mask; see HiddenStateProjection."""
+    return projection(student_hidden, teacher_hidden, mask)

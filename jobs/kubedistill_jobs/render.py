@@ -1,0 +1,188 @@
+"""report.md and the PNG plots of a gap evaluation (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubedistill.report import Report
+
+MODEL_TITLES = {"teacher": "teacher (fp32)", "student": "student (fp32)", "student_quantized": "student (quantized)"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_frontier(report: Report, path: Path) -> Path | None:
+    if report.routing is None:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    signals = (report.routing.model_extra or {}).get("signals") or {
+        report.routing.signal: {"frontier": [p.model_dump() for p in report.routing.frontier]}
+    }
+    for name, data in signals.items():
+        pts = sorted(data["frontier"], key=lambda p: p["escalation_rate"])
+        ax.plot([p["escalation_rate"] for p in pts], [p["accuracy"] for p in pts], label=name, marker=".", ms=3)
+    extra = report.routing.model_extra or {}
+    teacher_acc = report.routing.teacher_accuracy
+    if teacher_acc is not None:
+        ax.axhline(teacher_acc, color="grey", ls="--", lw=1, label="teacher")
+        ax.axhline(teacher_acc * report.routing.target, color="grey", ls=":", lw=1,
+                   label=f"target ({report.routing.target:.0%} of teacher)")
+    rec = report.routing.recommended
+    if rec:
+        ax.scatter([rec.escalation_rate], [rec.accuracy], color="red", zorder=5,
+                   label=f"recommended (threshold {rec.threshold:.3f})")
+    ax.set_xlabel("share escalated to the teacher")
+    ax.set_ylabel(f"cascade accuracy (vs {extra.get('reference', 'gold labels')})")
+    ax.set_title("Routing frontier")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_training(history: list[dict[str, Any]] | None, path: Path) -> Path | None:
+    if not history:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    for key in ("train_loss", "soft_loss", "hard_loss"):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax.plot(steps, values, label=key, marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    handles, names = ax.get_legend_handles_labels()
+    eval_key = next((k for k in ("eval_accuracy", "eval_perplexity") if any(k in h for h in history)), None)
+    if eval_key:
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h.get(eval_key) for h in history], color="black", ls="--", marker="o", label=eval_key)
+        ax2.set_ylabel(eval_key)
+        more, more_names = ax2.get_legend_handles_labels()
+        handles, names = handles + more, names + more_names
+    ax.legend(handles, names, loc="center right", fontsize=7)
+    ax.set_title("Training")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_comparison(report: Report, path: Path) -> Path:
+    plt = _pyplot()
+    metric = report.primary_metric
+    models = [(MODEL_TITLES[n], getattr(report, n)) for n in MODEL_TITLES]
+    panels = [
+        ("size (MB)", [m.size_bytes / 1e6 for _, m in models]),
+        ("latency p50, batch 1 (ms)", [m.latency_ms.p50 for _, m in models]),
+        (metric, [m.metrics.get(metric, m.metrics.get("agreement", 0.0)) for _, m in models]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        bars = ax.bar([t for t, _ in models], values, color=colors)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=15)
+    fig.suptitle(f"speedup {report.speedup:.1f}×, compression {report.compression:.1f}×, "
+                 f"retention {report.retention:.3f}", fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plots(report: Report, history: list[dict[str, Any]] | None, folder: Path) -> dict[str, Path]:
+    out = {
+        "frontier": plot_frontier(report, folder / "routing_frontier.png"),
+        "training": plot_training(history, folder / "training_curves.png"),
+        "comparison": plot_comparison(report, folder / "comparison.png"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
+    """A human summary: the decision first, then the table, the routing, the plots."""
+    extra = report.model_extra or {}
+    metric = report.primary_metric
+    gate = report.gate
+    if gate.min_retention is None:
+        verdict = "no gate configured"
+    elif gate.passed:
+        verdict = f"**gate passed**: retention {report.retention:.4f} ≥ {gate.min_retention}"
+    else:
+        verdict = (f"**gate not met**: retention {report.retention:.4f} < {gate.min_retention} "
+                   f"(short by {report.shortfall():.4f})")
+    lines = [
+        f"# Distillation report ({report.task})",
+        "",
+        f"Model version `{report.model_version}`; {verdict}.",
+        f"Speedup {report.speedup:.2f}× (batch 1, teacher p50 / quantized student p50), compression "
+        f"{report.compression:.2f}× (teacher size / quantized student size), agreement with the teacher "
+        f"{_fmt(report.agreement)}.",
+        "",
+    ]
+    if report.labelled is False and report.task == "sequence-classification":
+        lines += ["The eval split has no gold labels: quality is agreement with the teacher only.", ""]
+    metric_keys = sorted({k for n in MODEL_TITLES for k in getattr(report, n).metrics})
+    lines += [
+        "| model | params | size (MB) | " + " | ".join(metric_keys)
+        + " | p50 b1 (ms) | p95 b1 (ms) | p50 b32 (ms) | items/s b32 |",
+        "|---|---:|---:|" + "---:|" * len(metric_keys) + "---:|---:|---:|---:|",
+    ]
+    for name, title in MODEL_TITLES.items():
+        m = getattr(report, name)
+        lines.append(
+            f"| {title} | {m.params:,} | {m.size_bytes / 1e6:.2f} | "
+            + " | ".join(_fmt(m.metrics.get(k)) for k in metric_keys)
+            + f" | {m.latency_ms.p50:.2f} | {m.latency_ms.p95:.2f} | "
+            f"{_fmt(m.latency_ms_batch32.p50 if m.latency_ms_batch32 else None)} | "
+            f"{_fmt((m.throughput or {}).get('batch32'), 5)} |"
+        )
+    settings = extra.get("latency_settings") or {}
+    lines += ["", f"Latency: {settings.get('runtime', 'onnxruntime')}, {settings.get('threads')} intra-op threads, "
+              f"{extra.get('eval_samples')} eval examples. Retention is the quantized student's {metric} over the "
+              "teacher's" + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
+    if report.routing is not None:
+        r = report.routing
+        rx = r.model_extra or {}
+        rec = r.recommended
+        lines += ["## Routing", ""]
+        if rec:
+            lines.append(
+                f"Recommended threshold on `{r.signal}`: **{rec.threshold:.4f}** — escalates "
+                f"{rec.escalation_rate:.1%} of requests, cascade accuracy {rec.accuracy:.4f} "
+                f"(target {r.target:.0%} of the teacher's {_fmt(r.teacher_accuracy)})."
+            )
+        signals = rx.get("signals") or {}
+        if signals:
+            lines += ["", "| signal | threshold | escalated | cascade accuracy |", "|---|---:|---:|---:|"]
+            for name, s in signals.items():
+                rate = s.get("escalation_rate")
+                lines.append(f"| {name} | {_fmt(s.get('recommended_threshold'))} | "
+                             f"{'–' if rate is None else f'{rate:.1%}'} | {_fmt(s.get('accuracy'))} |")
+        lines.append("")
+    if extra.get("routing_note"):
+        lines += [f"Routing: {extra['routing_note']}.", ""]
+    if plot_paths:
+        lines += ["## Plots", ""] + [f"![{name}]({path.as_posix()})" for name, path in plot_paths.items()] + [""]
+    return "\n".join(lines)

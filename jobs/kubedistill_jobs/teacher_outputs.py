@@ -1,0 +1,138 @@
+"""The teacher's forward pass over a dataset, once, through Ray Data (`map_batches` on an actor pool; one
+GPU per actor when the cluster has GPUs).
+
+Outputs per row, by `kind`:
+- `features`: the base teacher adapted to the labels (see models.load_classification_teacher), its
+  pre-pooler [CLS] state `features (H)` — what a classification head is fitted on.
+- `logits`: a saved classification teacher: `logits (C)` and `features (H)` (its last [CLS] state, for
+  hidden-state distillation).
+- `topk`: a causal LM over pre-tokenised `input_ids (L)`: the `k` largest logits per position,
+  `topk_values (L, k)` float16 and `topk_indices (L, k)` int32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Kind = Literal["features", "logits", "topk"]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TeacherRun:
+    """What the actors need to rebuild the teacher on their own node."""
+
+    source: str
+    kind: Kind
+    labels: tuple[str, ...] = ()
+    max_length: int = 128
+    top_k: int = 32
+    gguf_file: str | None = None
+
+
+class TeacherPredictor:
+    """A Ray Data callable class: loads the teacher once per actor, then maps batches."""
+
+    def __init__(self, run: TeacherRun) -> None:
+        import torch
+
+        from kubedistill_jobs import models
+
+        self.run = run
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if run.kind == "features":
+            self.model, _ = models.load_classification_teacher(run.source, list(run.labels))
+        elif run.kind == "logits":
+            from transformers import AutoModelForSequenceClassification
+
+            models._quiet_transformers()
+            self.model = AutoModelForSequenceClassification.from_pretrained(run.source, torch_dtype=torch.float32)
+        else:
+            self.model = models.load_causal_teacher(run.source, run.gguf_file)
+        self.model.to(self.device).eval()
+        self.tokenizer = models.load_tokenizer(run.source, run.gguf_file) if run.kind != "topk" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            if self.run.kind == "topk":
+                return {"idx": batch["idx"], **self._topk(batch)}
+            encoded = self.tokenizer(
+                [str(t) for t in batch["text"]], truncation=True, max_length=self.run.max_length,
+                padding=True, return_tensors="pt",
+            ).to(self.device)
+            out = self.model(**encoded, output_hidden_states=True)
+            features = out.hidden_states[-1][:, 0].float().cpu().numpy()
+            result = {"idx": batch["idx"], "features": features}
+            if self.run.kind == "logits":
+                result["logits"] = out.logits.float().cpu().numpy()
+            return result
+
+    def _topk(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        ids = torch.as_tensor(np.stack(batch["input_ids"]), dtype=torch.long, device=self.device)
+        mask = torch.as_tensor(np.stack(batch["attention_mask"]), dtype=torch.long, device=self.device)
+        full = ids.shape[1]
+        length = max(1, int(mask.sum(1).max()))  # right-padded: skip the all-padding tail
+        logits = self.model(input_ids=ids[:, :length], attention_mask=mask[:, :length]).logits.float()
+        values, indices = logits.topk(self.run.top_k, dim=-1)
+        pad = (0, 0, 0, full - length)
+        values = torch.nn.functional.pad(values, pad)
+        indices = torch.nn.functional.pad(indices, pad)
+        return {"topk_values": values.half().cpu().numpy(), "topk_indices": indices.int().cpu().numpy()}
+
+
+def actor_resources() -> tuple[int, dict[str, float]]:
+    """How many teacher actors to run and what each reserves: one GPU each where there are GPUs,
+    else as many CPUs as the largest node offers (up to 8, torch's intra-op sweet spot)."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus:
+        return gpus, {"num_gpus": 1, "num_cpus": 1}
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    per_actor = max(1, min(8, int(node_cpus)))
+    return max(1, int(total.get("CPU", 1)) // per_actor), {"num_cpus": per_actor}
+
+
+def run_teacher(
+    run: TeacherRun,
+    rows: dict[str, Any],
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Map the teacher over `rows` (columns of equal length: `text`, or `input_ids` + `attention_mask`) and
+    return its outputs as arrays in the rows' order."""
+    import ray.data
+
+    n = len(next(iter(rows.values())))
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
+    concurrency, resources = actor_resources()
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(n // batch_size, 64))).map_batches(
+        TeacherPredictor,
+        fn_constructor_kwargs={"run": run},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        batch_format="numpy",
+        **resources,
+    )
+    parts: list[dict[str, np.ndarray]] = []
+    done = 0
+    if progress:
+        progress(0, n)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        parts.append(batch)
+        done += len(batch["idx"])
+        if progress:
+            progress(done, n)
+    order = np.argsort(np.concatenate([p["idx"] for p in parts]), kind="stable")
+    return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0] if key != "idx"}

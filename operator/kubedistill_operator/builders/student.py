@@ -1,0 +1,251 @@
+"""StudentDeployment → the router's ConfigMap, a Deployment (fetch → Triton + router), a Service and an HPA."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill.api import StudentDeployment
+from kubedistill.api.studentdeployment import TRITON_IMAGE
+from kubedistill.routerconfig import (
+    MODEL_REPOSITORY_DIR,
+    ROUTER_CONFIG_DIR,
+    ROUTER_CONFIG_FILE,
+    TEACHER_API_KEY_FILE,
+    RouterConfig,
+)
+from kubedistill.uris import parse_uri, pvc_claim
+from kubedistill_operator import naming
+from kubedistill_operator.builders import common
+from kubedistill_operator.config import OperatorConfig
+
+KIND = "StudentDeployment"
+TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
+TRITON_PORTS = (TRITON_HTTP, TRITON_GRPC, TRITON_METRICS)
+
+
+@dataclass(frozen=True)
+class ModelSourceInfo:
+    """What the deployment serves, resolved from its job's results or from `source.modelRepositoryUri`."""
+
+    model_repository_uri: str
+    model_version: str
+    threshold: float | None = None  # the threshold in use: the spec's, else the job's recommendation
+    s3_credentials_secret: str | None = None
+
+    @classmethod
+    def from_uri(cls, sd: StudentDeployment) -> ModelSourceInfo:
+        """A deployment of a model repository URI; its version is a digest of the URI."""
+        uri = sd.spec.source.model_repository_uri
+        assert uri is not None
+        return cls(
+            model_repository_uri=uri,
+            model_version=hashlib.sha256(uri.encode()).hexdigest()[:12],
+            threshold=sd.spec.router.threshold,
+            s3_credentials_secret=sd.spec.source.s3_credentials_secret,
+        )
+
+
+def router_config(sd: StudentDeployment, source: ModelSourceInfo) -> RouterConfig:
+    return RouterConfig.from_spec(sd.metadata.name, sd.spec, threshold=source.threshold)
+
+
+def router_config_map(sd: StudentDeployment, source: ModelSourceInfo) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(sd, naming.router_config_map_name(sd.metadata.name)),
+        "data": {ROUTER_CONFIG_FILE: router_config(sd, source).to_yaml()},
+    }
+
+
+def triton_image(sd: StudentDeployment, config: OperatorConfig) -> str:
+    """The spec's image when it names one; else the operator's override, else the API default."""
+    if "image" in sd.spec.triton.model_fields_set and sd.spec.triton.image != TRITON_IMAGE:
+        return sd.spec.triton.image
+    return config.triton_image or sd.spec.triton.image
+
+
+def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorConfig,
+               include_replicas: bool = True) -> dict[str, Any]:
+    """The serving Deployment. `include_replicas=False` leaves spec.replicas to an HPA on updates."""
+    name = sd.metadata.name
+    spec = sd.spec
+    config_text = router_config(sd, source).to_yaml()
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "router-config", "configMap": {"name": naming.router_config_map_name(name)}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+    ]
+    fetch_mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_REPOSITORY_DIR},
+                                          {"name": "tmp", "mountPath": "/tmp"}]
+    claim = pvc_claim(source.model_repository_uri)
+    if claim:
+        volume, mount = common.pvc_volume(claim, True, 0)
+        volumes.append(volume)
+        fetch_mounts.append(mount)
+    router_mounts: list[dict[str, Any]] = [
+        {"name": "router-config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True},
+        {"name": "models", "mountPath": MODEL_REPOSITORY_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    teacher = spec.router.teacher
+    if teacher and teacher.api_key_secret_ref:
+        key_dir, key_file = TEACHER_API_KEY_FILE.rsplit("/", 1)
+        volumes.append({"name": "teacher-api-key", "secret": {
+            "secretName": teacher.api_key_secret_ref.name,
+            "items": [{"key": teacher.api_key_secret_ref.key, "path": key_file}],
+        }})
+        router_mounts.append({"name": "teacher-api-key", "mountPath": key_dir, "readOnly": True})
+
+    fetch: dict[str, Any] = {
+        "name": "fetch-model",
+        "image": spec.router.image or config.router_image,
+        "command": ["python", "-m", "kubedistill_router.fetch", source.model_repository_uri, MODEL_REPOSITORY_DIR],
+        "env": _triton_env(sd),
+        "volumeMounts": fetch_mounts,
+        "securityContext": common.container_security_context(),
+    }
+    if parse_uri(source.model_repository_uri).scheme == "s3" and source.s3_credentials_secret:
+        fetch["envFrom"] = [{"secretRef": {"name": source.s3_credentials_secret}}]
+
+    health = {"port": "triton-http", "scheme": "HTTP"}
+    triton: dict[str, Any] = {
+        "name": "tritonserver",
+        "image": triton_image(sd, config),
+        "command": ["tritonserver", f"--model-repository={MODEL_REPOSITORY_DIR}", f"--http-port={TRITON_HTTP}",
+                    f"--grpc-port={TRITON_GRPC}", f"--metrics-port={TRITON_METRICS}"],
+        "ports": [
+            {"name": "triton-http", "containerPort": TRITON_HTTP, "protocol": "TCP"},
+            {"name": "triton-grpc", "containerPort": TRITON_GRPC, "protocol": "TCP"},
+            {"name": "triton-metrics", "containerPort": TRITON_METRICS, "protocol": "TCP"},
+        ],
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", **health}, "periodSeconds": 10,
+                          "failureThreshold": 3, "timeoutSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", **health}, "periodSeconds": 5,
+                           "failureThreshold": 3, "timeoutSeconds": 5},
+        # Loading a model can take minutes: the startup probe holds the other probes off meanwhile.
+        "startupProbe": {"httpGet": {"path": "/v2/health/ready", **health}, "periodSeconds": 5,
+                         "failureThreshold": 120, "timeoutSeconds": 5},
+        "volumeMounts": [{"name": "models", "mountPath": MODEL_REPOSITORY_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": common.container_security_context(),
+    }
+    triton_resources = common.resources(spec.triton.resources, spec.triton.gpus)
+    if triton_resources:
+        triton["resources"] = triton_resources
+
+    router: dict[str, Any] = {
+        "name": "router",
+        "image": spec.router.image or config.router_image,
+        "command": ["python", "-m", "kubedistill_router", "--config", f"{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_FILE}"],
+        "ports": [{"name": "http", "containerPort": spec.service.port, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "volumeMounts": router_mounts,
+        "securityContext": common.container_security_context(),
+    }
+    router_resources = common.resources(spec.router.resources)
+    if router_resources:
+        router["resources"] = router_resources
+
+    pod: dict[str, Any] = {
+        "securityContext": common.pod_security_context(),
+        "automountServiceAccountToken": False,
+        "initContainers": [fetch],
+        "containers": [triton, router],
+        "volumes": volumes,
+    }
+    if config.image_pull_secrets:
+        pod["imagePullSecrets"] = common.image_pull_secrets(config.image_pull_secrets)
+
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(sd, naming.deployment_name(name)),
+        "spec": {
+            "selector": {"matchLabels": naming.selector(name, naming.ROUTER)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": naming.labels(name, naming.ROUTER),
+                    # A new model or router config changes the template, so the pods roll.
+                    "annotations": {
+                        naming.MODEL_VERSION_ANNOTATION: source.model_version,
+                        naming.CONFIG_HASH_ANNOTATION: hashlib.sha256(config_text.encode()).hexdigest()[:16],
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+    if include_replicas:
+        body["spec"]["replicas"] = spec.replicas
+    return body
+
+
+def service(sd: StudentDeployment) -> dict[str, Any]:
+    name = sd.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(sd, naming.service_name(name)),
+        "spec": {
+            "type": sd.spec.service.type,
+            "selector": naming.selector(name, naming.ROUTER),
+            "ports": [{"name": "http", "port": sd.spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def horizontal_pod_autoscaler(sd: StudentDeployment) -> dict[str, Any] | None:
+    scaling = sd.spec.autoscaling
+    if scaling is None:
+        return None
+    name = sd.metadata.name
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(sd, naming.hpa_name(name)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(name)},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization},
+            }}],
+        },
+    }
+
+
+def build_student_children(sd: StudentDeployment, source: ModelSourceInfo,
+                           config: OperatorConfig) -> list[dict[str, Any]]:
+    """Everything the operator creates for a deployment, in creation order."""
+    children = [router_config_map(sd, source), deployment(sd, source, config), service(sd)]
+    hpa = horizontal_pod_autoscaler(sd)
+    if hpa is not None:
+        children.append(hpa)
+    return children
+
+
+def _triton_env(sd: StudentDeployment) -> list[dict[str, str]]:
+    """Serving settings for the fetch step, which writes them into the fetched models' config.pbtxt."""
+    triton = sd.spec.triton
+    batching = triton.dynamic_batching
+    env = [
+        {"name": "KUBEDISTILL_TRITON_MAX_BATCH_SIZE", "value": str(triton.max_batch_size)},
+        {"name": "KUBEDISTILL_TRITON_INSTANCE_COUNT", "value": str(triton.instance_count)},
+        {"name": "KUBEDISTILL_TRITON_INSTANCE_KIND", "value": "KIND_GPU" if triton.gpus > 0 else "KIND_CPU"},
+        {"name": "KUBEDISTILL_TRITON_DYNAMIC_BATCHING", "value": "true" if batching.enabled else "false"},
+        {"name": "KUBEDISTILL_TRITON_MAX_QUEUE_DELAY_US", "value": str(batching.max_queue_delay_microseconds)},
+    ]
+    if batching.preferred_batch_sizes:
+        env.append({"name": "KUBEDISTILL_TRITON_PREFERRED_BATCH_SIZES",
+                    "value": ",".join(str(b) for b in batching.preferred_batch_sizes)})
+    return env
+
+
+def _meta(sd: StudentDeployment, name: str) -> dict[str, Any]:
+    return common.metadata(name, sd.metadata.namespace, sd.metadata.name, naming.ROUTER, KIND, sd.metadata.uid)

@@ -1,0 +1,93 @@
+"""kopf registration, and nothing else: each handler calls a plain reconcile function with explicit arguments.
+
+Handlers return nothing: a returned value would land in `status.<handler>`, which the structural schema prunes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kubedistill.api import GROUP, VERSION
+from kubedistill_operator import naming
+from kubedistill_operator.kubeapi import KubeApi
+from kubedistill_operator.reconcile.job import reconcile_job, refresh_job
+from kubedistill_operator.reconcile.student import (
+    job_change_matters,
+    reconcile_student,
+    reconcile_student_by_name,
+    refresh_student,
+)
+
+JOBS = (GROUP, VERSION, "distillationjobs")
+STUDENTS = (GROUP, VERSION, "studentdeployments")
+OURS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
+
+
+def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(obj, type=type_, reason=reason, message=message[:1000])
+
+
+def _status(body: Any) -> dict[str, Any]:
+    return dict(body.get("status") or {})
+
+
+def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
+    """Every handler of the operator, in a registry of its own (so tests can run several operators).
+
+    The level-based safety net is the event handlers on the children: every event of a RayJob or a
+    Deployment (including the ADDED events of each periodic re-list) copies its whole state into the
+    parent's status, and a child deleted under a running parent is recreated. No timers: kopf would put
+    a finalizer on every resource for them, and a stopped operator would then block their deletion."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return api.connection_info()
+
+    # DistillationJob → spec ConfigMap, pipeline RBAC, RayJob.
+    @kopf.on.resume(*JOBS, id="job-resume", registry=registry)
+    @kopf.on.create(*JOBS, id="job-create", registry=registry)
+    @kopf.on.update(*JOBS, id="job-update", field="spec", registry=registry)
+    def job_changed(body: Any, memo: Any, **_: Any) -> None:
+        reconcile_job(memo.ctx, dict(body))
+
+    @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
+    def ray_job_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+        job = labels.get(naming.INSTANCE_LABEL)
+        if job:
+            gone = event.get("type") == "DELETED"
+            refresh_job(memo.ctx, namespace, job, ray_job=None if gone else dict(body))
+
+    # StudentDeployment → router ConfigMap, Deployment, Service, HPA.
+    @kopf.index(*STUDENTS, id="students_by_job", registry=registry)
+    def students_by_job(namespace: str, body: Any, spec: Any, **_: Any) -> dict[tuple[str, str], Any]:
+        job = ((spec.get("source") or {}).get("jobRef") or {}).get("name")
+        if not job:
+            return {}
+        return {(namespace, job): {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}}
+
+    @kopf.on.resume(*STUDENTS, id="student-resume", registry=registry)
+    @kopf.on.create(*STUDENTS, id="student-create", registry=registry)
+    @kopf.on.update(*STUDENTS, id="student-update", field="spec", registry=registry)
+    def student_changed(body: Any, memo: Any, **_: Any) -> None:
+        reconcile_student(memo.ctx, dict(body))
+
+    @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
+                   labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)
+    def deployment_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+        owner = labels.get(naming.INSTANCE_LABEL)
+        if owner:
+            gone = event.get("type") == "DELETED"
+            refresh_student(memo.ctx, namespace, owner, None if gone else dict(body))
+
+    @kopf.on.event(*JOBS, id="job-to-students", registry=registry)
+    def job_event(event: Any, body: Any, namespace: str, name: str, memo: Any,
+                  students_by_job: kopf.Index[Any, Any], **_: Any) -> None:
+        job = None if event.get("type") == "DELETED" else dict(body)
+        for student in students_by_job.get((namespace, name), []):
+            if job_change_matters(student, job):
+                reconcile_student_by_name(memo.ctx, namespace, student["metadata"]["name"])
+
+    return registry

@@ -1,0 +1,81 @@
+"""Running the operator: kopf settings (annotations in the kubedistill.io prefix, peering, liveness) and kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from kubedistill.api import GROUP
+from kubedistill_operator.config import OperatorConfig
+from kubedistill_operator.handlers import build_registry, post_event
+from kubedistill_operator.kubeapi import KubeApi
+from kubedistill_operator.reconcile.context import Context
+
+FINALIZER = f"{GROUP}/finalizer"
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """`kubedistill operator`'s flags; an empty `namespaces` serves the whole cluster."""
+
+    namespaces: tuple[str, ...] = ()
+    peering: str | None = None
+    standalone: bool = False
+    liveness_host: str = "0.0.0.0"
+    liveness_port: int | None = 8080
+    kubeconfig: str | None = None
+    resync_seconds: float = 600.0
+    wait_delay: float = 30.0
+    config: OperatorConfig = field(default_factory=OperatorConfig.from_env)
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        if self.liveness_port is None:
+            return None
+        return f"http://{self.liveness_host}:{self.liveness_port}/healthz"
+
+
+def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # kopf's own annotations and finalizer live in the project's API group, not kopf.zalando.org.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.peering.clusterwide = not options.namespaces
+    # Events come from the reconcilers with their own reasons; kopf's log lines become events only on warnings.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    # Watches end and re-list this often: every object is seen again (a level-based resync).
+    settings.watching.server_timeout = options.resync_seconds
+    settings.watching.client_timeout = options.resync_seconds + 60
+    return settings
+
+
+async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
+                       stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """Run until `stop_flag` is set (or a signal arrives, in the main thread)."""
+    api = api or KubeApi.from_environment(options.kubeconfig)
+    ctx = Context(api=api, config=options.config, event=post_event, wait_delay=options.wait_delay)
+    await kopf.operator(
+        registry=build_registry(api),
+        settings=build_settings(options),
+        clusterwide=not options.namespaces,
+        namespaces=list(options.namespaces),
+        standalone=options.standalone,
+        peering_name=options.peering,
+        liveness_endpoint=options.liveness_endpoint,
+        memo=kopf.Memo(ctx=ctx),
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def main(options: OperatorOptions) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_operator(options))
+    return 0

@@ -1,0 +1,68 @@
+"""`kubedistill manifests`: the objects the operator would create, from the same builders, for review and diffs.
+
+A StudentDeployment of a job shows its objects as they will be once the job has succeeded: the model
+repository is the job's artifact folder and the threshold the one set in the spec (or the job's
+recommendation, known only after the run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubedistill.api import DistillationJob, StudentDeployment
+from kubedistill.uris import join_uri
+from kubedistill_operator.builders import ModelSourceInfo, build_job_children, build_student_children
+from kubedistill_operator.config import OperatorConfig
+
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+# Stands for the output of a job that is not among the files rendered.
+UNKNOWN_REPOSITORY = "file:///unknown-job-output"
+
+
+def missing_jobs(resources: list[Any]) -> list[str]:
+    """A note for each StudentDeployment whose DistillationJob is not among `resources`."""
+    jobs = {r.metadata.name for r in resources if isinstance(r, DistillationJob)}
+    return [f"StudentDeployment {r.metadata.name}: DistillationJob {r.spec.source.job_ref.name} is not among the "
+            f"files, so its model repository shows as {UNKNOWN_REPOSITORY}/...; give its manifest too"
+            for r in resources if isinstance(r, StudentDeployment) and r.spec.source.job_ref is not None
+            and r.spec.source.job_ref.name not in jobs]
+
+
+def _with_defaults(resource: Any) -> Any:
+    meta = resource.metadata
+    updates: dict[str, Any] = {}
+    if not meta.namespace:
+        updates["namespace"] = "default"
+    if not meta.uid:
+        updates["uid"] = PLACEHOLDER_UID
+    if updates:
+        resource = resource.model_copy(update={"metadata": meta.model_copy(update=updates)})
+    return resource
+
+
+def render(resources: list[Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """The operator's objects for each resource, in creation order."""
+    jobs = {r.metadata.name: r for r in resources if isinstance(r, DistillationJob)}
+    objects: list[dict[str, Any]] = []
+    for resource in resources:
+        resource = _with_defaults(resource)
+        if isinstance(resource, DistillationJob):
+            objects.extend(build_job_children(resource, config))
+        elif isinstance(resource, StudentDeployment):
+            objects.extend(build_student_children(resource, _source(resource, jobs), config))
+    return objects
+
+
+def _source(sd: StudentDeployment, jobs: dict[str, DistillationJob]) -> ModelSourceInfo:
+    ref = sd.spec.source.job_ref
+    if ref is None:
+        return ModelSourceInfo.from_uri(sd)
+    job = jobs.get(ref.name)
+    if job is None:
+        uri = f"{UNKNOWN_REPOSITORY}/{ref.name}/model_repository"
+        s3 = sd.spec.source.s3_credentials_secret
+    else:
+        uri = join_uri(job.spec.output.uri, "model_repository")
+        s3 = sd.spec.source.s3_credentials_secret or job.spec.output.s3_credentials_secret
+    return ModelSourceInfo(model_repository_uri=uri, model_version=f"{ref.name}-g1",
+                           threshold=sd.spec.router.threshold, s3_credentials_secret=s3)

@@ -1,0 +1,52 @@
+"""What every reconcile function gets: the API client, the operator's settings, and where events and status go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubedistill_operator.config import OperatorConfig
+from kubedistill_operator.kubeapi import KubeApi, Resource
+from kubedistill_operator.status.conditions import StatusUpdate
+
+# (object, type Normal|Warning, reason, message)
+EventFn = Callable[[dict[str, Any], str, str, str], None]
+
+
+def _no_events(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    del obj, type_, reason, message
+
+
+@dataclass
+class Context:
+    api: KubeApi
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    event: EventFn = _no_events
+    # Seconds before a waiting resource is looked at again (also re-triggered by the events it waits on).
+    wait_delay: float = 30.0
+
+
+class StatusWriter(Protocol):
+    def write(self, update: StatusUpdate) -> None: ...
+
+
+class ApiStatusWriter:
+    """Status written at once, read-modify-write: the freshest status is read, the update merged into it
+    (conditions by type) and merge-patched through the status subresource; a no-op writes nothing.
+
+    Not kopf's `patch`: kopf applies it after the handler, and `patch.fns` that meet a conflict are carried
+    to a later cycle, where conditions computed from an older RayJob would overwrite newer ones. The run's
+    name must moreover be in status before its RayJob is created, not after the handler."""
+
+    def __init__(self, api: KubeApi, resource: Resource, namespace: str, name: str) -> None:
+        self._api, self._resource, self._namespace, self._name = api, resource, namespace, name
+
+    def write(self, update: StatusUpdate) -> None:
+        body = self._api.get(self._resource, self._namespace, self._name)
+        if body is None:
+            return
+        status = body.get("status") or {}
+        if update.is_noop(status):
+            return
+        self._api.patch_status(self._resource, self._namespace, self._name, update.merged_into(status))

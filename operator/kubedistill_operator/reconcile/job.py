@@ -1,0 +1,129 @@
+"""Reconcile a DistillationJob: its spec ConfigMap, the pipeline's RBAC and this generation's RayJob."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import kopf
+
+from kubedistill.api import DistillationJob, ManifestError, parse_resource
+from kubedistill_operator import naming
+from kubedistill_operator.builders import build_job_children
+from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
+from kubedistill_operator.reconcile.context import ApiStatusWriter, Context, StatusWriter
+from kubedistill_operator.reconcile.secrets import job_secrets, missing_secrets
+from kubedistill_operator.status.conditions import StatusUpdate, condition
+from kubedistill_operator.status.job import TERMINAL_PHASES, job_status, new_run_status
+
+
+def parse_job(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> DistillationJob:
+    """The job as the API models read it; a spec they refuse can never run: a permanent error."""
+    try:
+        job = parse_resource(_plain(body), source=f"DistillationJob {body['metadata'].get('name')}")
+    except ManifestError as error:
+        generation = body["metadata"].get("generation")
+        writer.write(StatusUpdate(fields={"phase": "Failed", "observedGeneration": generation},
+                                  conditions=[condition("Succeeded", False, "InvalidSpec", str(error), generation)]))
+        ctx.event(body, "Warning", "InvalidSpec", str(error))
+        raise kopf.PermanentError(str(error)) from None
+    assert isinstance(job, DistillationJob)
+    return job
+
+
+def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
+    """Make the children of the job's current generation exist; never a second RayJob for one generation."""
+    namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+    fresh = ctx.api.get(DISTILLATION_JOBS, namespace, name)  # the status of the handler's body may be old
+    if fresh is None:
+        return
+    body, meta = fresh, fresh["metadata"]
+    writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name)
+    status = body.get("status") or {}
+    job = parse_job(ctx, body, writer)
+    generation = meta.get("generation")
+    run = naming.ray_job_name(name, generation)
+    if status.get("rayJobName") == run and status.get("phase") in TERMINAL_PHASES:
+        return  # this generation has run; only a spec change starts another run
+
+    missing = missing_secrets(ctx.api, namespace, job_secrets(job))
+    if missing:
+        already = any(c.get("type") == "SecretsFound" and c.get("status") == "False"
+                      for c in status.get("conditions") or [])
+        writer.write(StatusUpdate(fields={"phase": "Pending"},
+                                  conditions=[condition("SecretsFound", False, "SecretNotFound", missing, generation)]))
+        if not already:
+            ctx.event(body, "Warning", "SecretNotFound", missing)
+        raise kopf.TemporaryError(missing, delay=ctx.wait_delay)
+    secrets_found = condition("SecretsFound", True, "SecretsFound", "every referenced Secret exists", generation)
+
+    previous = status.get("rayJobName")
+    if previous != run:
+        # Recorded before the RayJob exists: an operator restarted at any point finds this name, never a new one.
+        update = new_run_status(run, naming.spec_config_map_name(name), naming.pipeline_account_name(name),
+                                generation)
+        update.conditions.append(secrets_found)
+        writer.write(update)
+        if previous and ctx.api.delete(RAY_JOBS, namespace, previous):
+            ctx.event(body, "Normal", "RayJobReplaced",
+                      f"the spec changed: RayJob {previous} deleted, {run} replaces it")
+    else:
+        writer.write(StatusUpdate(conditions=[secrets_found]))
+
+    *supporting, ray_job = build_job_children(job, ctx.config, run)
+    for child in supporting:
+        ctx.api.apply(child)
+    created = ctx.api.create(ray_job)
+    if created is None:
+        created = ctx.api.get(RAY_JOBS, namespace, run)
+        owners = [o.get("uid") for o in (created or {}).get("metadata", {}).get("ownerReferences") or []]
+        if created is None or (meta.get("uid") and meta["uid"] not in owners):
+            message = (f"RayJob {run} exists but belongs to an earlier DistillationJob named {name}; "
+                       "waiting for it to be garbage-collected")
+            raise kopf.TemporaryError(message, delay=ctx.wait_delay)
+    else:
+        ctx.event(body, "Normal", "RayJobCreated", f"RayJob {run} created (generation {generation})")
+    refresh_job(ctx, namespace, name, ray_job=created)
+
+
+def refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None = None) -> bool:
+    """Copy the run's state into the job's status (level-based), from a fresh read of the job (its results
+    may have just arrived). False when the run's RayJob is missing."""
+    body = ctx.api.get(DISTILLATION_JOBS, namespace, name)
+    if body is None:
+        return True  # the job is gone; its children follow through their ownerReferences
+    status = body.get("status") or {}
+    run = status.get("rayJobName")
+    if not run:
+        return True  # not started yet: the job's own handler is at it
+    if ray_job is None or ray_job.get("metadata", {}).get("name") != run:
+        ray_job = ctx.api.get(RAY_JOBS, namespace, run)
+    update = job_status(body, ray_job)
+    ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name).write(update)
+    old_phase, new_phase = status.get("phase"), update.fields.get("phase")
+    if new_phase and new_phase != old_phase:
+        succeeded = next(c for c in update.conditions if c["type"] == "Succeeded")
+        if new_phase == "Failed":
+            ctx.event(body, "Warning", succeeded["reason"], succeeded["message"])
+        elif new_phase in ("Running", "Succeeded"):
+            ctx.event(body, "Normal", new_phase, succeeded["message"])
+    if ray_job is not None or status.get("phase") in TERMINAL_PHASES:
+        return True
+    if run == naming.ray_job_name(name, body["metadata"].get("generation")):
+        # The run's RayJob was deleted before it finished: create it again (same name: the run resumes).
+        with contextlib.suppress(kopf.TemporaryError):  # the job's own handler retries it
+            reconcile_job(ctx, body)
+    return False
+
+
+def _plain(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a body the models read (kopf bodies are views; status is the operator's own)."""
+    return {k: _to_plain(body[k]) for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+
+
+def _to_plain(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value

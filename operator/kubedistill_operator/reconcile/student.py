@@ -1,0 +1,171 @@
+"""Reconcile a StudentDeployment: wait for its job's model, then the router config, Deployment, Service, HPA."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import kopf
+
+from kubedistill.api import ManifestError, StudentDeployment, parse_resource
+from kubedistill_operator import naming
+from kubedistill_operator.builders import ModelSourceInfo, build_student_children
+from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, HPAS, STUDENT_DEPLOYMENTS
+from kubedistill_operator.reconcile.context import ApiStatusWriter, Context, StatusWriter
+from kubedistill_operator.reconcile.job import _plain
+from kubedistill_operator.reconcile.secrets import missing_secrets, student_secrets
+from kubedistill_operator.status.conditions import StatusUpdate, condition
+from kubedistill_operator.status.student import (
+    Waiting,
+    resolve_job_source,
+    serving_status,
+    source_status,
+    waiting_status,
+)
+
+
+def parse_student(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> StudentDeployment:
+    try:
+        sd = parse_resource(_plain(body), source=f"StudentDeployment {body['metadata'].get('name')}")
+    except ManifestError as error:
+        generation = body["metadata"].get("generation")
+        writer.write(StatusUpdate(fields={"phase": "Degraded", "observedGeneration": generation},
+                                  conditions=[condition("Ready", False, "InvalidSpec", str(error), generation)]))
+        ctx.event(body, "Warning", "InvalidSpec", str(error))
+        raise kopf.PermanentError(str(error)) from None
+    assert isinstance(sd, StudentDeployment)
+    return sd
+
+
+def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | None) -> ModelSourceInfo | Waiting:
+    """What to serve now: the job's artifact (once it succeeded and passed its gate) or the spec's URI."""
+    source = sd.spec.source
+    if source.job_ref is None:
+        return ModelSourceInfo.from_uri(sd)
+    s3_secret = source.s3_credentials_secret
+    if s3_secret is None and job is not None:
+        output = (job.get("spec") or {}).get("output") or {}
+        if str(output.get("uri", "")).startswith("s3://"):
+            s3_secret = output.get("s3CredentialsSecret")
+    return resolve_job_source(sd.metadata.name, job, sd.spec.router.threshold, s3_secret)
+
+
+def _served(sd: StudentDeployment, status: dict[str, Any]) -> ModelSourceInfo | None:
+    """The model already being served (from status), kept while a newer one is not ready."""
+    uri, version = status.get("modelRepositoryUri"), status.get("modelVersion")
+    if not uri or not version:
+        return None
+    threshold = sd.spec.router.threshold if sd.spec.router.threshold is not None else status.get("threshold")
+    return ModelSourceInfo(uri, version, threshold, sd.spec.source.s3_credentials_secret)
+
+
+def reconcile_student(ctx: Context, body: dict[str, Any]) -> None:
+    namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+    fresh = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)  # the status of the handler's body may be old
+    if fresh is None:
+        return
+    body, meta = fresh, fresh["metadata"]
+    writer = ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name)
+    status = body.get("status") or {}
+    generation = meta.get("generation")
+    sd = parse_student(ctx, body, writer)
+    job = None
+    if sd.spec.source.job_ref is not None:
+        job = ctx.api.get(DISTILLATION_JOBS, namespace, sd.spec.source.job_ref.name)
+    outcome = resolve_source(ctx, sd, job)
+
+    if isinstance(outcome, Waiting):
+        served = _served(sd, status)
+        was = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
+        writer.write(waiting_status(body, outcome, deployed=served is not None))
+        if was.get("reason") != outcome.reason:
+            ctx.event(body, "Normal" if outcome.reason == "JobNotSucceeded" else "Warning", outcome.reason,
+                      outcome.message)
+        if served is None:
+            raise kopf.TemporaryError(outcome.message, delay=ctx.wait_delay)
+        source = served  # keep serving the previous model; spec changes still apply to it
+    else:
+        source = outcome
+
+    missing = missing_secrets(ctx.api, namespace, student_secrets(sd, source.s3_credentials_secret))
+    if missing:
+        writer.write(StatusUpdate(
+            fields={} if status.get("modelRepositoryUri") else {"phase": "Waiting"},
+            conditions=[condition("SecretsFound", False, "SecretNotFound", missing, generation)]))
+        if not any(c.get("type") == "SecretsFound" and c.get("status") == "False"
+                   for c in status.get("conditions") or []):
+            ctx.event(body, "Warning", "SecretNotFound", missing)
+        raise kopf.TemporaryError(missing, delay=ctx.wait_delay)
+
+    deployment = None
+    for child in build_student_children(sd, source, ctx.config):
+        if child["kind"] == "Deployment" and sd.spec.autoscaling is not None:
+            child["spec"].pop("replicas", None)  # the HPA owns the replica count
+        applied = ctx.api.apply(child)
+        if child["kind"] == "Deployment":
+            deployment = applied
+    if sd.spec.autoscaling is None:
+        ctx.api.delete(HPAS, namespace, naming.hpa_name(name))
+    assert deployment is not None
+
+    if status.get("modelVersion") != source.model_version:
+        ctx.event(body, "Normal", "ModelDeployed",
+                  f"serving {source.model_repository_uri} (version {source.model_version})")
+    updates = [
+        StatusUpdate(conditions=[condition("SecretsFound", True, "SecretsFound", "every referenced Secret exists",
+                                           generation)]),
+        source_status(body, source, sd.spec.service.port) if not isinstance(outcome, Waiting) else StatusUpdate(),
+        serving_status(body, deployment),
+    ]
+    merged = StatusUpdate()
+    for update in updates:
+        merged.fields.update(update.fields)
+        merged.conditions.extend(update.conditions)
+    if not isinstance(outcome, Waiting):
+        merged.fields["modelVersion"] = source.model_version
+    writer.write(merged)
+
+
+def refresh_student(ctx: Context, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> None:
+    """Copy the Deployment's state into the status (level-based); recreate the Deployment when it is gone."""
+    body = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)
+    if body is None:
+        return
+    status = body.get("status") or {}
+    if not status.get("deploymentName"):
+        return  # nothing deployed yet
+    if deployment is None:
+        deployment = ctx.api.get(DEPLOYMENTS, namespace, status["deploymentName"])
+    if deployment is None:
+        with contextlib.suppress(kopf.TemporaryError):  # the deployment's own handler retries it
+            reconcile_student(ctx, body)
+        return
+    update = serving_status(body, deployment)
+    ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name).write(update)
+    old, new = status.get("phase"), update.fields["phase"]
+    if new != old:
+        ready = update.conditions[0]
+        ctx.event(body, "Warning" if new == "Degraded" else "Normal", ready["reason"] if new != "Ready" else "Ready",
+                  ready["message"])
+
+
+def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None) -> bool:
+    """Whether a change of the job changes what the deployment should serve (or why it waits)."""
+    status = sd_body.get("status") or {}
+    spec = sd_body.get("spec") or {}
+    threshold = (spec.get("router") or {}).get("threshold")
+    outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, threshold, None)
+    if isinstance(outcome, Waiting):
+        current = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
+        return not (current.get("status") == "False" and current.get("reason") == outcome.reason)
+    return (status.get("modelRepositoryUri"), status.get("modelVersion"), status.get("threshold")) != \
+        (outcome.model_repository_uri, outcome.model_version, outcome.threshold)
+
+
+def reconcile_student_by_name(ctx: Context, namespace: str, name: str) -> None:
+    """From a change of the job: re-read the deployment and reconcile it (waiting is not an error here)."""
+    body = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)
+    if body is None:
+        return
+    with contextlib.suppress(kopf.TemporaryError):  # still waiting: the deployment's own handler retries
+        reconcile_student(ctx, body)

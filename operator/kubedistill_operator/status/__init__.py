@@ -1,0 +1,1 @@
+"""Status logic as pure functions: observed children in, the parent's status fields and conditions out."""

@@ -1,0 +1,153 @@
+"""A DistillationJob's phase and conditions, derived from its RayJob and the results the pipeline reported.
+
+KubeRay's RayJob has no `conditions` (kuberay #5152) and its two status fields can contradict each other
+(#2314: `jobDeploymentStatus: Running` next to `jobStatus: FAILED`), so the phase is derived from
+`jobDeploymentStatus`, `jobStatus` and `reason` together, and a failed RayJob never shows as Running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill_operator.status.conditions import StatusUpdate, condition, now_iso
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+# jobDeploymentStatus values during which a stale jobStatus (from a previous attempt) means nothing yet.
+_STARTING = ("", "New", "Initializing", "Waiting", "Scheduling", "Scheduled", "Validated", "Retrying")
+
+
+@dataclass(frozen=True)
+class RunState:
+    phase: str  # Pending, Running, Succeeded, Failed
+    reason: str
+    message: str
+
+
+def ray_job_state(ray_job: dict[str, Any]) -> RunState:
+    """The run's state as one phase, whatever combination of RayJob fields KubeRay reports."""
+    name = ray_job.get("metadata", {}).get("name", "")
+    status = ray_job.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    job_status = status.get("jobStatus") or ""
+    reason = status.get("reason") or ""
+    detail = status.get("message") or ""
+    where = f"RayJob {name}: jobDeploymentStatus={deployment or 'none'}, jobStatus={job_status or 'none'}"
+    if reason:
+        where += f", reason={reason}"
+    if detail:
+        where += f": {detail}"
+
+    if deployment == "Failed":
+        return RunState("Failed", reason or "RayJobFailed", where)
+    if deployment == "Complete":
+        if job_status == "SUCCEEDED":
+            return RunState("Succeeded", "PipelineSucceeded", where)
+        return RunState("Failed", reason or "PipelineFailed", where)
+    if job_status in ("FAILED", "STOPPED") and deployment not in _STARTING:
+        return RunState("Failed", reason or "PipelineFailed", where)
+    if deployment == "Retrying":
+        return RunState("Pending", "Retrying", where)
+    if deployment in ("Suspending", "Suspended"):
+        return RunState("Pending", "Suspended", where)
+    if deployment == "Running" and job_status == "RUNNING":
+        return RunState("Running", "PipelineRunning", where)
+    if deployment == "Running":
+        return RunState("Pending", "Submitting", where)
+    return RunState("Pending", "ClusterStarting", where)
+
+
+def gate_message(spec: dict[str, Any], results: dict[str, Any]) -> str:
+    """Why the gate failed, with how far retention fell short."""
+    minimum = (((spec.get("evaluation") or {}).get("gate")) or {}).get("minRetention")
+    retention = results.get("retention")
+    where = f"; artifacts are kept at {results['artifactUri']}" if results.get("artifactUri") else ""
+    if isinstance(minimum, int | float) and isinstance(retention, int | float):
+        return (f"retention {retention:.4f} is {minimum - retention:.4f} below evaluation.gate.minRetention "
+                f"{minimum:g}{where}")
+    return f"the evaluation gate did not pass{where}"
+
+
+def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | None = None) -> StatusUpdate:
+    """The status a job should show now. `ray_job` is the run named in status.rayJobName (None: absent)."""
+    now = now or now_iso()
+    status = job.get("status") or {}
+    generation = job.get("metadata", {}).get("generation")
+    if ray_job is None:
+        if status.get("phase") in TERMINAL_PHASES:
+            return StatusUpdate()  # a finished run keeps its status after KubeRay's TTL removed the RayJob
+        return StatusUpdate(
+            fields={"phase": "Pending"},
+            conditions=[condition("Running", False, "RayJobPending", "the RayJob is being created", generation),
+                        condition("Succeeded", None, "RayJobPending", "the RayJob is being created", generation)],
+        )
+
+    state = ray_job_state(ray_job)
+    results = status.get("results") or {}
+    phase, reason, message = state.phase, state.reason, state.message
+    if phase == "Succeeded":
+        if not results:
+            phase, reason = "Failed", "ResultsMissing"
+            message = ("the pipeline finished but reported no results to status.results; see pipeline.log in "
+                       f"the output folder ({state.message})")
+        elif results.get("gatePassed") is False:
+            phase, reason, message = "Failed", "GateNotMet", gate_message(job.get("spec") or {}, results)
+        else:
+            reason = "Succeeded"
+            parts = [f"retention {results['retention']:.4f}" if isinstance(results.get("retention"), int | float)
+                     else None, f"artifact {results['artifactUri']}" if results.get("artifactUri") else None]
+            message = ", ".join(p for p in parts if p) or "the pipeline succeeded"
+
+    ray_status = ray_job.get("status") or {}
+    fields: dict[str, Any] = {"phase": phase, "observedGeneration": generation}
+    start = ray_status.get("startTime") or status.get("startTime")
+    if start is None and phase != "Pending":
+        start = now
+    fields["startTime"] = start
+    if phase in TERMINAL_PHASES:
+        fields["completionTime"] = ray_status.get("endTime") or status.get("completionTime") or now
+    failed = int(ray_status.get("failed") or 0)
+    fields["attempt"] = max(1, failed + (0 if phase in TERMINAL_PHASES else 1))
+
+    if phase == "Succeeded":
+        succeeded = condition("Succeeded", True, reason, message, generation)
+    elif phase == "Failed":
+        succeeded = condition("Succeeded", False, reason, message, generation)
+    else:
+        succeeded = condition("Succeeded", None, reason, message, generation)
+    conditions = [
+        condition("Running", phase == "Running", reason if phase != "Running" else "PipelineRunning",
+                  message, generation),
+        succeeded,
+    ]
+    if results.get("gatePassed") is not None:
+        passed = bool(results["gatePassed"])
+        conditions.append(condition(
+            "GatePassed", passed, "GatePassed" if passed else "GateNotMet",
+            "the evaluation gate passed" if passed else gate_message(job.get("spec") or {}, results), generation,
+        ))
+    return StatusUpdate(fields=fields, conditions=conditions)
+
+
+def new_run_status(ray_job_name: str, config_map: str, account: str, generation: int | None) -> StatusUpdate:
+    """The status recorded before a run's RayJob is created: its name first, so a restart finds it.
+
+    A new run clears the previous run's progress, metrics, results and times."""
+    message = f"RayJob {ray_job_name} is being created"
+    return StatusUpdate(
+        fields={
+            "phase": "Pending",
+            "rayJobName": ray_job_name,
+            "configMapName": config_map,
+            "serviceAccountName": account,
+            "observedGeneration": generation,
+            "startTime": None,
+            "completionTime": None,
+            "attempt": None,
+            "progress": None,
+            "metrics": None,
+            "results": None,
+        },
+        conditions=[condition("Running", False, "RayJobCreating", message, generation),
+                    condition("Succeeded", None, "RayJobCreating", message, generation)],
+    )

@@ -1,0 +1,135 @@
+"""A StudentDeployment's status: whether its model is available (the job's state) and how its pods are doing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill_operator import naming
+from kubedistill_operator.builders.student import ModelSourceInfo
+from kubedistill_operator.status.conditions import StatusUpdate, condition
+from kubedistill_operator.status.job import gate_message
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why there is no model to serve yet."""
+
+    reason: str  # JobNotFound, JobNotSucceeded, GateNotMet
+    message: str
+
+
+def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: float | None,
+                       s3_secret: str | None) -> ModelSourceInfo | Waiting:
+    """What a deployment with `source.jobRef` serves: the job's artifact once it succeeded and passed its gate."""
+    if job is None:
+        return Waiting("JobNotFound", f"DistillationJob not found in this namespace (StudentDeployment {sd_name} "
+                       "refers to it in spec.source.jobRef.name); create it or fix the name")
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    results = status.get("results") or {}
+    phase = status.get("phase") or "Pending"
+    if results.get("gatePassed") is False:
+        return Waiting("GateNotMet", f"DistillationJob {name} did not pass its gate: "
+                       f"{gate_message(job.get('spec') or {}, results)}")
+    if phase != "Succeeded":
+        detail = ""
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Succeeded" and c.get("reason"):
+                detail = f" ({c['reason']})"
+        return Waiting("JobNotSucceeded", f"DistillationJob {name} is {phase}{detail}; waiting for it to succeed")
+    generation = job["metadata"].get("generation")
+    if status.get("observedGeneration") is not None and generation is not None \
+            and status["observedGeneration"] != generation:
+        return Waiting("JobNotSucceeded", f"DistillationJob {name} changed; waiting for its new run")
+    uri = results.get("artifactUri")
+    if not uri:
+        return Waiting("JobNotSucceeded", f"DistillationJob {name} succeeded without status.results.artifactUri")
+    version = results.get("modelVersion") or status.get("rayJobName") or "unversioned"
+    return ModelSourceInfo(
+        model_repository_uri=uri,
+        model_version=str(version),
+        threshold=threshold if threshold is not None else results.get("recommendedThreshold"),
+        s3_credentials_secret=s3_secret,
+    )
+
+
+def waiting_status(sd: dict[str, Any], waiting: Waiting, deployed: bool) -> StatusUpdate:
+    """No (new) model to serve. A deployment already serving keeps its phase: the old model stays up."""
+    generation = sd.get("metadata", {}).get("generation")
+    conditions = [condition("ModelAvailable", False, waiting.reason, waiting.message, generation)]
+    fields: dict[str, Any] = {"observedGeneration": generation}
+    if not deployed:
+        fields["phase"] = "Waiting"
+        conditions.append(condition("Ready", False, waiting.reason, waiting.message, generation))
+    return StatusUpdate(fields=fields, conditions=conditions)
+
+
+def source_status(sd: dict[str, Any], source: ModelSourceInfo, port: int) -> StatusUpdate:
+    """What is being served and where, once the children are applied."""
+    meta = sd["metadata"]
+    name = meta["name"]
+    generation = meta.get("generation")
+    return StatusUpdate(
+        fields={
+            "observedGeneration": generation,
+            "endpoint": naming.endpoint(name, meta.get("namespace") or "default", port),
+            "modelRepositoryUri": source.model_repository_uri,
+            "threshold": source.threshold,
+            "deploymentName": naming.deployment_name(name),
+            "serviceName": naming.service_name(name),
+        },
+        conditions=[condition("ModelAvailable", True, "ModelAvailable",
+                              f"serving {source.model_repository_uri} (version {source.model_version})",
+                              generation)],
+    )
+
+
+def deployment_phase(deployment: dict[str, Any], previous_phase: str | None) -> tuple[str, str, str]:
+    """Progressing, Ready or Degraded, with a reason and message, from a Deployment's status."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    progressing = conditions.get("Progressing") or {}
+    failure = conditions.get("ReplicaFailure") or {}
+    counts = f"{ready}/{desired} replicas ready"
+    if progressing.get("status") == "False":
+        return "Degraded", progressing.get("reason") or "ProgressDeadlineExceeded", \
+            f"{counts}: {progressing.get('message') or 'the rollout stalled'}"
+    if failure.get("status") == "True":
+        return "Degraded", failure.get("reason") or "ReplicaFailure", \
+            f"{counts}: {failure.get('message') or 'pods cannot be created'}"
+    generation = deployment.get("metadata", {}).get("generation")
+    observed = status.get("observedGeneration")
+    rolled_out = (generation is None or observed is None or observed >= generation) and updated >= desired
+    if rolled_out and ready >= desired and available >= desired:
+        return "Ready", "Ready", counts
+    if rolled_out and previous_phase in ("Ready", "Degraded"):
+        return "Degraded", "ReplicasUnavailable", counts
+    return "Progressing", "RollingOut", counts
+
+
+def serving_status(sd: dict[str, Any], deployment: dict[str, Any]) -> StatusUpdate:
+    """Phase, replica counts and the served model version, from the Deployment."""
+    generation = sd.get("metadata", {}).get("generation")
+    previous = (sd.get("status") or {}).get("phase")
+    phase, reason, message = deployment_phase(deployment, previous)
+    desired = int((deployment.get("spec") or {}).get("replicas", 1))
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    annotations = ((((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {})
+                   .get("annotations") or {})
+    fields: dict[str, Any] = {
+        "phase": phase,
+        "replicas": desired,
+        "readyReplicas": ready,
+        "ready": f"{ready}/{desired}",
+    }
+    version = annotations.get(naming.MODEL_VERSION_ANNOTATION)
+    if version:
+        fields["modelVersion"] = version
+    return StatusUpdate(fields=fields, conditions=[condition("Ready", phase == "Ready", reason, message,
+                                                             generation)])

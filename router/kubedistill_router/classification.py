@@ -1,0 +1,203 @@
+"""Sequence classification: student first, teacher for the items below the confidence threshold.
+
+Modes: `route` (escalate what the student is unsure of), `student-only`, `teacher-only` (the student
+answers, marked degraded, when the teacher cannot), and `shadow` (the student answers; a sampled share
+is also sent to the teacher in the background to track live agreement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+
+from kubedistill.artifacts import ServingManifest
+from kubedistill.confidence import escalate, softmax
+from kubedistill.routerconfig import RouterConfig
+from kubedistill_router.breaker import CircuitBreaker
+from kubedistill_router.errors import NotFound, Unavailable, UpstreamError
+from kubedistill_router.metrics import RouterMetrics
+from kubedistill_router.protocol import SERVED_BY, Prediction, parse_instances, parse_json, read_body
+from kubedistill_router.teachers import Answer, ColocatedTeacher, Teacher, answers_from_probs, remote_teacher
+from kubedistill_router.tokenizer import TextEncoder
+from kubedistill_router.triton import TritonModels
+
+log = logging.getLogger("kubedistill.router")
+
+SHADOW_MAX_IN_FLIGHT = 16  # shadow work never queues up behind a slow teacher
+
+
+def resolve_threshold(config: RouterConfig, manifest: ServingManifest) -> float | None:
+    """The threshold in use: the router's own, else the export's recommended one (for its signal)."""
+    if config.mode not in ("route",):
+        return config.threshold
+    if config.threshold is not None:
+        return config.threshold
+    if manifest.recommended_threshold is None:
+        raise ValueError("router.threshold: unset, and serving.json has no recommended_threshold; "
+                         "set router.threshold (0-1) for mode route")
+    if manifest.confidence_signal != config.confidence_signal:
+        raise ValueError(f"router.threshold: serving.json recommends {manifest.recommended_threshold} for the "
+                         f"{manifest.confidence_signal} signal, not {config.confidence_signal}; set "
+                         f"router.threshold or use confidenceSignal {manifest.confidence_signal}")
+    return manifest.recommended_threshold
+
+
+class ClassificationHandler:
+    """KServe v1 classification endpoints over one student (and optionally a teacher)."""
+
+    def __init__(self, config: RouterConfig, manifest: ServingManifest, repository: Path, triton: TritonModels,
+                 metrics: RouterMetrics):
+        if not manifest.labels:
+            raise ValueError("serving.json: a sequence-classification export needs labels")
+        self.config = config
+        self.manifest = manifest
+        self.labels = manifest.labels
+        self.signal = config.confidence_signal
+        self.threshold = resolve_threshold(config, manifest)
+        self.triton = triton
+        self.metrics = metrics
+        self.student = manifest.student
+        self.encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
+        self.teacher = self._teacher(config, manifest, repository)
+        self.breaker = CircuitBreaker()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def _teacher(self, config: RouterConfig, manifest: ServingManifest, repository: Path) -> Teacher | None:
+        if config.teacher is not None:
+            return remote_teacher(config.teacher, self.labels, self.signal, config.teacher_api_key_file)
+        if manifest.teacher is not None:
+            folder = repository / (manifest.teacher_tokenizer or manifest.tokenizer)
+            encoder = TextEncoder(folder, manifest.teacher.inputs, manifest.max_length)
+            return ColocatedTeacher(self.triton, manifest.teacher, encoder, self.labels, self.signal)
+        if config.mode != "student-only":
+            raise ValueError(f"router.mode {config.mode} needs a teacher: the model repository has none; set "
+                             "router.teacher (a remote endpoint) or use mode student-only")
+        return None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/models/{name}", self.model_status), web.post("/v1/models/{name}:predict", self.predict)]
+
+    def describe(self) -> str:
+        teacher = self.teacher.description if self.teacher else "none"
+        return (f"model {self.config.model_name!r} ({self.manifest.model_version}), mode {self.config.mode}, "
+                f"signal {self.signal}, threshold {self.threshold}, teacher {teacher}")
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+
+    def _check_name(self, request: web.Request) -> None:
+        name = request.match_info["name"]
+        if name != self.config.model_name:
+            raise NotFound(f"no model {name!r}; this router serves {self.config.model_name!r}")
+
+    async def model_status(self, request: web.Request) -> web.Response:
+        self._check_name(request)
+        ready = await self.ready()
+        return web.json_response({"name": self.config.model_name, "ready": ready,
+                                  "version": self.manifest.model_version}, status=200 if ready else 503)
+
+    async def predict(self, request: web.Request) -> web.Response:
+        self._check_name(request)
+        texts = parse_instances(parse_json(await read_body(request)), self.config.max_instances)
+        predictions = await self.classify(texts)
+        served = {p.served_by for p in predictions}
+        request[SERVED_BY] = served.pop() if len(served) == 1 else "mixed"
+        return web.json_response({"predictions": [p.to_json() for p in predictions]})
+
+    async def ready(self) -> bool:
+        # The student alone decides: without the teacher every item is still answered (degraded).
+        return await self.triton.is_ready(self.student.name)
+
+    # --- routing ----------------------------------------------------------------------------------------
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        if self.config.mode == "teacher-only":
+            answers = await self._ask_teacher(texts)
+            if answers is not None:
+                return self._record([Prediction(a.label, a.confidence, "teacher") for a in answers])
+        probs = await self._ask_student(texts)
+        student = answers_from_probs(probs, self.labels, self.signal)
+        degraded = self.config.mode == "teacher-only"
+        predictions = [Prediction(a.label, a.confidence, "student", degraded) for a in student]
+        if self.config.mode == "route":
+            assert self.threshold is not None
+            below = np.flatnonzero(escalate(probs, self.signal, self.threshold))
+            self.metrics.record_routing(len(texts), len(below))
+            if len(below):
+                answers = await self._ask_teacher([texts[i] for i in below])
+                for j, i in enumerate(below):
+                    a = answers[j] if answers is not None else None
+                    predictions[i] = (Prediction(a.label, a.confidence, "teacher") if a is not None
+                                      else Prediction(student[i].label, student[i].confidence, "student", True))
+        elif self.config.mode == "shadow":
+            self._maybe_shadow(texts, [a.label for a in student])
+        return self._record(predictions)
+
+    def _record(self, predictions: list[Prediction]) -> list[Prediction]:
+        for p in predictions:
+            self.metrics.instances.labels(p.served_by, str(p.degraded).lower()).inc()
+        return predictions
+
+    async def _ask_student(self, texts: list[str]) -> np.ndarray:
+        inputs = self.encoder.encode(texts)
+        start = time.perf_counter()
+        try:
+            logits = await self.triton.infer(self.student.name, inputs, self.student.output)
+        except UpstreamError as error:
+            raise Unavailable(f"the student model is unavailable: {error}") from None
+        finally:
+            self.metrics.student_seconds.observe(time.perf_counter() - start)
+        return softmax(logits)
+
+    async def _ask_teacher(self, texts: list[str]) -> list[Answer] | None:
+        """The teacher's answers, or None when it cannot answer (the caller falls back to the student)."""
+        if self.teacher is None:
+            return None
+        if not self.breaker.allow():
+            self.metrics.teacher_errors.labels("circuit-open").inc()
+            return None
+        start = time.perf_counter()
+        try:
+            answers = await self.teacher.classify(texts)
+        except Exception as error:  # whatever the teacher did, the student still answers
+            reason = error.reason if isinstance(error, UpstreamError) else "error"
+            self.breaker.record_failure()
+            self.metrics.teacher_errors.labels(reason).inc()
+            log.warning("teacher call failed (%d items): %s: %s", len(texts), type(error).__name__, error)
+            return None
+        finally:
+            self.metrics.teacher_seconds.observe(time.perf_counter() - start)
+            self.metrics.circuit_open.set(int(self.breaker.is_open))
+        self.breaker.record_success()
+        self.metrics.circuit_open.set(0)
+        return answers
+
+    def _maybe_shadow(self, texts: list[str], student_labels: list[str]) -> None:
+        if random.random() >= self.config.shadow_sample_rate:
+            return
+        if len(self._shadow_tasks) >= SHADOW_MAX_IN_FLIGHT:
+            self.metrics.shadow_dropped.inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(texts, student_labels))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, texts: list[str], student_labels: list[str]) -> None:
+        answers = await self._ask_teacher(texts)
+        if answers is None:
+            self.metrics.shadow_dropped.inc()
+            return
+        agreed = sum(a.label == s for a, s in zip(answers, student_labels, strict=True))
+        self.metrics.record_shadow(len(texts), agreed)
+
+    async def close(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        if self.teacher is not None:
+            await self.teacher.close()

@@ -1,0 +1,207 @@
+"""`kubedistill serve`: a real local Triton server and the router, in front of a job's output.
+
+    kubedistill serve OUTPUT_DIR | MODEL_REPOSITORY | studentdeployment.yaml [--port 8080]
+
+Triton runs the python-backend copy of the model repository (see repository.py) on free loopback
+ports; the router runs as `python -m kubedistill_router`, exactly as in the StudentDeployment pod.
+Both are polled until ready (with a deadline), and both are stopped on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import yaml
+
+from kubedistill.api import ManifestError, StudentDeployment, load_manifest
+from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, ServingManifest
+from kubedistill.routerconfig import ROUTER_CONFIG_FILE, RouterConfig
+from kubedistill.uris import UriError, local_path, parse_uri
+from kubedistill_router.local.repository import build_local_repository
+from kubedistill_router.local.triton import TritonNotFound, TritonServer, TritonStartError, start_triton
+
+
+class ServeError(RuntimeError):
+    """Something to tell the user, with the fix."""
+
+
+@dataclass
+class ServeTarget:
+    repository: Path
+    config: RouterConfig
+
+
+def find_repository(folder: Path) -> Path:
+    for candidate in (folder / MODEL_REPOSITORY, folder):
+        if (candidate / SERVING_MANIFEST).is_file():
+            return candidate
+    raise ServeError(f"{folder} holds no model repository ({MODEL_REPOSITORY}/{SERVING_MANIFEST}): pass the output "
+                     "folder of `kubedistill run job.yaml`, its model_repository, or a StudentDeployment manifest")
+
+
+def _job_name(output: Path) -> str | None:
+    spec = output / "distillationjob.yaml"
+    if spec.is_file():
+        name = (yaml.safe_load(spec.read_text()) or {}).get("metadata", {}).get("name")
+        return str(name) if name else None
+    return None
+
+
+def resolve_target(target: Path, workdir: Path) -> ServeTarget:
+    """The repository to serve and the router's configuration, from a folder or a StudentDeployment."""
+    if target.is_dir():
+        repository = find_repository(target)
+        manifest = ServingManifest.read(repository)
+        routable = manifest.teacher is not None and manifest.recommended_threshold is not None
+        config = RouterConfig(model_name=_job_name(target) or "student", model_repository=str(repository),
+                              mode="route" if routable else "student-only",
+                              confidence_signal=manifest.confidence_signal)
+        return ServeTarget(repository, config)
+    if not target.is_file():
+        raise ServeError(f"{target}: no such folder or file")
+    try:
+        deployment: StudentDeployment = load_manifest(target, StudentDeployment)
+    except ManifestError as error:
+        raise ServeError(str(error)) from None
+    source = deployment.spec.source
+    if source.model_repository_uri is None:
+        raise ServeError(f"{target}: source.jobRef needs a cluster to look the job up; locally, serve the job's "
+                         "output folder, or set source.modelRepositoryUri")
+    uri = source.model_repository_uri
+    if parse_uri(uri).scheme == "s3":
+        from kubedistill_router.fetch import fetch
+
+        repository = workdir / "fetched"
+        fetch(uri, repository)
+    else:
+        try:
+            repository = find_repository(local_path(uri))
+        except UriError as error:
+            raise ServeError(f"{target}: source.modelRepositoryUri: {error}") from None
+    config = RouterConfig.from_spec(deployment.metadata.name, deployment.spec)
+    return ServeTarget(repository, config.model_copy(update={"model_repository": str(repository)}))
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ServeError(f"port {port} on {host} is in use: pass another with --port") from None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_router(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServeError(f"the router exited with code {process.returncode}:\n{_tail(log)}")
+        if _http_ok(f"{url}/readyz"):
+            return
+        time.sleep(0.2)
+    raise ServeError(f"the router was not ready within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="kubedistill-serve-"))
+    triton: TritonServer | None = None
+    router: subprocess.Popen[bytes] | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _check_port(args.host, args.port)
+        target = resolve_target(Path(args.target), workdir)
+        local = build_local_repository(target.repository, workdir / "repository")
+        triton = start_triton(local, workdir / "tritonserver.log")
+        print(f"starting Triton (logs: {triton.log_path}) …", flush=True)
+        triton.wait_ready(args.timeout)
+
+        overrides = {"model_repository": str(local), "triton_url": triton.grpc_url, "triton_protocol": "grpc",
+                     "port": args.port}
+        for key in ("model_name", "mode", "threshold", "teacher_api_key_file"):
+            if getattr(args, key, None) is not None:
+                overrides[key] = getattr(args, key)
+        config = RouterConfig.model_validate(target.config.model_dump() | overrides)
+        config_path = workdir / ROUTER_CONFIG_FILE
+        config_path.write_text(config.to_yaml())
+        router_log = workdir / "router.log"
+        with open(router_log, "wb") as log:
+            router = subprocess.Popen([sys.executable, "-m", "kubedistill_router", "--config", str(config_path),
+                                       "--host", args.host], stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        url = f"http://{args.host}:{args.port}"
+        _wait_router(router, url, router_log, args.timeout)
+        _announce(url, config, target.repository, triton, workdir)
+        while True:  # serve until interrupted, or until either process dies
+            if router.poll() is not None:
+                raise ServeError(f"the router exited with code {router.returncode}:\n{_tail(router_log)}")
+            if triton.process.poll() is not None:
+                raise ServeError(f"tritonserver exited with code {triton.process.returncode}:\n{triton.log_tail()}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping the router and Triton …", flush=True)
+        return 0
+    except (ServeError, TritonNotFound, TritonStartError, ValueError, OSError) as error:
+        print(f"kubedistill serve: {error}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(router)
+        if triton is not None:
+            triton.stop()
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonServer, workdir: Path) -> None:
+    manifest = ServingManifest.read(repository)
+    example = (manifest.labels or ["an example"])[0]
+    body = json.dumps({"instances": [f"A short text about {example}."]})
+    threshold = f", threshold {config.threshold}" if config.threshold is not None else ""
+    print(f"serving {config.model_name!r} (version {manifest.model_version}, mode {config.mode}{threshold}) "
+          f"at {url}\n"
+          f"  try:     curl -s {url}/v1/models/{config.model_name}:predict -H 'Content-Type: application/json' "
+          f"-d '{body}'\n"
+          f"  metrics: {url}/metrics    ready: {url}/readyz\n"
+          f"  triton:  http://{triton.http_url} (grpc {triton.grpc_url}); logs in {workdir}\n"
+          "Ctrl-C stops both.", flush=True)

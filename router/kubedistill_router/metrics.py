@@ -1,0 +1,63 @@
+"""The router's Prometheus metrics, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seconds: sub-millisecond routing up to slow teachers.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("kubedistill_router_requests", "Predict requests by HTTP code and by who served "
+                                "them (student, teacher, mixed; none for errors).", ["code", "served_by"], registry=r)
+        self.instances = Counter("kubedistill_router_instances", "Instances answered, by who served them; degraded: "
+                                 "the student answered because the teacher could not.", ["served_by", "degraded"],
+                                 registry=r)
+        self.escalations = Counter("kubedistill_router_escalations", "Instances below the confidence threshold, "
+                                   "sent to the teacher.", registry=r)
+        self.routed = Counter("kubedistill_router_routed_instances", "Instances the route mode decided on.",
+                              registry=r)
+        self.escalation_ratio = Gauge("kubedistill_router_escalation_ratio", "Share of routed instances escalated "
+                                      "since start.", registry=r)
+        self.request_seconds = Histogram("kubedistill_router_request_seconds", "Predict latency through the router.",
+                                         buckets=BUCKETS, registry=r)
+        self.student_seconds = Histogram("kubedistill_router_student_seconds", "Student call latency (Triton).",
+                                         buckets=BUCKETS, registry=r)
+        self.teacher_seconds = Histogram("kubedistill_router_teacher_seconds", "Teacher call latency.",
+                                         buckets=BUCKETS, registry=r)
+        self.teacher_errors = Counter("kubedistill_router_teacher_errors", "Teacher calls that failed, by reason "
+                                      "(timeout, error, circuit-open).", ["reason"], registry=r)
+        self.circuit_open = Gauge("kubedistill_router_teacher_circuit_open", "1 while the teacher's circuit "
+                                  "breaker is open.", registry=r)
+        self.rejected = Counter("kubedistill_router_rejected", "Requests refused with 429 (concurrency limit).",
+                                registry=r)
+        self.in_flight = Gauge("kubedistill_router_in_flight", "Predict requests in flight.", registry=r)
+        self.shadow_compared = Counter("kubedistill_router_shadow_compared", "Shadow instances the teacher also "
+                                       "answered.", registry=r)
+        self.shadow_agreed = Counter("kubedistill_router_shadow_agreed", "Shadow instances where student and "
+                                     "teacher agreed.", registry=r)
+        self.shadow_agreement = Gauge("kubedistill_router_shadow_agreement", "Live student-teacher agreement "
+                                      "on shadow traffic since start.", registry=r)
+        self.shadow_dropped = Counter("kubedistill_router_shadow_dropped", "Sampled shadow batches dropped (too "
+                                      "many in flight, or the teacher failed).", registry=r)
+        self._routed = 0
+        self._escalated = 0
+        self._compared = 0
+        self._agreed = 0
+
+    def record_routing(self, routed: int, escalated: int) -> None:
+        self._routed += routed
+        self._escalated += escalated
+        self.routed.inc(routed)
+        self.escalations.inc(escalated)
+        self.escalation_ratio.set(self._escalated / self._routed if self._routed else 0.0)
+
+    def record_shadow(self, compared: int, agreed: int) -> None:
+        self._compared += compared
+        self._agreed += agreed
+        self.shadow_compared.inc(compared)
+        self.shadow_agreed.inc(agreed)
+        self.shadow_agreement.set(self._agreed / self._compared if self._compared else 0.0)

@@ -1,0 +1,183 @@
+"""The CRDs agree with the API models: generated from them, every example accepted by both, and bad
+manifests refused by both (the CRD's schema and CEL rules as the API server runs them, and the models),
+each with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubedistill_crdcheck import schema, schema_errors
+
+from kubedistill.api import ManifestError, parse_resource
+from kubedistill.api.crdgen import build_crds, render
+
+ROOT = Path(__file__).resolve().parents[2]
+DELETE = object()
+
+
+def test_crds_folder_is_what_the_models_generate():
+    for name, crd in build_crds().items():
+        stale = f"crds/{name} is stale: run python -m kubedistill.api.crdgen"
+        assert (ROOT / "crds" / name).read_text() == render(crd), stale
+
+
+def _walk(node: Any, path: str = ""):  # type: ignore[no-untyped-def]
+    if isinstance(node, dict):
+        for name, prop in (node.get("properties") or {}).items():
+            yield f"{path}.{name}", prop
+            yield from _walk(prop, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            yield from _walk(node["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("kind", ["DistillationJob", "StudentDeployment"])
+def test_crd_shape(kind):
+    crd = build_crds()[f"{kind.lower()}s.yaml"]
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["shortNames"] == [{"DistillationJob": "dj", "StudentDeployment": "sd"}[kind]]
+    assert "kubedistill" in crd["spec"]["names"]["categories"]
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Age"} <= columns
+    assert ({"Retention", "RayJob"} if kind == "DistillationJob" else {"Ready", "Endpoint"}) <= columns
+    root = schema(kind)
+    assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 40
+    undocumented = [p for p, prop in _walk(root["properties"]["spec"]) if not prop.get("description")]
+    assert not undocumented, undocumented
+    assert root["properties"]["status"]["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def _example_documents() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted((ROOT / "examples").rglob("*.yaml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if isinstance(doc, dict) and str(doc.get("apiVersion", "")).startswith("kubedistill.io/"):
+                found.append((f"{path.relative_to(ROOT)}#{i}", doc))
+    return found
+
+
+EXAMPLES = _example_documents()
+
+
+def test_examples_exist():
+    kinds = {doc["kind"] for _, doc in EXAMPLES}
+    assert kinds == {"DistillationJob", "StudentDeployment"}
+
+
+@pytest.mark.parametrize(("where", "doc"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
+def test_every_example_is_accepted_by_the_crd_and_the_models(where, doc):
+    assert schema_errors(doc) == [], where
+    parse_resource(doc, where)
+
+
+def _quickstart(kind: str) -> dict[str, Any]:
+    name = {"DistillationJob": "distillationjob.yaml", "StudentDeployment": "studentdeployment.yaml"}[kind]
+    return yaml.safe_load((ROOT / "examples" / "quickstart" / name).read_text())
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+ENDPOINT_TEACHER = [("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
+                    ("spec.student", {"uri": "hf://org/small"})]
+CAUSAL = [("spec.task", {"type": "causal-lm"})]
+
+# (case, kind, changes to the quickstart manifest, the field the refusal must name)
+INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
+    ("no-task", "DistillationJob", [("spec.task", DELETE)], "task"),
+    ("task-type", "DistillationJob", [("spec.task.type", "regression")], "type"),
+    ("one-label", "DistillationJob", [("spec.task.labels", ["only"])], "labels"),
+    ("max-length", "DistillationJob", [("spec.task.maxLength", 4)], "maxLength"),
+    ("two-teachers", "DistillationJob",
+     [("spec.teacher.endpoint", {"url": "https://llm.example/v1", "model": "m"})], "teacher"),
+    ("no-teacher", "DistillationJob", [("spec.teacher.uri", DELETE)], "teacher"),
+    ("teacher-uri", "DistillationJob", [("spec.teacher.uri", "ftp://host/model")], "uri"),
+    ("endpoint-url", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.url", "llm.example/v1")], "url"),
+    ("no-student", "DistillationJob", [("spec.student.architecture", DELETE)], "student"),
+    ("two-students", "DistillationJob", [("spec.student.uri", "hf://org/small")], "student"),
+    ("heads", "DistillationJob", [("spec.student.architecture.numAttentionHeads", 3)], "hiddenSize"),
+    ("dataset-uri", "DistillationJob", [("spec.dataset.uri", "data/bbc")], "uri"),
+    ("eval-fraction", "DistillationJob", [("spec.dataset.evalFraction", 1.5)], "evalFraction"),
+    ("loss", "DistillationJob", [("spec.distillation.loss", "mse")], "loss"),
+    ("temperature", "DistillationJob", [("spec.distillation.temperature", 0)], "temperature"),
+    ("alpha", "DistillationJob", [("spec.distillation.alpha", 1.5)], "alpha"),
+    ("epochs-and-steps", "DistillationJob", [("spec.training.maxSteps", 100)], "training"),
+    ("batch-size", "DistillationJob", [("spec.training.batchSize", 0)], "batchSize"),
+    ("learning-rate", "DistillationJob", [("spec.training.learningRate", -0.1)], "learningRate"),
+    ("typo", "DistillationJob", [("spec.training.epoch", 3)], "epoch"),
+    ("quantization", "DistillationJob", [("spec.compression.quantization", "int2")], "quantization"),
+    ("int4-classifier", "DistillationJob", [("spec.compression.quantization", "int4")], "quantization"),
+    ("keep-layers", "DistillationJob", [("spec.compression.pruning", {"method": "layers"})], "keepLayers"),
+    ("head-ratio", "DistillationJob", [("spec.compression.pruning", {"method": "heads"})], "headRatio"),
+    ("min-retention", "DistillationJob", [("spec.evaluation.gate.minRetention", 3)], "minRetention"),
+    ("metric", "DistillationJob", [("spec.evaluation.metrics", ["bleu"])], "metrics"),
+    ("output-scheme", "DistillationJob", [("spec.output.uri", "hf://org/out")], "uri"),
+    ("no-output", "DistillationJob", [("spec.output", DELETE)], "output"),
+    ("s3-secret-name", "DistillationJob", [("spec.output.s3CredentialsSecret", "Bad_Name")], "s3CredentialsSecret"),
+    ("workers", "DistillationJob", [("spec.ray.workers.replicas", 0)], "replicas"),
+    ("gpus", "DistillationJob", [("spec.ray.workers.gpus", 32)], "gpus"),
+    ("cpu-quantity", "DistillationJob", [("spec.ray.head.resources", {"requests": {"cpu": "lots"}})], "cpu"),
+    ("ray-version", "DistillationJob", [("spec.ray.rayVersion", "2.x")], "rayVersion"),
+    ("toleration", "DistillationJob", [("spec.ray.tolerations", [{"key": "gpu", "operator": "Maybe"}])],
+     "operator"),
+    ("long-name", "DistillationJob", [("metadata.name", "a" * 41)], "name"),
+    ("endpoint-architecture", "DistillationJob",
+     [*ENDPOINT_TEACHER, ("spec.student", {"architecture": {"numLayers": 2, "hiddenSize": 64,
+                                                            "numAttentionHeads": 2}})], "student"),
+    ("endpoint-online", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.distillation.teacherMode", "online")],
+     "teacherMode"),
+    ("endpoint-top-k", "DistillationJob",
+     [*ENDPOINT_TEACHER, *CAUSAL, ("spec.distillation.topK", 50), ("spec.compression.quantization", "int4")],
+     "topK"),
+    ("endpoint-hidden-states", "DistillationJob",
+     [*ENDPOINT_TEACHER, ("spec.distillation.hiddenStates", {"enabled": True})], "hiddenStates"),
+    ("key-secret-name", "DistillationJob",
+     [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.apiKeySecretRef", {"name": "Bad_Name", "key": "k"})], "name"),
+    ("two-sources", "StudentDeployment", [("spec.source.modelRepositoryUri", "s3://b/m")], "source"),
+    ("no-source", "StudentDeployment", [("spec.source.jobRef", DELETE)], "source"),
+    ("source-uri", "StudentDeployment",
+     [("spec.source", {"modelRepositoryUri": "http://host/models"})], "modelRepositoryUri"),
+    ("replicas", "StudentDeployment", [("spec.replicas", -1)], "replicas"),
+    ("autoscaling-bounds", "StudentDeployment",
+     [("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}), ("spec.replicas", 1)], "minReplicas"),
+    ("replicas-over-max", "StudentDeployment", [("spec.autoscaling", {"maxReplicas": 1})], "replicas"),
+    ("router-mode", "StudentDeployment", [("spec.router.mode", "random")], "mode"),
+    ("threshold", "StudentDeployment", [("spec.router.threshold", 1.5)], "threshold"),
+    ("shadow-rate", "StudentDeployment",
+     [("spec.router.mode", "shadow"), ("spec.router.shadowSampleRate", 0)], "shadowSampleRate"),
+    ("signal", "StudentDeployment", [("spec.router.confidenceSignal", "logit")], "confidenceSignal"),
+    ("teacher-url", "StudentDeployment", [("spec.router.teacher", {"url": "teacher:9000"})], "url"),
+    ("service-port", "StudentDeployment", [("spec.service.port", 8001)], "port"),
+    ("service-type", "StudentDeployment", [("spec.service.type", "Ingress")], "type"),
+    ("triton-gpus", "StudentDeployment", [("spec.triton.gpus", -1)], "gpus"),
+    ("max-batch", "StudentDeployment", [("spec.triton.maxBatchSize", 0)], "maxBatchSize"),
+]
+
+
+def test_enough_invalid_cases():
+    assert len(INVALID) >= 30 and len({c[0] for c in INVALID}) == len(INVALID)
+
+
+@pytest.mark.parametrize(("case", "kind", "changes", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_manifest_is_refused_by_both_naming_the_field(case, kind, changes, field):
+    doc = copy.deepcopy(_quickstart(kind))
+    for path, value in changes:
+        _set(doc, path, value)
+    crd = schema_errors(doc)
+    assert crd, f"{case}: the CRD accepted it"
+    assert any(field in error for error in crd), f"{case}: the CRD's refusal does not name {field!r}: {crd}"
+    with pytest.raises(ManifestError) as refused:
+        parse_resource(doc, case)
+    assert field in str(refused.value), f"{case}: the models' refusal does not name {field!r}: {refused.value}"

@@ -1,0 +1,45 @@
+"""A causal-LM job: int4 weight-only student, perplexities, inverse-ratio retention, token-level frontier."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from kubedistill_jobs.compress import compress
+from kubedistill_jobs.evaluate import evaluate
+from kubedistill_jobs.export import export
+
+from kubedistill.artifacts import OutputLayout
+
+from .conftest import WORDS, make_spec, tiny_llama, tokenizer, write_jsonl
+
+
+@pytest.mark.slow
+def test_causal_lm_pipeline(tmp_path, fast_latency):
+    layout = OutputLayout(tmp_path)
+    tok = tokenizer()
+    tiny_llama(tok.vocab_size, seed=1).save_pretrained(layout.teacher)
+    tiny_llama(tok.vocab_size, seed=2).save_pretrained(layout.student)
+    for folder in (layout.teacher, layout.student):
+        tok.save_pretrained(folder)
+    rng = random.Random(0)
+    words = " ".join(WORDS.values()).split()
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 25)))} for _ in range(24)]
+    write_jsonl(layout.data / "train.jsonl", rows[:12])
+    write_jsonl(layout.data / "eval.jsonl", rows[12:])
+    spec = make_spec(task={"type": "causal-lm", "maxLength": 32}, compression={"quantization": "int4"},
+                     evaluation={"gate": {"minRetention": 0.5}})
+    compress(spec, layout)
+    assert (layout.onnx / "student.int4.onnx").is_file()
+    report = evaluate(spec, layout, "lm-1", settings=fast_latency)
+    doc = json.loads(layout.report_json.read_text())
+    for name in ("teacher", "student", "student_quantized"):
+        assert doc[name]["metrics"]["perplexity"] > 1
+    assert report.retention == pytest.approx(
+        report.teacher.metrics["perplexity"] / report.student_quantized.metrics["perplexity"])
+    assert report.routing is not None and report.routing.recommended_threshold is not None
+    assert report.gate.passed == (report.retention >= 0.5)
+    manifest = export(spec, layout, report)
+    assert manifest.task == "causal-lm" and manifest.labels is None
+    assert not (layout.model_repository / "student" / "labels.txt").exists()

@@ -1,0 +1,88 @@
+"""report.json, report.md and plots: the keys the issue lists, the gate, and an eval split without labels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from kubedistill_jobs import render
+from kubedistill_jobs.evaluate import evaluate, gate
+
+from kubedistill.artifacts import OutputLayout
+from kubedistill.report import Report, job_results, load_report
+
+from .conftest import write_jsonl
+
+
+def test_report_json_keys_and_types(evaluated):
+    spec, layout, report = evaluated
+    doc = json.loads(layout.report_json.read_text())
+    assert load_report(layout.report_json.read_text()) == report
+    assert doc["task"] == "sequence-classification"
+    for name in ("teacher", "student", "student_quantized"):
+        model = doc[name]
+        assert isinstance(model["params"], int) and model["params"] > 0
+        assert isinstance(model["size_bytes"], int) and model["size_bytes"] > 0
+        assert {"accuracy", "macro_f1"} <= set(model["metrics"])
+        assert all(isinstance(v, float) for v in model["metrics"].values())
+        assert {"p50", "p95"} <= set(model["latency_ms"]) and model["latency_ms"]["p50"] > 0
+        assert model["latency_ms"]["p95"] >= model["latency_ms"]["p50"]
+        assert model["latency_ms_batch32"]["p50"] > 0 and model["throughput"]["batch32"] > 0
+    for key in ("retention", "agreement", "speedup", "compression"):
+        assert isinstance(doc[key], float)
+    assert doc["student_quantized"]["size_bytes"] < doc["student"]["size_bytes"] < doc["teacher"]["size_bytes"]
+    assert doc["compression"] == pytest.approx(doc["teacher"]["size_bytes"] / doc["student_quantized"]["size_bytes"])
+    assert doc["retention"] == pytest.approx(
+        doc["student_quantized"]["metrics"]["accuracy"] / doc["teacher"]["metrics"]["accuracy"])
+    routing = doc["routing"]
+    assert routing["target"] == spec.evaluation.routing_target
+    assert isinstance(routing["recommended_threshold"], float)
+    assert all({"threshold", "escalation_rate", "accuracy"} <= set(p) for p in routing["frontier"])
+    assert set(routing["signals"]) == {"max-probability", "margin", "entropy"}
+    assert doc["gate"]["min_retention"] == 0.95 and isinstance(doc["gate"]["passed"], bool)
+    assert doc["gate"]["passed"] == (doc["retention"] >= 0.95)
+    assert doc["model_version"] == "run-1"
+    results = job_results(report, "file:///out/model_repository", "file:///out/report.json")
+    assert results.gate_passed == doc["gate"]["passed"] and results.escalation_rate is not None
+
+
+def test_markdown_and_plots(evaluated):
+    _, layout, _ = evaluated
+    md = layout.report_md.read_text()
+    assert "| teacher (fp32) |" in md and "| student (quantized) |" in md and "Recommended threshold" in md
+    for name in ("routing_frontier.png", "training_curves.png", "comparison.png"):
+        png = layout.plots / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}" in md
+
+
+def test_gate_pass_and_fail():
+    assert gate(0.97, 0.95).passed
+    assert gate(0.5, None).passed  # no gate configured
+    failed = gate(0.91, 0.95)
+    assert not failed.passed and failed.shortfall == pytest.approx(0.04)
+
+
+def test_failed_gate_is_reported_with_its_shortfall(evaluated):
+    _, _, report = evaluated
+    failed = report.model_copy(update={"retention": 0.9, "gate": gate(0.9, 0.95)})
+    assert failed.shortfall() == pytest.approx(0.05)
+    assert job_results(failed, "a", "b").gate_passed is False
+    assert "gate not met" in render.markdown(failed, {}) and "short by 0.05" in render.markdown(failed, {})
+
+
+def test_eval_split_without_labels_gives_agreement_only(evaluated, fast_latency, tmp_path):
+    spec, layout, _ = evaluated
+    shutil.copytree(layout.root, tmp_path / "job")
+    unlabelled = OutputLayout(tmp_path / "job")
+    rows = [json.loads(line) for line in (layout.data / "eval.jsonl").read_text().splitlines()]
+    write_jsonl(unlabelled.data / "eval.jsonl", [{"text": r["text"]} for r in rows])
+    report = evaluate(spec, unlabelled, "run-2", settings=fast_latency)
+    assert isinstance(report, Report)
+    assert "accuracy" not in report.student_quantized.metrics
+    assert report.retention == pytest.approx(report.student_quantized.metrics["agreement"])
+    assert report.agreement == report.student_quantized.metrics["agreement"]
+    assert report.labelled is False
+    assert report.routing is not None and report.routing.model_extra["reference"] == "teacher"
+    assert "no gold labels" in unlabelled.report_md.read_text()

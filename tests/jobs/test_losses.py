@@ -1,0 +1,119 @@
+"""The distillation losses against their mathematical identities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kubedistill_jobs import losses
+
+
+@pytest.fixture
+def logits() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(4, 7, 11, generator=gen), torch.randn(4, 7, 11, generator=gen)
+
+
+def _reference_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p ‖ q) with torch's own kl_div, averaged over positions."""
+    p_log = F.log_softmax(p_logits / temperature, -1)
+    q_log = F.log_softmax(q_logits / temperature, -1)
+    return F.kl_div(q_log, p_log, log_target=True, reduction="none").sum(-1).mean()
+
+
+@pytest.mark.parametrize("name", ["forward-kl", "reverse-kl", "jsd"])
+def test_zero_for_identical_distributions(logits, name):
+    student, _ = logits
+    value = losses.soft_loss(student, student.clone(), loss=name, temperature=2.0)
+    assert value.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forward_and_reverse_kl_swap(logits):
+    student, teacher = logits
+    forward = losses.soft_loss(student, teacher, loss="forward-kl")
+    reverse = losses.soft_loss(teacher, student, loss="reverse-kl")
+    assert forward.item() == pytest.approx(reverse.item(), rel=1e-5)
+    assert forward.item() == pytest.approx(_reference_kl(teacher, student).item(), rel=1e-5)
+    assert forward.item() != pytest.approx(losses.soft_loss(student, teacher, loss="reverse-kl").item(), rel=1e-3)
+
+
+def test_jsd_symmetric_at_half(logits):
+    student, teacher = logits
+    one_way = losses.soft_loss(student, teacher, loss="jsd", beta=0.5)
+    other_way = losses.soft_loss(teacher, student, loss="jsd", beta=0.5)
+    assert one_way.item() == pytest.approx(other_way.item(), rel=1e-5)
+    assert 0 < one_way.item() <= torch.log(torch.tensor(2.0)).item()  # JSD is bounded by log 2
+
+
+def test_jsd_equals_the_kls_at_the_ends(logits):
+    student, teacher = logits
+    assert losses.soft_loss(student, teacher, loss="jsd", beta=0.0).item() == pytest.approx(
+        _reference_kl(teacher, student).item(), rel=1e-5)
+    assert losses.soft_loss(student, teacher, loss="jsd", beta=1.0).item() == pytest.approx(
+        _reference_kl(student, teacher).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 4.0])
+def test_temperature_squared_scaling(logits, temperature):
+    student, teacher = logits
+    value = losses.soft_loss(student, teacher, temperature=temperature)
+    assert value.item() == pytest.approx(temperature**2 * _reference_kl(teacher, student, temperature).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["forward-kl", "reverse-kl", "jsd"])
+def test_topk_path_equals_full_loss_when_k_is_the_vocabulary(logits, name):
+    student, teacher = logits
+    values, indices = teacher.topk(teacher.shape[-1], dim=-1)
+    full = losses.soft_loss(student, teacher, loss=name, temperature=2.0, beta=0.3)
+    topk = losses.topk_soft_loss(student, values, indices, loss=name, temperature=2.0, beta=0.3)
+    assert topk.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_topk_loss_is_zero_when_the_student_matches_the_kept_tokens():
+    teacher = torch.tensor([[5.0, 4.0, -30.0, -30.0]])
+    values, indices = teacher.topk(2, dim=-1)
+    assert losses.topk_soft_loss(teacher, values, indices).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_topk_larger_than_vocabulary_is_refused(logits):
+    student, _ = logits
+    values = torch.zeros(*student.shape[:-1], 12)
+    with pytest.raises(ValueError, match="topK"):
+        losses.topk_soft_loss(student, values, values.long())
+
+
+def test_label_masking_leaves_out_ignored_positions(logits):
+    student, teacher = logits
+    labels = torch.randint(0, 11, student.shape[:-1], generator=torch.Generator().manual_seed(1))
+    labels[:, 4:] = losses.IGNORE_INDEX
+    masked = losses.distillation_loss(student, teacher, labels, alpha=0.6, temperature=1.0)
+    kept = losses.distillation_loss(student[:, :4], teacher[:, :4], labels[:, :4], alpha=0.6, temperature=1.0)
+    assert masked.total.item() == pytest.approx(kept.total.item(), rel=1e-5)
+    assert masked.hard.item() == pytest.approx(F.cross_entropy(student[:, :4].reshape(-1, 11),
+                                                               labels[:, :4].reshape(-1)).item(), rel=1e-5)
+
+
+def test_alpha_mixes_soft_and_hard_terms():
+    gen = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
+    labels = torch.randint(0, 5, (8,), generator=gen)
+    parts = losses.distillation_loss(student, teacher, labels, alpha=0.7, temperature=3.0)
+    assert parts.total.item() == pytest.approx(0.7 * parts.soft.item() + 0.3 * parts.hard.item(), rel=1e-6)
+    assert parts.soft.item() == pytest.approx(9.0 * _reference_kl(teacher, student, 3.0).item(), rel=1e-5)
+    hard_only = losses.distillation_loss(student, None, labels)
+    assert hard_only.total.item() == pytest.approx(F.cross_entropy(student, labels).item(), rel=1e-6)
+
+
+def test_hidden_state_loss_learns_a_projection():
+    torch.manual_seed(0)
+    student_hidden = torch.randn(64, 8)
+    teacher_hidden = student_hidden @ torch.randn(8, 16)
+    projection = losses.HiddenStateProjection(8, 16)
+    optimizer = torch.optim.Adam(projection.parameters(), lr=0.05)
+    first = losses.hidden_state_loss(projection, student_hidden, teacher_hidden).item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        value = losses.hidden_state_loss(projection, student_hidden, teacher_hidden)
+        value.backward()
+        optimizer.step()
+    assert value.item() < 0.01 * first

@@ -1,0 +1,129 @@
+"""The pipeline end to end on tiny models (through training), its hand-off contract, resume, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from kubedistill_jobs.pipeline import Pipeline, SpecChangedError
+from kubedistill_jobs.storage import resolve_output
+
+from kubedistill.api.distillationjob import DistillationJob
+from kubedistill.artifacts import OutputLayout
+
+from .conftest import job_manifest
+
+
+class Recorder:
+    """A Display that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, bool]] = []
+        self.epochs: list[dict] = []
+
+    def stage_started(self, stage):
+        return lambda done, total: None
+
+    def stage_finished(self, stage, summary, skipped):
+        self.finished.append((stage, skipped))
+
+    def epoch(self, entry):
+        self.epochs.append(entry)
+
+    def message(self, text):
+        pass
+
+
+def _pipeline(manifest: dict, display: Recorder) -> Pipeline:
+    job = DistillationJob.model_validate(manifest)
+    return Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=display)
+
+
+@pytest.mark.slow
+def test_classification_through_training_then_resume(ray_local, tmp_path, tiny_models, sentiment_data):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    # with feature distillation: the cached teacher [CLS] states and a learned projection
+    manifest = job_manifest(tmp_path, tiny_models["bert"], sentiment_data,
+                            distillation={"hiddenStates": {"enabled": True, "weight": 0.5}})
+    display = Recorder()
+    result = _pipeline(manifest, display).run(stop_after="train")
+    layout = OutputLayout(tmp_path / "out")
+    assert [s for s, _ in display.finished] == ["data", "teacher", "soft-targets", "train"]
+    rows = [json.loads(line) for line in (layout.data / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 120 and set(rows[0]) == {"text", "label"} and rows[0]["label"] in (0, 1)
+    teacher = AutoModelForSequenceClassification.from_pretrained(layout.teacher)
+    assert teacher.config.id2label == {0: "neg", 1: "pos"}
+    assert result.stages["teacher"]["accuracy"] > 0.6  # a head fitted on a random tiny encoder beats chance
+    student = AutoModelForSequenceClassification.from_pretrained(layout.student)
+    AutoTokenizer.from_pretrained(layout.student)
+    assert student.config.num_hidden_layers == 1
+    report = json.loads(layout.train_report.read_text())
+    assert report["student"]["params"] == sum(p.numel() for p in student.parameters())
+    assert report["teacher"]["accuracy"] == result.stages["teacher"]["accuracy"]
+    assert {"epoch", "step", "train_loss", "soft_loss", "hard_loss", "hidden_loss", "eval_accuracy"} <= set(
+        report["history"][-1])
+    assert len(display.epochs) == 2
+
+    again = Recorder()
+    _pipeline(manifest, again).run(stop_after="train")
+    assert again.finished == [("data", True), ("teacher", True), ("soft-targets", True), ("train", True)]
+
+    changed = job_manifest(tmp_path, tiny_models["bert"], sentiment_data, training={"learningRate": 0.5},
+                           distillation={"hiddenStates": {"enabled": True, "weight": 0.5}})
+    with pytest.raises(SpecChangedError, match=r"output\.uri"):
+        _pipeline(changed, Recorder()).run()
+
+
+@pytest.mark.slow
+def test_causal_lm_with_cached_top_k(ray_local, tmp_path, tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    words = ["good", "bad", "movie", "day", "was", "very", "the", "a"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "lm.txt").write_text("".join(" ".join(rng.choice(words, 8)) + "\n" for _ in range(80)))
+    manifest = job_manifest(
+        tmp_path, tiny_models["llama"], tmp_path / "lm.txt",
+        task={"type": "causal-lm", "maxLength": 12, "labels": None},
+        teacher={"adapt": {"method": "none"}},
+        dataset={"labelField": None},
+        distillation={"topK": 8, "temperature": 1.0},
+        training={"epochs": 1},
+        compression={"quantization": "none"},
+    )
+    del manifest["spec"]["task"]["labels"]
+    result = _pipeline(manifest, Recorder()).run(stop_after="train")
+    layout = OutputLayout(tmp_path / "out")
+    assert result.stages["soft-targets"]["k"] == 8
+    values = np.load(layout.soft_targets / "topk_values.npy")
+    assert values.shape == (60, 12, 8)
+    model = AutoModelForCausalLM.from_pretrained(layout.student)
+    assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(layout.teacher).config.vocab_size
+    assert "eval_perplexity" in result.stages["train"]["history"][-1]
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kubedistill.cli", "run", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_cli_refuses_a_bad_manifest_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: kubedistill.io/v1alpha1\nkind: DistillationJob\nmetadata: {name: x}\nspec: {}\n")
+    done = _cli(str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "spec.task" in lines[0]
+
+
+def test_cli_refuses_bad_data_before_starting_ray(tmp_path, tiny_models):
+    (tmp_path / "d.jsonl").write_text('{"text": "x", "label": "maybe"}\n' * 20)
+    manifest = job_manifest(tmp_path, tiny_models["bert"], tmp_path / "d.jsonl")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    done = _cli(str(tmp_path / "job.yaml"), "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.labelField: labels in the data")

@@ -1,0 +1,83 @@
+"""`kubedistill manifests` and `kubedistill operator`'s flags and environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kubedistill_operator.cli import options_from_args
+from kubedistill_operator.config import OperatorConfig
+from kubedistill_operator.main import FINALIZER, build_settings
+from kubedistill_validation import validate_object
+
+from kubedistill.api import load_manifests
+from kubedistill.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if load_manifests(p))
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])
+def test_manifests_of_every_example_validate(path, capsys):
+    assert main(["manifests", str(path)]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    resources = load_manifests(path)
+    assert objects and len({o["kind"] for o in objects}) >= 3
+    for obj in objects:
+        validate_object(obj)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubedistill-operator"
+        assert obj["metadata"]["ownerReferences"][0]["name"] in {r.metadata.name for r in resources}
+
+
+def test_manifests_of_a_job_and_its_deployment_serve_the_jobs_output(capsys):
+    files = [str(ROOT / "examples" / "quickstart" / n) for n in ("distillationjob.yaml", "studentdeployment.yaml")]
+    assert main(["manifests", *files]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    fetch = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["command"][3] == "file:///tmp/kubedistill/bbc-news-topics/model_repository"
+
+
+def test_manifests_refuses_a_bad_file_with_the_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())
+    doc["spec"]["distillation"]["loss"] = "mse"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["manifests", str(bad)]) == 2
+    assert "spec.distillation.loss" in capsys.readouterr().err
+
+
+def test_operator_flags():
+    args = build_parser().parse_args(["operator", "--namespace", "a", "--namespace", "b", "--peering", "kd",
+                                      "--liveness-port", "9090"])
+    options = options_from_args(args)
+    assert options.namespaces == ("a", "b") and options.peering == "kd" and not options.standalone
+    assert options.liveness_endpoint == "http://0.0.0.0:9090/healthz"
+    cluster_wide = options_from_args(build_parser().parse_args(["operator", "-A", "--standalone",
+                                                                "--liveness-port", "0"]))
+    assert cluster_wide.namespaces == () and cluster_wide.standalone and cluster_wide.liveness_endpoint is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator", "-A", "--namespace", "a"])
+    with pytest.raises(SystemExit):
+        options_from_args(build_parser().parse_args(["operator", "--peering", "x", "--standalone"]))
+
+
+def test_settings_use_the_projects_prefix():
+    settings = build_settings(options_from_args(build_parser().parse_args(["operator"])))
+    assert settings.persistence.finalizer == FINALIZER == "kubedistill.io/finalizer"
+    assert settings.persistence.progress_storage.prefix == "kubedistill.io"
+    assert settings.persistence.diffbase_storage.prefix == "kubedistill.io"
+
+
+def test_config_from_env():
+    config = OperatorConfig.from_env({
+        "KUBEDISTILL_JOB_IMAGE": "r/jobs:2", "KUBEDISTILL_ROUTER_IMAGE": "r/router:2",
+        "KUBEDISTILL_TRITON_IMAGE": "r/triton:24", "KUBEDISTILL_IMAGE_PULL_SECRETS": "a, b,,",
+    })
+    assert config == OperatorConfig("r/jobs:2", "r/router:2", "r/triton:24", ("a", "b"))
+    assert OperatorConfig.from_env({}) == OperatorConfig()

@@ -1,0 +1,151 @@
+"""`kubedistill serve` end to end (its own Triton and router processes), and the router's own entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from kubedistill_router.local.serve import ServeError, resolve_target
+from kubedistill_router.local.triton import free_port
+
+from kubedistill.routerconfig import RouterConfig
+
+from .conftest import LABELS, router_config
+
+pytestmark = pytest.mark.slow
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
+    """stdout until a line holds `marker`; fails when the process ends or the deadline passes first."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not any(marker in line for line in lines):
+        if time.monotonic() > deadline or (process.poll() is not None and not reader.is_alive()):
+            process.kill()
+            raise AssertionError(f"no {marker!r} in the output:\n{''.join(lines)}")
+        time.sleep(0.1)
+    return "".join(lines)
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def refuses(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return False
+    except (urllib.error.URLError, OSError):
+        return True
+    return False
+
+
+def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_repository, tmp_path):
+    output = tmp_path / "output"
+    shutil.copytree(model_repository, output / "model_repository")
+    (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": "bbc-news"}}))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = read_until(process, "Ctrl-C stops both.", timeout=240)
+        base = f"http://127.0.0.1:{port}"
+        assert "serving 'bbc-news' (version test-1, mode route" in banner
+        assert f"curl -s {base}/v1/models/bbc-news:predict" in banner
+        triton_http = banner.split("triton:  ")[1].split()[0]
+        status, body = post(f"{base}/v1/models/bbc-news:predict", {"instances": ["a match report", "a chip"]})
+        assert status == 200 and len(body["predictions"]) == 2
+        assert all(p["label"] in LABELS for p in body["predictions"])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert refuses(f"{base}/healthz") and refuses(f"{triton_http}/v2/health/live")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_resolves_a_student_deployment_manifest(model_repository, tmp_path):
+    manifest = tmp_path / "sd.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubedistill.io/v1alpha1", "kind": "StudentDeployment", "metadata": {"name": "news"},
+        "spec": {"source": {"modelRepositoryUri": f"file://{model_repository}"},
+                 "router": {"mode": "shadow", "shadowSampleRate": 0.5, "threshold": 0.7}},
+    }))
+    target = resolve_target(manifest, tmp_path)
+    assert target.repository == model_repository
+    assert (target.config.model_name, target.config.mode, target.config.threshold) == ("news", "shadow", 0.7)
+    assert target.config.shadow_sample_rate == 0.5
+
+
+def test_serve_says_what_is_wrong_with_its_target(tmp_path):
+    with pytest.raises(ServeError, match="holds no model repository"):
+        resolve_target(tmp_path, tmp_path)
+    manifest = tmp_path / "sd.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "kubedistill.io/v1alpha1", "kind": "StudentDeployment",
+                                        "metadata": {"name": "news"}, "spec": {"source": {"jobRef": {"name": "j"}}}}))
+    with pytest.raises(ServeError, match="jobRef needs a cluster"):
+        resolve_target(manifest, tmp_path)
+
+
+def test_router_entry_point_runs_from_a_config_file(triton, model_repository, tmp_path):
+    port = free_port()
+    config = router_config(model_repository, triton.grpc_url, mode="student-only", port=port)
+    path = tmp_path / "router.yaml"
+    path.write_text(config.to_yaml())
+    assert RouterConfig.read(path) == config
+    process = subprocess.Popen([sys.executable, "-m", "kubedistill_router", "--config", str(path),
+                                "--host", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while refuses(f"http://127.0.0.1:{port}/readyz"):
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.1)
+        status, body = post(f"http://127.0.0.1:{port}/v1/models/news:predict", {"instances": ["hello"]})
+        assert status == 200 and body["predictions"][0]["served_by"] == "student"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_router_refuses_a_bad_config_before_serving(model_repository, tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump({"modelName": "x"}))
+    result = subprocess.run([sys.executable, "-m", "kubedistill_router", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "model_name" in result.stderr
+    path.write_text(router_config(model_repository, "127.0.0.1:1", mode="route", threshold=None).to_yaml()
+                    .replace(str(model_repository), str(tmp_path)))
+    result = subprocess.run([sys.executable, "-m", "kubedistill_router", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "serving.json is missing" in result.stderr
+
+
+def test_router_package_imports_nothing_heavy():
+    code = ("import sys, kubedistill_router.app, kubedistill_router.fetch, kubedistill_router.local.serve; "
+            "heavy = {'torch', 'transformers', 'ray', 'kubedistill_jobs', 'datasets'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=os.environ | {"PYTHONWARNINGS": ""})
+    assert Path(__file__).parent.name == "router"
