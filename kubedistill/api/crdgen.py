@@ -1,7 +1,7 @@
 """Generate the CustomResourceDefinitions in `crds/` from the API models.
 
-    python -m kubedistill.api.crdgen            # rewrite crds/
-    python -m kubedistill.api.crdgen --check    # fail when crds/ is out of date
+    python -m kubedistill.api.crdgen            # rewrite crds/ and charts/kubedistill/crds/
+    python -m kubedistill.api.crdgen --check    # fail when either is out of date
 
 Pydantic's JSON Schema becomes a Kubernetes *structural* schema: `$ref`s inlined, optional fields
 as plain non-required properties, `exclusiveMinimum` in OpenAPI v3.0's boolean form, titles dropped,
@@ -23,7 +23,10 @@ from kubedistill.api.distillationjob import DistillationJobSpec, DistillationJob
 from kubedistill.api.meta import MAX_NAME_LENGTH
 from kubedistill.api.studentdeployment import StudentDeploymentSpec, StudentDeploymentStatus
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "crds"
+# The Helm chart ships the same files (Helm installs a chart's crds/ before its templates).
+CHART_CRD_DIR = ROOT / "charts" / "kubedistill" / "crds"
 CATEGORY = "kubedistill"
 
 _DROP = {"title", "discriminator"}
@@ -206,11 +209,13 @@ def render(crd: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail when crds/ differs from the models")
-    parser.add_argument("--out", type=Path, default=CRD_DIR, help="folder to write (default: crds/)")
+    parser.add_argument("--out", type=Path, action="append",
+                        help="folder to write (repeatable; default: crds/ and the chart's crds/)")
     args = parser.parse_args(argv)
     stale = []
-    for name, crd in build_crds().items():
-        path = args.out / name
+    for folder, (name, crd) in ((f, item) for f in args.out or [CRD_DIR, CHART_CRD_DIR]
+                                for item in build_crds().items()):
+        path = folder / name
         text = render(crd)
         if args.check:
             if not path.is_file() or path.read_text() != text:

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     operator.add_argument("--peering", metavar="NAME", default=None,
                           help="kopf peering object shared by the replicas (needs kopf's peering CRDs)")
     operator.add_argument("--standalone", action="store_true", help="no peering: this replica is the only one")
+    operator.add_argument("--priority", type=int, default=None,
+                          help="peering priority; the highest serves, the others wait (default with --peering: random, "
+                          "so that replicas sharing one set of arguments never tie, which would freeze them all)")
     operator.add_argument("--liveness-port", type=int, default=8080,
                           help="port of the liveness endpoint http://0.0.0.0:PORT/healthz (0 disables it)")
     operator.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
@@ -38,6 +41,7 @@ def options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         namespaces=tuple(args.namespace),
         peering=args.peering,
         standalone=args.standalone,
+        priority=args.priority,
         liveness_port=args.liveness_port or None,
         kubeconfig=args.kubeconfig,
         resync_seconds=args.resync_seconds,

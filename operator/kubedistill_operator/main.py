@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class OperatorOptions:
     namespaces: tuple[str, ...] = ()
     peering: str | None = None
     standalone: bool = False
+    priority: int | None = None
     liveness_host: str = "0.0.0.0"
     liveness_port: int | None = 8080
     kubeconfig: str | None = None
@@ -47,6 +49,10 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.peering.clusterwide = not options.namespaces
+    # kopf freezes every operator that sees a peer of equal priority; replicas of one Deployment share their
+    # arguments, so each draws its own priority: the highest serves, the rest stand by until it goes away.
+    settings.peering.priority = options.priority if options.priority is not None else (
+        secrets.randbelow(2**31 - 2) + 1 if options.peering else 0)
     # Events come from the reconcilers with their own reasons; kopf's log lines become events only on warnings.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8

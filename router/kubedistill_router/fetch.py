@@ -21,6 +21,7 @@ from typing import Any
 
 from kubedistill.artifacts import SERVING_MANIFEST, ServingManifest
 from kubedistill.uris import PVC_MOUNT_ROOT, UriError, local_path, parse_uri
+from kubedistill_router.triton_settings import TritonSettings, apply_to_repository
 
 
 class FetchError(RuntimeError):
@@ -83,8 +84,12 @@ def copy_from_filesystem(fs: Any, root: str, staging: Path) -> None:
         fs.get_file(remote, str(target))
 
 
-def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT) -> ServingManifest:
-    """Copy the repository at `source` into `dest`, verified and atomically; returns its manifest."""
+def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT,
+          settings: TritonSettings | None = None) -> ServingManifest:
+    """Copy the repository at `source` into `dest`, verified and atomically; returns its manifest.
+
+    `settings` (the deployment's spec.triton) are written into the models' config.pbtxt while staging.
+    """
     dest = Path(dest)
     dest_exists = dest.exists()
     if dest_exists and not dest.is_dir():
@@ -96,6 +101,8 @@ def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT) -> ServingMa
     try:
         _download(source, staging, pvc_root)
         manifest = verify_repository(staging)
+        if settings is not None:
+            apply_to_repository(staging, manifest, settings)
         if not dest_exists:
             staging.rename(dest)
             return manifest
@@ -121,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="destination folder (for example /models)")
     args = parser.parse_args(argv)
     try:
-        manifest = fetch(args.source, args.dest)
-    except (FetchError, UriError, OSError) as error:
+        manifest = fetch(args.source, args.dest, settings=TritonSettings.from_env())
+    except (FetchError, UriError, OSError, ValueError) as error:
         print(f"fetch: {error}", file=sys.stderr)
         return 1
     print(f"fetched {args.source} → {args.dest} (model version {manifest.model_version})")

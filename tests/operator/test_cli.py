@@ -81,3 +81,13 @@ def test_config_from_env():
     })
     assert config == OperatorConfig("r/jobs:2", "r/router:2", "r/triton:24", ("a", "b"))
     assert OperatorConfig.from_env({}) == OperatorConfig()
+
+
+def test_peering_replicas_never_tie_on_priority():
+    # Equal priorities freeze every kopf peer; replicas share their arguments, so each must draw its own.
+    args = build_parser().parse_args(["operator", "--peering", "kubedistill"])
+    priorities = {build_settings(options_from_args(args)).peering.priority for _ in range(50)}
+    assert len(priorities) == 50 and min(priorities) > 0
+    pinned = build_parser().parse_args(["operator", "--peering", "kubedistill", "--priority", "7"])
+    assert build_settings(options_from_args(pinned)).peering.priority == 7
+    assert build_settings(options_from_args(build_parser().parse_args(["operator"]))).peering.priority == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,46 @@ def test_fetch_command_reports_errors_on_stderr(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kubedistill_router.fetch", str(tmp_path / "nope"),
                              str(tmp_path / "models")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "fetch: " in result.stderr and "no such folder" in result.stderr
+
+
+def test_fetch_writes_the_deployments_triton_settings_into_each_config(model_repository, tmp_path):
+    # The env comes from the operator's own builder, so the two sides of this contract are tested together.
+    from kubedistill_operator.builders import ModelSourceInfo, build_student_children
+    from kubedistill_operator.config import OperatorConfig
+    from kubedistill_router.triton_settings import read_config
+
+    from kubedistill.api import StudentDeployment
+
+    sd = StudentDeployment.model_validate({
+        "metadata": {"name": "topics", "namespace": "ml", "uid": "u-1"},
+        "spec": {"source": {"modelRepositoryUri": f"file://{model_repository}"},
+                 "triton": {"maxBatchSize": 8, "instanceCount": 3, "gpus": 1,
+                            "dynamicBatching": {"maxQueueDelayMicroseconds": 250, "preferredBatchSizes": [2, 4, 64]}}},
+    })
+    objects = build_student_children(sd, ModelSourceInfo(f"file://{model_repository}", "v1"), OperatorConfig())
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["initContainers"][0]["env"] if "value" in e}
+
+    dest = tmp_path / "models"
+    result = subprocess.run([sys.executable, "-m", "kubedistill_router.fetch", str(model_repository), str(dest)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    for model in ("student", "teacher"):
+        config = read_config(dest / model / "config.pbtxt")
+        assert config.max_batch_size == 8
+        assert config.dynamic_batching.max_queue_delay_microseconds == 250
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]  # 64 exceeds max_batch_size
+        assert [(g.count, g.kind) for g in config.instance_group] == [(3, config.instance_group[0].KIND_GPU)]
+        assert [i.name for i in config.input] == ["input_ids", "attention_mask"]  # the graph's signature kept
+    # The source repository is left as the job wrote it.
+    assert read_config(model_repository / "student" / "config.pbtxt").max_batch_size != 8
+
+
+def test_fetch_without_dynamic_batching_removes_it(model_repository, tmp_path):
+    from kubedistill_router.triton_settings import TritonSettings, read_config
+
+    fetch(str(model_repository), tmp_path / "models", settings=TritonSettings.from_env(
+        {"KUBEDISTILL_TRITON_DYNAMIC_BATCHING": "false"}))
+    assert not read_config(tmp_path / "models" / "student" / "config.pbtxt").HasField("dynamic_batching")
+    with pytest.raises(ValueError, match="KUBEDISTILL_TRITON_MAX_BATCH_SIZE"):
+        TritonSettings.from_env({"KUBEDISTILL_TRITON_MAX_BATCH_SIZE": "lots"})
