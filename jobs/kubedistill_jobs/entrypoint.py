@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m kubedistill_jobs.entrypoint DISTILLATIONJOB_YAML", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger(runner.LOGGER)
+    log.addHandler(logging.StreamHandler(sys.stdout))  # until the output folder (and its log) is known
+    log.setLevel(logging.INFO)
     import ray
 
     from kubedistill_jobs.display import LogDisplay
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = StatusReporter()
     try:
         job = runner.load_job(argv[0])
-        output = runner.prepare_output(job)
+        output = runner.prepare_output(job, console_log=True)
         ray.init()
         result = Pipeline(job, output, display=LogDisplay(log), on_status=reporter).run()
     except BaseException as error:

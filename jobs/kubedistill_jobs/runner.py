@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,22 @@ def load_job(path: str | Path, output: str | None = None) -> DistillationJob:
     return job
 
 
-def prepare_output(job: DistillationJob) -> Output:
+def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output:
+    """The output folder, with the run's log written to `pipeline.log` in it (and to stdout if asked:
+    in a pod; a terminal has the progress bars instead)."""
     output = resolve_output(job.spec.output.uri, job.metadata.name)
-    handler = logging.FileHandler(output.local / "pipeline.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger(LOGGER)
     logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    logger.propagate = False
+    for handler in list(logger.handlers):  # one run per process: replace an earlier run's handlers
+        logger.removeHandler(handler)
+    handlers: list[logging.Handler] = [logging.FileHandler(output.local / "pipeline.log")]
+    if console_log:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
     return output
 
 

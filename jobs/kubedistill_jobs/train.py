@@ -318,9 +318,11 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0 and progress_actor is not None:
                 progress_actor.epoch.remote(entry)
         if step == total:
-            report({"step": step, "done": True, "history": history, "resumes": resumes}, with_model=True)
-        elif step % cfg.checkpoint_every == 0:
+            break
+        if step % cfg.checkpoint_every == 0:
             report({"step": step, "done": False})
+    # also when a rerun found the loop already complete: the final checkpoint carries the model
+    report({"step": step, "done": True, "history": history, "resumes": resumes}, with_model=True)
 
 
 # ------------------------------------------------------------------------------------------- driver side
