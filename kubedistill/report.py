@@ -21,10 +21,13 @@ class Latency(_Open):
 
 
 class ModelReport(_Open):
-    params: int
-    size_bytes: int
+    """One model's cost and quality. A remote endpoint teacher has no graph here: its params, size and
+    latency are null, and its metrics hold only what the endpoint could score (perplexity, or nothing)."""
+
+    params: int | None
+    size_bytes: int | None
     metrics: dict[str, float] = Field(description="accuracy and macro_f1 (classification) or perplexity.")
-    latency_ms: Latency
+    latency_ms: Latency | None
     latency_ms_batch32: Latency | None = Field(default=None, description="p50/p95 at batch 32, milliseconds.")
     throughput: dict[str, float] | None = Field(default=None, description="Items/s by batch (batch1, batch32).")
 
@@ -55,10 +58,11 @@ class Report(_Open):
     teacher: ModelReport
     student: ModelReport
     student_quantized: ModelReport
-    retention: float
+    retention: float | None = Field(description="Null when the teacher's quality is unknown (an endpoint "
+                                                "that does not score prompts).")
     agreement: float | None
-    speedup: float
-    compression: float
+    speedup: float | None = Field(description="Null without a teacher graph to time (an endpoint teacher).")
+    compression: float | None = Field(description="Null without a teacher graph to size (an endpoint teacher).")
     routing: Routing | None
     gate: Gate
     model_version: str | None = None
@@ -72,7 +76,7 @@ class Report(_Open):
         """How far retention is below the gate (0 when it passed or there is no gate)."""
         if self.gate.min_retention is None:
             return 0.0
-        return max(0.0, self.gate.min_retention - self.retention)
+        return max(0.0, self.gate.min_retention - (self.retention or 0.0))
 
 
 def job_results(report: Report, artifact_uri: str, report_uri: str) -> JobResults:
@@ -83,10 +87,10 @@ def job_results(report: Report, artifact_uri: str, report_uri: str) -> JobResult
         point = min(routing.frontier, key=lambda p: abs(p.threshold - routing.recommended_threshold))  # type: ignore[operator]
     metric = report.primary_metric
     return JobResults(
-        retention=round(report.retention, 4),
+        retention=None if report.retention is None else round(report.retention, 4),
         agreement=None if report.agreement is None else round(report.agreement, 4),
-        speedup=round(report.speedup, 2),
-        compression=round(report.compression, 2),
+        speedup=None if report.speedup is None else round(report.speedup, 2),
+        compression=None if report.compression is None else round(report.compression, 2),
         teacher_metric=report.teacher.metrics.get(metric),
         student_metric=report.student_quantized.metrics.get(metric),
         recommended_threshold=routing.recommended_threshold if routing else None,

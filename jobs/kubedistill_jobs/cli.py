@@ -95,11 +95,16 @@ def run_command(args: argparse.Namespace) -> int:
     print_summary(display.console, result, output.local)
     report = result.report
     if report is not None and not report.gate.passed:
-        print(f"gate not met: retention {report.retention:.4f} is {report.shortfall():.4f} below "
+        print(f"gate not met: retention {_num(report.retention)} is {report.shortfall():.4f} below "
               f"evaluation.gate.minRetention {report.gate.min_retention} (artifacts kept in {output.local})",
               file=sys.stderr)
         return EXIT_GATE
     return 0
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    """A number for people; `unknown` where the report has none (an endpoint teacher has no graph)."""
+    return "unknown" if value is None else f"{value:.{digits}f}"
 
 
 def print_summary(console: Any, result: Any, folder: Any) -> None:
@@ -112,7 +117,10 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
     for stage, marker in result.stages.items():
         summary = marker.get("summary") or ""
         if stage == "data":
-            summary = f"{marker['train']} train / {marker['eval']} eval rows"
+            summary = f"{marker['train']} train / {marker['eval']} eval rows" + (
+                f", {marker['duplicates']} repeated texts dropped" if marker.get("duplicates") else "")
+        elif stage == "teacher" and marker.get("method") == "endpoint":
+            summary = f"endpoint {marker['url']} (model {marker['model']})"
         elif stage == "teacher":
             summary = f"{marker['params'] / 1e6:.1f}M params, adapt {marker['method']}" + (
                 f", accuracy {marker['accuracy']:.4f}" if marker.get("accuracy") is not None else "")
@@ -128,8 +136,8 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
     if report is not None:
         metric = report.primary_metric
         console.print(
-            f"teacher {metric} {report.teacher.metrics.get(metric, float('nan')):.4f} · quantized student "
-            f"{report.student_quantized.metrics.get(metric, float('nan')):.4f} · retention {report.retention:.4f} · "
-            f"speedup {report.speedup:.2f}x · compression {report.compression:.2f}x"
+            f"teacher {metric} {_num(report.teacher.metrics.get(metric))} · quantized student "
+            f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
+            f"speedup {_num(report.speedup, 2)}x · compression {_num(report.compression, 2)}x"
         )
     console.print(f"output: {folder}")

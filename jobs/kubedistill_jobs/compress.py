@@ -5,6 +5,7 @@ Everything lands in `onnx/` with a `compression.json` that the evaluate and expo
     onnx/student.onnx         fp32 student (pruned, when asked)
     onnx/student.int8.onnx    the served student (int8 / int4; absent with quantization none)
     onnx/teacher.onnx         fp32 teacher: the latency baseline and Triton's escalation model
+                              (none for a remote endpoint teacher: there are no weights to export)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class CompressionResult(BaseModel):
     quantized_onnx: str | None
     teacher_onnx: str | None
     student_params: int
-    teacher_params: int
+    teacher_params: int | None  # None: a remote endpoint teacher (no graph)
     max_abs_diff: dict[str, float]
     pruning: dict[str, Any] | None = None
     recovery_losses: list[float] | None = None
@@ -132,7 +133,7 @@ def compress(
     quantization = spec.compression.quantization
     check_supported(quantization, task)  # before any model is loaded
     pruning = spec.compression.pruning
-    steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0)
+    steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0) - (spec.teacher.endpoint is not None)
     done = 0
 
     def tick(n: int = 1) -> None:
@@ -144,8 +145,9 @@ def compress(
     layout.onnx.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(layout.student)
     student = load_model(layout.student, task)
-    teacher_tokenizer = load_tokenizer(layout.teacher)
-    teacher = load_model(layout.teacher, task)
+    endpoint = spec.teacher.endpoint is not None  # a remote teacher: no weights, no graph (no pruning either)
+    teacher_tokenizer = None if endpoint else load_tokenizer(layout.teacher)
+    teacher = None if endpoint else load_model(layout.teacher, task)
     rows = read_jsonl(layout.data / "eval.jsonl", _CHECK_ROWS) or read_jsonl(layout.data / "train.jsonl", _CHECK_ROWS)
     texts = tuple(r["text"] for r in rows) or ("a probe sentence",)
 
@@ -161,7 +163,8 @@ def compress(
         teacher.to("cpu")
 
     diffs: dict[str, float] = {}
-    for name, model, tok in (("student", student, tokenizer), ("teacher", teacher, teacher_tokenizer)):
+    graphs = [("student", student, tokenizer)] + ([] if endpoint else [("teacher", teacher, teacher_tokenizer)])
+    for name, model, tok in graphs:
         path = layout.onnx / f"{name}.onnx"
         export_onnx(model, tok, path, task=task, max_length=spec.task.max_length)
         diffs[name], scale = compare(model, path, probe_inputs(tok, spec.task.max_length, texts), task)
@@ -183,9 +186,9 @@ def compress(
         quantization=quantization,
         student_onnx="student.onnx",
         quantized_onnx=quantized,
-        teacher_onnx="teacher.onnx",
+        teacher_onnx=None if endpoint else "teacher.onnx",
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_params=sum(p.numel() for p in teacher.parameters()),
+        teacher_params=None if teacher is None else sum(p.numel() for p in teacher.parameters()),
         max_abs_diff=diffs,
         pruning=pruning_info,
         recovery_losses=losses,

@@ -35,6 +35,7 @@ class DataError(ValueError):
 class Split:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
+    duplicates: int = 0  # rows dropped because an earlier row had the same text
 
 
 def plain_chat(turns: list[str]) -> str:
@@ -186,17 +187,31 @@ def normalise_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: lis
     return out
 
 
+def deduplicate(rows: list[dict]) -> list[dict]:
+    """The first row of each text: a text in both splits would be scored on what was trained on."""
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row["text"] not in seen:
+            seen.add(row["text"])
+            unique.append(row)
+    return unique
+
+
 def split_rows(rows: list[dict], dataset: DatasetSpec, seed: int) -> Split:
-    """Shuffle by seed, keep at most dataset.maxSamples, hold out dataset.evalFraction."""
-    rows = list(rows)
+    """Drop repeated texts, shuffle by seed, keep at most dataset.maxSamples, hold out dataset.evalFraction."""
+    unique = deduplicate(rows)
+    duplicates = len(rows) - len(unique)
+    rows = unique
     random.Random(seed).shuffle(rows)
     if dataset.max_samples is not None:
         rows = rows[: dataset.max_samples]
     n_eval = round(len(rows) * dataset.eval_fraction)
-    split = Split(train=rows[n_eval:], eval=rows[:n_eval])
+    split = Split(train=rows[n_eval:], eval=rows[:n_eval], duplicates=duplicates)
     if not split.eval:
         raise DataError(
-            f"dataset.evalFraction: {dataset.eval_fraction} of {len(rows)} rows leaves the eval split empty; "
+            f"dataset.evalFraction: {dataset.eval_fraction} of {len(rows)} rows"
+            f"{f' ({duplicates} repeated texts dropped)' if duplicates else ''} leaves the eval split empty; "
             "raise evalFraction or add data"
         )
     if not split.train:

@@ -3,7 +3,9 @@
 Connects to the Ray cluster KubeRay started, runs the pipeline with log-line progress, and reports
 progress, metrics and results into the DistillationJob's status. A job whose gate is not met still
 exits 0: the RayJob succeeded, and the operator reads results.gatePassed=false (reason GateNotMet).
-Any other failure exits 1, and the RayJob's retry resumes from the last stage and checkpoint.
+Any other failure is reported to status.failure and exits 1. An input error (spec, model, data: see
+`reporting.input_error_types`) is permanent: the operator fails the job and stops the RayJob's retries.
+Anything else is transient: the RayJob's retry resumes from the last stage and checkpoint.
 """
 
 from __future__ import annotations
@@ -26,24 +28,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubedistill_jobs.display import LogDisplay
     from kubedistill_jobs.pipeline import Pipeline
-    from kubedistill_jobs.reporting import StatusReporter, results_patch
+    from kubedistill_jobs.reporting import StatusReporter, failure_patch, is_permanent, results_patch
 
     reporter = StatusReporter()
+    stage = "load"
     try:
         job = runner.load_job(argv[0])
         output = runner.prepare_output(job, console_log=True)
+        stage = "prepare"
         ray.init()
         result = Pipeline(job, output, display=LogDisplay(log), on_status=reporter).run()
     except BaseException as error:
         cause = runner.root_cause(error)
-        log.exception("pipeline failed: %s", runner.one_line(cause))
+        permanent = is_permanent(error, cause)
+        log.exception("pipeline failed%s: %s", " (an input error: retrying cannot help)" if permanent else "",
+                      runner.one_line(cause))
+        reporter.failure(failure_patch(cause, reporter.stage or stage, permanent=permanent))
         return 1
     if result.report is not None:
         reporter(results=results_patch(result.report, job.spec.output.uri))
         if not result.report.gate.passed:
-            log.warning("gate not met: retention %.4f is %.4f below %s", result.report.retention,
+            log.warning("gate not met: retention %s is %.4f below %s", result.report.retention,
                         result.report.shortfall(), result.report.gate.min_retention)
-    output.push()
+    try:
+        output.push()
+    except Exception as error:
+        log.exception("could not write the output to %s", job.spec.output.uri)
+        reporter.failure(failure_patch(error, "export", permanent=False))
+        return 1
+    reporter.failure(None)  # an earlier attempt's transient failure no longer applies
     return 0
 
 

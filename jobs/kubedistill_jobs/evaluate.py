@@ -298,6 +298,9 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     rows = read_jsonl(layout.data / "eval.jsonl", spec.evaluation.max_samples)
     if not rows:
         raise ValueError(f"{layout.data / 'eval.jsonl'} is empty: raise dataset.evalFraction or add data")
+    if spec.teacher.endpoint is not None:
+        return evaluate_with_endpoint(spec, layout, model_version, result, [r["text"] for r in rows],
+                                      progress=progress, settings=settings)
     teacher_path = result.teacher_path(layout)
     if teacher_path is None:
         raise FileNotFoundError("compress wrote no teacher ONNX graph; rerun the compress stage")
@@ -352,6 +355,66 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         latency_settings={"threads": settings.threads, "warmup": settings.warmup,
                           "runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [1, EVAL_BATCH]},
         **extra,
+    )
+    write_report(report, layout)
+    if progress:
+        progress(4, total)
+    return report
+
+
+def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
+                           result: CompressionResult, texts: list[str], *,
+                           progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
+    """A remote endpoint teacher (causal-lm): the students on held-out text; the teacher's perplexity on the
+    same texts from the endpoint (`echo`), when it scores prompts. No teacher graph: speedup, compression,
+    agreement and the routing frontier are null, and without the teacher's perplexity so is retention."""
+    from kubedistill_jobs.endpoint_teacher import EndpointClient, EndpointConfig
+    from kubedistill_jobs.onnx_export import session
+
+    max_length, total = spec.task.max_length, 4
+    tokenizer = load_tokenizer(layout.student)
+    paths = {"student": result.student_path(layout), "student_quantized": result.served_path(layout)}
+    if progress:
+        progress(0, total)
+    stats = {n: _causal_stats(session(p, settings.threads), tokenizer, texts, max_length) for n, p in paths.items()}
+    metrics = {n: {"perplexity": s.perplexity, "next_token_accuracy": float(np.concatenate(s.correct).mean())}
+               for n, s in stats.items()}
+    config = EndpointConfig.from_spec(spec)
+    client = EndpointClient(config)
+    scored = [client.prompt_logprobs(text) for text in texts]
+    teacher_metrics: dict[str, float] = {}
+    if all(s is not None for s in scored) and sum(len(s) for s in scored if s):
+        logprobs = [v for s in scored if s for v in s]
+        teacher_metrics["perplexity"] = float(np.exp(-np.mean(logprobs)))
+        note = ("the teacher's perplexity is scored by the endpoint (echo) over its own tokens of the same "
+                "held-out texts")
+    else:
+        note = ("the endpoint did not score prompts (echo with logprobs): the teacher's metrics and retention "
+                "are null")
+    if progress:
+        progress(1, total)
+    latency = measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
+    if progress:
+        progress(3, total)
+    reports = {n: _model_report(result.student_params, paths[n], metrics[n], latency[n]) for n in paths}
+    teacher = ModelReport(params=None, size_bytes=None, metrics=teacher_metrics, latency_ms=None,
+                          endpoint=config.url, model=config.model)
+    retention = (teacher_metrics["perplexity"] / metrics["student_quantized"]["perplexity"]
+                 if teacher_metrics else None)
+    min_retention = spec.evaluation.gate.min_retention
+    verdict = gate(retention, min_retention) if retention is not None else Gate(
+        min_retention=min_retention, passed=min_retention is None, shortfall=0.0 if min_retention is None else
+        min_retention)
+    report = Report(
+        task=spec.task.type, teacher=teacher, student=reports["student"],
+        student_quantized=reports["student_quantized"], retention=retention, agreement=None, speedup=None,
+        compression=None, routing=None, gate=verdict, model_version=model_version,
+        latency_settings={"threads": settings.threads, "warmup": settings.warmup,
+                          "runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [1, EVAL_BATCH]},
+        quality_reference="held-out text", teacher_note=note,
+        routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
+        eval_samples=len(texts), quantization=result.quantization, onnx_max_abs_diff=result.max_abs_diff,
+        pruning=result.pruning,
     )
     write_report(report, layout)
     if progress:

@@ -60,5 +60,5 @@ def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path) ->
         "config": student.config,
         "state": {k: v.detach().clone() for k, v in student.state_dict().items()},
         "student_hidden": student.config.hidden_size,
-        "teacher_hidden": teacher.config.hidden_size,
+        "teacher_hidden": teacher.config.hidden_size if teacher is not None else student.config.hidden_size,
     }

@@ -29,6 +29,7 @@ Progress = Callable[[int, int], None]
 STAGE_WEIGHTS = {"data": 2, "teacher": 15, "soft-targets": 10, "train": 50, "compress": 8, "evaluate": 10,
                  "export": 5}
 LATER_STAGES = ("compress", "evaluate", "export")
+GENERATED_TRAIN = "train_generated.jsonl"  # prompt + an endpoint teacher's completion, per training row
 
 
 class Display(Protocol):
@@ -124,6 +125,16 @@ class Pipeline:
         return progress
 
     @property
+    def endpoint_teacher(self) -> bool:
+        return self.spec.teacher.endpoint is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the data is rendered and tokenised with: the teacher's, or the student's when the
+        teacher is a remote endpoint."""
+        return self.found["student_tokenizer"] if self.endpoint_teacher else self.found["teacher_tokenizer"]
+
+    @property
     def model_version(self) -> str:
         path = self.layout.stages / "run.json"
         if path.is_file():
@@ -188,7 +199,10 @@ class Pipeline:
 
     def _summary(self, stage: str, marker: dict[str, Any]) -> str:
         if stage == "data":
-            return f"{marker['train']} train / {marker['eval']} eval rows"
+            dropped = f" ({marker['duplicates']} repeated texts dropped)" if marker.get("duplicates") else ""
+            return f"{marker['train']} train / {marker['eval']} eval rows{dropped}"
+        if stage == "teacher" and marker.get("method") == "endpoint":
+            return f"endpoint {marker['url']} (model {marker['model']})"
         if stage == "teacher":
             accuracy = marker.get("accuracy")
             text = f"{marker['params'] / 1e6:.1f}M params, adaptation {marker['method']}"
@@ -203,30 +217,44 @@ class Pipeline:
 
     def split(self) -> data.Split:
         if self._split is None:
-            self._split = data.Split(train=data.read_jsonl(self.layout.data / "train.jsonl"),
+            generated = self.layout.data / GENERATED_TRAIN  # an endpoint teacher's generations (sequence-level KD)
+            train = generated if generated.is_file() else self.layout.data / "train.jsonl"
+            self._split = data.Split(train=data.read_jsonl(train),
                                      eval=data.read_jsonl(self.layout.data / "eval.jsonl"))
         return self._split
 
     def _stage_data(self, result: RunResult) -> dict[str, Any]:
         progress = self._progress("data")
         render = data.plain_chat
-        tokenizer = self.found["teacher_tokenizer"]
+        tokenizer = self.tokenizer
+        (self.layout.data / GENERATED_TRAIN).unlink(missing_ok=True)
         if self.spec.task.type == "causal-lm" and getattr(tokenizer, "chat_template", None):
             def render(turns: list[str]) -> str:
                 roles = ("user", "assistant")
                 messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
-                return tokenizer.apply_chat_template(messages, tokenize=False)
+                try:  # an empty system turn: a template's default system prompt is text no model was trained on
+                    return tokenizer.apply_chat_template([{"role": "system", "content": ""}, *messages],
+                                                         tokenize=False)
+                except Exception:  # templates without a system role
+                    return tokenizer.apply_chat_template(messages, tokenize=False)
         split = data.load_split(self.spec, render)
         data.write_jsonl(split.train, self.layout.data / "train.jsonl")
         data.write_jsonl(split.eval, self.layout.data / "eval.jsonl")
         self._split = split
         progress(1, 1)
-        return {"train": len(split.train), "eval": len(split.eval)}
+        return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates}
 
     def _stage_teacher(self, result: RunResult) -> dict[str, Any]:
         from kubedistill_jobs import teacher
 
         progress = self._progress("teacher")
+        if self.endpoint_teacher:  # nothing to download: check it answers, with logprobs, before any compute
+            from kubedistill_jobs import endpoint_teacher
+
+            config = endpoint_teacher.EndpointConfig.from_spec(self.spec)
+            found = endpoint_teacher.probe(config, self._prompts()[0])
+            progress(1, 1)
+            return {"method": "endpoint", "params": None, "accuracy": None, **found}
         if self.spec.task.type == "sequence-classification":
             outcome = teacher.prepare_classification_teacher(self.spec, self.layout, self.split(), progress)
         else:
@@ -249,6 +277,8 @@ class Pipeline:
             progress(meta["rows"], meta["rows"])
             return {"mode": "cached", "rows": meta["rows"],
                     "summary": f"{meta['rows']} rows, class distributions (from the teacher stage's pass)"}
+        if self.endpoint_teacher:
+            return self._endpoint_soft_targets(self._prompts(), progress)
         train = self.split().train
         texts = [r["text"] for r in train]
         if self.spec.task.type == "sequence-classification":
@@ -259,7 +289,7 @@ class Pipeline:
                                {"kind": "logits", "rows": len(train)})
             return {"mode": "cached", "rows": len(train), "summary": f"{len(train)} rows, class distributions"}
         k = self.spec.distillation.top_k
-        tokens = soft_targets.tokenize_lm(self.found["teacher_tokenizer"], texts, self.spec.task.max_length)
+        tokens = soft_targets.tokenize_lm(self.tokenizer, texts, self.spec.task.max_length)
         run = TeacherRun(str(self.layout.teacher), "topk", max_length=self.spec.task.max_length, top_k=k)
         rows = {"input_ids": list(tokens["input_ids"]), "attention_mask": list(tokens["attention_mask"])}
         started = time.monotonic()
@@ -270,6 +300,36 @@ class Pipeline:
         return {"mode": "cached", "rows": len(train), "tokens": n_tokens, "k": k,
                 "summary": f"{len(train)} rows, {n_tokens} tokens, top-{k} logits ({rate:.0f} tokens/s)"}
 
+    def _prompts(self) -> list[str]:
+        """The training texts as the data stage wrote them (an endpoint teacher's prompts)."""
+        return [r["text"] for r in data.read_jsonl(self.layout.data / "train.jsonl")]
+
+    def _endpoint_soft_targets(self, prompts: list[str], progress: Progress) -> dict[str, Any]:
+        """Sequence-level KD from an endpoint: its generations become the training text, and its top-k
+        logprobs (one-hot targets inside the prompts) the cache, in the student's token ids."""
+        from kubedistill_jobs import endpoint_teacher, soft_targets
+
+        k = self.spec.distillation.top_k
+        config = endpoint_teacher.EndpointConfig.from_spec(self.spec)
+        started = time.monotonic()
+        out = endpoint_teacher.run_endpoint(config, self.tokenizer, prompts, self.spec.task.max_length,
+                                            progress=progress)
+        arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
+        n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
+        dropped = int(out["dropped"].sum())
+        generated_rows = [{"text": str(text), "prompt": prompt} for text, prompt in zip(out["text"], prompts,
+                                                                                      strict=True)]
+        data.write_jsonl(generated_rows, self.layout.data / GENERATED_TRAIN)
+        soft_targets.write(self.layout.soft_targets, arrays,
+                           {"kind": "topk", "rows": len(prompts), "k": k, "tokens": n_tokens, "source": "endpoint",
+                            "generated_tokens": generated, "dropped_candidates": dropped})
+        self._split = None
+        rate = generated / max(1e-9, time.monotonic() - started)
+        return {"mode": "cached", "rows": len(prompts), "tokens": n_tokens, "generated_tokens": generated,
+                "dropped_candidates": dropped, "k": k,
+                "summary": f"{len(prompts)} rows, {generated} generated tokens, top-{k} logprobs from the endpoint "
+                           f"({rate:.0f} tokens/s)"}
+
     def _stage_train(self, result: RunResult) -> dict[str, Any]:
         import ray
 
@@ -279,7 +339,8 @@ class Pipeline:
         spec = self.spec
         tokenizer = self.found.get("student_tokenizer") or self.found["teacher_tokenizer"]
         split = self.split()
-        teacher_model = inputs.load_saved_teacher(spec, self.layout.teacher)
+        # an endpoint teacher has no weights here: the student is pretrained (student.uri) and the cache complete
+        teacher_model = None if self.endpoint_teacher else inputs.load_saved_teacher(spec, self.layout.teacher)
         student, init = inputs.student_init(spec, teacher_model, self.layout.root / "downloads" / "student")
         student_params = models.count_parameters(student)
         del teacher_model, student
@@ -327,8 +388,9 @@ class Pipeline:
         progress = self._progress("evaluate")
         report = evaluate.evaluate(self.spec, self.layout, self.model_version, progress=progress)
         result.report = report
+        retention = "unknown" if report.retention is None else f"{report.retention:.4f}"
         return {"retention": report.retention, "gate_passed": report.gate.passed,
-                "summary": f"retention {report.retention:.4f}, gate {'passed' if report.gate.passed else 'NOT met'}"}
+                "summary": f"retention {retention}, gate {'passed' if report.gate.passed else 'NOT met'}"}
 
     def _stage_export(self, result: RunResult) -> dict[str, Any]:
         from kubedistill_jobs import export

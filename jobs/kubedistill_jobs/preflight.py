@@ -19,10 +19,7 @@ class PreflightError(ValueError):
 def check_spec(spec: DistillationJobSpec, workers: int) -> None:
     """Checks on the spec alone."""
     if spec.teacher.endpoint is not None:
-        raise PreflightError(
-            "teacher.endpoint: remote endpoint teachers are not supported by this pipeline yet; "
-            "give teacher.uri (a model folder, pkg://, hf:// or s3://)"
-        )
+        _check_endpoint_spec(spec)
     if spec.training.batch_size < workers:
         raise PreflightError(
             f"training.batchSize: {spec.training.batch_size} is smaller than the {workers} training workers; "
@@ -30,9 +27,48 @@ def check_spec(spec: DistillationJobSpec, workers: int) -> None:
         )
 
 
+def _check_endpoint_spec(spec: DistillationJobSpec) -> None:
+    """An endpoint teacher generates text with top-k logprobs: causal-lm, a pretrained student whose
+    tokenizer names the tokens, and a teacher run once up front."""
+    if spec.task.type != "causal-lm":
+        raise PreflightError(
+            f"teacher.endpoint: a completions endpoint teaches causal-lm tasks only, not task.type "
+            f"{spec.task.type}; give teacher.uri (a model) for {spec.task.type}"
+        )
+    if spec.student.uri is None:
+        raise PreflightError(
+            "student.uri: an endpoint teacher (teacher.endpoint) needs a pretrained student whose tokenizer "
+            "is used for the data and the teacher's tokens; set student.uri instead of "
+            "student.architecture or student.fromTeacher"
+        )
+    if spec.distillation.teacher_mode == "online":
+        raise PreflightError(
+            "distillation.teacherMode: online needs the teacher's weights in every training step; an endpoint "
+            "teacher (teacher.endpoint) runs once up front: use teacherMode cached"
+        )
+    if spec.distillation.loss != "forward-kl":
+        raise PreflightError(
+            f"distillation.loss: {spec.distillation.loss} renormalises the student over the teacher's k tokens, "
+            "which an endpoint teacher (teacher.endpoint) leaves sparse (one-hot prompt targets, fewer candidates "
+            "than topK): the loss there is huge or constant; use forward-kl"
+        )
+    if spec.compression.pruning.method != "none":
+        raise PreflightError(
+            "compression.pruning.method: pruning is followed by a recovery distillation that needs the teacher's "
+            "weights; an endpoint teacher (teacher.endpoint) has none: use method none"
+        )
+    if spec.distillation.hidden_states.enabled:
+        raise PreflightError(
+            "distillation.hiddenStates.enabled: an endpoint teacher (teacher.endpoint) exposes no hidden "
+            "states; disable hidden-state distillation"
+        )
+
+
 def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
     """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary.
     Returns the loaded teacher tokenizer (and the student's, when it has its own)."""
+    if spec.teacher.endpoint is not None:
+        return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
     teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.root / "downloads" / "teacher")
     models.check_model_files(teacher_source, "teacher.uri", spec.teacher.gguf_file)
@@ -58,3 +94,21 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
                 f"distillation.topK: {spec.distillation.top_k} is larger than the teacher's vocabulary ({vocab})"
             )
     return found
+
+
+def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
+    """With an endpoint teacher the student's tokenizer is the only one: it renders, tokenises and maps
+    the teacher's tokens. k ≤ its vocabulary (the endpoint may return fewer candidates: they are padded)."""
+    assert spec.student.uri is not None
+    student_source = models.model_source(spec.student.uri, "student.uri", layout.root / "downloads" / "student")
+    models.check_model_files(student_source, "student.uri")
+    try:
+        student_tokenizer = models.load_tokenizer(student_source)
+    except Exception as error:
+        raise PreflightError(f"student.uri: cannot load the student's tokenizer: {error}") from None
+    vocab = len(student_tokenizer)
+    if spec.distillation.top_k > vocab:
+        raise PreflightError(
+            f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
+        )
+    return {"student_source": student_source, "student_tokenizer": student_tokenizer}

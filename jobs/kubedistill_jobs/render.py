@@ -78,9 +78,10 @@ def plot_comparison(report: Report, path: Path) -> Path:
     plt = _pyplot()
     metric = report.primary_metric
     models = [(MODEL_TITLES[n], getattr(report, n)) for n in MODEL_TITLES]
+    # a remote endpoint teacher has no size or latency (and perhaps no metric): drawn as 0
     panels = [
-        ("size (MB)", [m.size_bytes / 1e6 for _, m in models]),
-        ("latency p50, batch 1 (ms)", [m.latency_ms.p50 for _, m in models]),
+        ("size (MB)", [(m.size_bytes or 0) / 1e6 for _, m in models]),
+        ("latency p50, batch 1 (ms)", [m.latency_ms.p50 if m.latency_ms else 0.0 for _, m in models]),
         (metric, [m.metrics.get(metric, m.metrics.get("agreement", 0.0)) for _, m in models]),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
@@ -90,8 +91,8 @@ def plot_comparison(report: Report, path: Path) -> Path:
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7, rotation=15)
-    fig.suptitle(f"speedup {report.speedup:.1f}×, compression {report.compression:.1f}×, "
-                 f"retention {report.retention:.3f}", fontsize=10)
+    fig.suptitle(f"speedup {_fmt(report.speedup, 3)}×, compression {_fmt(report.compression, 3)}×, "
+                 f"retention {_fmt(report.retention)}", fontsize=10)
     return _save(fig, path)
 
 
@@ -127,6 +128,8 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     gate = report.gate
     if gate.min_retention is None:
         verdict = "no gate configured"
+    elif report.retention is None:
+        verdict = f"**gate not met**: retention unknown (evaluation.gate.minRetention {gate.min_retention})"
     elif gate.passed:
         verdict = f"**gate passed**: retention {report.retention:.4f} ≥ {gate.min_retention}"
     else:
@@ -136,11 +139,14 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         f"# Distillation report ({report.task})",
         "",
         f"Model version `{report.model_version}`; {verdict}.",
-        f"Speedup {report.speedup:.2f}× (batch 1, teacher p50 / quantized student p50), compression "
-        f"{report.compression:.2f}× (teacher size / quantized student size), agreement with the teacher "
+        f"Speedup {_fmt(report.speedup)}× (batch 1, teacher p50 / quantized student p50), compression "
+        f"{_fmt(report.compression)}× (teacher size / quantized student size), agreement with the teacher "
         f"{_fmt(report.agreement)}.",
         "",
     ]
+    if extra.get("teacher_note"):
+        endpoint = (report.teacher.model_extra or {}).get("endpoint")
+        lines += [f"Teacher: the endpoint {endpoint}; {extra['teacher_note']}.", ""]
     if report.labelled is False and report.task == "sequence-classification":
         lines += ["The eval split has no gold labels: quality is agreement with the teacher only.", ""]
     metric_keys = sorted({k for n in MODEL_TITLES for k in getattr(report, n).metrics})
@@ -151,8 +157,12 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     ]
     for name, title in MODEL_TITLES.items():
         m = getattr(report, name)
+        if m.latency_ms is None:  # a remote endpoint teacher: quality only
+            lines.append(f"| {title} | – | – | " + " | ".join(_fmt(m.metrics.get(k)) for k in metric_keys)
+                         + " | – | – | – | – |")
+            continue
         lines.append(
-            f"| {title} | {m.params:,} | {m.size_bytes / 1e6:.2f} | "
+            f"| {title} | {m.params:,} | {(m.size_bytes or 0) / 1e6:.2f} | "
             + " | ".join(_fmt(m.metrics.get(k)) for k in metric_keys)
             + f" | {m.latency_ms.p50:.2f} | {m.latency_ms.p95:.2f} | "
             f"{_fmt(m.latency_ms_batch32.p50 if m.latency_ms_batch32 else None)} | "

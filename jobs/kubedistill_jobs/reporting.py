@@ -1,6 +1,6 @@
-"""Reporting back to the DistillationJob: merge-patches of `status.progress`, `status.metrics` and
-`status.results` through the status subresource (the only fields the pipeline writes; the operator owns
-phase and conditions).
+"""Reporting back to the DistillationJob: merge-patches of `status.progress`, `status.metrics`,
+`status.results` and `status.failure` through the status subresource (the only fields the pipeline writes;
+the operator owns phase and conditions, and reads `failure` to stop the retries of an input error).
 
 Active only inside a cluster: env KUBEDISTILL_JOB_NAME / KUBEDISTILL_JOB_NAMESPACE set and an in-cluster
 service account available. Anywhere else every call is a no-op. A failed patch is logged and never
@@ -12,15 +12,49 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from kubedistill.api.base import GROUP, VERSION
-from kubedistill.api.distillationjob import JobProgress
+from kubedistill.api.distillationjob import JobFailure, JobProgress
 from kubedistill.report import Report, job_results
 from kubedistill.uris import join_uri
 
 log = logging.getLogger("kubedistill.reporting")
 PLURAL = "distillationjobs"
+RUN_ID_ENV = "KUBEDISTILL_RUN_ID"  # the RayJob's name, set by the operator on the pipeline's pods
+MAX_MESSAGE = 4000
+
+
+def input_error_types() -> tuple[type[BaseException], ...]:
+    """Errors of the job's input (spec, models, data, output folder): the same input fails the same way on
+    every retry, so they are permanent. Anything else (lost node, OOM, network) may pass on a retry."""
+    from kubedistill.api.load import ManifestError
+    from kubedistill.uris import UriError
+    from kubedistill_jobs.data import DataError
+    from kubedistill_jobs.models import ModelError
+    from kubedistill_jobs.pipeline import SpecChangedError
+    from kubedistill_jobs.preflight import PreflightError
+
+    return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
+
+
+def is_permanent(*errors: BaseException) -> bool:
+    """Whether any of `errors` (the raised one, its root cause) is an input error."""
+    types = input_error_types()
+    return any(isinstance(error, types) for error in errors)
+
+
+def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, run: str | None = None,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """`status.failure` for `error`: what failed, where, and whether a retry can help."""
+    message = str(error).strip() or type(error).__name__
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    failure = JobFailure(stage=stage, error=type(error).__name__, message=message, permanent=permanent,
+                         ray_job_name=run or os.environ.get(RUN_ID_ENV) or None,
+                         time=(now or datetime.now(UTC)).replace(microsecond=0))
+    return failure.to_wire()
 
 
 def status_patch(progress: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
@@ -38,7 +72,23 @@ def status_patch(progress: dict[str, Any] | None = None, metrics: dict[str, floa
 
 def results_patch(report: Report, output_uri: str) -> dict[str, Any]:
     results = job_results(report, join_uri(output_uri, "model_repository"), join_uri(output_uri, "report.json"))
+    thresholds = signal_thresholds(report)
+    if thresholds:
+        results.recommended_thresholds = thresholds
     return results.to_wire()
+
+
+def signal_thresholds(report: Report) -> dict[str, float]:
+    """The recommended threshold of every confidence signal the evaluation swept (`routing.signals`)."""
+    routing = report.routing
+    if routing is None:
+        return {}
+    signals = (routing.model_extra or {}).get("signals") or {}
+    out = {name: float(entry["recommended_threshold"]) for name, entry in signals.items()
+           if isinstance(entry, dict) and isinstance(entry.get("recommended_threshold"), int | float)}
+    if routing.recommended_threshold is not None:
+        out.setdefault(routing.signal, float(routing.recommended_threshold))
+    return out
 
 
 class StatusReporter:
@@ -69,6 +119,15 @@ class StatusReporter:
     @property
     def active(self) -> bool:
         return self._api is not None
+
+    @property
+    def stage(self) -> str | None:
+        """The last stage the pipeline reported progress of."""
+        return self._last_stage
+
+    def failure(self, failure: dict[str, Any] | None) -> None:
+        """Report a failure (`failure_patch`), or clear an earlier attempt's (None)."""
+        self.patch({"status": {"failure": failure}})
 
     def patch(self, body: dict[str, Any]) -> None:
         if self._api is None:

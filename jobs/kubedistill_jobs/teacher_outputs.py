@@ -111,17 +111,34 @@ def run_teacher(
 ) -> dict[str, np.ndarray]:
     """Map the teacher over `rows` (columns of equal length: `text`, or `input_ids` + `attention_mask`) and
     return its outputs as arrays in the rows' order."""
+    concurrency, resources = actor_resources()
+    return map_rows(TeacherPredictor, {"run": run}, rows, batch_size=batch_size, actors=concurrency,
+                    resources=resources, progress=progress)
+
+
+def map_rows(
+    predictor: type,
+    kwargs: dict[str, Any],
+    rows: dict[str, Any],
+    *,
+    batch_size: int,
+    actors: int,
+    resources: dict[str, float],
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
+    its outputs as arrays in the rows' order (each output batch carries the rows' `idx`)."""
     import ray.data
 
     n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
-    concurrency, resources = actor_resources()
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(n // batch_size, 64))).map_batches(
-        TeacherPredictor,
-        fn_constructor_kwargs={"run": run},
+    blocks = max(1, min(n // batch_size, 64))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        predictor,
+        fn_constructor_kwargs=kwargs,
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
         batch_format="numpy",
         **resources,
     )

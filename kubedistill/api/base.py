@@ -43,8 +43,33 @@ class ApiModel(BaseModel):
     )
 
     def to_wire(self) -> dict[str, Any]:
-        """The object as it appears in YAML and in the API server: camelCase, defaults filled, no nulls."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The object as it appears in YAML and in the API server: camelCase, defaults filled, no nulls but
+        those that override a default (`minRetention: null` disables the gate; dropped, it would read back
+        as the default)."""
+        return _without_default_nulls(self, self.model_dump(mode="json", by_alias=True))
+
+
+def _without_default_nulls(value: Any, dumped: Any) -> Any:
+    """`dumped` (the JSON dump of `value`) without the nulls that reading it back would not need."""
+    if isinstance(value, BaseModel):
+        wire = {}
+        for name, field in type(value).model_fields.items():
+            key = field.serialization_alias or field.alias or name
+            if key not in dumped:
+                continue
+            item = getattr(value, name)
+            if item is None:
+                if field.get_default(call_default_factory=True) is not None:
+                    wire[key] = None
+                continue
+            wire[key] = _without_default_nulls(item, dumped[key])
+        return wire
+    if isinstance(value, list | tuple):
+        return [_without_default_nulls(v, d) for v, d in zip(value, dumped, strict=True) if v is not None]
+    if isinstance(value, dict):
+        return {k: _without_default_nulls(v, d) for (k, d), v in zip(dumped.items(), value.values(), strict=True)
+                if v is not None}
+    return dumped
 
 
 class SecretKeyRef(ApiModel):

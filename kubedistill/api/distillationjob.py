@@ -487,12 +487,37 @@ class JobResults(ApiModel):
     compression: float | None = Field(default=None, description="Teacher size over the quantized student's size.")
     teacher_metric: float | None = Field(default=None, description="Teacher's primary metric on the eval split.")
     student_metric: float | None = Field(default=None, description="Quantized student's primary metric.")
-    recommended_threshold: float | None = Field(default=None, description="Routing threshold the job recommends.")
+    recommended_threshold: float | None = Field(
+        default=None, description="Routing threshold the job recommends, for the max-probability signal."
+    )
+    recommended_thresholds: dict[str, float] | None = Field(
+        default=None,
+        description="Recommended routing threshold per confidence signal (max-probability, margin, entropy), "
+        "for a StudentDeployment whose router uses another signal than max-probability.",
+    )
     escalation_rate: float | None = Field(default=None, description="Share escalated at the recommended threshold.")
     gate_passed: bool | None = Field(default=None, description="Whether the evaluation gate passed.")
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+
+
+class JobFailure(ApiModel):
+    """A failure the pipeline reported from inside its run (the RayJob alone would only say "exit code 1")."""
+
+    stage: str | None = Field(default=None, description="Where it failed: load, prepare, or a pipeline stage "
+                              "(data, teacher, soft-targets, train, compress, evaluate, export).")
+    error: str | None = Field(default=None, description="The kind of error (e.g. PreflightError, DataError).")
+    message: str = Field(description="What went wrong, naming the spec field to fix for an input error.",
+                         max_length=32768)
+    permanent: bool = Field(
+        description="True: the job's input cannot work as given (preflight, data, model or spec error); the "
+        "run's retries are stopped and the job fails until its spec changes. False: a transient failure "
+        "(lost node, out of memory, network), left to the RayJob's backoffLimit retries.",
+    )
+    ray_job_name: str | None = Field(default=None, description="The run (RayJob) that failed; a failure of "
+                                     "an earlier run is ignored.")
+    time: datetime | None = Field(default=None, description="When the pipeline reported it.")
 
 
 class DistillationJobStatus(ApiModel):
@@ -512,6 +537,7 @@ class DistillationJobStatus(ApiModel):
     progress: JobProgress | None = Field(default=None, description="Live progress.")
     metrics: dict[str, float] | None = Field(default=None, description="Live metrics (loss, eval accuracy, ...).")
     results: JobResults | None = Field(default=None, description="Results, once the job has finished.")
+    failure: JobFailure | None = Field(default=None, description="The last failure the pipeline reported.")
 
 
 class DistillationJob(ApiModel):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+ENV_METRICS_PORT = "KUBEDISTILL_METRICS_PORT"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           "so that replicas sharing one set of arguments never tie, which would freeze them all)")
     operator.add_argument("--liveness-port", type=int, default=8080,
                           help="port of the liveness endpoint http://0.0.0.0:PORT/healthz (0 disables it)")
+    operator.add_argument("--metrics-port", type=int, default=None,
+                          help=f"port of the Prometheus endpoint http://0.0.0.0:PORT/metrics (0 disables it; "
+                          f"default: ${ENV_METRICS_PORT} or 8081)")
     operator.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
     operator.add_argument("--resync-seconds", type=float, default=600.0,
                           help="seconds between full re-lists of the watched resources (a level-based resync)")
@@ -43,10 +49,21 @@ def options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         standalone=args.standalone,
         priority=args.priority,
         liveness_port=args.liveness_port or None,
+        metrics_port=_metrics_port(args.metrics_port) or None,
         kubeconfig=args.kubeconfig,
         resync_seconds=args.resync_seconds,
         config=OperatorConfig.from_env(),
     )
+
+
+def _metrics_port(flag: int | None) -> int:
+    if flag is not None:
+        return flag
+    value = os.environ.get(ENV_METRICS_PORT) or "8081"
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"kubedistill operator: ${ENV_METRICS_PORT}={value!r} is not a port number") from None
 
 
 def _operator(args: argparse.Namespace) -> int:

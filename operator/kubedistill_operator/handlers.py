@@ -12,7 +12,8 @@ import kopf
 from kubedistill.api import GROUP, VERSION
 from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
-from kubedistill_operator.reconcile.job import reconcile_job, refresh_job
+from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, reconciliation
+from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
 from kubedistill_operator.reconcile.student import (
     job_change_matters,
     reconcile_student,
@@ -50,10 +51,19 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
     @kopf.on.resume(*JOBS, id="job-resume", registry=registry)
     @kopf.on.create(*JOBS, id="job-create", registry=registry)
     @kopf.on.update(*JOBS, id="job-update", field="spec", registry=registry)
+    @reconciliation(JOB_KIND)
     def job_changed(body: Any, memo: Any, **_: Any) -> None:
         reconcile_job(memo.ctx, dict(body))
 
+    # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
+    @kopf.on.event(*JOBS, id="job-failure", registry=registry)
+    @reconciliation(JOB_KIND)
+    def job_failure(event: Any, body: Any, namespace: str, name: str, memo: Any, **_: Any) -> None:
+        if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
+            refresh_job(memo.ctx, namespace, name)
+
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
+    @reconciliation(JOB_KIND)
     def ray_job_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
         job = labels.get(naming.INSTANCE_LABEL)
         if job:
@@ -71,11 +81,13 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
     @kopf.on.resume(*STUDENTS, id="student-resume", registry=registry)
     @kopf.on.create(*STUDENTS, id="student-create", registry=registry)
     @kopf.on.update(*STUDENTS, id="student-update", field="spec", registry=registry)
+    @reconciliation(STUDENT_KIND)
     def student_changed(body: Any, memo: Any, **_: Any) -> None:
         reconcile_student(memo.ctx, dict(body))
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
                    labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)
+    @reconciliation(STUDENT_KIND)
     def deployment_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
         owner = labels.get(naming.INSTANCE_LABEL)
         if owner:

@@ -1,8 +1,9 @@
-"""Running the operator: kopf settings (annotations in the kubedistill.io prefix, peering, liveness) and kopf."""
+"""Running the operator: kopf settings (kubedistill.io annotations, peering, liveness), its metrics, and kopf."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ import kopf
 
 from kubedistill.api import GROUP
 from kubedistill_operator.config import OperatorConfig
-from kubedistill_operator.handlers import build_registry, post_event
+from kubedistill_operator.handlers import JOBS, STUDENTS, build_registry, post_event
 from kubedistill_operator.kubeapi import KubeApi
+from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, OperatorMetrics
 from kubedistill_operator.reconcile.context import Context
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -29,6 +31,9 @@ class OperatorOptions:
     priority: int | None = None
     liveness_host: str = "0.0.0.0"
     liveness_port: int | None = 8080
+    # Prometheus /metrics; None serves none (the CLI's default port is 8081).
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None
     kubeconfig: str | None = None
     resync_seconds: float = 600.0
     wait_delay: float = 30.0
@@ -66,19 +71,28 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
                        stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run until `stop_flag` is set (or a signal arrives, in the main thread)."""
     api = api or KubeApi.from_environment(options.kubeconfig)
-    ctx = Context(api=api, config=options.config, event=post_event, wait_delay=options.wait_delay)
-    await kopf.operator(
-        registry=build_registry(api),
-        settings=build_settings(options),
-        clusterwide=not options.namespaces,
-        namespaces=list(options.namespaces),
-        standalone=options.standalone,
-        peering_name=options.peering,
-        liveness_endpoint=options.liveness_endpoint,
-        memo=kopf.Memo(ctx=ctx),
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    registry = build_registry(api)
+    metrics: OperatorMetrics | None = None
+    serving: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if options.metrics_port is not None:
+        metrics = OperatorMetrics()
+        metrics.register_observers(registry, {JOB_KIND: JOBS, STUDENT_KIND: STUDENTS})
+        serving = metrics.serving(options.metrics_host, options.metrics_port)
+    event = post_event if metrics is None else metrics.counting_events(post_event)
+    ctx = Context(api=api, config=options.config, event=event, wait_delay=options.wait_delay)
+    with serving:
+        await kopf.operator(
+            registry=registry,
+            settings=build_settings(options),
+            clusterwide=not options.namespaces,
+            namespaces=list(options.namespaces),
+            standalone=options.standalone,
+            peering_name=options.peering,
+            liveness_endpoint=options.liveness_endpoint,
+            memo=kopf.Memo(ctx=ctx, metrics=metrics),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
 
 
 def main(options: OperatorOptions) -> int:

@@ -34,6 +34,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "watchNamespaces": ["news-topics"],
         "serviceMonitor": {"routers": {"enabled": True}},
     },
+    "servicemonitor-operator": {
+        "serviceMonitor": {
+            "operator": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "routers": {"enabled": True},
+        }
+    },
+    "no-metrics": {"metrics": {"enabled": False}},
     "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "kubedistill-operator"}},
     "images": {
         "image": {"digest": "sha256:" + "a" * 64},

@@ -141,10 +141,12 @@ def test_default_operator_is_one_hardened_replica_watching_the_cluster(render):
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     assert container["command"] == ["kubedistill"]
-    assert container["args"] == ["operator", "--all-namespaces", "--standalone", "--liveness-port=8080"]
+    assert container["args"] == ["operator", "--all-namespaces", "--standalone", "--liveness-port=8080",
+                                 "--metrics-port=8081"]
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
-    assert container["ports"] == [{"name": probe["port"], "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": probe["port"], "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 8081, "protocol": "TCP"}]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # Hardened: non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp.
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -219,6 +221,11 @@ def test_peering_runs_several_replicas_with_the_peering_object(render):
     assert "--peering=shared" in _container(objects)[1]["args"]
 
 
+def _service_monitor(objects, name):
+    (found,) = [o for o in by_kind(objects, "ServiceMonitor") if o["metadata"]["name"] == name]
+    return found
+
+
 def test_service_monitor_scrapes_every_router(render):
     objects = render(VARIANTS["servicemonitor"])
     routers = one(objects, "ServiceMonitor")
@@ -286,3 +293,78 @@ def test_router_service_monitor_selects_the_services_the_operator_creates(render
     for service in services:
         assert routers["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         assert routers["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def _selects(selector: dict[str, Any], obj: dict[str, Any]) -> bool:
+    return selector["matchLabels"].items() <= obj["metadata"]["labels"].items()
+
+
+def test_operator_metrics_are_served_behind_a_service_by_default(render):
+    objects = render()
+    deployment, container = _container(objects)
+    service = one(objects, "Service")
+    assert service["metadata"] == {**service["metadata"], "name": "kubedistill-metrics", "namespace": NAMESPACE}
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}]
+    # The Service reaches the operator's pods, and its target port is the container's metrics port.
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert "--metrics-port=8081" in container["args"]
+    assert not by_kind(objects, "ServiceMonitor")
+
+    objects = render({"metrics": {"port": 9400}})
+    _, container = _container(objects)
+    assert "--metrics-port=9400" in container["args"]
+    assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in container["ports"]
+    assert one(objects, "Service")["spec"]["ports"][0]["port"] == 9400
+
+
+def test_metrics_off_renders_no_service_and_turns_the_endpoint_off(render):
+    objects = render(VARIANTS["no-metrics"])
+    _, container = _container(objects)
+    assert not by_kind(objects, "Service") and not by_kind(objects, "ServiceMonitor")
+    assert "--metrics-port=0" in container["args"]  # the CLI's default port would serve it otherwise
+    assert [p["name"] for p in container["ports"]] == ["http"]
+
+
+def test_operator_service_monitor_scrapes_the_metrics_service(render):
+    objects = render(VARIANTS["servicemonitor-operator"])
+    monitor = _service_monitor(objects, "kubedistill-operator")
+    service = one(objects, "Service")
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert _selects(monitor["spec"]["selector"], service)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # Each monitor keeps to its own: the routers' never selects the operator, the operator's never a router.
+    routers = _service_monitor(objects, "kubedistill-routers")
+    assert not _selects(routers["spec"]["selector"], service)
+    for router_service in by_kind(_operator_objects(), "Service"):
+        assert not _selects(monitor["spec"]["selector"], router_service)
+    # Off by default, and with only the routers' on.
+    assert [m["metadata"]["name"] for m in by_kind(render(VARIANTS["servicemonitor"]), "ServiceMonitor")] == [
+        "kubedistill-routers"]
+
+
+def test_operator_service_monitor_reaches_the_operators_endpoint():
+    """The chart's port and path are the ones the operator serves: its CLI default, and /metrics."""
+    cli = pytest.importorskip("kubedistill_operator.cli")
+    from kubedistill.cli import build_parser
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    args = build_parser().parse_args(["operator", f"--metrics-port={values['metrics']['port']}"])
+    options = cli.options_from_args(args)
+    assert options.metrics_port == values["metrics"]["port"] != values["livenessProbe"]["port"]
+
+
+def test_metrics_names_stay_within_63_characters(render):
+    long_release = "a-release-name-that-is-far-too-long-for-a-kubernetes-object-name"[:53]
+    values = {"serviceMonitor": {"operator": {"enabled": True}, "routers": {"enabled": True}}}
+    objects = render(values, name=long_release)
+    assert len({(o["kind"], o["metadata"]["name"]) for o in objects}) == len(objects)
+    names = [o["metadata"]["name"] for o in objects]
+    for name in names:
+        assert len(name) <= 63 and not name.endswith("-"), name
+    assert {n.rpartition("-")[2] for n in names} >= {"metrics", "operator", "routers"}

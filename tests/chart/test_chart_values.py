@@ -32,6 +32,11 @@ BAD_VALUES = [
     ({"serviceMonitor": {"routers": {"interval": "30"}}}, "at '/serviceMonitor/routers/interval': '30' does not match"),
     ({"serviceMonitor": {"router": {"enabled": True}}}, "additional properties 'router' not allowed"),
     ({"peering": {"enabled": "true"}}, "at '/peering/enabled': got string, want boolean"),
+    ({"metrics": {"port": 80}}, "at '/metrics/port': minimum: got 80, want 1,024"),
+    ({"metrics": {"enabled": False}, "serviceMonitor": {"operator": {"enabled": True}}},
+     "at '/metrics/enabled': value must be true"),
+    ({"serviceMonitor": {"operator": {"scrapeTimeout": "10"}}},
+     "at '/serviceMonitor/operator/scrapeTimeout': '10' does not match"),
 ]
 
 

@@ -32,6 +32,15 @@ def test_split_is_deterministic_by_seed(tmp_path):
     assert first.eval != other.eval
 
 
+def test_repeated_texts_are_dropped_so_no_eval_text_was_trained_on(tmp_path):
+    rows = sentiment_rows(40)
+    path = write_jsonl(rows + rows[:15], tmp_path / "d.jsonl")
+    split = data.load_split(_spec(tmp_path, path))
+    assert split.duplicates == 15
+    assert len(split.train) + len(split.eval) == 40
+    assert not {r["text"] for r in split.train} & {r["text"] for r in split.eval}
+
+
 def test_label_folders_csv_and_integer_labels(tmp_path):
     for label in ("pos", "neg"):
         (tmp_path / "folders" / label).mkdir(parents=True)
@@ -71,7 +80,8 @@ def test_jsonl_roundtrip(tmp_path):
         ([{"text": "x", "label": "maybe"}] * 10, {}, "dataset.labelField"),
         ([{"text": "x", "label": 5}] * 10, {}, "dataset.labelField"),
         ([{"text": "x", "label": "pos"}] * 3, {"dataset": {"evalFraction": 0.1}}, "dataset.evalFraction"),
-        ([{"text": "x", "label": "pos"}] * 20, {"training": {"batchSize": 64}}, "training.batchSize"),
+        ([{"text": f"x{i}", "label": "pos"} for i in range(20)], {"training": {"batchSize": 64}},
+         "training.batchSize"),
     ],
     ids=["missing-text-field", "missing-label-field", "unknown-label", "label-out-of-range", "empty-eval-split",
          "batch-larger-than-data"],

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from kubedistill_jobs.reporting import StatusReporter, status_patch
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from kubedistill_jobs.data import DataError
+from kubedistill_jobs.models import ModelError
+from kubedistill_jobs.preflight import PreflightError
+from kubedistill_jobs.reporting import (
+    StatusReporter,
+    failure_patch,
+    is_permanent,
+    results_patch,
+    status_patch,
+)
 
 from kubedistill.api.distillationjob import DistillationJobStatus
+from kubedistill.api.load import ManifestError
+from kubedistill.report import Report
+from kubedistill.uris import UriError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RecordingApi:
@@ -46,3 +64,104 @@ def test_reporter_patches_the_status_subresource_and_throttles_progress():
     assert [b.get("progress", {}).get("percent") for b in bodies[:2]] == [10, 80]
     assert bodies[2] == {"metrics": {"train_loss": 0.5}}
     assert bodies[3] == {"results": {"gatePassed": True}}
+
+
+# status.failure: what the operator reads to stop the retries of an input error.
+
+def _model(accuracy: float, size: int) -> dict:
+    return {"params": size // 4, "size_bytes": size, "metrics": {"accuracy": accuracy},
+            "latency_ms": {"p50": 1.0, "p95": 2.0}}
+
+
+def _report(signals: dict | None) -> Report:
+    routing = {"signal": "max-probability", "frontier": [{"threshold": 0.8, "escalation_rate": 0.2, "accuracy": 0.9}],
+               "recommended_threshold": 0.8, "target": 0.99}
+    if signals is not None:
+        routing["signals"] = signals
+    return Report.model_validate({
+        "task": "sequence-classification", "teacher": _model(0.95, 4000), "student": _model(0.9, 1000),
+        "student_quantized": _model(0.9, 250), "retention": 0.947, "agreement": 0.93, "speedup": 4.0,
+        "compression": 16.0, "routing": routing, "gate": {"min_retention": 0.9, "passed": True}})
+
+
+def test_results_carry_the_threshold_of_every_signal():
+    signals = {name: {"recommended_threshold": value, "escalation_rate": 0.2, "accuracy": 0.9, "frontier": []}
+               for name, value in (("max-probability", 0.8), ("margin", 0.35), ("entropy", None))}
+    wire = results_patch(_report(signals), "pvc://models/bbc")
+    assert wire["recommendedThreshold"] == 0.8
+    assert wire["recommendedThresholds"] == {"max-probability": 0.8, "margin": 0.35}  # entropy found none
+    DistillationJobStatus.model_validate({"results": wire})
+    older = results_patch(_report(None), "pvc://models/bbc")  # a report without per-signal sweeps
+    assert older["recommendedThresholds"] == {"max-probability": 0.8}
+
+
+def test_input_errors_are_permanent_and_name_the_run(monkeypatch):
+    monkeypatch.setenv("KUBEDISTILL_RUN_ID", "bbc-g3")
+    error = PreflightError("training.batchSize: 1 is smaller than the 2 training workers")
+    body = failure_patch(error, "prepare", permanent=is_permanent(RuntimeError("wrapper"), error),
+                         now=datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+    assert body == {"stage": "prepare", "error": "PreflightError", "message": str(error), "permanent": True,
+                    "rayJobName": "bbc-g3", "time": "2026-11-23T10:00:00Z"}
+    DistillationJobStatus.model_validate({"failure": body})
+    for permanent in (DataError("dataset.textField: no column 'body'"), ModelError("teacher.uri: not found"),
+                      ManifestError("spec.task: required"), UriError("output.uri: bad scheme")):
+        assert is_permanent(permanent)
+    for transient in (MemoryError(), OSError("connection reset"), RuntimeError("node lost"), ValueError("odd")):
+        assert not is_permanent(transient)
+    long = failure_patch(OSError("x" * 10_000), "train", permanent=False)
+    assert len(long["message"]) == 4000 and long["permanent"] is False
+
+
+def _entrypoint(monkeypatch, tmp_path, manifest: dict | str):
+    """Run the RayJob's entrypoint with the status subresource recorded (and no Ray cluster to connect to)."""
+    import ray
+    from kubedistill_jobs import entrypoint
+
+    api = RecordingApi()
+    monkeypatch.setenv("KUBEDISTILL_JOB_NAME", "bbc")
+    monkeypatch.setenv("KUBEDISTILL_JOB_NAMESPACE", "ml")
+    monkeypatch.setenv("KUBEDISTILL_RUN_ID", "bbc-g1")
+    monkeypatch.setattr(StatusReporter, "_connect", staticmethod(lambda: api))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)
+    path = tmp_path / "distillationjob.yaml"
+    path.write_text(manifest if isinstance(manifest, str) else yaml.safe_dump(manifest))
+    code = entrypoint.main([str(path)])
+    return code, [call[-1]["status"] for call in api.calls]
+
+
+def _job(tmp_path) -> dict:
+    job = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())
+    job["spec"]["output"]["uri"] = str(tmp_path / "out")
+    return job
+
+
+def test_entrypoint_reports_a_preflight_error_as_permanent(monkeypatch, tmp_path):
+    job = _job(tmp_path)
+    job["spec"]["training"]["batchSize"] = 1  # fewer examples per step than the 2 workers: preflight refuses it
+    code, bodies = _entrypoint(monkeypatch, tmp_path, job)
+    assert code == 1
+    (failure,) = [b["failure"] for b in bodies if "failure" in b]
+    assert failure["permanent"] is True and failure["error"] == "PreflightError"
+    assert failure["stage"] == "prepare" and failure["rayJobName"] == "bbc-g1"
+    assert failure["message"].startswith("training.batchSize:")
+
+
+def test_entrypoint_reports_an_unreadable_manifest_as_permanent(monkeypatch, tmp_path):
+    code, bodies = _entrypoint(monkeypatch, tmp_path, "apiVersion: kubedistill.io/v1alpha1\nkind: DistillationJob\n")
+    assert code == 1
+    (failure,) = [b["failure"] for b in bodies]
+    assert failure["permanent"] is True and failure["stage"] == "load" and failure["error"] == "ManifestError"
+
+
+def test_entrypoint_reports_other_failures_as_transient(monkeypatch, tmp_path):
+    from kubedistill_jobs import runner
+
+    def lost(*_a, **_k):
+        raise OSError("the output volume went away")
+
+    monkeypatch.setattr(runner, "prepare_output", lost)
+    code, bodies = _entrypoint(monkeypatch, tmp_path, _job(tmp_path))
+    assert code == 1
+    (failure,) = [b["failure"] for b in bodies]
+    assert failure == {**failure, "permanent": False, "error": "OSError", "stage": "load",
+                       "message": "the output volume went away"}

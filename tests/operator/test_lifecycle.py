@@ -149,13 +149,16 @@ def test_distillation_job_life(cluster):
 
 def test_restart_in_the_middle_never_duplicates(cluster):
     cluster.create(manifest("distillationjob.yaml"))
-    cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
+    first = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     for _ in range(2):
         cluster.restart_operator()
     run_job_to(cluster, f"{JOB}-g1", "Running", "RUNNING")
     wait_phase(cluster, DISTILLATION_JOBS, JOB, "Running")
-    assert len(creates(cluster, "rayjobs")) == 1
+    # A restart can land before kopf recorded the handler as done: the handler then runs again and its
+    # create is answered 409 and adopted. Never a second RayJob, never a replaced one.
     assert len(cluster.list(RAY_JOBS, NS)) == 1
+    assert cluster.get(RAY_JOBS, NS, f"{JOB}-g1")["metadata"]["uid"] == first["metadata"]["uid"]
+    assert len(creates(cluster, "rayjobs")) <= 3
 
 
 def test_missing_secret_waits_with_a_condition_and_an_event(cluster):

@@ -110,6 +110,36 @@ def test_finished_job_keeps_its_status_when_the_ray_job_is_gone():
     assert pending.fields["phase"] == "Pending"
 
 
+INPUT_ERROR = {"stage": "prepare", "error": "PreflightError", "permanent": True, "rayJobName": "bbc-g1",
+               "message": "training.batchSize: 1 is smaller than the 2 training workers",
+               "time": "2026-11-23T11:30:00Z"}
+
+
+@pytest.mark.parametrize("ray", [ray_job("Retrying", "FAILED", failed=1), ray_job("Running", "RUNNING"), None])
+def test_a_permanent_failure_of_this_run_fails_the_job_whatever_kuberay_shows(ray):
+    update = job_status(dj({"failure": INPUT_ERROR, "phase": "Running"}), ray, NOW)
+    assert update.fields["phase"] == "Failed" and update.fields["completionTime"] == "2026-11-23T11:30:00Z"
+    succeeded = {c["type"]: c for c in update.conditions}["Succeeded"]
+    assert succeeded["status"] == "False" and succeeded["reason"] == "InvalidInput"
+    assert "in stage prepare: training.batchSize: 1 is smaller" in succeeded["message"]
+    again = job_status(dj({"failure": INPUT_ERROR, "phase": "Failed", "completionTime": "2026-11-23T11:31:00Z"}),
+                       None, "2026-11-23T13:00:00Z")
+    assert again.fields["completionTime"] == "2026-11-23T11:31:00Z"  # stable: a re-read writes nothing new
+
+
+def test_a_failure_of_an_earlier_run_or_a_transient_one_leaves_the_run_to_kuberay():
+    earlier = job_status(dj({"failure": {**INPUT_ERROR, "rayJobName": "bbc-g0"}}), ray_job("Running", "RUNNING"), NOW)
+    assert earlier.fields["phase"] == "Running"
+    transient = {**INPUT_ERROR, "permanent": False, "error": "OSError", "stage": "train",
+                 "message": "connection reset by peer"}
+    retrying = job_status(dj({"failure": transient}), ray_job("Retrying", "FAILED", failed=1), NOW)
+    assert retrying.fields["phase"] == "Pending"
+    failed = job_status(dj({"failure": transient}), ray_job("Failed", "FAILED", "AppFailed", failed=3), NOW)
+    succeeded = {c["type"]: c for c in failed.conditions}["Succeeded"]
+    assert succeeded["reason"] == "AppFailed"
+    assert "the pipeline failed in stage train: connection reset by peer" in succeeded["message"]
+
+
 def test_conditions_merge_by_type_and_keep_transition_times():
     first = merge_conditions(None, [condition("Ready", False, "Waiting")], now="t1")
     same = merge_conditions(first, [condition("Ready", False, "StillWaiting", "more")], now="t2")
@@ -149,6 +179,31 @@ def test_source_and_threshold_from_the_job():
     source = resolve_job_source("sd", job_body("Succeeded", GOOD), None, "s3")
     assert source == ModelSourceInfo("pvc://m/bbc/model_repository", "run-7", 0.8, "s3")
     assert resolve_job_source("sd", job_body("Succeeded", GOOD), 0.6, None).threshold == 0.6  # the spec wins
+
+
+def test_a_causal_lm_job_is_refused_up_front():
+    job = job_body("Pending")
+    job["spec"]["task"] = {"type": "causal-lm"}
+    refused = resolve_job_source("sd", job, 0.5, None)
+    assert refused.reason == "UnsupportedTask" and refused.refused
+    assert "spec.source.jobRef" in refused.message and "serves sequence-classification jobs" in refused.message
+    job["spec"]["task"] = {"type": "sequence-classification", "labels": ["a", "b"]}
+    assert resolve_job_source("sd", job, 0.5, None).reason == "JobNotSucceeded"
+
+
+def test_threshold_of_another_signal():
+    per_signal = {**GOOD, "recommendedThresholds": {"max-probability": 0.8, "margin": 0.35}}
+    margin = resolve_job_source("sd", job_body("Succeeded", per_signal), None, None, "margin")
+    assert isinstance(margin, ModelSourceInfo) and margin.threshold == 0.35
+    refused = resolve_job_source("sd", job_body("Succeeded", per_signal), None, None, "entropy")
+    assert refused.reason == "ThresholdRequired" and refused.refused
+    assert refused.message == ("spec.router.threshold: unset, and DistillationJob bbc recommends 0.8 for the "
+                               "max-probability signal, not entropy; set spec.router.threshold or use "
+                               "confidenceSignal max-probability")
+    assert resolve_job_source("sd", job_body("Succeeded", GOOD), None, None, "margin").reason == "ThresholdRequired"
+    assert resolve_job_source("sd", job_body("Succeeded", GOOD), 0.3, None, "margin").threshold == 0.3
+    shadow = resolve_job_source("sd", job_body("Succeeded", GOOD), None, None, "margin", "shadow")
+    assert isinstance(shadow, ModelSourceInfo) and shadow.threshold is None  # only `route` escalates
 
 
 def test_waiting_status_keeps_a_serving_deployment_up():

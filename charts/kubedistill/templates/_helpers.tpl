@@ -62,6 +62,15 @@ The operator's ServiceAccount.
 {{- end }}
 
 {{/*
+`<fullname>-<suffix>`, the full name shortened so that the whole stays within 63 characters.
+Call with (dict "suffix" "metrics" "context" $).
+*/}}
+{{- define "kubedistill.suffixedName" -}}
+{{- $room := sub 62 (len .suffix) | int }}
+{{- printf "%s-%s" (include "kubedistill.fullname" .context | trunc $room | trimSuffix "-") .suffix }}
+{{- end }}
+
+{{/*
 The kopf peering object's name.
 */}}
 {{- define "kubedistill.peeringName" -}}

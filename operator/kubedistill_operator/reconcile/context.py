@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +26,14 @@ class Context:
     event: EventFn = _no_events
     # Seconds before a waiting resource is looked at again (also re-triggered by the events it waits on).
     wait_delay: float = 30.0
+    _locks: dict[tuple[str, ...], threading.RLock] = field(default_factory=dict, repr=False)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def lock(self, *key: str) -> threading.RLock:
+        """One lock per object: kopf runs the handlers of different objects at once (a job's own events and its
+        RayJob's), and two of them acting on one job would write its status and post its events twice."""
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.RLock())
 
 
 class StatusWriter(Protocol):

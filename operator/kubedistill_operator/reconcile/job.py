@@ -14,7 +14,13 @@ from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
 from kubedistill_operator.reconcile.context import ApiStatusWriter, Context, StatusWriter
 from kubedistill_operator.reconcile.secrets import job_secrets, missing_secrets
 from kubedistill_operator.status.conditions import StatusUpdate, condition
-from kubedistill_operator.status.job import TERMINAL_PHASES, job_status, new_run_status
+from kubedistill_operator.status.job import (
+    INVALID_INPUT,
+    TERMINAL_PHASES,
+    job_status,
+    new_run_status,
+    permanent_failure,
+)
 
 
 def parse_job(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> DistillationJob:
@@ -89,6 +95,11 @@ def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
 def refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None = None) -> bool:
     """Copy the run's state into the job's status (level-based), from a fresh read of the job (its results
     may have just arrived). False when the run's RayJob is missing."""
+    with ctx.lock(DISTILLATION_JOBS.plural, namespace, name):
+        return _refresh_job(ctx, namespace, name, ray_job)
+
+
+def _refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None) -> bool:
     body = ctx.api.get(DISTILLATION_JOBS, namespace, name)
     if body is None:
         return True  # the job is gone; its children follow through their ownerReferences
@@ -107,6 +118,10 @@ def refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any]
             ctx.event(body, "Warning", succeeded["reason"], succeeded["message"])
         elif new_phase in ("Running", "Succeeded"):
             ctx.event(body, "Normal", new_phase, succeeded["message"])
+    if permanent_failure(status) is not None:
+        if ray_job is not None:
+            stop_retries(ctx, body, ray_job)
+        return True  # failed for good: never recreated for this generation
     if ray_job is not None or status.get("phase") in TERMINAL_PHASES:
         return True
     if run == naming.ray_job_name(name, body["metadata"].get("generation")):
@@ -114,6 +129,31 @@ def refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any]
         with contextlib.suppress(kopf.TemporaryError):  # the job's own handler retries it
             reconcile_job(ctx, body)
     return False
+
+
+def stop_retries(ctx: Context, body: dict[str, Any], ray_job: dict[str, Any]) -> None:
+    """Delete the run's RayJob after an input error: its Ray cluster and submitter go with it (ownerReferences;
+    KubeRay's finalizer stops the Ray job first), and no backoffLimit retry starts another cluster.
+
+    Deleting, not `spec.suspend`: KubeRay honours suspend only from Initializing or Running (a RayJob between
+    retries is Retrying or New), Kueue owns the suspend flag of the RayJobs it queues, and a Suspended RayJob
+    never finishes, so its ttlSecondsAfterFinished never removes it. The job's status (phase Failed, written
+    before this) is the record; the same generation is never run again (`reconcile_job`, `refresh_job`)."""
+    meta = ray_job.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return  # already on its way out
+    namespace = meta.get("namespace") or body["metadata"].get("namespace") or "default"
+    if ctx.api.delete(RAY_JOBS, namespace, meta["name"]):
+        ctx.event(body, "Normal", "RetriesStopped",
+                  f"RayJob {meta['name']} deleted after an input error ({INVALID_INPUT}): a retry would fail the "
+                  "same way; change the spec to run again")
+
+
+def failure_needs_action(body: dict[str, Any]) -> bool:
+    """Whether a job's status holds a permanent failure of its current run that the operator has not acted on
+    (cheap: read from the event's body, so the job's own status writes never loop back into API calls)."""
+    status = body.get("status") or {}
+    return permanent_failure(status) is not None and status.get("phase") != "Failed"
 
 
 def _plain(body: dict[str, Any]) -> dict[str, Any]:

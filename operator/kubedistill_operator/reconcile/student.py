@@ -16,6 +16,7 @@ from kubedistill_operator.reconcile.job import _plain
 from kubedistill_operator.reconcile.secrets import missing_secrets, student_secrets
 from kubedistill_operator.status.conditions import StatusUpdate, condition
 from kubedistill_operator.status.student import (
+    DEFAULT_SIGNAL,
     Waiting,
     resolve_job_source,
     serving_status,
@@ -47,7 +48,9 @@ def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | No
         output = (job.get("spec") or {}).get("output") or {}
         if str(output.get("uri", "")).startswith("s3://"):
             s3_secret = output.get("s3CredentialsSecret")
-    return resolve_job_source(sd.metadata.name, job, sd.spec.router.threshold, s3_secret)
+    router = sd.spec.router
+    return resolve_job_source(sd.metadata.name, job, router.threshold, s3_secret, router.confidence_signal,
+                              router.mode)
 
 
 def _served(sd: StudentDeployment, status: dict[str, Any]) -> ModelSourceInfo | None:
@@ -61,6 +64,11 @@ def _served(sd: StudentDeployment, status: dict[str, Any]) -> ModelSourceInfo | 
 
 def reconcile_student(ctx: Context, body: dict[str, Any]) -> None:
     namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+    with ctx.lock(STUDENT_DEPLOYMENTS.plural, namespace, name):  # its own handler and its job's events
+        _reconcile_student(ctx, namespace, name)
+
+
+def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
     fresh = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)  # the status of the handler's body may be old
     if fresh is None:
         return
@@ -81,6 +89,10 @@ def reconcile_student(ctx: Context, body: dict[str, Any]) -> None:
         if was.get("reason") != outcome.reason:
             ctx.event(body, "Normal" if outcome.reason == "JobNotSucceeded" else "Warning", outcome.reason,
                       outcome.message)
+        if outcome.refused:
+            # Only a change of this spec or of the job clears it; both re-reconcile (the update handler, the
+            # job's events). What is deployed, if anything, is left exactly as it is.
+            return
         if served is None:
             raise kopf.TemporaryError(outcome.message, delay=ctx.wait_delay)
         source = served  # keep serving the previous model; spec changes still apply to it
@@ -128,6 +140,11 @@ def reconcile_student(ctx: Context, body: dict[str, Any]) -> None:
 
 def refresh_student(ctx: Context, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> None:
     """Copy the Deployment's state into the status (level-based); recreate the Deployment when it is gone."""
+    with ctx.lock(STUDENT_DEPLOYMENTS.plural, namespace, name):
+        _refresh_student(ctx, namespace, name, deployment)
+
+
+def _refresh_student(ctx: Context, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
     body = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)
     if body is None:
         return
@@ -153,8 +170,9 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
     """Whether a change of the job changes what the deployment should serve (or why it waits)."""
     status = sd_body.get("status") or {}
     spec = sd_body.get("spec") or {}
-    threshold = (spec.get("router") or {}).get("threshold")
-    outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, threshold, None)
+    router = spec.get("router") or {}
+    outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, router.get("threshold"), None,
+                                 router.get("confidenceSignal") or DEFAULT_SIGNAL, router.get("mode") or "route")
     if isinstance(outcome, Waiting):
         current = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
         return not (current.get("status") == "False" and current.get("reason") == outcome.reason)

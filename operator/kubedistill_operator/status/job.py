@@ -13,6 +13,8 @@ from typing import Any
 from kubedistill_operator.status.conditions import StatusUpdate, condition, now_iso
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# The reason of a job whose pipeline reported a permanent (input) failure.
+INVALID_INPUT = "InvalidInput"
 # jobDeploymentStatus values during which a stale jobStatus (from a previous attempt) means nothing yet.
 _STARTING = ("", "New", "Initializing", "Waiting", "Scheduling", "Scheduled", "Validated", "Retrying")
 
@@ -68,11 +70,62 @@ def gate_message(spec: dict[str, Any], results: dict[str, Any]) -> str:
     return f"the evaluation gate did not pass{where}"
 
 
+def run_failure(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The failure the pipeline reported for the current run (status.rayJobName); None for none, or one of an
+    earlier run."""
+    failure = status.get("failure")
+    if not hasattr(failure, "get") or not failure.get("message"):
+        return None
+    run = status.get("rayJobName")
+    if not run or failure.get("rayJobName") != run:
+        return None
+    return dict(failure)
+
+
+def permanent_failure(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The current run's failure when it is an input error that no retry can fix."""
+    failure = run_failure(status)
+    return failure if failure is not None and failure.get("permanent") is True else None
+
+
+def failure_message(failure: dict[str, Any]) -> str:
+    where = f" in stage {failure['stage']}" if failure.get("stage") else ""
+    return f"the pipeline failed{where}: {failure['message']}"
+
+
+def invalid_input_status(job: dict[str, Any], failure: dict[str, Any], ray_job: dict[str, Any] | None,
+                         now: str) -> StatusUpdate:
+    """Failed for good: the pipeline found the input unworkable. Only a spec change (a new generation) runs
+    the job again; the run's RayJob is deleted, so no retry starts another Ray cluster."""
+    status = job.get("status") or {}
+    generation = job.get("metadata", {}).get("generation")
+    message = (f"{failure_message(failure)}; retries are stopped (the same input fails the same way): fix the "
+               "spec and apply it to run again")
+    ray_status = (ray_job or {}).get("status") or {}
+    fields: dict[str, Any] = {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "startTime": status.get("startTime") or ray_status.get("startTime") or failure.get("time") or now,
+        "completionTime": status.get("completionTime") or failure.get("time") or now,
+    }
+    return StatusUpdate(fields=fields, conditions=[
+        condition("Running", False, INVALID_INPUT, message, generation),
+        condition("Succeeded", False, INVALID_INPUT, message, generation),
+    ])
+
+
 def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | None = None) -> StatusUpdate:
-    """The status a job should show now. `ray_job` is the run named in status.rayJobName (None: absent)."""
+    """The status a job should show now. `ray_job` is the run named in status.rayJobName (None: absent).
+
+    A permanent failure the pipeline reported for this run wins over whatever the RayJob shows (between two
+    retries KubeRay reports Retrying, not Failed); a transient one is added to the message once KubeRay gives
+    up on the run."""
     now = now or now_iso()
     status = job.get("status") or {}
     generation = job.get("metadata", {}).get("generation")
+    permanent = permanent_failure(status)
+    if permanent is not None:
+        return invalid_input_status(job, permanent, ray_job, now)
     if ray_job is None:
         if status.get("phase") in TERMINAL_PHASES:
             return StatusUpdate()  # a finished run keeps its status after KubeRay's TTL removed the RayJob
@@ -97,6 +150,10 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
             parts = [f"retention {results['retention']:.4f}" if isinstance(results.get("retention"), int | float)
                      else None, f"artifact {results['artifactUri']}" if results.get("artifactUri") else None]
             message = ", ".join(p for p in parts if p) or "the pipeline succeeded"
+    elif phase == "Failed":
+        failure = run_failure(status)
+        if failure is not None:
+            message = f"{message}; {failure_message(failure)}"
 
     ray_status = ray_job.get("status") or {}
     fields: dict[str, Any] = {"phase": phase, "observedGeneration": generation}
@@ -147,6 +204,7 @@ def new_run_status(ray_job_name: str, config_map: str, account: str, generation:
             "progress": None,
             "metrics": None,
             "results": None,
+            "failure": None,
         },
         conditions=[condition("Running", False, "RayJobCreating", message, generation),
                     condition("Succeeded", None, "RayJobCreating", message, generation)],

@@ -10,21 +10,68 @@ from kubedistill_operator.builders.student import ModelSourceInfo
 from kubedistill_operator.status.conditions import StatusUpdate, condition
 from kubedistill_operator.status.job import gate_message
 
+DEFAULT_SIGNAL = "max-probability"  # the signal a job's status.results.recommendedThreshold is for
+# Waiting reasons that only a change of the StudentDeployment or of its job can clear: no timed retry.
+REFUSALS = ("UnsupportedTask", "ThresholdRequired")
+
 
 @dataclass(frozen=True)
 class Waiting:
     """Why there is no model to serve yet."""
 
-    reason: str  # JobNotFound, JobNotSucceeded, GateNotMet
+    reason: str  # JobNotFound, JobNotSucceeded, GateNotMet, or a refusal (REFUSALS)
     message: str
+
+    @property
+    def refused(self) -> bool:
+        return self.reason in REFUSALS
+
+
+def unsupported_task(job: dict[str, Any]) -> Waiting | None:
+    """The router serves sequence-classification exports only: a causal-lm job's router would exit at start."""
+    task = (((job.get("spec") or {}).get("task")) or {}).get("type")
+    if task is None or task == "sequence-classification":
+        return None
+    name = job["metadata"]["name"]
+    return Waiting("UnsupportedTask", f"spec.source.jobRef: DistillationJob {name} is a {task} job, and the router "
+                   "serves sequence-classification jobs only; point spec.source.jobRef at a "
+                   "sequence-classification DistillationJob")
+
+
+def job_threshold(job: dict[str, Any], results: dict[str, Any], threshold: float | None, signal: str,
+                  mode: str) -> float | Waiting | None:
+    """The routing threshold: the spec's own, else the job's recommendation for the router's signal.
+
+    `recommendedThreshold` is computed for max-probability; another signal takes its own from
+    `recommendedThresholds`, and without one a routing router is refused (as `kubedistill serve` does)."""
+    if threshold is not None:
+        return threshold
+    per_signal = results.get("recommendedThresholds") or {}
+    if signal in per_signal:
+        return float(per_signal[signal])
+    if signal == DEFAULT_SIGNAL:
+        value = results.get("recommendedThreshold")
+        return None if value is None else float(value)
+    if mode != "route":
+        return None  # only `route` escalates on the threshold
+    recommended = results.get("recommendedThreshold")
+    recommends = f"recommends {recommended} for" if recommended is not None else "recommends a threshold for"
+    return Waiting("ThresholdRequired", f"spec.router.threshold: unset, and DistillationJob "
+                   f"{job['metadata']['name']} {recommends} the {DEFAULT_SIGNAL} signal, not {signal}; set "
+                   f"spec.router.threshold or use confidenceSignal {DEFAULT_SIGNAL}")
 
 
 def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: float | None,
-                       s3_secret: str | None) -> ModelSourceInfo | Waiting:
-    """What a deployment with `source.jobRef` serves: the job's artifact once it succeeded and passed its gate."""
+                       s3_secret: str | None, signal: str = DEFAULT_SIGNAL,
+                       mode: str = "route") -> ModelSourceInfo | Waiting:
+    """What a deployment with `source.jobRef` serves: the job's artifact once it succeeded and passed its gate,
+    with the threshold for the router's confidence signal. A job the router cannot serve is refused up front."""
     if job is None:
         return Waiting("JobNotFound", f"DistillationJob not found in this namespace (StudentDeployment {sd_name} "
                        "refers to it in spec.source.jobRef.name); create it or fix the name")
+    unsupported = unsupported_task(job)
+    if unsupported is not None:
+        return unsupported
     name = job["metadata"]["name"]
     status = job.get("status") or {}
     results = status.get("results") or {}
@@ -46,10 +93,13 @@ def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: floa
     if not uri:
         return Waiting("JobNotSucceeded", f"DistillationJob {name} succeeded without status.results.artifactUri")
     version = results.get("modelVersion") or status.get("rayJobName") or "unversioned"
+    resolved = job_threshold(job, results, threshold, signal, mode)
+    if isinstance(resolved, Waiting):
+        return resolved
     return ModelSourceInfo(
         model_repository_uri=uri,
         model_version=str(version),
-        threshold=threshold if threshold is not None else results.get("recommendedThreshold"),
+        threshold=resolved,
         s3_credentials_secret=s3_secret,
     )
 

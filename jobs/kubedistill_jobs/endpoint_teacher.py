@@ -1,0 +1,274 @@
+"""A remote teacher behind an OpenAI-compatible completions endpoint (`spec.teacher.endpoint`).
+
+Sequence-level distillation from the teacher's greedy generations, plus the top-k soft targets the
+endpoint exposes. Per training prompt: `POST {url}/completions` with `max_tokens`, `temperature: 0`,
+`logprobs: k` and `return_tokens_as_token_ids: true` (vLLM then names tokens `token_id:N`; other servers
+name them by their text). The result is the cache the local top-k path writes (see soft_targets), in the
+student's token ids:
+
+- `input_ids` = student-tokenised prompt + generated token ids, right-padded to task.maxLength;
+- at cache position t (which predicts `input_ids[t + 1]`, as the train loop shifts by one):
+  - inside the prompt, a one-hot target on the actual next token (value 0, index = next token, the other
+    slots very negative), so the soft term there is the cross-entropy on the text;
+  - from the last prompt token on, the teacher's top-k logprobs for the generated token that follows
+    (candidates the student's tokenizer cannot name are dropped; missing ones are padded with a very
+    negative value and a valid index).
+
+The API key comes from the env var `KUBEDISTILL_TEACHER_API_KEY` (the operator sets it from
+`teacher.endpoint.apiKeySecretRef`) and is sent as a bearer token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kubedistill.api.distillationjob import DistillationJobSpec
+
+# The operator sets this env var on the Ray pods (kubedistill_operator.builders.job.TEACHER_API_KEY_ENV).
+API_KEY_ENV = "KUBEDISTILL_TEACHER_API_KEY"
+# A logit whose softmax weight is 0 at any temperature the API allows (≤ 100), and fits float16.
+VERY_NEGATIVE = -1.0e4
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Progress = Callable[[int, int], None]
+
+
+class EndpointError(RuntimeError):
+    """The teacher endpoint could not be used; the message names teacher.endpoint.url."""
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    url: str
+    model: str
+    top_k: int
+    max_new_tokens: int = 128
+    timeout_seconds: float = 60.0
+    api_key: str | None = field(default=None, repr=False)
+    retries: int = 4
+    backoff_seconds: float = 0.5
+
+    @classmethod
+    def from_spec(cls, spec: DistillationJobSpec) -> EndpointConfig:
+        endpoint = spec.teacher.endpoint
+        assert endpoint is not None
+        return cls(url=endpoint.url.rstrip("/"), model=endpoint.model, top_k=spec.distillation.top_k,
+                   max_new_tokens=endpoint.max_new_tokens, timeout_seconds=endpoint.timeout_seconds,
+                   api_key=os.environ.get(API_KEY_ENV) or None)
+
+
+class EndpointClient:
+    """The legacy completions API, with retries (exponential backoff) on 429 and 5xx."""
+
+    def __init__(self, config: EndpointConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.sleep = sleep
+
+    def _fail(self, what: str) -> EndpointError:
+        return EndpointError(f"teacher.endpoint.url: {self.config.url}/completions {what}")
+
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        headers = {"Content-Type": "application/json"}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        data = json.dumps({"model": cfg.model, **body}).encode()
+        for attempt in range(cfg.retries + 1):
+            request = urllib.request.Request(f"{cfg.url}/completions", data=data, headers=headers, method="POST")
+            last = attempt == cfg.retries
+            try:
+                with urllib.request.urlopen(request, timeout=cfg.timeout_seconds) as response:
+                    payload = response.read()
+                break
+            except urllib.error.HTTPError as error:
+                detail = error.read()[:300].decode(errors="replace")
+                if error.code not in RETRY_STATUSES or last:
+                    raise self._fail(f"answered HTTP {error.code}: {detail}") from None
+                delay = _retry_after(error.headers.get("Retry-After"))
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                if last:
+                    reason = getattr(error, "reason", error)
+                    raise self._fail(f"cannot be reached ({reason}); check the URL and that the server is up "
+                                     f"(timeout {cfg.timeout_seconds:g} s per request)") from None
+                delay = None
+            self.sleep(delay if delay is not None else cfg.backoff_seconds * 2**attempt)
+        try:
+            answer = json.loads(payload)
+            return answer["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise self._fail(f"did not answer in the completions format: {payload[:300]!r}") from None
+
+    def complete(self, prompt: str, max_tokens: int, logprobs: int) -> dict[str, Any]:
+        """Greedy generation with per-token top-`logprobs` candidates; the first choice."""
+        choice = self.post({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": logprobs,
+                            "return_tokens_as_token_ids": True})
+        found = choice.get("logprobs") or {}
+        if not isinstance(found.get("tokens"), list) or not isinstance(found.get("top_logprobs"), list):
+            raise self._fail("answered without logprobs (tokens and top_logprobs); the teacher must be an "
+                             "OpenAI-compatible server that returns top-k logprobs, such as vLLM")
+        return choice
+
+    def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The teacher's log-probability of each token of `text` after the first (`echo`), or None when the
+        endpoint does not score prompts."""
+        try:
+            choice = self.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True})
+        except EndpointError:
+            return None
+        values = (choice.get("logprobs") or {}).get("token_logprobs")
+        if not isinstance(values, list) or len(values) < 2:
+            return None
+        scored = [v for v in values[1:] if v is not None]
+        return [float(v) for v in scored] if len(scored) == len(values) - 1 else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(30.0, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def token_id(token: str, tokenizer: Any) -> int | None:
+    """The student's id of a token the endpoint named: `token_id:N`, else the token's string (a vocabulary
+    entry, or a text that encodes to exactly one token), else None."""
+    vocab_size = len(tokenizer)
+    if token.startswith("token_id:"):
+        try:
+            value = int(token.removeprefix("token_id:"))
+        except ValueError:
+            return None
+        return value if 0 <= value < vocab_size else None
+    found = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(found, int) and 0 <= found < vocab_size and (
+            found != tokenizer.unk_token_id or token == tokenizer.unk_token):
+        return found
+    encoded = tokenizer.encode(token, add_special_tokens=False)
+    if len(encoded) != 1 or (encoded[0] == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return int(encoded[0])
+
+
+def _candidates(top: dict[str, float] | None, tokenizer: Any, k: int) -> list[tuple[int, float]]:
+    """The k most likely candidates as (student id, logprob); names the student cannot map are dropped."""
+    best: dict[int, float] = {}
+    for name, logprob in (top or {}).items():
+        tid = token_id(name, tokenizer)
+        if tid is not None and logprob is not None and math.isfinite(float(logprob)):
+            best[tid] = max(best.get(tid, -math.inf), float(logprob))
+    return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+
+@dataclass
+class Row:
+    """One training row in the cache format, and the text it stands for."""
+
+    input_ids: np.ndarray  # (L,) int32
+    attention_mask: np.ndarray  # (L,) int8
+    topk_values: np.ndarray  # (L, k) float16
+    topk_indices: np.ndarray  # (L, k) int32
+    text: str
+    generated: int  # generated tokens kept
+    dropped: int  # candidates the student's tokenizer could not name
+
+
+def build_row(prompt_ids: list[int], choice: dict[str, Any] | None, prompt: str, tokenizer: Any, max_length: int,
+              k: int) -> Row:
+    """Place the prompt and the teacher's generation in one right-padded row (see the module docstring)."""
+    prompt_ids = list(prompt_ids)[:max_length]
+    logprobs = (choice or {}).get("logprobs") or {}
+    tokens, tops = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
+    generated: list[int] = []
+    dists: list[list[tuple[int, float]]] = []
+    dropped = 0
+    for name, top in zip(tokens, tops, strict=False):
+        if len(prompt_ids) + len(generated) >= max_length:
+            break
+        tid = token_id(name, tokenizer)
+        if tid is None:  # the rest of the generation can no longer be written in the student's ids
+            break
+        candidates = _candidates(top, tokenizer, k)
+        dropped += max(0, min(k, len(top or {})) - len(candidates))
+        generated.append(tid)
+        dists.append(candidates)
+    ids = prompt_ids + generated
+    n, p = len(ids), len(prompt_ids)
+    values = np.zeros((max_length, k), dtype=np.float32)
+    indices = np.zeros((max_length, k), dtype=np.int32)
+    for t in range(n - 1):  # position t predicts ids[t + 1]
+        one_hot = [(ids[t + 1], 0.0)]
+        candidates = one_hot if t + 1 < p else dists[t + 1 - p] or one_hot
+        values[t] = VERY_NEGATIVE
+        indices[t] = candidates[0][0]
+        for slot, (tid, logprob) in enumerate(candidates):
+            values[t, slot], indices[t, slot] = logprob, tid
+    input_ids = np.full(max_length, tokenizer.pad_token_id or 0, dtype=np.int32)
+    input_ids[:n] = ids
+    mask = np.zeros(max_length, dtype=np.int8)
+    mask[:n] = 1
+    text = prompt  # the prompt as given, and the completion as the student's tokenizer writes it
+    if generated:
+        text += tokenizer.decode(ids)[len(tokenizer.decode(prompt_ids)):]
+    if generated and len(generated) == len(tokens) and isinstance((choice or {}).get("text"), str):
+        text = prompt + choice["text"]  # the endpoint's own text, when every generated token was kept
+    return Row(input_ids, mask, values.astype(np.float16), indices, text, len(generated), dropped)
+
+
+class EndpointPredictor:
+    """A Ray Data callable class: up to `concurrency` requests in flight per actor."""
+
+    def __init__(self, config: EndpointConfig, tokenizer: Any, max_length: int, concurrency: int = 8) -> None:
+        self.client = EndpointClient(config)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pool = ThreadPoolExecutor(max_workers=concurrency)
+
+    def row(self, prompt: str) -> Row:
+        cfg = self.client.config
+        prompt_ids = self.tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"]
+        room = min(cfg.max_new_tokens, self.max_length - len(prompt_ids))
+        choice = self.client.complete(prompt, room, cfg.top_k) if room > 0 and prompt_ids else None
+        return build_row(prompt_ids, choice, prompt, self.tokenizer, self.max_length, cfg.top_k)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = list(self.pool.map(self.row, [str(t) for t in batch["text"]]))
+        return {
+            "idx": batch["idx"],
+            "input_ids": np.stack([r.input_ids for r in rows]),
+            "attention_mask": np.stack([r.attention_mask for r in rows]),
+            "topk_values": np.stack([r.topk_values for r in rows]),
+            "topk_indices": np.stack([r.topk_indices for r in rows]),
+            "generated": np.asarray([r.generated for r in rows], dtype=np.int32),
+            "dropped": np.asarray([r.dropped for r in rows], dtype=np.int32),
+            "text": np.asarray([r.text for r in rows], dtype=object),
+        }
+
+
+def run_endpoint(config: EndpointConfig, tokenizer: Any, texts: list[str], max_length: int, *,
+                 progress: Progress | None = None, actors: int = 2, concurrency: int = 8,
+                 batch_size: int = 8) -> dict[str, np.ndarray]:
+    """The cache arrays (and `text`, `generated`, `dropped` per row) for `texts`, in their order."""
+    from kubedistill_jobs.teacher_outputs import map_rows
+
+    return map_rows(EndpointPredictor, {"config": config, "tokenizer": tokenizer, "max_length": max_length,
+                                        "concurrency": concurrency},
+                    {"text": texts}, batch_size=batch_size, actors=actors, resources={"num_cpus": 0.25},
+                    progress=progress)
+
+
+def probe(config: EndpointConfig, prompt: str) -> dict[str, Any]:
+    """One short request before any compute is spent: the endpoint answers, with logprobs."""
+    client = EndpointClient(dataclasses.replace(config, retries=min(config.retries, 1)))
+    client.complete(prompt or "Hello", 1, config.top_k)
+    return {"url": config.url, "model": config.model}
