@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
-from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import OutputLayout
 from kubedistill.confidence import SIGNALS, confidence, softmax
 from kubedistill.report import FrontierPoint, Gate, Latency, ModelReport, Report, Routing
@@ -190,7 +190,10 @@ def gate(retention: float, min_retention: float | None) -> Gate:
                 shortfall=0.0 if passed or min_retention is None else min_retention - retention)
 
 
-def _model_report(params: int, path: Path, metrics: dict[str, float], lat: dict[str, dict[str, float]]) -> ModelReport:
+def _model_report(params: int, path: Path, metrics: dict[str, float],
+                  lat: dict[str, dict[str, float]] | None) -> ModelReport:
+    if lat is None:  # evaluation.metrics leaves out latency
+        return ModelReport(params=params, size_bytes=_size(path), metrics=metrics, latency_ms=None, onnx=path.name)
     b1, b32 = lat["batch1"], lat["batch32"]
     return ModelReport(
         params=params,
@@ -201,6 +204,13 @@ def _model_report(params: int, path: Path, metrics: dict[str, float], lat: dict[
         throughput={"batch1": b1["throughput"], "batch32": b32["throughput"]},
         onnx=path.name,
     )
+
+
+def listed_metrics(metrics: dict[str, float], wanted: list[str], primary: str) -> dict[str, float]:
+    """The metrics `evaluation.metrics` asks for, and always the primary one (retention and the gate use
+    it); metrics outside the API's vocabulary (next-token accuracy) are kept."""
+    vocabulary = set(get_args(Metric))
+    return {k: v for k, v in metrics.items() if k not in vocabulary or k in wanted or k == primary}
 
 
 def _size(path: Path) -> int:
@@ -333,10 +343,13 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     if progress:
         progress(1, total)
 
-    latency = measure_latency(paths, tokenizers, texts, max_length, settings)
+    wanted = spec.evaluation.metrics
+    latency = measure_latency(paths, tokenizers, texts, max_length, settings) if "latency" in wanted else None
     if progress:
         progress(3, total)
-    reports = {n: _model_report(params[n], paths[n], quality.metrics[n], latency[n]) for n in MODELS}
+    primary = "perplexity" if task == "causal-lm" else "accuracy" if quality.extra.get("labelled") else "agreement"
+    reports = {n: _model_report(params[n], paths[n], listed_metrics(quality.metrics[n], wanted, primary),
+                                latency[n] if latency else None) for n in MODELS}
     extra = quality.extra | {"eval_samples": len(rows), "quantization": result.quantization,
                              "onnx_max_abs_diff": result.max_abs_diff, "pruning": result.pruning}
     report = Report(
@@ -346,12 +359,14 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         student_quantized=reports["student_quantized"],
         retention=float(quality.retention),
         agreement=quality.agreement,
-        speedup=reports["teacher"].latency_ms.p50 / reports["student_quantized"].latency_ms.p50,
+        speedup=(latency["teacher"]["batch1"]["p50"] / latency["student_quantized"]["batch1"]["p50"]
+                 if latency else None),
         compression=reports["teacher"].size_bytes / reports["student_quantized"].size_bytes,
         routing=_routing(quality.frontiers, target, str(extra["quality_reference"])) if quality.frontiers else None,
         gate=gate(float(quality.retention), spec.evaluation.gate.min_retention),
         model_version=model_version,
-        speedup_batch32=latency["teacher"]["batch32"]["p50"] / latency["student_quantized"]["batch32"]["p50"],
+        speedup_batch32=(latency["teacher"]["batch32"]["p50"] / latency["student_quantized"]["batch32"]["p50"]
+                         if latency else None),
         latency_settings={"threads": settings.threads, "warmup": settings.warmup,
                           "runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [1, EVAL_BATCH]},
         **extra,
@@ -393,10 +408,13 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
                 "are null")
     if progress:
         progress(1, total)
-    latency = measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
+    wanted = spec.evaluation.metrics
+    latency = (measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
+               if "latency" in wanted else None)
     if progress:
         progress(3, total)
-    reports = {n: _model_report(result.student_params, paths[n], metrics[n], latency[n]) for n in paths}
+    reports = {n: _model_report(result.student_params, paths[n], listed_metrics(metrics[n], wanted, "perplexity"),
+                                latency[n] if latency else None) for n in paths}
     teacher = ModelReport(params=None, size_bytes=None, metrics=teacher_metrics, latency_ms=None,
                           endpoint=config.url, model=config.model)
     retention = (teacher_metrics["perplexity"] / metrics["student_quantized"]["perplexity"]

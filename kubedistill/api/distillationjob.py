@@ -331,7 +331,9 @@ class EvaluationSpec(ApiModel):
 
     metrics: list[Metric] = Field(
         default_factory=lambda: ["accuracy", "macro_f1", "agreement", "kl", "latency"],
-        description="Metrics to compute on the eval split.",
+        description="Metrics reported on the eval split. The primary one (accuracy, agreement without labels, "
+        "perplexity for causal-lm) is always reported; `latency` (p50/p95, throughput, speedup) is measured only "
+        "when listed; metrics that do not apply to the task are ignored.",
         max_length=6,
     )
     gate: GateSpec = Field(default_factory=GateSpec, description="The pass/fail gate.")

@@ -72,6 +72,19 @@ def test_failed_gate_is_reported_with_its_shortfall(evaluated):
     assert "gate not met" in render.markdown(failed, {}) and "short by 0.05" in render.markdown(failed, {})
 
 
+def test_metrics_not_listed_are_left_out_and_latency_is_not_measured(evaluated, fast_latency, tmp_path):
+    spec, layout, _ = evaluated
+    shutil.copytree(layout.root, tmp_path / "job")
+    only_f1 = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"metrics": ["macro_f1"]})})
+    report = evaluate(only_f1, OutputLayout(tmp_path / "job"), "run-3", settings=fast_latency)
+    for model in (report.teacher, report.student, report.student_quantized):
+        assert set(model.metrics) == {"macro_f1", "accuracy"}  # accuracy: the primary metric, always kept
+        assert model.latency_ms is None and model.latency_ms_batch32 is None and model.throughput is None
+    assert report.speedup is None and report.compression is not None and report.retention > 0
+    assert job_results(report, "a", "b").speedup is None
+    assert "| student (quantized) |" in render.markdown(report, {})  # renders without latency
+
+
 def test_eval_split_without_labels_gives_agreement_only(evaluated, fast_latency, tmp_path):
     spec, layout, _ = evaluated
     shutil.copytree(layout.root, tmp_path / "job")
