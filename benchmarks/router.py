@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,8 @@ def main() -> int:
         repo = args.repository or build_repository(workdir, texts)
         results = asyncio.run(measure(args, repo, workdir, texts))
     results["summary"] = summarise(results)
+    results["command"] = " ".join(["python", "benchmarks/router.py", *sys.argv[1:]])
+    results["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "note": "load generator, router and Triton share the machine's cores"}
     print(table(results))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -31,8 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     port = args.port or config.port
     logging.getLogger("kubedistill.router").info("listening on http://%s:%d", args.host, port)
-    web.run_app(app, host=args.host, port=port, access_log=None, print=None)
+    web.run_app(app, host=args.host, port=port, access_log=None, print=None, loop=new_event_loop())
     return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (the router extra brings it on Linux and macOS): its
+    transports and scheduling cost less CPU per request than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 if __name__ == "__main__":

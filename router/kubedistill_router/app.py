@@ -105,28 +105,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def limit_middleware(max_concurrency: int, metrics: RouterMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Bounded concurrency for POSTs (429 with Retry-After when full), with request metrics."""
-    in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
         if request.method != "POST":
             return await handler(request)
-        if in_flight >= max_concurrency:
+        if metrics.in_flight_now >= max_concurrency:
             metrics.rejected.inc()
-            metrics.requests.labels("429", "none").inc()
+            metrics.count_request(429, "none")
             error = TooManyRequests(f"the router is at its limit of {max_concurrency} requests in flight; retry")
             return web.json_response({"error": error.message}, status=429, headers=error.headers)
-        in_flight += 1
-        metrics.in_flight.set(in_flight)
+        metrics.in_flight_now += 1
         start = time.perf_counter()
         try:
             response = await handler(request)  # errors_middleware, inside this one, answers every error
         finally:
-            in_flight -= 1
-            metrics.in_flight.set(in_flight)
+            metrics.in_flight_now -= 1
         metrics.request_seconds.observe(time.perf_counter() - start)
-        metrics.requests.labels(str(response.status), request.get(SERVED_BY, "none")).inc()
+        metrics.count_request(response.status, request.get(SERVED_BY, "none"))
         return response
 
     return middleware

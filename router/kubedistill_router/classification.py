@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.errors import NotFound, Unavailable, UpstreamError
 from kubedistill_router.metrics import RouterMetrics
-from kubedistill_router.protocol import SERVED_BY, Prediction, parse_instances, parse_json, read_body
+from kubedistill_router.protocol import SERVED_BY, Prediction, json_body, parse_instances, parse_json, read_body
 from kubedistill_router.teachers import Answer, ColocatedTeacher, Teacher, answers_from_probs, remote_teacher
 from kubedistill_router.tokenizer import TextEncoder
 from kubedistill_router.triton import TritonModels
@@ -107,7 +108,7 @@ class ClassificationHandler:
         predictions = await self.classify(texts)
         served = {p.served_by for p in predictions}
         request[SERVED_BY] = served.pop() if len(served) == 1 else "mixed"
-        return web.json_response({"predictions": [p.to_json() for p in predictions]})
+        return json_body({"predictions": [p.to_json() for p in predictions]})
 
     async def ready(self) -> bool:
         # The student alone decides: without the teacher every item is still answered (degraded).
@@ -139,8 +140,9 @@ class ClassificationHandler:
         return self._record(predictions)
 
     def _record(self, predictions: list[Prediction]) -> list[Prediction]:
-        for p in predictions:
-            self.metrics.instances.labels(p.served_by, str(p.degraded).lower()).inc()
+        counts = Counter((p.served_by, p.degraded) for p in predictions)
+        for (served_by, degraded), count in counts.items():
+            self.metrics.count_instances(served_by, degraded, count)
         return predictions
 
     async def _ask_student(self, texts: list[str]) -> np.ndarray:

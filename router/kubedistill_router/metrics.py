@@ -1,6 +1,12 @@
-"""The router's Prometheus metrics, in a registry of its own (one per app)."""
+"""The router's Prometheus metrics, in a registry of its own (one per app).
+
+Per-request updates stay cheap: labelled children are looked up once and kept, and the gauges derived
+from counts (in flight, escalation ratio, shadow agreement) are computed when /metrics is scraped.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -43,21 +49,39 @@ class RouterMetrics:
                                       "on shadow traffic since start.", registry=r)
         self.shadow_dropped = Counter("kubedistill_router_shadow_dropped", "Sampled shadow batches dropped (too "
                                       "many in flight, or the teacher failed).", registry=r)
+        self.in_flight_now = 0  # kept by the app's concurrency limit, read at scrape time
+        self.in_flight.set_function(lambda: self.in_flight_now)
         self._routed = 0
         self._escalated = 0
         self._compared = 0
         self._agreed = 0
+        self.escalation_ratio.set_function(lambda: self._escalated / self._routed if self._routed else 0.0)
+        self.shadow_agreement.set_function(lambda: self._agreed / self._compared if self._compared else 0.0)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def count_request(self, code: int, served_by: str) -> None:
+        key = ("requests", code, served_by)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(str(code), served_by)
+        child.inc()
+
+    def count_instances(self, served_by: str, degraded: bool, count: int = 1) -> None:
+        key = ("instances", served_by, degraded)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.instances.labels(served_by, str(degraded).lower())
+        child.inc(count)
 
     def record_routing(self, routed: int, escalated: int) -> None:
         self._routed += routed
         self._escalated += escalated
         self.routed.inc(routed)
-        self.escalations.inc(escalated)
-        self.escalation_ratio.set(self._escalated / self._routed if self._routed else 0.0)
+        if escalated:
+            self.escalations.inc(escalated)
 
     def record_shadow(self, compared: int, agreed: int) -> None:
         self._compared += compared
         self._agreed += agreed
         self.shadow_compared.inc(compared)
         self.shadow_agreed.inc(agreed)
-        self.shadow_agreement.set(self._agreed / self._compared if self._compared else 0.0)

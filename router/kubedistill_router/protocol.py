@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from kubedistill_router.errors import BadRequest, PayloadTooLarge
@@ -33,6 +34,11 @@ class Prediction:
         return body
 
 
+def json_body(value: Any, status: int = 200) -> web.Response:
+    """A JSON response serialised by orjson (several times faster than the json module)."""
+    return web.Response(body=orjson.dumps(value), status=status, content_type="application/json", charset="utf-8")
+
+
 async def read_body(request: web.Request) -> bytes:
     """The body, refused before it is read when it is over the limit."""
     limit = request.app[MAX_BODY_BYTES]
@@ -45,6 +51,12 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body's JSON value: orjson on the hot path; the standard library names the problem when it fails,
+    and accepts what it accepts (NaN, integers over 64 bits), so orjson changes speed, not behaviour."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
+import numpy as np
 import pytest
 from aiohttp import ClientSession, web
+from kubedistill_router.errors import UpstreamError
 from kubedistill_router.local.triton import free_port
 
 from .conftest import TEXTS, loopback_server, router_config, running_router
@@ -98,3 +101,56 @@ async def test_triton_down_means_not_ready_and_503(model_repository, protocol):
             assert response.status == 503
             assert "Retry-After" in response.headers
             assert "student model is unavailable" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"instances": ["ok", 123456789012345678901234567890]}', '"instances"[1] must be a string, got a number'),
+    (b'{"instances": ["ok", NaN]}', '"instances"[1] must be a string, got a number'),
+])
+def test_bodies_only_the_json_module_accepts_are_judged_the_same(body, message):
+    # orjson refuses these; the standard library's reading of them still decides (here: a 400 naming the item).
+    from kubedistill_router.errors import BadRequest
+    from kubedistill_router.protocol import parse_instances, parse_json
+
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        parse_instances(parse_json(body), 8)
+    assert parse_json('{"instances": ["caf\u00e9 \\ud83d\\ude00"]}'.encode()) == {"instances": ["caf\u00e9 \U0001F600"]}
+
+
+async def test_triton_that_never_answers_is_a_timeout():
+    from kubedistill_router.triton import TritonModels
+
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)  # accepts, never answers
+    port = silent.sockets[0].getsockname()[1]
+    models = TritonModels(f"127.0.0.1:{port}", "grpc", timeout=0.5)
+    try:
+        with pytest.raises(UpstreamError, match=re.escape("did not answer within 0.5 s")) as raised:
+            await models.infer("student", {"input_ids": np.ones((1, 3), dtype=np.int64)}, "logits")
+        assert raised.value.reason == "timeout"
+        assert not await models.is_ready("student")
+    finally:
+        await models.close()
+        silent.close()
+
+
+async def test_grpc_and_http_give_the_same_logits(triton, model_repository):
+    from kubedistill_router.tokenizer import TextEncoder
+    from kubedistill_router.triton import TritonModels
+
+    from kubedistill.artifacts import ServingManifest
+
+    manifest = ServingManifest.read(model_repository)
+    encoder = TextEncoder(model_repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
+    inputs = encoder.encode(TEXTS[:5])
+    logits = {}
+    for protocol, url in (("grpc", triton.grpc_url), ("http", triton.http_url)):
+        models = TritonModels(url, protocol, timeout=10)
+        try:
+            assert await models.is_ready(manifest.student.name)
+            logits[protocol] = await models.infer(manifest.student.name, inputs, manifest.student.output)
+            with pytest.raises(UpstreamError, match="nonexistent"):
+                await models.infer("nonexistent", inputs, manifest.student.output)
+        finally:
+            await models.close()
+    assert logits["grpc"].shape == (5, len(manifest.labels)) and logits["grpc"].dtype == np.float32
+    np.testing.assert_array_equal(logits["grpc"], logits["http"])
