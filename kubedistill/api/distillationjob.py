@@ -416,6 +416,12 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.topK",
             ),
             cel(
+                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm'",
+                "an endpoint teacher distils from generations and their top-k logprobs: it needs task.type "
+                "causal-lm (a classification teacher needs teacher.uri)",
+                ".teacher.endpoint",
+            ),
+            cel(
                 "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'",
                 "an endpoint teacher can only be used in distillation.teacherMode cached",
                 ".distillation.teacherMode",
@@ -456,6 +462,11 @@ class DistillationJobSpec(ApiModel):
                 "compression.quantization: int4 is for causal-lm students; use int8 for sequence-classification"
             )
         endpoint = self.teacher.endpoint is not None
+        if endpoint and self.task.type != "causal-lm":
+            raise ValueError(
+                "teacher.endpoint: an endpoint teacher distils from generations and their top-k logprobs: it needs "
+                "task.type causal-lm (a classification teacher needs teacher.uri)"
+            )
         if endpoint and self.distillation.teacher_mode != "cached":
             raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
         if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:

@@ -90,9 +90,9 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
         node[leaf] = copy.deepcopy(value)
 
 
-ENDPOINT_TEACHER = [("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
-                    ("spec.student", {"uri": "hf://org/small"})]
 CAUSAL = [("spec.task", {"type": "causal-lm"})]
+ENDPOINT_TEACHER = [*CAUSAL, ("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
+                    ("spec.student", {"uri": "hf://org/small"}), ("spec.distillation.topK", 20)]
 
 # (case, kind, changes to the quickstart manifest, the field the refusal must name)
 INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
@@ -136,6 +136,8 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("endpoint-architecture", "DistillationJob",
      [*ENDPOINT_TEACHER, ("spec.student", {"architecture": {"numLayers": 2, "hiddenSize": 64,
                                                             "numAttentionHeads": 2}})], "student"),
+    ("endpoint-classification", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.task", {
+        "type": "sequence-classification", "labels": ["a", "b"]})], "endpoint"),
     ("endpoint-online", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.distillation.teacherMode", "online")],
      "teacherMode"),
     ("endpoint-top-k", "DistillationJob",

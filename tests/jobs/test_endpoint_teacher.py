@@ -415,7 +415,11 @@ def _spec(tmp_path, tiny_models, **overrides: Any) -> Any:
 
 
 def test_preflight_refuses_what_an_endpoint_cannot_teach(tmp_path, tiny_models):
-    classification = _spec(tmp_path, tiny_models, task={"type": "sequence-classification", "labels": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"teacher\.endpoint: .*causal-lm"):  # the API refuses it already
+        _spec(tmp_path, tiny_models, task={"type": "sequence-classification", "labels": ["a", "b"]})
+    causal = _spec(tmp_path, tiny_models)  # and so does preflight, for a spec that skipped validation
+    classification = causal.model_copy(update={"task": causal.task.model_copy(update={
+        "type": "sequence-classification", "labels": ["a", "b"]})})
     with pytest.raises(PreflightError, match=r"^teacher\.endpoint: .*causal-lm.*teacher\.uri"):
         check_spec(classification, 1)
     architecture = {"architecture": {"numLayers": 1, "hiddenSize": 16, "numAttentionHeads": 2}}
