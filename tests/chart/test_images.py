@@ -34,7 +34,7 @@ OPERATOR = Image("operator", "operator", ("kubedistill_operator.main", "kubedist
 ROUTER = Image(
     "router", "router-s3", ("kubedistill_router.__main__", "kubedistill_router.app", "kubedistill_router.fetch", "s3fs")
 )
-JOBS = Image("jobs", "jobs", ("kubedistill_jobs.entrypoint",))
+JOBS = Image("jobs", "jobs,s3", ("kubedistill_jobs.entrypoint", "s3fs"))
 IMAGES = (OPERATOR, ROUTER, JOBS)
 # What the light images must not carry: the training stack.
 HEAVY = ("torch", "ray", "transformers", "datasets")
@@ -217,7 +217,7 @@ def test_operator_image_command_line_starts_with_only_its_extra(component_python
 
 @pytest.mark.slow
 def test_jobs_image_entrypoint_imports_with_only_its_extra(image_wheel, tmp_path):
-    # The jobs image is `.[jobs]` on rayproject/ray: a fresh environment with just that extra (torch resolves
+    # The jobs image is `.[jobs,s3]` on rayproject/ray: a fresh environment with just those extras (torch resolves
     # to the CPU build pip finds first, as in the image's own install).
     work, wheel = image_wheel
     python = _make_venv(work, wheel, JOBS.extra)
