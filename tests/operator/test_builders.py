@@ -171,7 +171,8 @@ def test_s3_output_takes_credentials_from_the_secret_and_endpoint_teacher_its_ke
     changed = job({"output.uri": "s3://bucket/jobs/bbc", "output.s3CredentialsSecret": "s3-creds"})
     container = ray_pods(by_kind(build_job_children(changed, CONFIG))["RayJob"])[0]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-    doc = _manifest("examples/quickstart/distillationjob.yaml")
+    doc = _manifest("examples/causal-lm/distillationjob.yaml")
+    doc["spec"]["distillation"]["topK"] = 20
     doc["spec"]["teacher"] = {"endpoint": {"url": "https://llm.example/v1", "model": "big",
                                            "apiKeySecretRef": {"name": "llm-key", "key": "token"}}}
     doc["spec"]["student"] = {"uri": "hf://org/small"}
