@@ -188,7 +188,8 @@ def test_serve_answers_from_the_jobs_output(job_run):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         banner = read_until(process, "Ctrl-C stops both.", timeout=240)
-        assert f"serving {NAME!r} (version {serving.model_version}, mode route" in banner
+        assert f"serving {NAME!r} (version {serving.model_version}, mode route, threshold " \
+               f"{serving.recommended_threshold:g} (the job's recommendation))" in banner
         status, body = post(f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", {"instances": texts})
         assert status == 200, body
         process.send_signal(signal.SIGTERM)

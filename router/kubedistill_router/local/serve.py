@@ -30,6 +30,7 @@ from kubedistill.api import ManifestError, StudentDeployment, load_manifest
 from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, ServingManifest
 from kubedistill.routerconfig import ROUTER_CONFIG_FILE, RouterConfig
 from kubedistill.uris import UriError, local_path, parse_uri
+from kubedistill_router.classification import resolve_threshold
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonNotFound, TritonServer, TritonStartError, start_triton
 
@@ -197,7 +198,12 @@ def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonSe
     manifest = ServingManifest.read(repository)
     example = (manifest.labels or ["an example"])[0]
     body = json.dumps({"instances": [f"A short text about {example}."]})
-    threshold = f", threshold {config.threshold}" if config.threshold is not None else ""
+    try:
+        value = resolve_threshold(config, manifest)
+    except ValueError:  # serve refused such a config before starting
+        value = None
+    threshold = "" if value is None else f", threshold {value:g}" + (
+        "" if config.threshold is not None else " (the job's recommendation)")
     print(f"serving {config.model_name!r} (version {manifest.model_version}, mode {config.mode}{threshold}) "
           f"at {url}\n"
           f"  try:     curl -s {url}/v1/models/{config.model_name}:predict -H 'Content-Type: application/json' "
