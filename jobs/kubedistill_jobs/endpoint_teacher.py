@@ -45,7 +45,12 @@ Progress = Callable[[int, int], None]
 
 
 class EndpointError(RuntimeError):
-    """The teacher endpoint could not be used; the message names teacher.endpoint.url."""
+    """The teacher endpoint could not be used; the message names teacher.endpoint.url. `permanent` when the
+    endpoint answered and refused (a 4xx other than 429, no logprobs, another format): a retry gets the same."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,8 @@ class EndpointClient:
         self.config = config
         self.sleep = sleep
 
-    def _fail(self, what: str) -> EndpointError:
-        return EndpointError(f"teacher.endpoint.url: {self.config.url}/completions {what}")
+    def _fail(self, what: str, *, permanent: bool = True) -> EndpointError:
+        return EndpointError(f"teacher.endpoint.url: {self.config.url}/completions {what}", permanent=permanent)
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
@@ -94,13 +99,14 @@ class EndpointClient:
             except urllib.error.HTTPError as error:
                 detail = error.read()[:300].decode(errors="replace")
                 if error.code not in RETRY_STATUSES or last:
-                    raise self._fail(f"answered HTTP {error.code}: {detail}") from None
+                    raise self._fail(f"answered HTTP {error.code}: {detail}",
+                                     permanent=error.code not in RETRY_STATUSES) from None
                 delay = _retry_after(error.headers.get("Retry-After"))
             except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 if last:
                     reason = getattr(error, "reason", error)
                     raise self._fail(f"cannot be reached ({reason}); check the URL and that the server is up "
-                                     f"(timeout {cfg.timeout_seconds:g} s per request)") from None
+                                     f"(timeout {cfg.timeout_seconds:g} s per request)", permanent=False) from None
                 delay = None
             self.sleep(delay if delay is not None else cfg.backoff_seconds * 2**attempt)
         try:
@@ -121,10 +127,12 @@ class EndpointClient:
 
     def prompt_logprobs(self, text: str) -> list[float] | None:
         """The teacher's log-probability of each token of `text` after the first (`echo`), or None when the
-        endpoint does not score prompts."""
+        endpoint does not score prompts. An endpoint that cannot be reached raises: that is not an answer."""
         try:
             choice = self.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True})
-        except EndpointError:
+        except EndpointError as error:
+            if not error.permanent:
+                raise
             return None
         values = (choice.get("logprobs") or {}).get("token_logprobs")
         if not isinstance(values, list) or len(values) < 2:

@@ -377,6 +377,14 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     return report
 
 
+def _first_tokens(tokenizer: Any, text: str, max_length: int) -> str:
+    """The part of `text` the student is scored on (its first `max_length` tokens), so that the endpoint
+    teacher scores the same span."""
+    offsets = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True,
+                        add_special_tokens=False)["offset_mapping"]
+    return text[: offsets[-1][1]] if offsets else text
+
+
 def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
                            result: CompressionResult, texts: list[str], *,
                            progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
@@ -396,7 +404,11 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
                for n, s in stats.items()}
     config = EndpointConfig.from_spec(spec)
     client = EndpointClient(config)
-    scored = [client.prompt_logprobs(text) for text in texts]
+    scored: list[list[float] | None] = []
+    for text in texts:  # an endpoint that does not score one prompt scores none: stop asking
+        scored.append(client.prompt_logprobs(_first_tokens(tokenizer, text, max_length)))
+        if scored[-1] is None:
+            break
     teacher_metrics: dict[str, float] = {}
     if all(s is not None for s in scored) and sum(len(s) for s in scored if s):
         logprobs = [v for s in scored if s for v in s]

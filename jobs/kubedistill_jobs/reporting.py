@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import urllib.error
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,10 +40,51 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
 
 
+# Exceptions (by class name, anywhere in an error's chain) of a network or a hub that may answer next time.
+TRANSIENT_NAMES = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
+                             "URLError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ProtocolError",
+                             "MaxRetryError", "NewConnectionError", "NameResolutionError", "ConnectError",
+                             "RemoteProtocolError", "gaierror"})
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and what it was raised from or during (`raise ... from None` keeps `__context__`)."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending and len(seen) < 16:
+        item = pending.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        pending += [item.__cause__, item.__context__]
+    return seen
+
+
+def is_transient(error: BaseException) -> bool:
+    """A network failure, a timeout, or a server's 429/5xx anywhere in the error's chain: the same input may
+    succeed on a retry (a hub or an endpoint that was down), whatever error wrapped it."""
+    for item in _chain(error):  # outermost first: an error that says whether it is permanent decides
+        explicit = getattr(item, "permanent", None)
+        if isinstance(explicit, bool):
+            return not explicit
+        status = item.code if isinstance(item, urllib.error.HTTPError) else getattr(
+            getattr(item, "response", None), "status_code", None)
+        if isinstance(status, int):  # a server answered: only "too many requests" and its own errors pass
+            if status == 429 or status >= 500:
+                return True
+            continue
+        if any(cls.__name__ in TRANSIENT_NAMES for cls in type(item).__mro__):
+            return True
+    return False
+
+
 def is_permanent(*errors: BaseException) -> bool:
-    """Whether any of `errors` (the raised one, its root cause) is an input error."""
+    """Whether any of `errors` (the raised one, its root cause) is an input error and none was caused by a
+    network that may answer next time. An endpoint that answered and refused is permanent too."""
+    if any(is_transient(error) for error in errors):
+        return False
     types = input_error_types()
-    return any(isinstance(error, types) for error in errors)
+    return any(isinstance(error, types) or getattr(error, "permanent", False) is True for error in errors)
 
 
 def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, run: str | None = None,

@@ -215,6 +215,20 @@ def test_errors_name_the_url(fresh):
         et.EndpointClient(_config(fresh, url=url, retries=1), sleep=lambda s: None).complete("good", 1, 2)
 
 
+def test_refusals_are_permanent_and_outages_are_not(fresh):
+    fresh.with_logprobs = False
+    with pytest.raises(et.EndpointError) as refused:
+        et.EndpointClient(_config(fresh)).complete("good", 1, 2)
+    assert refused.value.permanent
+    down = et.EndpointClient(_config(fresh, url=f"http://127.0.0.1:{_closed_port()}/v1", retries=1),
+                             sleep=lambda s: None)
+    with pytest.raises(et.EndpointError) as unreachable:
+        down.complete("good", 1, 2)
+    assert not unreachable.value.permanent
+    with pytest.raises(et.EndpointError):  # an outage while scoring is an error, not "cannot score prompts"
+        down.prompt_logprobs("good day")
+
+
 def test_prompt_logprobs_from_echo(fresh):
     ids = fresh.tokenizer("the day was very good")["input_ids"]
     scored = et.EndpointClient(_config(fresh)).prompt_logprobs("the day was very good")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +111,48 @@ def test_input_errors_are_permanent_and_name_the_run(monkeypatch):
         assert not is_permanent(transient)
     long = failure_patch(OSError("x" * 10_000), "train", permanent=False)
     assert len(long["message"]) == 4000 and long["permanent"] is False
+
+
+def _raised(error: BaseException, cause: BaseException, *, suppress: bool = True) -> BaseException:
+    """`error` raised while handling `cause` (with `from None` when `suppress`), as the loaders do."""
+    try:
+        try:
+            raise cause
+        except BaseException:
+            if suppress:
+                raise error from None
+            raise error  # noqa: B904
+    except BaseException as raised:
+        return raised
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+class _HubError(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.response = _Response(status_code)
+
+
+def test_a_network_failure_under_an_input_error_is_left_to_retries():
+    from kubedistill_jobs.endpoint_teacher import EndpointError
+
+    offline = _raised(PreflightError("teacher.uri: cannot load the tokenizer: couldn't connect"),
+                      ConnectionRefusedError("connection refused"))
+    assert not is_permanent(offline)
+    assert not is_permanent(_raised(DataError("dataset.uri: hf://x"), TimeoutError("read timed out")))
+    assert not is_permanent(_raised(ModelError("teacher.uri: hf://x"), _HubError(503)))
+    assert not is_permanent(_raised(ModelError("teacher.uri: hf://x"), _HubError(429), suppress=False))
+    # the hub answered "no such repository": the same input fails the same way next time
+    assert is_permanent(_raised(ModelError("teacher.uri: hf://x not found"), _HubError(404)))
+    # an endpoint that answered and refused is permanent; one that could not be reached is not
+    http_404 = urllib.error.HTTPError("http://t/v1/completions", 404, "Not Found", {}, None)  # type: ignore[arg-type]
+    assert is_permanent(_raised(EndpointError("teacher.endpoint.url: HTTP 404", permanent=True), http_404))
+    assert not is_permanent(_raised(EndpointError("teacher.endpoint.url: cannot be reached", permanent=False),
+                                    urllib.error.URLError("refused")))
 
 
 def _entrypoint(monkeypatch, tmp_path, manifest: dict | str):
