@@ -38,8 +38,15 @@ def parse_job(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> Disti
 
 
 def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
-    """Make the children of the job's current generation exist; never a second RayJob for one generation."""
+    """Make the children of the job's current generation exist; never a second RayJob for one generation.
+    Under the job's lock: a permanent failure being recorded at the same time deletes the run's RayJob,
+    and this must then see the job Failed rather than create the RayJob again."""
     namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+    with ctx.lock(DISTILLATION_JOBS.plural, namespace, name):
+        _reconcile_job(ctx, namespace, name)
+
+
+def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     fresh = ctx.api.get(DISTILLATION_JOBS, namespace, name)  # the status of the handler's body may be old
     if fresh is None:
         return
