@@ -63,9 +63,12 @@ def _without_default_nulls(value: Any, dumped: Any) -> Any:
                     wire[key] = None
                 continue
             wire[key] = _without_default_nulls(item, dumped[key])
+        for key, item in (value.model_extra or {}).items():  # fields a model allows beyond its own
+            if key in dumped and item is not None:
+                wire[key] = dumped[key]
         return wire
     if isinstance(value, list | tuple):
-        return [_without_default_nulls(v, d) for v, d in zip(value, dumped, strict=True) if v is not None]
+        return [_without_default_nulls(v, d) for v, d in zip(value, dumped, strict=True)]
     if isinstance(value, dict):
         return {k: _without_default_nulls(v, d) for (k, d), v in zip(dumped.items(), value.values(), strict=True)
                 if v is not None}
