@@ -379,9 +379,19 @@ class OperatorHarness:
         events = self.list(Resource("", "v1", "events"), namespace)
         return [e for e in events if name is None or e.get("involvedObject", {}).get("name") == name]
 
-    def liveness(self) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=10) as response:
-            return int(response.status)
+    def liveness(self, timeout: float = 30.0) -> int:
+        """The status of kopf's /healthz, once its server listens (it starts with the operator's tasks)."""
+
+        def probe() -> int | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=10) as answer:
+                    return int(answer.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+            except (urllib.error.URLError, ConnectionError):
+                return None  # not listening yet
+
+        return self.wait_for(probe, timeout, "the liveness endpoint to listen")
 
     # Waiting and records.
     def wait_for(self, probe: Callable[[], T], timeout: float = 30.0, what: str = "the condition",
