@@ -275,8 +275,34 @@ def run_endpoint(config: EndpointConfig, tokenizer: Any, texts: list[str], max_l
                     progress=progress)
 
 
-def probe(config: EndpointConfig, prompt: str) -> dict[str, Any]:
-    """One short request before any compute is spent: the endpoint answers, with logprobs."""
+def probe(config: EndpointConfig, prompt: str, tokenizer: Any | None = None) -> dict[str, Any]:
+    """Short requests before any compute is spent: the endpoint answers, with logprobs, and (where it echoes
+    prompts) tokenizes like the student, whose ids its answers are taken as."""
     client = EndpointClient(dataclasses.replace(config, retries=min(config.retries, 1)))
     client.complete(prompt or "Hello", 1, config.top_k)
-    return {"url": config.url, "model": config.model}
+    found: dict[str, Any] = {"url": config.url, "model": config.model}
+    if tokenizer is not None:
+        found["tokenizer_checked"] = check_tokenizer(client, tokenizer)
+    return found
+
+
+def check_tokenizer(client: EndpointClient, tokenizer: Any, text: str = "Knowledge distillation, 42 times.") -> bool:
+    """Whether the endpoint's tokens of `text` (echoed) are the student's; raises a permanent EndpointError
+    when they differ. False when the endpoint does not echo prompts (nothing to compare)."""
+    try:
+        choice = client.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True,
+                              "return_tokens_as_token_ids": True})
+    except EndpointError as error:
+        if not error.permanent:
+            raise
+        return False
+    tokens = (choice.get("logprobs") or {}).get("tokens")
+    if not isinstance(tokens, list) or not tokens:
+        return False
+    theirs = [token_id(str(t), tokenizer) for t in tokens]
+    ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if theirs[-len(ours):] != ours:  # the server may put a BOS token first
+        raise client._fail(
+            f"tokenizes {text!r} as {theirs} and student.uri's tokenizer as {ours}: the endpoint teacher's "
+            f"model ({client.config.model}) must use the student's tokenizer, as its token ids train the student")
+    return True

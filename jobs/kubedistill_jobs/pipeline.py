@@ -252,7 +252,7 @@ class Pipeline:
             from kubedistill_jobs import endpoint_teacher
 
             config = endpoint_teacher.EndpointConfig.from_spec(self.spec)
-            found = endpoint_teacher.probe(config, self._prompts()[0])
+            found = endpoint_teacher.probe(config, self._prompts()[0], self.tokenizer)
             progress(1, 1)
             return {"method": "endpoint", "params": None, "accuracy": None, **found}
         if self.spec.task.type == "sequence-classification":

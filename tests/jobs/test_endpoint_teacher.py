@@ -229,6 +229,19 @@ def test_refusals_are_permanent_and_outages_are_not(fresh):
         down.prompt_logprobs("good day")
 
 
+def test_a_teacher_that_tokenizes_otherwise_is_refused(fresh):
+    client = et.EndpointClient(_config(fresh))
+    text = " ".join(POSITIVE[:3] + FILLER[:2])
+    assert et.check_tokenizer(client, fresh.tokenizer, text) is True
+    assert fresh.requests[-1]["body"]["echo"] is True
+    other = word_tokenizer(["0extra", *POSITIVE, *NEGATIVE, *FILLER])  # one more word first: every id moves
+    with pytest.raises(et.EndpointError, match=r"must use the student's tokenizer") as refused:
+        et.check_tokenizer(client, other, text)
+    assert refused.value.permanent
+    fresh.with_logprobs = False  # a server that does not echo prompts: nothing to compare, not an error
+    assert et.check_tokenizer(client, other, text) is False
+
+
 def test_prompt_logprobs_from_echo(fresh):
     ids = fresh.tokenizer("the day was very good")["input_ids"]
     scored = et.EndpointClient(_config(fresh)).prompt_logprobs("the day was very good")
