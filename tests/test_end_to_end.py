@@ -13,14 +13,11 @@ import random
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from kubedistill_processes import post, read_until
 
 from kubedistill.api import DistillationJob, load_manifest, load_manifests
 from kubedistill.artifacts import STAGES, OutputLayout, ServingManifest
@@ -127,29 +124,6 @@ def test_run_goes_through_every_stage_to_a_model_repository(job_run):
     assert serving.task == spec["task"]["type"] and serving.model_version == parsed.model_version
     assert (layout.model_repository / serving.student.name / "1" / "model.onnx").is_file()
     assert (layout.model_repository / serving.tokenizer / "tokenizer.json").is_file()
-
-
-def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
-    """stdout until a line holds `marker`; fails when the process ends or the deadline passes first."""
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while not any(marker in line for line in lines):
-        if time.monotonic() > deadline or (process.poll() is not None and not reader.is_alive()):
-            process.kill()
-            raise AssertionError(f"no {marker!r} in the output:\n{''.join(lines)}")
-        time.sleep(0.1)
-    return "".join(lines)
-
-
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def exported_answers(repository: Path, model: str, texts: list[str]) -> tuple[list[str], list[float]]:

@@ -78,12 +78,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
         raise PreflightError(f"teacher.uri: cannot load the tokenizer of {teacher_source}: {error}") from None
     found: dict[str, Any] = {"teacher_source": teacher_source, "teacher_tokenizer": teacher_tokenizer}
     if spec.student.uri is not None:
-        student_source = models.model_source(spec.student.uri, "student.uri", layout.root / "downloads" / "student")
-        models.check_model_files(student_source, "student.uri")
-        try:
-            student_tokenizer = models.load_tokenizer(student_source)
-        except Exception as error:
-            raise PreflightError(f"student.uri: cannot load the student's tokenizer: {error}") from None
+        _, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
         if spec.task.type == "causal-lm":
             models.check_shared_vocabulary(student_tokenizer, teacher_tokenizer, "student.uri")
@@ -96,16 +91,21 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     return found
 
 
+def _student_tokenizer(uri: str, layout: OutputLayout) -> tuple[str, Any]:
+    """Where a pretrained student (`student.uri`) is, fetched into the output's downloads, and its tokenizer."""
+    source = models.model_source(uri, "student.uri", layout.root / "downloads" / "student")
+    models.check_model_files(source, "student.uri")
+    try:
+        return source, models.load_tokenizer(source)
+    except Exception as error:
+        raise PreflightError(f"student.uri: cannot load the student's tokenizer: {error}") from None
+
+
 def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
     """With an endpoint teacher the student's tokenizer is the only one: it renders, tokenises and maps
     the teacher's tokens. k ≤ its vocabulary (the endpoint may return fewer candidates: they are padded)."""
     assert spec.student.uri is not None
-    student_source = models.model_source(spec.student.uri, "student.uri", layout.root / "downloads" / "student")
-    models.check_model_files(student_source, "student.uri")
-    try:
-        student_tokenizer = models.load_tokenizer(student_source)
-    except Exception as error:
-        raise PreflightError(f"student.uri: cannot load the student's tokenizer: {error}") from None
+    student_source, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
     vocab = len(student_tokenizer)
     if spec.distillation.top_k > vocab:
         raise PreflightError(

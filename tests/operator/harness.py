@@ -421,6 +421,18 @@ class OperatorHarness:
         return rules
 
 
+def status(cluster: OperatorHarness, resource: Resource, name: str, namespace: str = "default") -> dict[str, Any]:
+    """An object's status, {} while it has none (or the object is gone)."""
+    return (cluster.get(resource, namespace, name) or {}).get("status") or {}
+
+
+def condition(cluster: OperatorHarness, resource: Resource, name: str, type_: str,
+              namespace: str = "default") -> dict[str, Any]:
+    """The object's condition of `type_`, {} while it has none."""
+    conditions = status(cluster, resource, name, namespace).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_), {})
+
+
 def _resource_of(obj: dict[str, Any]) -> Resource:
     group, _, version = obj["apiVersion"].rpartition("/")
     plural = {

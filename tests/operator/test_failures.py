@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubedistill_harness import condition, status
 from kubedistill_operator.kubeapi import CONFIG_MAPS, DEPLOYMENTS, DISTILLATION_JOBS, RAY_JOBS, STUDENT_DEPLOYMENTS
 from kubedistill_validation import validate_object
 
@@ -30,14 +31,6 @@ INPUT_ERROR = {"stage": "prepare", "error": "PreflightError", "permanent": True,
 
 def manifest(path: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "examples" / path).read_text())
-
-
-def status(cluster: Any, resource: Any, name: str) -> dict[str, Any]:
-    return (cluster.get(resource, NS, name) or {}).get("status") or {}
-
-
-def condition(cluster: Any, resource: Any, name: str, type_: str) -> dict[str, Any]:
-    return next((c for c in status(cluster, resource, name).get("conditions") or [] if c["type"] == type_), {})
 
 
 def reasons(cluster: Any, name: str) -> set[str]:

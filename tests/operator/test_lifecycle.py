@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubedistill_harness import condition, status
 from kubedistill_operator.kubeapi import (
     CONFIG_MAPS,
     DEPLOYMENTS,
@@ -36,14 +37,6 @@ TIMEOUT = 30.0
 
 def manifest(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "examples" / "quickstart" / name).read_text())
-
-
-def status(cluster: Any, resource: Any, name: str) -> dict[str, Any]:
-    return (cluster.get(resource, NS, name) or {}).get("status") or {}
-
-
-def condition(cluster: Any, resource: Any, name: str, type_: str) -> dict[str, Any]:
-    return next((c for c in status(cluster, resource, name).get("conditions") or [] if c["type"] == type_), {})
 
 
 def wait_phase(cluster: Any, resource: Any, name: str, phase: str) -> dict[str, Any]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubedistill_processes import post, read_until
 from kubedistill_router.local.serve import ServeError, resolve_target
 from kubedistill_router.local.triton import free_port
 
@@ -24,29 +23,6 @@ from kubedistill.routerconfig import RouterConfig
 from .conftest import LABELS, router_config
 
 pytestmark = pytest.mark.slow
-
-
-def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
-    """stdout until a line holds `marker`; fails when the process ends or the deadline passes first."""
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while not any(marker in line for line in lines):
-        if time.monotonic() > deadline or (process.poll() is not None and not reader.is_alive()):
-            process.kill()
-            raise AssertionError(f"no {marker!r} in the output:\n{''.join(lines)}")
-        time.sleep(0.1)
-    return "".join(lines)
-
-
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def refuses(url: str) -> bool:

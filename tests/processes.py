@@ -1,0 +1,34 @@
+"""Helpers for tests that drive real processes (`kubedistill serve`, the router): read their output until a
+marker, and post JSON to them. Loaded by tests/conftest.py as module `kubedistill_processes`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
+    """stdout until a line holds `marker`; fails when the process ends or the deadline passes first."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not any(marker in line for line in lines):
+        if time.monotonic() > deadline or (process.poll() is not None and not reader.is_alive()):
+            process.kill()
+            raise AssertionError(f"no {marker!r} in the output:\n{''.join(lines)}")
+        time.sleep(0.1)
+    return "".join(lines)
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
