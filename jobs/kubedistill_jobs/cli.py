@@ -30,17 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(func=run_command)
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from kubedistill.api.load import ManifestError
-    from kubedistill.uris import UriError
-    from kubedistill_jobs.data import DataError
-    from kubedistill_jobs.models import ModelError
-    from kubedistill_jobs.pipeline import SpecChangedError
-    from kubedistill_jobs.preflight import PreflightError
-
-    return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
-
-
 def _fail(message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -69,7 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
     from kubedistill_jobs.display import RichDisplay
     from kubedistill_jobs.pipeline import Pipeline
 
-    bad_input = _bad_input_types()
+    bad_input = runner.input_error_types()
     display = RichDisplay()
     pipeline = Pipeline(job, output, workers=workers, display=display)
     try:

@@ -109,6 +109,9 @@ class TokenStats:
     def perplexity(self) -> float:
         return float(np.exp(self.nll_sum / max(self.tokens, 1)))
 
+    def metrics(self) -> dict[str, float]:
+        return {"perplexity": self.perplexity, "next_token_accuracy": float(np.concatenate(self.correct).mean())}
+
 
 def _causal_stats(sess: Any, tokenizer: Any, texts: list[str], max_length: int) -> TokenStats:
     from kubedistill_jobs.onnx_export import onnx_logits
@@ -183,11 +186,15 @@ def measure_latency(paths: dict[str, Path], tokenizers: dict[str, Any], texts: l
 # ---------------------------------------------------------------- the report
 
 
-def gate(retention: float, min_retention: float | None) -> Gate:
-    """Pass when retention reaches the bar (or there is none); `shortfall` says by how much it missed."""
-    passed = min_retention is None or retention >= min_retention
-    return Gate(min_retention=min_retention, passed=passed,
-                shortfall=0.0 if passed or min_retention is None else min_retention - retention)
+def gate(retention: float | None, min_retention: float | None) -> Gate:
+    """Pass when retention reaches the bar (or there is none); `shortfall` says by how much it missed. An
+    unknown retention (an endpoint that cannot score prompts) meets no bar."""
+    if min_retention is None:
+        return Gate(min_retention=None, passed=True, shortfall=0.0)
+    if retention is None:
+        return Gate(min_retention=min_retention, passed=False, shortfall=min_retention)
+    passed = retention >= min_retention
+    return Gate(min_retention=min_retention, passed=passed, shortfall=0.0 if passed else min_retention - retention)
 
 
 def _model_report(params: int, path: Path, metrics: dict[str, float],
@@ -276,8 +283,7 @@ def classification_quality(logits: dict[str, np.ndarray], gold: np.ndarray | Non
 
 def causal_quality(stats: dict[str, TokenStats], same_tokens: bool, target: float) -> Quality:
     """Perplexities, next-token accuracy and (with one tokenization) a token-level frontier."""
-    metrics = {n: {"perplexity": s.perplexity, "next_token_accuracy": float(np.concatenate(s.correct).mean())}
-               for n, s in stats.items()}
+    metrics = {n: s.metrics() for n, s in stats.items()}
     agreement = None
     frontiers: dict[str, Frontier] = {}
     if same_tokens:  # token-by-token comparison needs one tokenization
@@ -400,8 +406,7 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
     if progress:
         progress(0, total)
     stats = {n: _causal_stats(session(p, settings.threads), tokenizer, texts, max_length) for n, p in paths.items()}
-    metrics = {n: {"perplexity": s.perplexity, "next_token_accuracy": float(np.concatenate(s.correct).mean())}
-               for n, s in stats.items()}
+    metrics = {n: s.metrics() for n, s in stats.items()}
     config = EndpointConfig.from_spec(spec)
     client = EndpointClient(config)
     scored: list[list[float] | None] = []
@@ -431,10 +436,7 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
                           endpoint=config.url, model=config.model)
     retention = (teacher_metrics["perplexity"] / metrics["student_quantized"]["perplexity"]
                  if teacher_metrics else None)
-    min_retention = spec.evaluation.gate.min_retention
-    verdict = gate(retention, min_retention) if retention is not None else Gate(
-        min_retention=min_retention, passed=min_retention is None, shortfall=0.0 if min_retention is None else
-        min_retention)
+    verdict = gate(retention, spec.evaluation.gate.min_retention)
     report = Report(
         task=spec.task.type, teacher=teacher, student=reports["student"],
         student_quantized=reports["student_quantized"], retention=retention, agreement=None, speedup=None,

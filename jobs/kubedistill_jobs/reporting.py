@@ -27,19 +27,6 @@ RUN_ID_ENV = "KUBEDISTILL_RUN_ID"  # the RayJob's name, set by the operator on t
 MAX_MESSAGE = 4000
 
 
-def input_error_types() -> tuple[type[BaseException], ...]:
-    """Errors of the job's input (spec, models, data, output folder): the same input fails the same way on
-    every retry, so they are permanent. Anything else (lost node, OOM, network) may pass on a retry."""
-    from kubedistill.api.load import ManifestError
-    from kubedistill.uris import UriError
-    from kubedistill_jobs.data import DataError
-    from kubedistill_jobs.models import ModelError
-    from kubedistill_jobs.pipeline import SpecChangedError
-    from kubedistill_jobs.preflight import PreflightError
-
-    return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
-
-
 # Exceptions (by class name, anywhere in an error's chain) of a network or a hub that may answer next time.
 TRANSIENT_NAMES = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
                              "URLError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ProtocolError",
@@ -83,6 +70,8 @@ def is_permanent(*errors: BaseException) -> bool:
     network that may answer next time. An endpoint that answered and refused is permanent too."""
     if any(is_transient(error) for error in errors):
         return False
+    from kubedistill_jobs.runner import input_error_types
+
     types = input_error_types()
     return any(isinstance(error, types) or getattr(error, "permanent", False) is True for error in errors)
 

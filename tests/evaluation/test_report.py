@@ -62,6 +62,9 @@ def test_gate_pass_and_fail():
     assert gate(0.5, None).passed  # no gate configured
     failed = gate(0.91, 0.95)
     assert not failed.passed and failed.shortfall == pytest.approx(0.04)
+    unknown = gate(None, 0.95)  # an endpoint teacher that cannot score prompts: no retention
+    assert not unknown.passed and unknown.shortfall == 0.95
+    assert gate(None, None).passed
 
 
 def test_failed_gate_is_reported_with_its_shortfall(evaluated):
