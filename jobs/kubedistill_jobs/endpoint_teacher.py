@@ -125,16 +125,22 @@ class EndpointClient:
                              "OpenAI-compatible server that returns top-k logprobs, such as vLLM")
         return choice
 
-    def prompt_logprobs(self, text: str) -> list[float] | None:
-        """The teacher's log-probability of each token of `text` after the first (`echo`), or None when the
-        endpoint does not score prompts. An endpoint that cannot be reached raises: that is not an answer."""
+    def echo(self, text: str) -> dict[str, Any] | None:
+        """`text` scored token by token (`echo`, no generation), or None when the endpoint refuses to echo
+        prompts. An endpoint that cannot be reached raises: that is not an answer."""
         try:
-            choice = self.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True})
+            return self.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True,
+                              "return_tokens_as_token_ids": True})
         except EndpointError as error:
             if not error.permanent:
                 raise
             return None
-        values = (choice.get("logprobs") or {}).get("token_logprobs")
+
+    def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The teacher's log-probability of each token of `text` after the first (`echo`), or None when the
+        endpoint does not score prompts. An endpoint that cannot be reached raises: that is not an answer."""
+        choice = self.echo(text)
+        values = ((choice or {}).get("logprobs") or {}).get("token_logprobs")
         if not isinstance(values, list) or len(values) < 2:
             return None
         scored = [v for v in values[1:] if v is not None]
@@ -289,14 +295,7 @@ def probe(config: EndpointConfig, prompt: str, tokenizer: Any | None = None) -> 
 def check_tokenizer(client: EndpointClient, tokenizer: Any, text: str = "Knowledge distillation, 42 times.") -> bool:
     """Whether the endpoint's tokens of `text` (echoed) are the student's; raises a permanent EndpointError
     when they differ. False when the endpoint does not echo prompts (nothing to compare)."""
-    try:
-        choice = client.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True,
-                              "return_tokens_as_token_ids": True})
-    except EndpointError as error:
-        if not error.permanent:
-            raise
-        return False
-    tokens = (choice.get("logprobs") or {}).get("tokens")
+    tokens = ((client.echo(text) or {}).get("logprobs") or {}).get("tokens")
     if not isinstance(tokens, list) or not tokens:
         return False
     theirs = [token_id(str(t), tokenizer) for t in tokens]
