@@ -26,8 +26,7 @@ class TritonModels:
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
-        self._client: Any = None  # created lazily, inside the running event loop the clients bind to
-        self._channel: Any = None
+        self._client: Any = None  # the gRPC channel or the HTTP client, created lazily inside the running loop
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
         if self.protocol == "grpc":
@@ -50,7 +49,6 @@ class TritonModels:
         if self._client is not None:
             await self._client.close()
             self._client = None
-            self._channel = None
 
     # --- gRPC ---------------------------------------------------------------------------------------------
 
@@ -60,11 +58,10 @@ class TritonModels:
             from tritonclient.grpc import service_pb2, service_pb2_grpc
 
             self._pb = service_pb2
-            self._channel = grpc.aio.insecure_channel(self.url, options=[
+            self._client = grpc.aio.insecure_channel(self.url, options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-            self._client = self._channel  # close() closes the channel
-            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._client)
             self._deadline_exceeded = grpc.StatusCode.DEADLINE_EXCEEDED
         return self._stub
 
