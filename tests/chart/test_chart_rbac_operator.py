@@ -7,8 +7,6 @@ the emulated runs cannot show it."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from typing import Any
 
 import pytest
@@ -41,21 +39,6 @@ NAMESPACED_ONLY: dict[tuple[str, str, str], str] = {
     ("kopf.dev", "kopfpeerings", "watch"): PEERING_IN_NAMESPACES,
     ("kopf.dev", "kopfpeerings", "patch"): PEERING_IN_NAMESPACES,
 }
-
-
-def _load_harness() -> Any:
-    """tests/operator/harness.py, under the name its own conftest gives it (one module per process)."""
-    if "kubedistill_harness" in sys.modules:
-        return sys.modules["kubedistill_harness"]
-    path = ROOT / "tests" / "operator" / "harness.py"
-    if not path.is_file():
-        pytest.skip("tests/operator/harness.py is missing")
-    spec = importlib.util.spec_from_file_location("kubedistill_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kubedistill_harness"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _manifest(name: str) -> dict[str, Any]:
@@ -133,7 +116,7 @@ def _play_spec_change_and_deletion(cluster: Any, kubeapi: Any) -> None:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> dict[str, Any]:
     """Run the operator through the scenario once; return its API requests and the pipeline's RBAC."""
-    harness = _load_harness()
+    import kubedistill_harness as harness
     kubeapi = pytest.importorskip("kubedistill_operator.kubeapi")
     with harness.OperatorHarness(tmp_path_factory.mktemp("rbac")) as cluster:
         cluster.start_operator()
@@ -150,7 +133,7 @@ def recorded(tmp_path_factory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def recorded_peering(tmp_path_factory) -> list[Any]:
     """`kubedistill operator --peering=kubedistill` (the chart's peering variant) until its first keep-alive."""
-    harness = _load_harness()
+    import kubedistill_harness as harness
     from kubedistill_operator.kubeapi import Resource
 
     peerings = Resource("kopf.dev", "v1", "clusterkopfpeerings")

@@ -1,8 +1,7 @@
 """The real kopf operator against kmock's Kubernetes API emulator on loopback, for tests.
 
-Loading: tests/operator/conftest.py loads this file by path as module `kubedistill_harness` (tests run with
-`--import-mode=importlib`, so test folders are not packages); elsewhere, load it the same way, reusing
-`sys.modules["kubedistill_harness"]` when present (see tests/chart/test_chart_rbac_operator.py). Usage::
+Loading: tests/conftest.py loads this file by path as module `kubedistill_harness` (tests run with
+`--import-mode=importlib`, so test folders are not packages), for every test folder. Usage::
 
     from kubedistill_harness import OperatorHarness
     from kubedistill_operator.kubeapi import RAY_JOBS
