@@ -2,11 +2,12 @@
 
 Same Triton server (the local tritonserver, python backend running the ONNX files), same student, same
 texts (BBC News openings, one text per request). The direct path is a tritonclient gRPC client sending
-texts tokenized ahead of time; the router path is HTTP/JSON through `python -m kubedistill_router`. The
-two alternate in short rounds, so background load on a shared machine hits both alike. Measures p50/p99
-and throughput at concurrency 1, 8 and 32, the router's CPU time per request, student vs teacher latency
-through the router, and a load run (default 60 s) at concurrency 32 in route mode that must finish with
-zero failed requests.
+texts tokenized ahead of time; the router paths are HTTP/JSON through `python -m kubedistill_router`, as
+shipped (concurrent requests coalesced into shared Triton calls) and with coalescing off (every request
+its own call). The paths alternate in short rounds, so background load on a shared machine hits them
+alike. Measures p50/p99 and throughput at concurrency 1, 8 and 32, the router's CPU time per request and
+instances per Triton call, student vs teacher latency through the router, and a load run (default 60 s)
+at concurrency 32 in route mode that must finish with zero failed requests.
 
     python benchmarks/router.py [--repository DIR] [--seconds 5] [--rounds 5] [--load-seconds 60]
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonServer, free_port, start_triton
 from kubedistill_router.tokenizer import TextEncoder
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "router.json"
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 CONCURRENCY = (1, 8, 32)
+JSON = {"Content-Type": "application/json"}
 
 
 def bbc_texts(limit: int = 400) -> list[str]:
@@ -162,9 +165,11 @@ class ViaRouter:
     def __init__(self, base: str, name: str, session: Any):
         self.url = f"{base}/v1/models/{name}:predict"
         self.session = session
+        self.bodies: dict[str, bytes] = {}  # serialised once, as the direct path's texts are tokenized once
 
     async def __call__(self, text: str) -> None:
-        async with self.session.post(self.url, json={"instances": [text]}) as response:
+        body = self.bodies.get(text) or self.bodies.setdefault(text, orjson.dumps({"instances": [text]}))
+        async with self.session.post(self.url, data=body, headers=JSON) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
@@ -175,11 +180,13 @@ class RouterProcess:
 
     def __init__(self, workdir: Path, repository: Path, triton: TritonServer, **overrides: Any):
         self.port = free_port()
+        name = "-".join([overrides.get("mode", "route"), *(["no-coalescing"] if overrides.get("coalesce") is False
+                                                            else [])])
         protocol = overrides.pop("triton_protocol", "grpc")
         config = RouterConfig(model_name="bench", model_repository=str(repository), port=self.port,
                               triton_url=triton.grpc_url if protocol == "grpc" else triton.http_url,
                               triton_protocol=protocol, max_concurrency=256, timeout_seconds=30, **overrides)
-        path = workdir / f"router-{overrides.get('mode', 'route')}.yaml"
+        path = workdir / f"router-{name}.yaml"
         path.write_text(config.to_yaml())
         self.log = path.with_suffix(".log")
         with open(self.log, "wb") as log:
@@ -224,6 +231,20 @@ def escalation_share(metrics_text: str) -> float:
     return float("nan")
 
 
+def call_sizes(metrics_text: str) -> tuple[float, float]:
+    """(Triton calls, instances) the router has made to the student so far, from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"count": 0.0, "sum": 0.0}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "kubedistill_router_triton_call_instances":
+            for sample in family.samples:
+                kind = sample.name.rsplit("_", 1)[-1]
+                if sample.labels.get("model") == "student" and kind in totals:
+                    totals[kind] += sample.value
+    return totals["count"], totals["sum"]
+
+
 async def measure(args: argparse.Namespace, repo: Path, workdir: Path, texts: list[str]) -> dict[str, Any]:
     import aiohttp
 
@@ -235,37 +256,50 @@ async def measure(args: argparse.Namespace, repo: Path, workdir: Path, texts: li
         triton.wait_ready(180)
         encoder = TextEncoder(repo / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
         direct = Direct(triton.grpc_url, encoder, manifest, texts)
-        student_router = RouterProcess(workdir, local, triton, mode="student-only",
-                                       triton_protocol=args.triton_protocol)
-        routers.append(student_router)
+        # The router as shipped (coalescing on), and with every request its own Triton call.
+        student_routers = {"router": RouterProcess(workdir, local, triton, mode="student-only",
+                                                   triton_protocol=args.triton_protocol),
+                           "router, no coalescing": RouterProcess(workdir, local, triton, mode="student-only",
+                                                                  triton_protocol=args.triton_protocol,
+                                                                  coalesce=False)}
+        routers.extend(student_routers.values())
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as session:
-            via_router = ViaRouter(student_router.base, "bench", session)
+            paths = {"direct": direct} | {name: ViaRouter(r.base, "bench", session)
+                                          for name, r in student_routers.items()}
             points = []
             for concurrency in CONCURRENCY:
-                # Alternate short rounds, so both paths see the same background load on a shared machine.
-                tallies = {"direct": Tally(concurrency), "router": Tally(concurrency)}
-                cpu_used = 0.0
+                # Alternate short rounds, so every path sees the same background load on a shared machine.
+                tallies = {name: Tally(concurrency) for name in paths}
+                cpu_used = dict.fromkeys(student_routers, 0.0)
+                calls_before = {name: call_sizes(r.metrics()) for name, r in student_routers.items()}
                 for _ in range(args.rounds):
-                    await run_load(direct, texts, tallies["direct"], args.seconds / args.rounds)
-                    cpu = student_router.cpu_seconds()
-                    await run_load(via_router, texts, tallies["router"], args.seconds / args.rounds)
-                    cpu_used += student_router.cpu_seconds() - cpu
-                for path, tally in tallies.items():
-                    point = tally.summary()
-                    if path == "router":  # warm-up requests included: CPU per request over all of them
-                        point["router_cpu_ms_per_request"] = cpu_used * 1000 / (len(tally.latencies)
-                                                                                + tally.warmup_requests)
-                    points.append({"path": path, **point})
-                    print(f"  {path:<7} c={concurrency:<3} p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms"
-                          f"  {point['throughput_rps']:7.1f} req/s  failures {point['failures']}", flush=True)
-            student_router.stop()
-            routers.remove(student_router)
+                    for name, call in paths.items():
+                        router = student_routers.get(name)
+                        cpu = router.cpu_seconds() if router else 0.0
+                        await run_load(call, texts, tallies[name], args.seconds / args.rounds)
+                        if router:
+                            cpu_used[name] += router.cpu_seconds() - cpu
+                for name, tally in tallies.items():
+                    point = {"path": name, **tally.summary()}
+                    if name in student_routers:  # warm-up requests included: per request over all of them
+                        served = len(tally.latencies) + tally.warmup_requests
+                        point["router_cpu_ms_per_request"] = cpu_used[name] * 1000 / served
+                        calls, instances = call_sizes(student_routers[name].metrics())
+                        calls -= calls_before[name][0]
+                        instances -= calls_before[name][1]
+                        point["instances_per_triton_call"] = instances / calls if calls else float("nan")
+                    points.append(point)
+                    print(f"  {name:<22} c={concurrency:<3} p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} "
+                          f"ms  {point['throughput_rps']:7.1f} req/s  failures {point['failures']}", flush=True)
+            for router in student_routers.values():
+                router.stop()
+                routers.remove(router)
 
             teacher_router = RouterProcess(workdir, local, triton, mode="teacher-only",
                                            triton_protocol=args.triton_protocol)
             routers.append(teacher_router)
-            models = {"student (router, student-only)": points[1],
+            models = {"student (router, student-only)": next(p for p in points if p["path"] == "router"),
                       "teacher (router, teacher-only)": (await run_load(
                           ViaRouter(teacher_router.base, "bench", session), texts, Tally(1), args.seconds)).summary()}
             teacher_router.stop()
@@ -306,21 +340,31 @@ async def _student_conf(direct: Direct, text: str) -> float:
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     by = {(p["path"], p["concurrency"]): p for p in results["points"]}
+    routers = [p for p in dict.fromkeys(p["path"] for p in results["points"]) if p != "direct"]
+
+    def per_router(value) -> dict[str, dict[int, float]]:
+        return {r: {c: value(by[(r, c)], by[("direct", c)]) for c in CONCURRENCY} for r in routers}
+
     return {
         "added_p50_ms_c1": by[("router", 1)]["p50_ms"] - by[("direct", 1)]["p50_ms"],
-        "added_p50_ms": {c: by[("router", c)]["p50_ms"] - by[("direct", c)]["p50_ms"] for c in CONCURRENCY},
-        "router_cpu_ms_per_request": {p["concurrency"]: p["router_cpu_ms_per_request"] for p in results["points"]
-                                      if "router_cpu_ms_per_request" in p},
-        "throughput_ratio": {c: by[("router", c)]["throughput_rps"] / by[("direct", c)]["throughput_rps"]
-                             for c in CONCURRENCY},
+        "added_p50_ms": per_router(lambda r, d: r["p50_ms"] - d["p50_ms"]),
+        "throughput_ratio": per_router(lambda r, d: r["throughput_rps"] / d["throughput_rps"]),
+        "router_cpu_ms_per_request": per_router(lambda r, d: r["router_cpu_ms_per_request"]),
+        "instances_per_triton_call": per_router(lambda r, d: r["instances_per_triton_call"]),
     }
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'path':<34}{'conc.':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'failed':>8}"]
+    lines = [f"{'path':<34}{'conc.':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'failed':>8}{'vs direct':>11}"
+             f"{'CPU ms/req':>12}{'per call':>10}"]
+    direct = {p["concurrency"]: p for p in results["points"] if p["path"] == "direct"}
     for p in results["points"]:
+        extra = ""
+        if p["path"] != "direct":
+            ratio = p["throughput_rps"] / direct[p["concurrency"]]["throughput_rps"]
+            extra = f"{ratio:>11.0%}{p['router_cpu_ms_per_request']:>12.2f}{p['instances_per_triton_call']:>10.1f}"
         lines.append(f"{p['path']:<34}{p['concurrency']:>6}{p['p50_ms']:>9.2f}{p['p99_ms']:>9.2f}"
-                     f"{p['throughput_rps']:>9.1f}{p['failures']:>8}")
+                     f"{p['throughput_rps']:>9.1f}{p['failures']:>8}{extra}")
     for name, p in results["models"].items():
         lines.append(f"{name:<34}{p['concurrency']:>6}{p['p50_ms']:>9.2f}{p['p99_ms']:>9.2f}"
                      f"{p['throughput_rps']:>9.1f}{p['failures']:>8}")
@@ -328,10 +372,11 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"{'load run: route, ' + format(load['seconds'], 'g') + ' s':<34}{32:>6}{load['p50_ms']:>9.2f}"
                  f"{load['p99_ms']:>9.2f}{load['throughput_rps']:>9.1f}{load['failures']:>8}")
     s = results["summary"]
-    cpu = [p["router_cpu_ms_per_request"] for p in results["points"] if "router_cpu_ms_per_request" in p]
-    lines.append(f"router CPU per request: {min(cpu):.2f}-{max(cpu):.2f} ms (tokenize, HTTP, JSON, gRPC)")
-    lines.append(f"router overhead at p50, concurrency 1: {s['added_p50_ms_c1']:+.2f} ms (target <= 1 ms); "
-                 f"throughput at concurrency 32: {s['throughput_ratio'][32]:.0%} of direct (target >= 90%)")
+    added = s["added_p50_ms"]["router"]
+    lines.append("router added p50: " + ", ".join(f"{added[c]:+.2f} ms at c={c}" for c in CONCURRENCY)
+                 + " (target <= 1 ms at c=1)")
+    lines.append(f"router throughput at concurrency 32: {s['throughput_ratio']['router'][32]:.0%} of direct "
+                 "(target >= 90%)")
     lines.append(f"load run: {load['requests']} requests, {load['failures']} failed, "
                  f"{load['escalation_share']:.0%} escalated to the teacher")
     return "\n".join(lines)

@@ -40,6 +40,9 @@ class RouterConfig(BaseModel):
     teacher: TeacherEndpointRef | None = Field(default=None, description="Remote teacher; None: colocated in Triton.")
     teacher_api_key_file: str | None = Field(default=None, description="Mounted Secret file with the teacher's key.")
     max_concurrency: int = Field(default=64, ge=1)
+    coalesce: bool = Field(default=True, description="Concurrent requests share Triton calls (see RouterSpec).")
+    max_calls_in_flight: int | None = Field(default=None, ge=1,
+                                            description="Triton calls per model at once; None: twice its instances.")
     timeout_seconds: float = Field(default=2.0, gt=0)
     max_instances: int = Field(default=256, ge=1, description="Instances per request before 400.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -58,6 +61,8 @@ class RouterConfig(BaseModel):
             teacher=router.teacher,
             teacher_api_key_file=TEACHER_API_KEY_FILE if router.teacher and router.teacher.api_key_secret_ref else None,
             max_concurrency=router.max_concurrency,
+            coalesce=router.coalescing.enabled,
+            max_calls_in_flight=router.coalescing.max_calls_in_flight,
             timeout_seconds=router.timeout_seconds,
             max_instances=spec.triton.max_batch_size * 8,
         )

@@ -119,6 +119,19 @@ class TeacherEndpointRef(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key with the API key.")
 
 
+class Coalescing(ApiModel):
+    """The router's batching: concurrent requests share Triton calls."""
+
+    enabled: bool = Field(
+        default=True,
+        description="While `maxCallsInFlight` calls to a model are out, new requests wait and leave together in the "
+        "next call (up to triton.maxBatchSize); a lone request never waits. Off: every request is its own call.",
+    )
+    max_calls_in_flight: int | None = Field(
+        default=None, description="Calls to one model at once; unset: twice triton.instanceCount.", ge=1, le=1024
+    )
+
+
 class RouterSpec(ApiModel):
     """The router sidecar: student first, teacher when the student is not confident."""
 
@@ -150,6 +163,7 @@ class RouterSpec(ApiModel):
     )
     max_concurrency: int = Field(default=64, description="Requests in flight before 429.", ge=1, le=100000)
     timeout_seconds: float = Field(default=2.0, description="Timeout of a student call.", gt=0, le=600)
+    coalescing: Coalescing = Field(default_factory=Coalescing, description="Requests sharing Triton calls.")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="CPU and memory.")
 
     @model_validator(mode="after")

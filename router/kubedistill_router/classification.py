@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from kubedistill.artifacts import ServingManifest
+from kubedistill.artifacts import ServedModel, ServingManifest
 from kubedistill.confidence import escalate, softmax
 from kubedistill.routerconfig import RouterConfig
+from kubedistill_router.batching import Coalescer
 from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.errors import NotFound, Unavailable, UpstreamError
 from kubedistill_router.metrics import RouterMetrics
@@ -27,6 +28,7 @@ from kubedistill_router.protocol import SERVED_BY, Prediction, json_body, parse_
 from kubedistill_router.teachers import Answer, ColocatedTeacher, Teacher, answers_from_probs, remote_teacher
 from kubedistill_router.tokenizer import TextEncoder
 from kubedistill_router.triton import TritonModels
+from kubedistill_router.triton_settings import serving_limits
 
 log = logging.getLogger("kubedistill.router")
 
@@ -64,9 +66,11 @@ class ClassificationHandler:
         self.triton = triton
         self.metrics = metrics
         self.student = manifest.student
-        self.encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
+        encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
+        self.student_calls = self._model_calls("student", manifest.student, encoder, repository)
         self.teacher = self._teacher(config, manifest, repository)
         self.breaker = CircuitBreaker()
+        self._last_teacher_error: BaseException | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     def _teacher(self, config: RouterConfig, manifest: ServingManifest, repository: Path) -> Teacher | None:
@@ -75,19 +79,35 @@ class ClassificationHandler:
         if manifest.teacher is not None:
             folder = repository / (manifest.teacher_tokenizer or manifest.tokenizer)
             encoder = TextEncoder(folder, manifest.teacher.inputs, manifest.max_length)
-            return ColocatedTeacher(self.triton, manifest.teacher, encoder, self.labels, self.signal)
+            calls = self._model_calls("teacher", manifest.teacher, encoder, repository)
+            return ColocatedTeacher(calls, f"Triton model {manifest.teacher.name!r}", self.labels, self.signal)
         if config.mode != "student-only":
             raise ValueError(f"router.mode {config.mode} needs a teacher: the model repository has none; set "
                              "router.teacher (a remote endpoint) or use mode student-only")
         return None
+
+    def _model_calls(self, role: str, served: ServedModel, encoder: TextEncoder, repository: Path) -> Coalescer:
+        """Tokenize-and-infer calls to one model in Triton, coalesced as the config says."""
+        max_batch, instances = serving_limits(repository, served)
+        in_flight = None
+        if self.config.coalesce:  # by default every instance has a call running and one waiting
+            in_flight = self.config.max_calls_in_flight or 2 * instances
+
+        async def infer(texts: list[str]) -> np.ndarray:
+            return await self.triton.infer(served.name, encoder.encode(texts), served.output)
+
+        return Coalescer(infer, max_batch, in_flight, self.metrics.call_sizes(role))
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/models/{name}", self.model_status), web.post("/v1/models/{name}:predict", self.predict)]
 
     def describe(self) -> str:
         teacher = self.teacher.description if self.teacher else "none"
+        calls = self.student_calls
+        coalescing = (f"up to {calls.max_in_flight} calls in flight per model" if calls.max_in_flight else "off")
         return (f"model {self.config.model_name!r} ({self.manifest.model_version}), mode {self.config.mode}, "
-                f"signal {self.signal}, threshold {self.threshold}, teacher {teacher}")
+                f"signal {self.signal}, threshold {self.threshold}, teacher {teacher}, coalescing {coalescing} "
+                f"(batches of up to {calls.max_batch})")
 
     # --- HTTP -------------------------------------------------------------------------------------------
 
@@ -146,10 +166,9 @@ class ClassificationHandler:
         return predictions
 
     async def _ask_student(self, texts: list[str]) -> np.ndarray:
-        inputs = self.encoder.encode(texts)
         start = time.perf_counter()
         try:
-            logits = await self.triton.infer(self.student.name, inputs, self.student.output)
+            logits = await self.student_calls(texts)
         except UpstreamError as error:
             raise Unavailable(f"the student model is unavailable: {error}") from None
         finally:
@@ -167,10 +186,12 @@ class ClassificationHandler:
         try:
             answers = await self.teacher.classify(texts)
         except Exception as error:  # whatever the teacher did, the student still answers
-            reason = error.reason if isinstance(error, UpstreamError) else "error"
-            self.breaker.record_failure()
-            self.metrics.teacher_errors.labels(reason).inc()
-            log.warning("teacher call failed (%d items): %s: %s", len(texts), type(error).__name__, error)
+            if error is not self._last_teacher_error:  # requests that shared a failed call count it once
+                self._last_teacher_error = error
+                reason = error.reason if isinstance(error, UpstreamError) else "error"
+                self.breaker.record_failure()
+                self.metrics.teacher_errors.labels(reason).inc()
+                log.warning("teacher call failed (%d items): %s: %s", len(texts), type(error).__name__, error)
             return None
         finally:
             self.metrics.teacher_seconds.observe(time.perf_counter() - start)
@@ -201,5 +222,6 @@ class ClassificationHandler:
         for task in list(self._shadow_tasks):
             task.cancel()
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        await self.student_calls.close()
         if self.teacher is not None:
             await self.teacher.close()

@@ -6,12 +6,15 @@ from counts (in flight, escalation ratio, shadow agreement) are computed when /m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds: sub-millisecond routing up to slow teachers.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Instances per Triton call: 1 when requests come one at a time, up to max_batch_size under load.
+CALL_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class RouterMetrics:
@@ -30,7 +33,8 @@ class RouterMetrics:
                                       "since start.", registry=r)
         self.request_seconds = Histogram("kubedistill_router_request_seconds", "Predict latency through the router.",
                                          buckets=BUCKETS, registry=r)
-        self.student_seconds = Histogram("kubedistill_router_student_seconds", "Student call latency (Triton).",
+        self.student_seconds = Histogram("kubedistill_router_student_seconds", "Student latency per request "
+                                         "(Triton, and any wait for a shared call).",
                                          buckets=BUCKETS, registry=r)
         self.teacher_seconds = Histogram("kubedistill_router_teacher_seconds", "Teacher call latency.",
                                          buckets=BUCKETS, registry=r)
@@ -38,6 +42,9 @@ class RouterMetrics:
                                       "(timeout, error, circuit-open).", ["reason"], registry=r)
         self.circuit_open = Gauge("kubedistill_router_teacher_circuit_open", "1 while the teacher's circuit "
                                   "breaker is open.", registry=r)
+        self.call_instances = Histogram("kubedistill_router_triton_call_instances", "Instances per Triton call, "
+                                        "by model (student, teacher): concurrent requests share calls.", ["model"],
+                                        buckets=CALL_SIZE_BUCKETS, registry=r)
         self.rejected = Counter("kubedistill_router_rejected", "Requests refused with 429 (concurrency limit).",
                                 registry=r)
         self.in_flight = Gauge("kubedistill_router_in_flight", "Predict requests in flight.", registry=r)
@@ -72,6 +79,10 @@ class RouterMetrics:
         if child is None:
             child = self._children[key] = self.instances.labels(served_by, str(degraded).lower())
         child.inc(count)
+
+    def call_sizes(self, model: str) -> Callable[[int], None]:
+        """What to call with the size of each Triton call to `model`."""
+        return self.call_instances.labels(model).observe
 
     def record_routing(self, routed: int, escalated: int) -> None:
         self._routed += routed

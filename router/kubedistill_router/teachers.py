@@ -14,12 +14,10 @@ from typing import Any, Protocol
 import aiohttp
 import numpy as np
 
-from kubedistill.artifacts import ServedModel
 from kubedistill.confidence import Signal, confidence, softmax
 from kubedistill.routerconfig import TeacherEndpointRef
+from kubedistill_router.batching import Coalescer
 from kubedistill_router.errors import UpstreamError
-from kubedistill_router.tokenizer import TextEncoder
-from kubedistill_router.triton import TritonModels
 
 
 @dataclass(frozen=True)
@@ -52,23 +50,19 @@ def as_probabilities(scores: np.ndarray) -> np.ndarray:
 
 
 class ColocatedTeacher:
-    """The `teacher` model in the same Triton server, with its own tokenizer if it has one."""
+    """The `teacher` model in the same Triton server: `infer` tokenizes with its own tokenizer and calls it."""
 
-    def __init__(self, triton: TritonModels, served: ServedModel, encoder: TextEncoder, labels: list[str],
-                 signal: Signal):
-        self.triton = triton
-        self.served = served
-        self.encoder = encoder
+    def __init__(self, infer: Coalescer, description: str, labels: list[str], signal: Signal):
+        self.infer = infer
+        self.description = description
         self.labels = labels
         self.signal = signal
-        self.description = f"Triton model {served.name!r}"
 
     async def classify(self, texts: list[str]) -> list[Answer]:
-        logits = await self.triton.infer(self.served.name, self.encoder.encode(texts), self.served.output)
-        return answers_from_probs(softmax(logits), self.labels, self.signal)
+        return answers_from_probs(softmax(await self.infer(texts)), self.labels, self.signal)
 
     async def close(self) -> None:
-        pass
+        await self.infer.close()
 
 
 class RemoteTeacher:

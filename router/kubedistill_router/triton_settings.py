@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from kubedistill.artifacts import ServingManifest
+from kubedistill.artifacts import ServedModel, ServingManifest
 
 PREFIX = "KUBEDISTILL_TRITON_"
 
@@ -83,6 +83,17 @@ class TritonSettings:
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def serving_limits(repository: Path, model: ServedModel) -> tuple[int, int]:
+    """(max_batch_size, model instances) as Triton loads `model`: from its config.pbtxt, into which a
+    StudentDeployment's settings have been written; serving.json's batch size where there is no file."""
+    path = repository / model.name / "config.pbtxt"
+    if not path.exists():
+        return model.max_batch_size, 1
+    config = read_config(path)
+    instances = sum(group.count or 1 for group in config.instance_group) or 1
+    return config.max_batch_size or model.max_batch_size, instances
 
 
 def apply_to_repository(repository: Path, manifest: ServingManifest, settings: TritonSettings) -> list[Path]:

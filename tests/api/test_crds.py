@@ -165,6 +165,7 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("service-type", "StudentDeployment", [("spec.service.type", "Ingress")], "type"),
     ("triton-gpus", "StudentDeployment", [("spec.triton.gpus", -1)], "gpus"),
     ("max-batch", "StudentDeployment", [("spec.triton.maxBatchSize", 0)], "maxBatchSize"),
+    ("calls-in-flight", "StudentDeployment", [("spec.router.coalescing.maxCallsInFlight", 0)], "maxCallsInFlight"),
 ]
 
 

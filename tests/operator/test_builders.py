@@ -205,6 +205,14 @@ def test_student_children_and_router_config():
         assert obj["metadata"]["ownerReferences"][0]["kind"] == "StudentDeployment"
 
 
+def test_router_config_carries_the_coalescing_settings():
+    default = RouterConfig.from_spec("s", student().spec)
+    assert (default.coalesce, default.max_calls_in_flight) == (True, None)
+    tuned = RouterConfig.from_spec("s", student({"router.coalescing.maxCallsInFlight": 3}).spec)
+    assert (tuned.coalesce, tuned.max_calls_in_flight) == (True, 3)
+    assert not RouterConfig.from_spec("s", student({"router.coalescing.enabled": False}).spec).coalesce
+
+
 def test_deployment_fetches_the_model_and_runs_triton_behind_the_router():
     objects = by_kind(build_student_children(student(), SOURCE, CONFIG))
     deployment, service = objects["Deployment"], objects["Service"]

@@ -239,3 +239,66 @@ async def test_metrics_count_what_was_sent(triton, model_repository, threshold, 
     assert metrics[("kubedistill_router_request_seconds_count", ())] == len(batches) + 1
     assert metrics[("kubedistill_router_student_seconds_count", ())] == len(batches)
     assert metrics[("kubedistill_router_teacher_seconds_count", ())] >= 1
+
+
+async def test_concurrent_requests_share_triton_calls_and_keep_their_own_answers(triton, model_repository,
+                                                                                 reference):
+    config = router_config(model_repository, triton.grpc_url, mode="student-only", max_calls_in_flight=1)
+    requests = TEXTS * 4
+    async with running_router(config) as base, ClientSession() as session:
+        answers = await asyncio.gather(*(predict(session, base, [text]) for text in requests))
+        metrics = await scrape(session, base)
+    labels, conf = expected(reference, "student", requests)
+    assert [a[0]["label"] for a in answers] == labels
+    np.testing.assert_allclose([a[0]["confidence"] for a in answers], conf, atol=1e-5)
+    calls = metrics[("kubedistill_router_triton_call_instances_count", (("model", "student"),))]
+    assert metrics[("kubedistill_router_triton_call_instances_sum", (("model", "student"),))] == len(requests)
+    assert calls < len(requests)  # one call in flight at a time: the requests behind it shared calls
+
+
+async def test_without_coalescing_each_request_is_its_own_call(triton, model_repository):
+    config = router_config(model_repository, triton.grpc_url, mode="student-only", coalesce=False)
+    async with running_router(config) as base, ClientSession() as session:
+        await asyncio.gather(*(predict(session, base, [text]) for text in TEXTS))
+        metrics = await scrape(session, base)
+    assert metrics[("kubedistill_router_triton_call_instances_count", (("model", "student"),))] == len(TEXTS)
+
+
+async def test_a_request_larger_than_tritons_max_batch_size_is_split(triton, model_repository, reference, threshold):
+    config = router_config(model_repository, triton.grpc_url, mode="route", threshold=threshold)
+    texts = (TEXTS * 4)[:40]  # the repository's max_batch_size is 32
+    async with running_router(config) as base, ClientSession() as session:
+        predictions = await predict(session, base, texts)
+        metrics = await scrape(session, base)
+    student_labels, student_conf = expected(reference, "student", texts)
+    teacher_labels, _ = expected(reference, "teacher", texts)
+    assert [p["label"] for p in predictions] == [teacher_labels[i] if student_conf[i] < threshold
+                                                 else student_labels[i] for i in range(len(texts))]
+    assert metrics[("kubedistill_router_triton_call_instances_count", (("model", "student"),))] == 2
+    assert metrics[("kubedistill_router_triton_call_instances_sum", (("model", "student"),))] == 40
+    assert metrics[("kubedistill_router_triton_call_instances_sum", (("model", "teacher"),))] == \
+        (student_conf < threshold).sum()
+
+
+async def test_a_failed_teacher_call_shared_by_requests_counts_once_toward_the_breaker(
+        triton, model_repository, reference, threshold, tmp_path):
+    import json
+    import shutil
+
+    from kubedistill.artifacts import SERVING_MANIFEST
+
+    repository = tmp_path / "repository"
+    shutil.copytree(model_repository, repository)
+    manifest = json.loads((repository / SERVING_MANIFEST).read_text())
+    manifest["teacher"]["name"] = "absent"  # Triton refuses every teacher call: no such model
+    (repository / SERVING_MANIFEST).write_text(json.dumps(manifest))
+    config = router_config(repository, triton.grpc_url, threshold=threshold, max_calls_in_flight=1)
+    escalated = [text for text, conf in zip(TEXTS, expected(reference, "student", TEXTS)[1], strict=True)
+                 if conf < threshold]
+    async with running_router(config) as base, ClientSession() as session:
+        answers = await asyncio.gather(*(predict(session, base, [text]) for text in escalated * 3))
+        metrics = await scrape(session, base)
+    assert all(a[0]["served_by"] == "student" and a[0]["degraded"] for a in answers)
+    teacher_calls = metrics[("kubedistill_router_triton_call_instances_count", (("model", "teacher"),))]
+    assert teacher_calls < len(answers)  # the requests shared calls
+    assert metrics[("kubedistill_router_teacher_errors_total", (("reason", "error"),))] == teacher_calls

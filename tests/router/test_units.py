@@ -81,6 +81,23 @@ def test_threshold_comes_from_the_config_else_from_the_export():
     assert resolve_threshold(RouterConfig(model_name="m", mode="student-only"), manifest(None)) is None
 
 
+def test_call_limits_come_from_the_config_triton_loads(tmp_path):
+    from google.protobuf import text_format
+    from kubedistill_router.triton_settings import TritonSettings, read_config, serving_limits
+    from tritonclient.grpc import model_config_pb2
+
+    model = manifest(None).student
+    assert serving_limits(tmp_path, model) == (8, 1)  # no config.pbtxt: serving.json's batch size
+    (tmp_path / "student").mkdir()
+    path = tmp_path / "student" / "config.pbtxt"
+    path.write_text(text_format.MessageToString(model_config_pb2.ModelConfig(name="student", max_batch_size=8)))
+    assert serving_limits(tmp_path, model) == (8, 1)
+    # As a StudentDeployment's fetch container leaves it: its spec.triton written in.
+    path.write_text(text_format.MessageToString(TritonSettings(max_batch_size=64, instance_count=3)
+                                                .apply(read_config(path))))
+    assert serving_limits(tmp_path, model) == (64, 3)
+
+
 def test_missing_tritonserver_says_what_to_install(monkeypatch):
     import kubedistill_router.local.triton as local_triton
 
