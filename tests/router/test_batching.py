@@ -44,6 +44,14 @@ def texts(*numbers: int) -> list[str]:
     return [str(n) for n in numbers]
 
 
+async def one_call_out(model: GatedModel, first: list[str], **options) -> tuple[Coalescer, asyncio.Future]:
+    """A coalescer allowing one call at a time, with that call (of `first`) out and held."""
+    coalescer = Coalescer(model, max_batch=8, max_in_flight=1, **options)
+    pending = asyncio.ensure_future(coalescer(first))
+    await until(lambda: model.calls)
+    return coalescer, pending
+
+
 async def test_a_lone_request_is_called_at_once_and_alone():
     model = GatedModel(hold=False)
     coalescer = Coalescer(model, max_batch=8, max_in_flight=1)
@@ -55,9 +63,7 @@ async def test_a_lone_request_is_called_at_once_and_alone():
 async def test_requests_arriving_while_calls_are_out_leave_together_with_their_own_rows():
     model = GatedModel()
     sizes: list[int] = []
-    coalescer = Coalescer(model, max_batch=8, max_in_flight=1, on_call=sizes.append)
-    first = asyncio.ensure_future(coalescer(texts(0)))
-    await until(lambda: model.calls)
+    coalescer, first = await one_call_out(model, texts(0), on_call=sizes.append)
     waiting = [asyncio.ensure_future(coalescer(texts(10 * n, 10 * n + 1))) for n in range(1, 4)]
     await asyncio.sleep(0)
     assert len(model.calls) == 1  # the one call allowed is out: the others queue
@@ -96,9 +102,7 @@ async def test_without_a_limit_every_request_is_its_own_call():
 
 async def test_a_failed_call_fails_each_of_its_requests_and_the_next_call_goes_ahead():
     model = GatedModel()
-    coalescer = Coalescer(model, max_batch=8, max_in_flight=1)
-    first = asyncio.ensure_future(coalescer(texts(1)))
-    await until(lambda: model.calls)
+    coalescer, first = await one_call_out(model, texts(1))
     shared = [asyncio.ensure_future(coalescer(texts(n))) for n in (2, 3)]
     await asyncio.sleep(0)
     model.fail_with = UpstreamError("Triton is gone")
@@ -111,9 +115,7 @@ async def test_a_failed_call_fails_each_of_its_requests_and_the_next_call_goes_a
 
 async def test_a_request_that_goes_away_while_queued_is_not_computed():
     model = GatedModel()
-    coalescer = Coalescer(model, max_batch=8, max_in_flight=1)
-    first = asyncio.ensure_future(coalescer(texts(1)))
-    await until(lambda: model.calls)
+    coalescer, first = await one_call_out(model, texts(1))
     gone = asyncio.ensure_future(coalescer(texts(2)))
     kept = asyncio.ensure_future(coalescer(texts(3)))
     await asyncio.sleep(0)
@@ -134,9 +136,7 @@ async def test_a_model_answering_the_wrong_number_of_rows_is_an_upstream_error()
 
 async def test_close_cancels_queued_requests():
     model = GatedModel()
-    coalescer = Coalescer(model, max_batch=8, max_in_flight=1)
-    first = asyncio.ensure_future(coalescer(texts(1)))
-    await until(lambda: model.calls)
+    coalescer, first = await one_call_out(model, texts(1))
     queued = asyncio.ensure_future(coalescer(texts(2)))
     await asyncio.sleep(0)
     await coalescer.close()
