@@ -106,7 +106,7 @@ def test_spec_config_map_holds_the_resolved_job():
 def test_pipeline_role_allows_only_its_own_jobs_status():
     objects = by_kind(build_job_children(job(), CONFIG))
     assert objects["Role"]["rules"] == [{"apiGroups": ["kubedistill.io"], "resources": ["distillationjobs/status"],
-                                         "resourceNames": ["bbc-news-topics"], "verbs": ["get", "patch"]}]
+                                         "resourceNames": ["bbc-news-topics"], "verbs": ["patch"]}]
     assert objects["RoleBinding"]["subjects"] == [
         {"kind": "ServiceAccount", "name": "bbc-news-topics-pipeline", "namespace": "ml"}]
     assert objects["RoleBinding"]["roleRef"]["name"] == "bbc-news-topics-pipeline"

@@ -100,11 +100,11 @@ ClusterRole or per watched namespace through Roles. Explicit verbs and resources
 - apiGroups: ["kubedistill.io"]
   resources: ["distillationjobs", "studentdeployments"]
   verbs: ["get", "list", "watch", "patch"]
-# A job's status (phase, conditions, results). Holding get+patch also lets the operator grant exactly
-# that to each job's pipeline ServiceAccount: RBAC forbids granting more than one holds.
+# A job's status (phase, conditions, results). Holding patch also lets the operator grant exactly that
+# to each job's pipeline ServiceAccount: RBAC forbids granting more than one holds.
 - apiGroups: ["kubedistill.io"]
   resources: ["distillationjobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # A StudentDeployment's status.
 - apiGroups: ["kubedistill.io"]
   resources: ["studentdeployments/status"]
@@ -115,7 +115,7 @@ ClusterRole or per watched namespace through Roles. Explicit verbs and resources
   verbs: ["get", "list", "watch", "create", "delete"]
 # Children written with server-side apply: a PATCH, which needs create as well when the object is new.
 # The resolved job spec and the router configuration; the StudentDeployment's Service; each job's
-# pipeline ServiceAccount, its Role (get+patch on that one job's status) and the RoleBinding.
+# pipeline ServiceAccount, its Role (patch on that one job's status) and the RoleBinding.
 - apiGroups: [""]
   resources: ["configmaps", "services", "serviceaccounts"]
   verbs: ["create", "patch"]

@@ -53,7 +53,7 @@ def pipeline_service_account(job: DistillationJob) -> dict[str, Any]:
 
 
 def pipeline_role(job: DistillationJob) -> dict[str, Any]:
-    """The pipeline may read and patch the status of its own job, and nothing else."""
+    """The pipeline may patch the status of its own job (all it does with the API), and nothing else."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -63,7 +63,7 @@ def pipeline_role(job: DistillationJob) -> dict[str, Any]:
                 "apiGroups": ["kubedistill.io"],
                 "resources": ["distillationjobs/status"],
                 "resourceNames": [job.metadata.name],
-                "verbs": ["get", "patch"],
+                "verbs": ["patch"],
             }
         ],
     }
