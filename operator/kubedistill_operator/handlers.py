@@ -12,7 +12,7 @@ import kopf
 from kubedistill.api import GROUP, VERSION
 from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
-from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, reconciliation
+from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, counted, reconciliation
 from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
 from kubedistill_operator.reconcile.student import (
     job_change_matters,
@@ -56,11 +56,12 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
         reconcile_job(memo.ctx, dict(body))
 
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
+    # Every event of every job comes here: only those that act are counted as reconciliations.
     @kopf.on.event(*JOBS, id="job-failure", registry=registry)
-    @reconciliation(JOB_KIND)
     def job_failure(event: Any, body: Any, namespace: str, name: str, memo: Any, **_: Any) -> None:
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
-            refresh_job(memo.ctx, namespace, name)
+            with counted(memo, JOB_KIND):
+                refresh_job(memo.ctx, namespace, name)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)

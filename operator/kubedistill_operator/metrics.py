@@ -163,6 +163,17 @@ def reconciliation(kind: str) -> Callable[[F], F]:
     return decorate
 
 
+@contextlib.contextmanager
+def counted(memo: Any, kind: str) -> Iterator[None]:
+    """The decorator's counting and timing for part of a handler: one that often has nothing to do."""
+    metrics = _metrics_of(memo)
+    if metrics is None:
+        yield
+        return
+    with metrics.reconciling(kind):
+        yield
+
+
 def _metrics_of(memo: Any) -> OperatorMetrics | None:
     metrics = memo.get("metrics") if isinstance(memo, dict) else None
     return metrics if isinstance(metrics, OperatorMetrics) else None

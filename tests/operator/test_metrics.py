@@ -18,7 +18,7 @@ from kubedistill_harness import OperatorHarness, free_port
 from kubedistill_operator.cli import ENV_METRICS_PORT, options_from_args
 from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
 from kubedistill_operator.main import OperatorOptions
-from kubedistill_operator.metrics import OperatorMetrics, reconciliation
+from kubedistill_operator.metrics import OperatorMetrics, counted, reconciliation
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill import __version__
@@ -115,6 +115,25 @@ def test_wrapped_handlers_count_each_outcome_and_time_it():
     build = value(samples, "kubedistill_operator_build_info", version=__version__,
                   kopf_version=importlib.metadata.version("kopf"), python_version=platform.python_version())
     assert build == 1
+
+
+def test_counted_blocks_count_what_runs_inside_them_only():
+    metrics = OperatorMetrics()
+    memo = kopf.Memo(metrics=metrics)
+    for needs_action in (True, False, False):  # an event handler that mostly has nothing to do
+        if needs_action:
+            with counted(memo, "DistillationJob"):
+                pass
+    with pytest.raises(kopf.PermanentError), counted(memo, "DistillationJob"):
+        raise kopf.PermanentError("bad spec")
+    with counted(kopf.Memo(), "DistillationJob"):  # an operator without metrics
+        pass
+    with served(metrics) as port:
+        samples = scrape(port)
+    total = "kubedistill_operator_reconciliations_total"
+    assert value(samples, total, kind="DistillationJob", outcome="success") == 1
+    assert value(samples, total, kind="DistillationJob", outcome="permanent_error") == 1
+    assert value(samples, "kubedistill_operator_reconcile_duration_seconds_count", kind="DistillationJob") == 2
 
 
 def _body(kind: str, name: str, phase: str | None, namespace: str = NS) -> dict[str, Any]:

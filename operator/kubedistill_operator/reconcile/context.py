@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +27,9 @@ class Context:
     event: EventFn = _no_events
     # Seconds before a waiting resource is looked at again (also re-triggered by the events it waits on).
     wait_delay: float = 30.0
-    _locks: dict[tuple[str, ...], threading.RLock] = field(default_factory=dict, repr=False)
+    # Weak values: a lock lives while handlers use it, so the table does not keep every object ever seen.
+    _locks: weakref.WeakValueDictionary[tuple[str, ...], Any] = field(default_factory=weakref.WeakValueDictionary,
+                                                                       repr=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def lock(self, *key: str) -> threading.RLock:
