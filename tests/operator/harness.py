@@ -59,6 +59,18 @@ from kubedistill_operator.main import OperatorOptions, run_operator
 HARNESS_AGENT = "kubedistill-test-harness"
 T = TypeVar("T")
 
+# The examples' objects, as the operator tests create them.
+ROOT = Path(__file__).resolve().parents[2]
+NS = "default"
+JOB = "bbc-news-topics"  # the quickstart job, and the StudentDeployment that serves it
+SD = "bbc-news-topics"
+TIMEOUT = 30.0  # seconds the operator gets to react
+
+
+def example(path: str) -> dict[str, Any]:
+    """A manifest under examples/, e.g. `quickstart/distillationjob.yaml`."""
+    return yaml.safe_load((ROOT / "examples" / path).read_text())
+
 ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 

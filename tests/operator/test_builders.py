@@ -30,28 +30,26 @@ def _manifest(path: str, **meta: Any) -> dict[str, Any]:
     return doc
 
 
-def job(changes: dict[str, Any] | None = None) -> DistillationJob:
-    doc = _manifest("examples/quickstart/distillationjob.yaml")
+def _example_with(path: str, changes: dict[str, Any] | None) -> Any:
+    """An example parsed, with `changes` ({"dotted.spec.path": value}) made to its spec first."""
+    doc = _manifest(path)
     for dotted, value in (changes or {}).items():
         *parents, leaf = dotted.split(".")
         node = doc["spec"]
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    parsed = parse_resource(doc)
+    return parse_resource(doc)
+
+
+def job(changes: dict[str, Any] | None = None) -> DistillationJob:
+    parsed = _example_with("examples/quickstart/distillationjob.yaml", changes)
     assert isinstance(parsed, DistillationJob)
     return parsed
 
 
 def student(changes: dict[str, Any] | None = None) -> StudentDeployment:
-    doc = _manifest("examples/quickstart/studentdeployment.yaml")
-    for dotted, value in (changes or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = doc["spec"]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    parsed = parse_resource(doc)
+    parsed = _example_with("examples/quickstart/studentdeployment.yaml", changes)
     assert isinstance(parsed, StudentDeployment)
     return parsed
 

@@ -7,30 +7,20 @@ waking the operator up with an unrelated object once everything settled, and cou
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubedistill_harness import condition, status
+from kubedistill_harness import JOB, NS, SD, TIMEOUT, condition, example, status
 from kubedistill_operator.kubeapi import CONFIG_MAPS, DEPLOYMENTS, DISTILLATION_JOBS, RAY_JOBS, STUDENT_DEPLOYMENTS
 from kubedistill_validation import validate_object
 
 pytestmark = pytest.mark.slow  # each runs the real operator for seconds
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "default"
-JOB = "bbc-news-topics"
-SD = "bbc-news-topics"
-TIMEOUT = 30.0
 
 INPUT_ERROR = {"stage": "prepare", "error": "PreflightError", "permanent": True,
                "message": "training.batchSize: 1 is smaller than the 2 training workers; each worker needs at "
                           "least one example per step", "time": "2026-11-23T10:05:00Z"}
-
-
-def manifest(path: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "examples" / path).read_text())
 
 
 def reasons(cluster: Any, name: str) -> set[str]:
@@ -72,7 +62,7 @@ def validate_child(obj: dict[str, Any]) -> None:
 
 
 def test_an_input_error_fails_the_job_and_stops_the_retries(cluster):
-    cluster.create(manifest("quickstart/distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     ray_job = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     validate_child(ray_job)
     cluster.patch_status(RAY_JOBS, NS, f"{JOB}-g1", {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING",
@@ -123,7 +113,7 @@ def test_an_input_error_fails_the_job_and_stops_the_retries(cluster):
 
 
 def test_a_transient_failure_is_left_to_kuberays_retries(cluster):
-    cluster.create(manifest("quickstart/distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     transient = {**INPUT_ERROR, "permanent": False, "error": "OSError", "stage": "train",
                  "message": "connection reset by peer", "rayJobName": f"{JOB}-g1"}
@@ -149,9 +139,9 @@ def test_a_transient_failure_is_left_to_kuberays_retries(cluster):
 
 
 def test_a_student_of_a_causal_lm_job_is_refused(cluster):
-    job = manifest("causal-lm/distillationjob.yaml")
+    job = example("causal-lm/distillationjob.yaml")
     name = job["metadata"]["name"]
-    sd = manifest("quickstart/studentdeployment.yaml")
+    sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["source"]["jobRef"]["name"] = name
     cluster.create(job)
     cluster.create(sd)
@@ -176,9 +166,9 @@ def test_a_student_of_a_causal_lm_job_is_refused(cluster):
 
 
 def test_another_signal_needs_its_own_threshold(cluster):
-    sd = manifest("quickstart/studentdeployment.yaml")
+    sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["router"]["confidenceSignal"] = "margin"
-    cluster.create(manifest("quickstart/distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.create(sd)
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     results = {"gatePassed": True, "retention": 0.97, "recommendedThreshold": 0.8, "modelVersion": "run-1",

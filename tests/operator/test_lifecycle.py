@@ -6,12 +6,11 @@ subresource) and the Deployment controller's (Deployment status), and wait on co
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubedistill_harness import condition, status
+from kubedistill_harness import JOB, NS, ROOT, SD, TIMEOUT, condition, example, status
 from kubedistill_operator.kubeapi import (
     CONFIG_MAPS,
     DEPLOYMENTS,
@@ -28,15 +27,6 @@ from kubedistill_validation import validate_object
 
 pytestmark = pytest.mark.slow  # each runs the real operator for seconds
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "default"
-JOB = "bbc-news-topics"
-SD = "bbc-news-topics"
-TIMEOUT = 30.0
-
-
-def manifest(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "examples" / "quickstart" / name).read_text())
 
 
 def wait_phase(cluster: Any, resource: Any, name: str, phase: str) -> dict[str, Any]:
@@ -63,7 +53,7 @@ def results(version: str, passed: bool = True, retention: float = 0.97) -> dict[
 
 
 def test_distillation_job_life(cluster):
-    cluster.create(manifest("distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     job = cluster.wait_for(lambda: cluster.get(DISTILLATION_JOBS, NS, JOB), what="the job")
     uid = job["metadata"]["uid"]
 
@@ -141,7 +131,7 @@ def test_distillation_job_life(cluster):
 
 
 def test_restart_in_the_middle_never_duplicates(cluster):
-    cluster.create(manifest("distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     first = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     for _ in range(2):
         cluster.restart_operator()
@@ -155,7 +145,7 @@ def test_restart_in_the_middle_never_duplicates(cluster):
 
 
 def test_missing_secret_waits_with_a_condition_and_an_event(cluster):
-    job = manifest("distillationjob.yaml")
+    job = example("quickstart/distillationjob.yaml")
     job["spec"]["output"] = {"uri": "s3://models/bbc", "s3CredentialsSecret": "s3-credentials"}
     cluster.create(job)
     cluster.wait_for(lambda: condition(cluster, DISTILLATION_JOBS, JOB, "SecretsFound").get("reason")
@@ -173,7 +163,7 @@ def test_missing_secret_waits_with_a_condition_and_an_event(cluster):
 
 
 def test_a_spec_the_models_refuse_fails_once_without_looping(cluster):
-    job = manifest("distillationjob.yaml")
+    job = example("quickstart/distillationjob.yaml")
     job["spec"]["distillation"]["loss"] = "mse"  # the CRD schema refuses it; the emulator validates nothing
     cluster.create(job)
     cluster.wait_for(lambda: condition(cluster, DISTILLATION_JOBS, JOB, "Succeeded").get("reason") == "InvalidSpec",
@@ -202,12 +192,12 @@ def ready(cluster: Any, name: str = SD) -> None:
 
 def test_student_deployment_life(cluster):
     # Before its job exists: waiting, nothing deployed.
-    cluster.create(manifest("studentdeployment.yaml"))
+    cluster.create(example("quickstart/studentdeployment.yaml"))
     cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready").get("reason") == "JobNotFound",
                      TIMEOUT, "JobNotFound")
     assert status(cluster, STUDENT_DEPLOYMENTS, SD)["phase"] == "Waiting"
 
-    cluster.create(manifest("distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready").get("reason") == "JobNotSucceeded",
                      TIMEOUT, "JobNotSucceeded")
@@ -288,8 +278,8 @@ def test_student_deployment_life(cluster):
 
 
 def test_student_waits_on_a_gate_not_met(cluster):
-    cluster.create(manifest("distillationjob.yaml"))
-    cluster.create(manifest("studentdeployment.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
+    cluster.create(example("quickstart/studentdeployment.yaml"))
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     run_job_to(cluster, f"{JOB}-g1", "Complete", "SUCCEEDED", results("run-1", passed=False, retention=0.9))
     failed = wait_phase(cluster, DISTILLATION_JOBS, JOB, "Failed")
@@ -304,7 +294,7 @@ def test_student_waits_on_a_gate_not_met(cluster):
 
 def test_liveness_and_recorded_calls(cluster):
     assert cluster.liveness() == 200
-    cluster.create(manifest("distillationjob.yaml"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     rules = cluster.rbac_rules()
     assert {"create"} <= rules[("ray.io", "rayjobs")] and "watch" in rules[("ray.io", "rayjobs")]
@@ -312,20 +302,20 @@ def test_liveness_and_recorded_calls(cluster):
     assert all(c.method in ("GET", "POST", "PATCH", "DELETE") for c in cluster.operator_calls)
 
 
-@pytest.mark.parametrize("example", ["examples/quickstart/distillationjob.yaml"])
-def test_manifests_command_prints_what_the_operator_creates(cluster, example, capsys):
+@pytest.mark.parametrize("path", ["quickstart/distillationjob.yaml"])
+def test_manifests_command_prints_what_the_operator_creates(cluster, path, capsys):
     from kubedistill.cli import main
 
-    assert main(["manifests", str(ROOT / example)]) == 0
+    assert main(["manifests", str(ROOT / "examples" / path)]) == 0
     printed = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    cluster.create(manifest("distillationjob.yaml"))
+    cluster.create(example(path))
     created = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     (ray_job,) = [d for d in printed if d["kind"] == "RayJob"]
     assert ray_job["spec"] == created["spec"]
 
 
 def test_student_of_a_model_repository_uri_checks_its_secret(cluster):
-    sd = manifest("studentdeployment.yaml")
+    sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["source"] = {"modelRepositoryUri": "s3://models/bbc/model_repository", "s3CredentialsSecret": "s3"}
     cluster.create(sd)
     cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "SecretsFound").get("reason")
@@ -353,6 +343,6 @@ def test_peering_replicas_announce_themselves(tmp_path):
         cluster.start_operator(peering="kubedistill")
         cluster.wait_for(lambda: (cluster.get(peerings, None, "kubedistill") or {}).get("status"), TIMEOUT,
                          "the replica's keep-alive in the peering object")
-        cluster.create(manifest("distillationjob.yaml"))
+        cluster.create(example("quickstart/distillationjob.yaml"))
         cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob under peering")
         assert {"patch"} <= cluster.rbac_rules()[("kopf.dev", "clusterkopfpeerings")]

@@ -8,13 +8,11 @@ import functools
 import importlib.metadata
 import platform
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
-import yaml
-from kubedistill_harness import OperatorHarness, free_port
+from kubedistill_harness import JOB, NS, TIMEOUT, OperatorHarness, example, free_port
 from kubedistill_operator.cli import ENV_METRICS_PORT, options_from_args
 from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
 from kubedistill_operator.main import OperatorOptions
@@ -24,10 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubedistill import __version__
 from kubedistill.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "default"
-JOB = "bbc-news-topics"
-TIMEOUT = 30.0
 JOB_PHASES = {"Pending", "Running", "Succeeded", "Failed", "Unknown"}
 
 
@@ -192,7 +186,7 @@ def test_the_endpoint_stops_with_its_context():
 
 # The real operator against the API emulator, with its metrics endpoint on.
 def _job(name: str = JOB) -> dict[str, Any]:
-    job = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())
+    job = example("quickstart/distillationjob.yaml")
     job["metadata"]["name"] = name
     return job
 

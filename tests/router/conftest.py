@@ -144,10 +144,17 @@ def router_config(model_repository: Path, triton_url: str, **overrides) -> Route
 @contextlib.asynccontextmanager
 async def running_router(config: RouterConfig) -> AsyncIterator[str]:
     """The router on a free loopback port; yields its base URL."""
-    from aiohttp import web
     from kubedistill_router.app import build_app
 
-    app = build_app(config)
+    async with serving(build_app(config)) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serving(app) -> AsyncIterator[str]:
+    """An aiohttp app on a free loopback port; yields its base URL."""
+    from aiohttp import web
+
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -180,12 +187,5 @@ async def loopback_server(routes) -> AsyncIterator[str]:
 
     app = web.Application()
     app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
