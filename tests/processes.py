@@ -1,14 +1,36 @@
-"""Helpers for tests that drive real processes (`kubedistill serve`, the router): read their output until a
-marker, and post JSON to them. Loaded by tests/conftest.py as module `kubedistill_processes`."""
+"""Helpers for tests that drive real processes (`kubedistill serve`, the router): run them, read their output
+until a marker, post JSON to them and stop them. Loaded by tests/conftest.py as module `kubedistill_processes`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def running(command: list[str]) -> Iterator[subprocess.Popen]:
+    """`command` with its output (stdout and stderr, as text) piped, for the block; killed afterwards if it still
+    runs, so a failed assertion never leaves a server behind."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def terminate(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM (what Ctrl-C's handler and Kubernetes send), then the exit code."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout)
 
 
 def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:

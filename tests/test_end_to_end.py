@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from kubedistill_processes import post, read_until
+from kubedistill_processes import post, read_until, running, terminate
 
 from kubedistill.api import DistillationJob, load_manifest, load_manifests
 from kubedistill.artifacts import STAGES, OutputLayout, ServingManifest
@@ -158,20 +157,13 @@ def test_serve_answers_from_the_jobs_output(job_run):
     texts = ["bank profit and market shares", "the team won the cup match", "a new chip for the laptop",
              "investors", "coach says the league season is over for the phone company"]
     port = free_port()
-    process = subprocess.Popen(kubedistill("serve", str(output), "--port", str(port)),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with running(kubedistill("serve", str(output), "--port", str(port))) as process:
         banner = read_until(process, "Ctrl-C stops both.", timeout=240)
         assert f"serving {NAME!r} (version {serving.model_version}, mode route, threshold " \
                f"{serving.recommended_threshold:g} (the job's recommendation))" in banner
         status, body = post(f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", {"instances": texts})
         assert status == 200, body
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert terminate(process, 60) == 0
 
     predictions = body["predictions"]
     assert len(predictions) == len(texts)

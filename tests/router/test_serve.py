@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubedistill_processes import post, read_until
+from kubedistill_processes import post, read_until, running, terminate
 from kubedistill_router.local.serve import ServeError, resolve_target
 from kubedistill_router.local.triton import free_port
 
@@ -40,9 +39,7 @@ def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_rep
     shutil.copytree(model_repository, output / "model_repository")
     (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": "bbc-news"}}))
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)]) as process:
         banner = read_until(process, "Ctrl-C stops both.", timeout=240)
         base = f"http://127.0.0.1:{port}"
         assert "serving 'bbc-news' (version test-1, mode route" in banner
@@ -51,13 +48,8 @@ def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_rep
         status, body = post(f"{base}/v1/models/bbc-news:predict", {"instances": ["a match report", "a chip"]})
         assert status == 200 and len(body["predictions"]) == 2
         assert all(p["label"] in LABELS for p in body["predictions"])
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert terminate(process, 60) == 0
         assert refuses(f"{base}/healthz") and refuses(f"{triton_http}/v2/health/live")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_serve_resolves_a_student_deployment_manifest(model_repository, tmp_path):
@@ -89,21 +81,15 @@ def test_router_entry_point_runs_from_a_config_file(triton, model_repository, tm
     path = tmp_path / "router.yaml"
     path.write_text(config.to_yaml())
     assert RouterConfig.read(path) == config
-    process = subprocess.Popen([sys.executable, "-m", "kubedistill_router", "--config", str(path),
-                                "--host", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
+    with running([sys.executable, "-m", "kubedistill_router", "--config", str(path), "--host", "127.0.0.1"]) \
+            as process:
         deadline = time.monotonic() + 60
         while refuses(f"http://127.0.0.1:{port}/readyz"):
             assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
             time.sleep(0.1)
         status, body = post(f"http://127.0.0.1:{port}/v1/models/news:predict", {"instances": ["hello"]})
         assert status == 200 and body["predictions"][0]["served_by"] == "student"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert terminate(process, 30) == 0
 
 
 def test_router_refuses_a_bad_config_before_serving(model_repository, tmp_path):
