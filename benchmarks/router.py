@@ -180,8 +180,7 @@ class RouterProcess:
 
     def __init__(self, workdir: Path, repository: Path, triton: TritonServer, **overrides: Any):
         self.port = free_port()
-        name = "-".join([overrides.get("mode", "route"), *(["no-coalescing"] if overrides.get("coalesce") is False
-                                                            else [])])
+        name = overrides.get("mode", "route") + ("-no-coalescing" if overrides.get("coalesce") is False else "")
         protocol = overrides.pop("triton_protocol", "grpc")
         config = RouterConfig(model_name="bench", model_repository=str(repository), port=self.port,
                               triton_url=triton.grpc_url if protocol == "grpc" else triton.http_url,

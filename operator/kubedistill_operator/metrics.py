@@ -154,10 +154,7 @@ def reconciliation(kind: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def handler(*args: Any, **kwargs: Any) -> Any:
-            metrics = _metrics_of(kwargs.get("memo"))
-            if metrics is None:
-                return fn(*args, **kwargs)
-            with metrics.reconciling(kind):
+            with counted(kwargs.get("memo"), kind):
                 return fn(*args, **kwargs)
         return handler  # type: ignore[return-value]
     return decorate
@@ -165,7 +162,8 @@ def reconciliation(kind: str) -> Callable[[F], F]:
 
 @contextlib.contextmanager
 def counted(memo: Any, kind: str) -> Iterator[None]:
-    """The decorator's counting and timing for part of a handler: one that often has nothing to do."""
+    """Count and time the block as one reconciliation of `kind` when the operator has metrics (`memo.metrics`):
+    the whole of a decorated handler, or the part of one that acts when it often has nothing to do."""
     metrics = _metrics_of(memo)
     if metrics is None:
         yield

@@ -14,12 +14,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from kubedistill_router.triton_settings import read_config
+
 ONNX_PLATFORM = "onnxruntime_onnx"
 WRAPPER = Path(__file__).with_name("onnx_model.py")
-
-
-def read_config(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 def is_onnx(config: model_config_pb2.ModelConfig) -> bool:
