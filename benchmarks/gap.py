@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(spec, layout, version, settings=settings)
     rows = targets(report)
     print(_table(report, rows))
-    print(f"\n{layout.root}: {(report.model_extra or {}).get('eval_samples')} eval examples, "
+    print(f"\n{layout.root}: {report.eval_samples} eval examples, "
           f"{args.threads} threads, {time.perf_counter() - started:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({

@@ -35,12 +35,24 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from kubedistill.confidence import Signal
+from kubedistill.uris import join_uri
 
 STUDENT_MODEL = "student"
 TEACHER_MODEL = "teacher"
 SERVING_MANIFEST = "serving.json"
 MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
+
+
+def model_repository_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves its Triton model repository."""
+    return join_uri(output_uri, MODEL_REPOSITORY)
+
+
+def report_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves report.json."""
+    return join_uri(output_uri, REPORT_JSON)
+
 
 STAGES = ("data", "teacher", "soft-targets", "train", "compress", "evaluate", "export")
 Stage = Literal["data", "teacher", "soft-targets", "train", "compress", "evaluate", "export"]

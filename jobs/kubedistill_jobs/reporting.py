@@ -19,7 +19,6 @@ from typing import Any
 from kubedistill.api.base import GROUP, VERSION
 from kubedistill.api.distillationjob import JobFailure, JobProgress
 from kubedistill.report import Report, job_results
-from kubedistill.uris import join_uri
 
 log = logging.getLogger("kubedistill.reporting")
 PLURAL = "distillationjobs"
@@ -102,24 +101,8 @@ def status_patch(progress: dict[str, Any] | None = None, metrics: dict[str, floa
 
 
 def results_patch(report: Report, output_uri: str) -> dict[str, Any]:
-    results = job_results(report, join_uri(output_uri, "model_repository"), join_uri(output_uri, "report.json"))
-    thresholds = signal_thresholds(report)
-    if thresholds:
-        results.recommended_thresholds = thresholds
-    return results.to_wire()
-
-
-def signal_thresholds(report: Report) -> dict[str, float]:
-    """The recommended threshold of every confidence signal the evaluation swept (`routing.signals`)."""
-    routing = report.routing
-    if routing is None:
-        return {}
-    signals = (routing.model_extra or {}).get("signals") or {}
-    out = {name: float(entry["recommended_threshold"]) for name, entry in signals.items()
-           if isinstance(entry, dict) and isinstance(entry.get("recommended_threshold"), int | float)}
-    if routing.recommended_threshold is not None:
-        out.setdefault(routing.signal, float(routing.recommended_threshold))
-    return out
+    """`status.results` on the wire (built by `kubedistill.report.job_results`)."""
+    return job_results(report, output_uri).to_wire()
 
 
 class StatusReporter:

@@ -417,10 +417,10 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
     again = _pipeline(manifest).run()
     report = again.report
     assert report.teacher.metrics == {} and report.retention is None and report.gate.passed  # no gate set
-    assert "did not score prompts" in report.model_extra["teacher_note"]
+    assert "did not score prompts" in report.teacher_note
     from kubedistill.report import job_results
 
-    results = job_results(report, "file:///a", "file:///r")
+    results = job_results(report, "file:///a")
     assert results.retention is None and results.teacher_metric is None and results.speedup is None
 
 
