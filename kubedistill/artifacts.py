@@ -9,6 +9,7 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       teacher/                  the task-adapted teacher (classification)
       soft_targets/             cached teacher outputs
       checkpoints/              training checkpoints (Ray Train)
+      downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
       train_report.json         training metrics
       onnx/                     ONNX exports (fp32 and quantized)
@@ -42,6 +43,7 @@ TEACHER_MODEL = "teacher"
 SERVING_MANIFEST = "serving.json"
 MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
+CHECKPOINTS = "checkpoints"
 
 
 def model_repository_uri(output_uri: str) -> str:
@@ -93,7 +95,12 @@ class OutputLayout:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS
+
+    @property
+    def downloads(self) -> Path:
+        """Remote teachers and students, fetched once (`downloads/teacher`, `downloads/student`)."""
+        return self.root / "downloads"
 
     @property
     def student(self) -> Path:

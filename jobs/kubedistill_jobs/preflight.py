@@ -70,7 +70,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     if spec.teacher.endpoint is not None:
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
-    teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.root / "downloads" / "teacher")
+    teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.downloads / "teacher")
     models.check_model_files(teacher_source, "teacher.uri", spec.teacher.gguf_file)
     try:
         teacher_tokenizer = models.load_tokenizer(teacher_source, spec.teacher.gguf_file)
@@ -93,7 +93,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
 
 def _student_tokenizer(uri: str, layout: OutputLayout) -> tuple[str, Any]:
     """Where a pretrained student (`student.uri`) is, fetched into the output's downloads, and its tokenizer."""
-    source = models.model_source(uri, "student.uri", layout.root / "downloads" / "student")
+    source = models.model_source(uri, "student.uri", layout.downloads / "student")
     models.check_model_files(source, "student.uri")
     try:
         return source, models.load_tokenizer(source)

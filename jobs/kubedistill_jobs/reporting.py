@@ -2,7 +2,7 @@
 `status.results` and `status.failure` through the status subresource (the only fields the pipeline writes;
 the operator owns phase and conditions, and reads `failure` to stop the retries of an input error).
 
-Active only inside a cluster: env KUBEDISTILL_JOB_NAME / KUBEDISTILL_JOB_NAMESPACE set and an in-cluster
+Active only inside a cluster: `PipelineEnv` (KUBEDISTILL_JOB_NAME / _NAMESPACE) set and an in-cluster
 service account available. Anywhere else every call is a no-op. A failed patch is logged and never
 stops the pipeline: the report next to the artifact is the record, the status a live view of it.
 """
@@ -10,7 +10,6 @@ stops the pipeline: the report next to the artifact is the record, the status a 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import urllib.error
 from datetime import UTC, datetime
@@ -18,11 +17,11 @@ from typing import Any
 
 from kubedistill.api.base import GROUP, VERSION
 from kubedistill.api.distillationjob import JobFailure, JobProgress
+from kubedistill.env import PipelineEnv
 from kubedistill.report import Report, job_results
 
 log = logging.getLogger("kubedistill.reporting")
 PLURAL = "distillationjobs"
-RUN_ID_ENV = "KUBEDISTILL_RUN_ID"  # the RayJob's name, set by the operator on the pipeline's pods
 MAX_MESSAGE = 4000
 
 
@@ -82,7 +81,7 @@ def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, r
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     failure = JobFailure(stage=stage, error=type(error).__name__, message=message, permanent=permanent,
-                         ray_job_name=run or os.environ.get(RUN_ID_ENV) or None,
+                         ray_job_name=run or PipelineEnv.from_env().run_id,
                          time=(now or datetime.now(UTC)).replace(microsecond=0))
     return failure.to_wire()
 
@@ -109,8 +108,9 @@ class StatusReporter:
     """Merge-patches the job's status subresource; throttles progress patches."""
 
     def __init__(self, name: str | None = None, namespace: str | None = None, min_interval: float = 10.0) -> None:
-        self.name = name or os.environ.get("KUBEDISTILL_JOB_NAME")
-        self.namespace = namespace or os.environ.get("KUBEDISTILL_JOB_NAMESPACE")
+        env = PipelineEnv.from_env()
+        self.name = name or env.job_name
+        self.namespace = namespace or env.job_namespace
         self.min_interval = min_interval
         self._api: Any = None
         self._last_progress = 0.0

@@ -176,16 +176,16 @@ def test_client_parses_a_completion_and_sends_the_request_asked_for(fresh):
 
 
 def test_api_key_is_sent_as_a_bearer_token(fresh, monkeypatch, tmp_path):
-    from kubedistill_operator.builders.job import TEACHER_API_KEY_ENV
+    from kubedistill.env import PipelineEnv
 
-    assert et.API_KEY_ENV == TEACHER_API_KEY_ENV  # the name the operator sets from apiKeySecretRef
-    monkeypatch.setenv(et.API_KEY_ENV, "s3cret")
+    key_env = PipelineEnv.env_name("teacher_api_key")  # the variable the operator sets from apiKeySecretRef
+    monkeypatch.setenv(key_env, "s3cret")
     spec = DistillationJob.model_validate(_endpoint_manifest(fresh.url, tmp_path, tmp_path, tmp_path / "d.txt")).spec
     config = et.EndpointConfig.from_spec(spec)
     assert "s3cret" not in repr(config)
     et.EndpointClient(config).complete("good day", 1, 2)
     assert fresh.requests[-1]["authorization"] == "Bearer s3cret"
-    monkeypatch.delenv(et.API_KEY_ENV)
+    monkeypatch.delenv(key_env)
     et.EndpointClient(et.EndpointConfig.from_spec(spec)).complete("good day", 1, 2)
     assert fresh.requests[-1]["authorization"] is None
 
@@ -369,7 +369,7 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
 
     from kubedistill.report import load_report
 
-    monkeypatch.setenv(et.API_KEY_ENV, "k3y")
+    monkeypatch.setenv("KUBEDISTILL_TEACHER_API_KEY", "k3y")
     manifest = _endpoint_manifest(fresh.url, tmp_path, tiny_models["llama"], _lm_data(tmp_path))
     result = _pipeline(manifest).run()
     layout = OutputLayout(tmp_path / "out")
