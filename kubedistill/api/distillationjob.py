@@ -427,6 +427,19 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.teacherMode",
             ),
             cel(
+                "!has(self.teacher.endpoint) || self.distillation.loss == 'forward-kl'",
+                "an endpoint teacher leaves the student's targets sparse (one-hot on the prompt, fewer candidates "
+                "than topK), where reverse-kl and jsd, renormalised over the teacher's k tokens, are huge or "
+                "constant: use distillation.loss forward-kl",
+                ".distillation.loss",
+            ),
+            cel(
+                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'",
+                "pruning is followed by a recovery distillation that needs the teacher's weights, which an "
+                "endpoint teacher does not have: use compression.pruning.method none",
+                ".compression.pruning.method",
+            ),
+            cel(
                 "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)",
                 "hidden-state distillation needs a teacher model, not an endpoint",
                 ".distillation.hiddenStates.enabled",
@@ -471,6 +484,17 @@ class DistillationJobSpec(ApiModel):
             raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
         if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:
             raise ValueError("distillation.topK: an endpoint teacher exposes at most 20 logprobs: set topK <= 20")
+        if endpoint and self.distillation.loss != "forward-kl":
+            raise ValueError(
+                f"distillation.loss: {self.distillation.loss} renormalises the student over the teacher's k tokens, "
+                "which an endpoint teacher (teacher.endpoint) leaves sparse (one-hot prompt targets, fewer "
+                "candidates than topK): the loss there is huge or constant; use forward-kl"
+            )
+        if endpoint and self.compression.pruning.method != "none":
+            raise ValueError(
+                "compression.pruning.method: pruning is followed by a recovery distillation that needs the "
+                "teacher's weights; an endpoint teacher (teacher.endpoint) has none: use method none"
+            )
         if endpoint and self.distillation.hidden_states.enabled:
             raise ValueError("distillation.hiddenStates.enabled: hidden-state distillation needs a teacher model")
         if endpoint and (self.student.from_teacher or self.student.architecture):
