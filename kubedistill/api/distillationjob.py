@@ -38,6 +38,7 @@ Quantization = Literal["none", "int8", "int4"]
 PruningMethod = Literal["none", "layers", "heads"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 Metric = Literal["accuracy", "macro_f1", "agreement", "kl", "perplexity", "latency"]
+DEFAULT_METRICS: tuple[Metric, ...] = ("accuracy", "macro_f1", "agreement", "kl", "latency")
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
@@ -330,7 +331,7 @@ class EvaluationSpec(ApiModel):
     """The student-vs-teacher gap evaluation."""
 
     metrics: list[Metric] = Field(
-        default_factory=lambda: ["accuracy", "macro_f1", "agreement", "kl", "latency"],
+        default_factory=lambda: list(DEFAULT_METRICS),
         description="Metrics reported on the eval split. The primary one (accuracy, agreement without labels, "
         "perplexity for causal-lm) is always reported; `latency` (p50/p95, throughput, speedup) is measured only "
         "when listed; metrics that do not apply to the task are ignored.",

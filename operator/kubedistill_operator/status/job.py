@@ -7,6 +7,7 @@ KubeRay's RayJob has no `conditions` (kuberay #5152) and its two status fields c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ def run_failure(status: dict[str, Any]) -> dict[str, Any] | None:
     """The failure the pipeline reported for the current run (status.rayJobName); None for none, or one of an
     earlier run."""
     failure = status.get("failure")
-    if not hasattr(failure, "get") or not failure.get("message"):
+    if not isinstance(failure, Mapping) or not failure.get("message"):
         return None
     run = status.get("rayJobName")
     if not run or failure.get("rayJobName") != run:
