@@ -65,11 +65,9 @@ def _table(report: Report, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+def _compact(report: Report) -> dict[str, Any]:
     """The report without the per-signal frontier lists (report.json in the output keeps them)."""
-    for signal in ((doc.get("routing") or {}).get("signals") or {}).values():
-        signal.pop("frontier", None)
-    return doc
+    return report.model_dump(mode="json", exclude={"routing": {"signals": {"__all__": {"frontier"}}}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         + f" --threads {args.threads}" + (" --reuse" if args.reuse else ""),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "targets": rows,
-        "report": _compact(report.model_dump(mode="json")),
+        "report": _compact(report),
     }, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0 if all(r["passed"] for r in rows) else 1
