@@ -6,8 +6,9 @@ models, and `crds/` is generated from them (`python -m kubedistill.api.crdgen`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -538,6 +539,12 @@ class JobResults(ApiModel):
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:
+        """`status.results` as the API server holds it (camelCase), or None when the pipeline reported none."""
+        results = status.get("results")
+        return cls.model_validate(results) if results else None
 
 
 class JobFailure(ApiModel):
