@@ -291,6 +291,8 @@ class PruningSpec(ApiModel):
                 ".keepLayers"),
             cel("self.method != 'heads' || has(self.headRatio)", "pruning method heads needs headRatio",
                 ".headRatio"),
+            cel("!has(self.keepLayers) || self.keepLayers.all(i, i >= 0 && self.keepLayers.exists_one(j, j == i))",
+                "pruning keepLayers must be distinct layer indices (0 or more), each listed once", ".keepLayers"),
         )
     }
 
@@ -307,6 +309,10 @@ class PruningSpec(ApiModel):
             raise ValueError("compression.pruning.keepLayers: method `layers` needs the student layers to keep")
         if self.method == "heads" and self.head_ratio is None:
             raise ValueError("compression.pruning.headRatio: method `heads` needs the share of heads to remove")
+        keep = self.keep_layers or []
+        if any(i < 0 for i in keep) or len(set(keep)) != len(keep):
+            raise ValueError(f"compression.pruning.keepLayers: {keep} must be distinct layer indices (0 or more), "
+                             "each listed once")
         return self
 
 
