@@ -1,4 +1,5 @@
-"""`report.json`: the gap evaluation's keys, written by the pipeline and read by the operator and CLI."""
+"""`report.json`: the gap evaluation, written by the pipeline and read by report.md, the CLI and the benchmarks;
+every key is a typed field. `job_results` builds a DistillationJob's `status.results` from it."""
 
 from __future__ import annotations
 
@@ -87,6 +88,16 @@ class LatencyMethod(_Keys):
     batch_sizes: list[int]
 
 
+class Pruning(_Keys):
+    """What structured pruning did to the student (`compression.pruning`)."""
+
+    method: Literal["layers", "heads"]
+    params_before: int
+    params_after: int
+    layers_kept: list[int] | None = Field(default=None, description="Student layers kept (method layers).")
+    heads_kept_per_layer: int | None = Field(default=None, description="Attention heads left in each layer.")
+
+
 class Report(_Keys):
     task: Literal["sequence-classification", "causal-lm"]
     teacher: ModelReport
@@ -111,8 +122,7 @@ class Report(_Keys):
     quantization: str | None = Field(default=None, description="compression.quantization as run.")
     onnx_max_abs_diff: dict[str, float] | None = Field(default=None, description="Largest |PyTorch - ONNX| logit "
                                                                                  "per exported model.")
-    pruning: dict[str, Any] | None = Field(default=None, description="What pruning did (method, params before "
-                                                                     "and after, what was kept).")
+    pruning: Pruning | None = Field(default=None, description="What pruning did; None: no pruning.")
     teacher_note: str | None = Field(default=None, description="How an endpoint teacher was scored.")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
 
