@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -42,8 +42,9 @@ SERVING_MANIFEST = "serving.json"
 MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
 
-STAGES = ("data", "teacher", "soft-targets", "train", "compress", "evaluate", "export")
+# The pipeline's stages in the order they run: the one list (each has a module in kubedistill_jobs/stages/).
 Stage = Literal["data", "teacher", "soft-targets", "train", "compress", "evaluate", "export"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,9 @@ def eval_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict]) -> 
 
 def load_saved_teacher(spec: DistillationJobSpec, teacher_dir: Path) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     models._quiet_transformers()
-    auto = AutoModelForSequenceClassification if spec.task.type == "sequence-classification" else AutoModelForCausalLM
-    return auto.from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
+    return models.auto_model_class(spec.task.type).from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
 
 
 def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path) -> tuple[Any, dict[str, Any]]:
