@@ -102,7 +102,7 @@ def bbc(output: Path, scratch: Path) -> dict[str, Any]:
     print("BBC News (examples/quickstart)", flush=True)
     pipeline = prepare(REPO / "examples" / "quickstart" / "distillationjob.yaml", output, workers=2)
     spec = pipeline.context.spec
-    teacher = inputs.load_saved_teacher(spec, pipeline.layout.teacher)
+    teacher = models.load_saved_model(pipeline.layout.teacher, spec.task.type)
     student, _ = inputs.student_init(spec, teacher, pipeline.layout.root / "downloads" / "student")
     teacher_params, student_params = models.count_parameters(teacher), models.count_parameters(student)
     teacher_accuracy = pipeline.context.marker("teacher")["accuracy"]

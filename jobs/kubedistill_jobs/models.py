@@ -82,7 +82,14 @@ def check_model_files(source: str, field: str, gguf_file: str | None = None) -> 
         raise ModelError(f"{field}: {path} has no config.json: not a transformers model folder{hint}")
 
 
+def load_saved_model(path: Path, task: str) -> Any:
+    """A model this pipeline saved (`teacher/`, `student/`), in fp32 and eval mode."""
+    _quiet_transformers()
+    return auto_model_class(task).from_pretrained(str(path), dtype="float32").eval()
+
+
 def load_tokenizer(source: str, gguf_file: str | None = None) -> Any:
+    """A model's tokenizer, with a pad token (the eos or unk token where it has none: batches are padded)."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
