@@ -18,6 +18,7 @@ and writes benchmarks/results/distillation.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -58,23 +59,16 @@ def prepare(manifest: Path, output: Path, workers: int) -> Any:
 
 def train_variant(pipeline: Any, name: str, workers: int, scratch: Path, **overrides: Any) -> dict[str, Any]:
     """Train the example's student with loop overrides; returns its history and timings."""
-    from kubedistill_jobs import inputs, train
-    from kubedistill_jobs.pipeline import loop_config
+    from kubedistill_jobs import train
+    from kubedistill_jobs.stages import s40_train
 
-    spec, layout = pipeline.spec, pipeline.layout
-    tokenizer = pipeline.found["teacher_tokenizer"]
-    split = pipeline.split()
-    teacher = inputs.load_saved_teacher(spec, layout.teacher)
-    _, init = inputs.student_init(spec, teacher, layout.downloads / "student")
-    del teacher
-    train_data = inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets)
-    eval_data = inputs.eval_arrays(spec, tokenizer, split.eval)
-    loop = loop_config(spec, str(layout.teacher), **overrides)
+    prepared = s40_train.training_inputs(pipeline.context)
+    loop = dataclasses.replace(prepared.loop, **overrides)
     storage = scratch / name
     shutil.rmtree(storage, ignore_errors=True)
     started = time.monotonic()
-    result = train.fit(loop, train_data, eval_data, init, storage=str(storage / "ckpt"), workers=workers,
-                       model_out=storage / "student")
+    result = train.fit(loop, prepared.train_data, prepared.eval_data, prepared.init, storage=str(storage / "ckpt"),
+                       workers=workers, model_out=storage / "student")
     seconds = time.monotonic() - started
     shutil.rmtree(storage, ignore_errors=True)
     history = result.history
@@ -98,7 +92,7 @@ def distilled_variant(pipeline: Any, scratch: Path) -> dict[str, Any]:
     print(f"  distilled (the pipeline's own run): {history[-1]}", flush=True)
     return {"history": history, "steps": steps, "from": "pipeline train stage",
             "train_seconds": round(train_seconds, 1), "seconds_per_step": round(train_seconds / steps, 3),
-            "examples_per_second": round(steps * pipeline.spec.training.batch_size / train_seconds, 1),
+            "examples_per_second": round(steps * pipeline.context.spec.training.batch_size / train_seconds, 1),
             "final": {k: v for k, v in history[-1].items() if k.startswith("eval_")}}
 
 
@@ -107,11 +101,11 @@ def bbc(output: Path, scratch: Path) -> dict[str, Any]:
 
     print("BBC News (examples/quickstart)", flush=True)
     pipeline = prepare(REPO / "examples" / "quickstart" / "distillationjob.yaml", output, workers=2)
-    spec = pipeline.spec
-    teacher = inputs.load_saved_teacher(spec, pipeline.layout.teacher)
+    spec = pipeline.context.spec
+    teacher = models.load_saved_model(pipeline.layout.teacher, spec.task.type)
     student, _ = inputs.student_init(spec, teacher, pipeline.layout.downloads / "student")
     teacher_params, student_params = models.count_parameters(teacher), models.count_parameters(student)
-    teacher_accuracy = pipeline._marker("teacher")["accuracy"]
+    teacher_accuracy = pipeline.context.marker("teacher")["accuracy"]
     del teacher, student
     kd = distilled_variant(pipeline, scratch)
     hard = train_variant(pipeline, "hard-labels-only", 2, scratch, alpha=0.0)
@@ -124,7 +118,7 @@ def bbc(output: Path, scratch: Path) -> dict[str, Any]:
     student_accuracy = kd["final"]["eval_accuracy"]
     return {
         "teacher": {"params": teacher_params, "eval_accuracy": teacher_accuracy,
-                    "adaptation": pipeline._marker("teacher")["method"]},
+                    "adaptation": pipeline.context.marker("teacher")["method"]},
         "student": {"params": student_params, "param_ratio": round(student_params / teacher_params, 4)},
         "distilled": kd,
         "hard_labels_only": hard,
@@ -150,8 +144,8 @@ def causal_lm(output: Path, scratch: Path) -> dict[str, Any]:
                            teacher_mode="online")
     cached = train_variant(pipeline, "cached-10-steps", 2, scratch, epochs=None, max_steps=10)
     return {
-        "teacher_params": pipeline._marker("teacher")["params"],
-        "soft_targets": pipeline._marker("soft-targets"),
+        "teacher_params": pipeline.context.marker("teacher")["params"],
+        "soft_targets": pipeline.context.marker("soft-targets"),
         "distilled": kd,
         "cross_entropy_only": ce,
         "perplexity_distilled": kd["final"]["eval_perplexity"],

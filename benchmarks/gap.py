@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from kubedistill_jobs.compress import COMPRESSION_JSON, compress
-    from kubedistill_jobs.evaluate import LatencySettings, evaluate
+    from kubedistill_jobs.evaluate import evaluate
+    from kubedistill_jobs.latency import LatencySettings
 
     manifest = load_manifest(QUICKSTART, DistillationJob)
     root = args.output or Path(manifest.spec.output.uri.removeprefix("file://"))

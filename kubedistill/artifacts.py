@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -56,8 +56,9 @@ def report_uri(output_uri: str) -> str:
     return join_uri(output_uri, REPORT_JSON)
 
 
-STAGES = ("data", "teacher", "soft-targets", "train", "compress", "evaluate", "export")
+# The pipeline's stages in the order they run: the one list (each has a module in kubedistill_jobs/stages/).
 Stage = Literal["data", "teacher", "soft-targets", "train", "compress", "evaluate", "export"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
 
 
 @dataclass(frozen=True)

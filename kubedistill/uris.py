@@ -14,11 +14,13 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubedistill.errors import InputError
+
 PVC_MOUNT_ROOT = Path("/mnt/pvc")
 SCHEMES = ("file", "pkg", "pvc", "s3", "hf")
 
 
-class UriError(ValueError):
+class UriError(InputError):
     """A URI that names nothing usable."""
 
 

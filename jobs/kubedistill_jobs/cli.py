@@ -41,6 +41,7 @@ def run_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # library progress bars would tear through ours
 
     from kubedistill.api.load import ManifestError
+    from kubedistill.errors import InputError
     from kubedistill_jobs import runner
 
     try:
@@ -58,7 +59,6 @@ def run_command(args: argparse.Namespace) -> int:
     from kubedistill_jobs.display import RichDisplay
     from kubedistill_jobs.pipeline import Pipeline
 
-    bad_input = runner.input_error_types()
     display = RichDisplay()
     pipeline = Pipeline(job, output, workers=workers, display=display)
     try:
@@ -71,7 +71,7 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except BaseException as error:
         cause = runner.root_cause(error)
-        if isinstance(cause, bad_input):
+        if isinstance(cause, InputError):
             return _fail(runner.one_line(cause), EXIT_BAD_INPUT)
         import logging
 
@@ -99,27 +99,14 @@ def _num(value: float | None, digits: int = 4) -> str:
 def print_summary(console: Any, result: Any, folder: Any) -> None:
     from rich.table import Table
 
+    from kubedistill_jobs import stages
+
     table = Table(title="kubedistill run", title_justify="left")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("result")
     for stage, marker in result.stages.items():
-        summary = marker.get("summary") or ""
-        if stage == "data":
-            summary = f"{marker['train']} train / {marker['eval']} eval rows" + (
-                f", {marker['duplicates']} repeated texts dropped" if marker.get("duplicates") else "")
-        elif stage == "teacher" and marker.get("method") == "endpoint":
-            summary = f"endpoint {marker['url']} (model {marker['model']})"
-        elif stage == "teacher":
-            summary = f"{marker['params'] / 1e6:.1f}M params, adapt {marker['method']}" + (
-                f", accuracy {marker['accuracy']:.4f}" if marker.get("accuracy") is not None else "")
-        elif stage == "train":
-            last = (marker.get("history") or [{}])[-1]
-            metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in last.items() if k.startswith("eval_"))
-            summary = f"{marker['student_params'] / 1e6:.2f}M params, {marker['steps']} steps, {metrics}"
-        table.add_row(stage, f"{marker.get('seconds', 0):.1f}", summary)
-    for stage in result.missing_stages:
-        table.add_row(stage, "-", "not installed")
+        table.add_row(stage, f"{marker.get('seconds', 0):.1f}", stages.summary(stage, marker))
     console.print(table)
     report = result.report
     if report is not None:

@@ -21,6 +21,8 @@ from pydantic import BaseModel
 
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.artifacts import OutputLayout
+from kubedistill_jobs.data import read_jsonl
+from kubedistill_jobs.models import load_saved_model, load_tokenizer
 from kubedistill_jobs.quantize import check_supported, quantized_name
 
 log = logging.getLogger(__name__)
@@ -65,36 +67,11 @@ class CompressionResult(BaseModel):
         return cls.model_validate_json(path.read_text())
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = []
-    with Path(path).open() as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
-
-
-def load_model(path: Path, task: str) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    return cls.from_pretrained(str(path), dtype="float32").eval()
-
-
-def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def recovery_batches(spec: DistillationJobSpec, layout: OutputLayout, tokenizer: Any,
                       teacher_tokenizer: Any) -> Callable[[], Iterator[dict[str, Any]]]:
     import torch
+
+    from kubedistill_jobs.losses import IGNORE_INDEX
 
     rows = read_jsonl(layout.data / "train.jsonl")
     rng = random.Random(spec.training.seed)
@@ -111,7 +88,7 @@ def recovery_batches(spec: DistillationJobSpec, layout: OutputLayout, tokenizer:
                                   return_tensors="pt")
             labels = None
             if spec.task.type == "sequence-classification":
-                labels = torch.tensor([r.get("label", -100) if r.get("label") is not None else -100 for r in chunk])
+                labels = torch.tensor([IGNORE_INDEX if r.get("label") is None else r["label"] for r in chunk])
             yield {"input_ids": s["input_ids"], "attention_mask": s["attention_mask"],
                    "teacher_input_ids": t["input_ids"], "teacher_attention_mask": t["attention_mask"],
                    "labels": labels}
@@ -143,12 +120,12 @@ def compress(
             progress(done, steps)
 
     layout.onnx.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(layout.student)
-    student = load_model(layout.student, task)
+    tokenizer = load_tokenizer(str(layout.student))
+    student = load_saved_model(layout.student, task)
     endpoint = spec.teacher.endpoint is not None  # a remote teacher: no weights, no graph (no pruning either)
-    teacher_tokenizer = None if endpoint else load_tokenizer(layout.teacher)
-    teacher = None if endpoint else load_model(layout.teacher, task)
-    rows = read_jsonl(layout.data / "eval.jsonl", _CHECK_ROWS) or read_jsonl(layout.data / "train.jsonl", _CHECK_ROWS)
+    teacher_tokenizer = None if endpoint else load_tokenizer(str(layout.teacher))
+    teacher = None if endpoint else load_saved_model(layout.teacher, task)
+    rows = read_jsonl(layout.data / "eval.jsonl")[:_CHECK_ROWS] or read_jsonl(layout.data / "train.jsonl")[:_CHECK_ROWS]
     texts = tuple(r["text"] for r in rows) or ("a probe sentence",)
 
     pruning_info = None

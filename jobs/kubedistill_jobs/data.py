@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.api.distillationjob import DatasetSpec, DistillationJobSpec
+from kubedistill.errors import InputError
 from kubedistill.uris import UriError, local_path, parse_uri
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -27,7 +28,7 @@ CHAT_SUFFIXES = (".yml", ".yaml")
 ChatRenderer = Callable[[list[str]], str]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset that cannot be used; the message names the field and the fix."""
 
 

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-STAGE_UNITS = {"data": "step", "teacher": "rows", "soft-targets": "rows", "train": "steps", "compress": "step",
-               "evaluate": "step", "export": "step"}
+from kubedistill_jobs import stages
 
 
 class RichDisplay:
@@ -52,7 +51,7 @@ class RichDisplay:
             self.tasks[stage] = self.progress.add_task(stage, total=None, rate="")
             self.started[stage] = time.monotonic()
         task = self.tasks[stage]
-        unit = STAGE_UNITS.get(stage, "")
+        unit = stages.unit(stage)
 
         def update(done: int, total: int) -> None:
             elapsed = max(1e-9, time.monotonic() - self.started[stage])

@@ -35,6 +35,7 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.env import PipelineEnv
+from kubedistill.errors import InputError
 
 # A logit whose softmax weight is 0 at any temperature the API allows (≤ 100), and fits float16.
 VERY_NEGATIVE = -1.0e4
@@ -43,12 +44,17 @@ Progress = Callable[[int, int], None]
 
 
 class EndpointError(RuntimeError):
-    """The teacher endpoint could not be used; the message names teacher.endpoint.url. `permanent` when the
-    endpoint answered and refused (a 4xx other than 429, no logprobs, another format): a retry gets the same."""
+    """The teacher endpoint could not be used (unreachable, or 429/5xx after retries); the message names
+    teacher.endpoint.url. A retry may succeed."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+    permanent = False  # decides over the error's chain (reporting.is_transient)
+
+
+class EndpointRefused(EndpointError, InputError):
+    """The endpoint answered and refused (a 4xx other than 429, no logprobs, another format, another
+    tokenizer): a retry gets the same answer."""
+
+    permanent = True
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ class EndpointClient:
         self.sleep = sleep
 
     def _fail(self, what: str, *, permanent: bool = True) -> EndpointError:
-        return EndpointError(f"teacher.endpoint.url: {self.config.url}/completions {what}", permanent=permanent)
+        error = EndpointRefused if permanent else EndpointError
+        return error(f"teacher.endpoint.url: {self.config.url}/completions {what}")
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
@@ -129,9 +136,7 @@ class EndpointClient:
         try:
             return self.post({"prompt": text, "max_tokens": 0, "temperature": 0, "logprobs": 1, "echo": True,
                               "return_tokens_as_token_ids": True})
-        except EndpointError as error:
-            if not error.permanent:
-                raise
+        except EndpointRefused:
             return None
 
     def prompt_logprobs(self, text: str) -> list[float] | None:
@@ -291,7 +296,7 @@ def probe(config: EndpointConfig, prompt: str, tokenizer: Any | None = None) -> 
 
 
 def check_tokenizer(client: EndpointClient, tokenizer: Any, text: str = "Knowledge distillation, 42 times.") -> bool:
-    """Whether the endpoint's tokens of `text` (echoed) are the student's; raises a permanent EndpointError
+    """Whether the endpoint's tokens of `text` (echoed) are the student's; raises EndpointRefused
     when they differ. False when the endpoint does not echo prompts (nothing to compare)."""
     tokens = ((client.echo(text) or {}).get("logprobs") or {}).get("tokens")
     if not isinstance(tokens, list) or not tokens:

@@ -3,8 +3,8 @@
 Connects to the Ray cluster KubeRay started, runs the pipeline with log-line progress, and reports
 progress, metrics and results into the DistillationJob's status. A job whose gate is not met still
 exits 0: the RayJob succeeded, and the operator reads results.gatePassed=false (reason GateNotMet).
-Any other failure is reported to status.failure and exits 1. An input error (spec, model, data: see
-`runner.input_error_types`) is permanent: the operator fails the job and stops the RayJob's retries.
+Any other failure is reported to status.failure and exits 1. An input error (spec, model, data: a
+`kubedistill.errors.InputError`) is permanent: the operator fails the job and stops the RayJob's retries.
 Anything else is transient: the RayJob's retry resumes from the last stage and checkpoint.
 """
 

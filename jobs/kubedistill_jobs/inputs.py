@@ -44,15 +44,6 @@ def eval_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict]) -> 
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
 
 
-def load_saved_teacher(spec: DistillationJobSpec, teacher_dir: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    models._quiet_transformers()
-    auto = AutoModelForSequenceClassification if spec.task.type == "sequence-classification" else AutoModelForCausalLM
-    return auto.from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
-
-
 def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The untrained student, and what workers rebuild it from (config + weights + hidden sizes)."""
     student = models.build_student(spec, teacher, download_dir=download_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec, StudentArchitecture
+from kubedistill.errors import InputError
 from kubedistill.uris import UriError, local_path, parse_uri
 
 LAYER_KEY = re.compile(r"(\.layers?\.)(\d+)\.")
@@ -21,7 +22,7 @@ LAYER_KEY = re.compile(r"(\.layers?\.)(\d+)\.")
 POOL_SCALE = 1000.0
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be used as the spec asks; the message names the field and the fix."""
 
 
@@ -30,6 +31,14 @@ def _quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def auto_model_class(task: str) -> Any:
+    """The transformers Auto class of a task's models: `AutoModelForSequenceClassification` or
+    `AutoModelForCausalLM`."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 
 def model_source(uri: str, field: str, download_dir: Path | None = None) -> str:
@@ -73,7 +82,14 @@ def check_model_files(source: str, field: str, gguf_file: str | None = None) -> 
         raise ModelError(f"{field}: {path} has no config.json: not a transformers model folder{hint}")
 
 
+def load_saved_model(path: Path, task: str) -> Any:
+    """A model this pipeline saved (`teacher/`, `student/`), in fp32 and eval mode."""
+    _quiet_transformers()
+    return auto_model_class(task).from_pretrained(str(path), dtype="float32").eval()
+
+
 def load_tokenizer(source: str, gguf_file: str | None = None) -> Any:
+    """A model's tokenizer, with a pad token (the eos or unk token where it has none: batches are padded)."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
@@ -258,11 +274,10 @@ def build_student(spec: DistillationJobSpec, teacher: Any, *, download_dir: Path
     """The untrained student: a fresh architecture (embeddings from the teacher's), a subset of the
     teacher's layers, or a pretrained model; for classification with the task's labels."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _quiet_transformers()
     classification = spec.task.type == "sequence-classification"
-    auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
+    auto = auto_model_class(spec.task.type)
     label_kwargs: dict[str, Any] = {}
     if classification:
         labels = spec.task.labels or []

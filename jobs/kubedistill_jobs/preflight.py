@@ -10,10 +10,11 @@ from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.artifacts import OutputLayout
+from kubedistill.errors import InputError
 from kubedistill_jobs import models
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """A job that cannot run as specified."""
 
 

@@ -131,7 +131,7 @@ def recover(
     `batches()` yields dicts with student inputs (`input_ids`, `attention_mask`), the teacher's inputs
     under `teacher_input_ids`/`teacher_attention_mask`, and `labels` (or none). Returns the loss per step.
     """
-    from kubedistill_jobs.losses import distillation_loss
+    from kubedistill_jobs.losses import IGNORE_INDEX, distillation_loss
 
     steps = spec.compression.pruning.recovery_steps
     dist = spec.distillation
@@ -154,7 +154,7 @@ def recover(
             if causal:  # position t predicts token t + 1
                 s_logits, t_logits = s_logits[:, :-1], t_logits[:, :-1]
                 mask = b["attention_mask"][:, 1:].bool()
-                labels = b["input_ids"][:, 1:].masked_fill(~mask, -100)
+                labels = b["input_ids"][:, 1:].masked_fill(~mask, IGNORE_INDEX)
             parts = distillation_loss(s_logits, t_logits.float(), labels, loss=dist.loss,
                                       temperature=dist.temperature, alpha=dist.alpha, beta=dist.beta, mask=mask)
             optimizer.zero_grad(set_to_none=True)

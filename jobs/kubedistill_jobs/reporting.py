@@ -18,6 +18,7 @@ from typing import Any
 from kubedistill.api.base import GROUP, VERSION
 from kubedistill.api.distillationjob import JobFailure, JobProgress
 from kubedistill.env import PipelineEnv
+from kubedistill.errors import InputError
 from kubedistill.report import Report, job_results
 
 log = logging.getLogger("kubedistill.reporting")
@@ -64,14 +65,11 @@ def is_transient(error: BaseException) -> bool:
 
 
 def is_permanent(*errors: BaseException) -> bool:
-    """Whether any of `errors` (the raised one, its root cause) is an input error and none was caused by a
-    network that may answer next time. An endpoint that answered and refused is permanent too."""
+    """Whether any of `errors` (the raised one, its root cause) is an `InputError` (an endpoint that answered
+    and refused is one) and none was caused by a network that may answer next time."""
     if any(is_transient(error) for error in errors):
         return False
-    from kubedistill_jobs.runner import input_error_types
-
-    types = input_error_types()
-    return any(isinstance(error, types) or getattr(error, "permanent", False) is True for error in errors)
+    return any(isinstance(error, InputError) for error in errors)
 
 
 def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, run: str | None = None,

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kubedistill.confidence import Signal, confidence
+from kubedistill.report import FrontierPoint, Routing, SignalSweep
 
 GRID = np.round(np.linspace(0.0, 1.0, 101), 4)
 
@@ -84,3 +85,28 @@ def frontier_from_confidence(
     points = sorted({p.threshold: p for p in [*grid, *([recommended] if recommended else [])]}.values(),
                     key=lambda p: p.threshold)
     return Frontier(signal, points, recommended, target, teacher_accuracy, float(s_ok.mean()))
+
+
+def _report_point(point: Point | None) -> FrontierPoint | None:
+    return None if point is None else FrontierPoint(**vars(point))
+
+
+def routing_report(fr: dict[str, Frontier], target: float, reference: str) -> Routing:
+    main = fr["max-probability"]
+    return Routing(
+        signal=main.signal,
+        frontier=[FrontierPoint(**vars(p)) for p in main.points],
+        recommended_threshold=None if main.recommended is None else main.recommended.threshold,
+        target=target,
+        recommended=_report_point(main.recommended),
+        teacher_accuracy=main.teacher_accuracy,
+        student_accuracy=main.student_accuracy,
+        reference=reference,
+        signals={
+            name: SignalSweep(recommended_threshold=None if f.recommended is None else f.recommended.threshold,
+                              escalation_rate=None if f.recommended is None else f.recommended.escalation_rate,
+                              accuracy=None if f.recommended is None else f.recommended.accuracy,
+                              frontier=[FrontierPoint(**vars(p)) for p in f.points])
+            for name, f in fr.items()
+        },
+    )

@@ -69,19 +69,6 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def input_error_types() -> tuple[type[BaseException], ...]:
-    """Errors of the job's input (spec, models, data, output folder): the same input fails the same way on
-    every retry. `kubedistill run` exits with its bad-input status on them; in a cluster they are permanent."""
-    from kubedistill.api.load import ManifestError
-    from kubedistill.uris import UriError
-    from kubedistill_jobs.data import DataError
-    from kubedistill_jobs.models import ModelError
-    from kubedistill_jobs.pipeline import SpecChangedError
-    from kubedistill_jobs.preflight import PreflightError
-
-    return ManifestError, UriError, DataError, ModelError, PreflightError, SpecChangedError
-
-
 def root_cause(error: BaseException) -> BaseException:
     """The error a user can act on, out of Ray's wrappers (task errors, training failures)."""
     seen: set[int] = set()

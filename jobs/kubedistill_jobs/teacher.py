@@ -40,7 +40,7 @@ class TeacherResult:
 
 def teacher_source(spec: DistillationJobSpec, layout: OutputLayout) -> str:
     assert spec.teacher.uri is not None
-    source = models.model_source(spec.teacher.uri, "teacher.uri", layout.root / "downloads" / "teacher")
+    source = models.model_source(spec.teacher.uri, "teacher.uri", layout.downloads / "teacher")
     models.check_model_files(source, "teacher.uri", spec.teacher.gguf_file)
     return source
 

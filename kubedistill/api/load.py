@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from kubedistill.api.base import API_VERSION
 from kubedistill.api.distillationjob import DistillationJob
 from kubedistill.api.studentdeployment import StudentDeployment
+from kubedistill.errors import InputError
 
 Resource = DistillationJob | StudentDeployment
 KINDS: dict[str, type[DistillationJob] | type[StudentDeployment]] = {
@@ -19,7 +20,7 @@ KINDS: dict[str, type[DistillationJob] | type[StudentDeployment]] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be used; the message names the file, the field and the fix."""
 
 

@@ -105,7 +105,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[DistillationJo
 
 @pytest.fixture(scope="session")
 def fast_latency():
-    from kubedistill_jobs.evaluate import LatencySettings
+    from kubedistill_jobs.latency import LatencySettings
 
     return LatencySettings(threads=1, warmup=1, reps_batch1=5, reps_batch32=2, budget_s=2.0)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kubedistill_jobs.compress import load_tokenizer, recovery_batches
+from kubedistill_jobs.compress import recovery_batches
+from kubedistill_jobs.models import load_tokenizer
 from kubedistill_jobs.onnx_export import export_onnx, max_abs_diff, probe_inputs
 from kubedistill_jobs.prune import prune, recover
 

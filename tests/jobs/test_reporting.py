@@ -138,7 +138,7 @@ class _HubError(Exception):
 
 
 def test_a_network_failure_under_an_input_error_is_left_to_retries():
-    from kubedistill_jobs.endpoint_teacher import EndpointError
+    from kubedistill_jobs.endpoint_teacher import EndpointError, EndpointRefused
 
     offline = _raised(PreflightError("teacher.uri: cannot load the tokenizer: couldn't connect"),
                       ConnectionRefusedError("connection refused"))
@@ -150,8 +150,8 @@ def test_a_network_failure_under_an_input_error_is_left_to_retries():
     assert is_permanent(_raised(ModelError("teacher.uri: hf://x not found"), _HubError(404)))
     # an endpoint that answered and refused is permanent; one that could not be reached is not
     http_404 = urllib.error.HTTPError("http://t/v1/completions", 404, "Not Found", {}, None)  # type: ignore[arg-type]
-    assert is_permanent(_raised(EndpointError("teacher.endpoint.url: HTTP 404", permanent=True), http_404))
-    assert not is_permanent(_raised(EndpointError("teacher.endpoint.url: cannot be reached", permanent=False),
+    assert is_permanent(_raised(EndpointRefused("teacher.endpoint.url: HTTP 404"), http_404))
+    assert not is_permanent(_raised(EndpointError("teacher.endpoint.url: cannot be reached"),
                                     urllib.error.URLError("refused")))
 
 

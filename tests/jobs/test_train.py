@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from kubedistill_jobs import train
-from kubedistill_jobs.train import LoopConfig
+from kubedistill_jobs.recipe import LoopConfig
 from safetensors.torch import load_file
+
+from kubedistill.api.distillationjob import DistillationJob
+
+from .conftest import job_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +41,12 @@ def _arrays(n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _loop(**overrides) -> LoopConfig:
+    """A small job's loop (built from its spec, as the train stage builds it), with the test's values."""
     values = dict(task="sequence-classification", temperature=2.0, alpha=0.7, epochs=None, max_steps=12,
                   batch_size=16, learning_rate=0.01, warmup_ratio=0.0, checkpoint_every=4)
     values.update(overrides)
-    return LoopConfig(**values)
+    spec = DistillationJob.model_validate(job_manifest(Path("/unused"), Path("/teacher"), Path("/data"))).spec
+    return dataclasses.replace(LoopConfig.from_spec(spec, teacher_dir=None), **values)
 
 
 def test_two_workers_lower_the_loss_and_a_rerun_resumes(ray_local, tmp_path):
@@ -59,9 +69,16 @@ def test_two_workers_lower_the_loss_and_a_rerun_resumes(ray_local, tmp_path):
 
 def test_worker_failure_restarts_from_the_checkpoint(ray_local, tmp_path):
     marker = tmp_path / "crashed"
-    result = train.fit(_loop(max_steps=8, crash_at_step=6), _arrays(64, 0), _arrays(16, 1), _student_init(),
+
+    def crash_once(step: int, rank: int, world: int) -> None:
+        """The last worker exits at step 6, once: the restarted worker group goes on."""
+        if step == 6 and rank == world - 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+    result = train.fit(_loop(max_steps=8), _arrays(64, 0), _arrays(16, 1), _student_init(),
                        storage=str(tmp_path / "ckpt"), workers=2, model_out=tmp_path / "student",
-                       crash_marker=marker)
+                       step_hook=crash_once)
     assert marker.exists()  # a worker did die
     assert result.resumes == [4]  # and the new worker group continued from step 4, not 0
     assert result.history[-1]["step"] == 8

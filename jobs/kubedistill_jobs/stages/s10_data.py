@@ -1,0 +1,48 @@
+"""Read the dataset, check it against the task and split it: `data/train.jsonl`, `data/eval.jsonl`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubedistill.artifacts import Stage
+from kubedistill_jobs import data
+from kubedistill_jobs.context import GENERATED_TRAIN, Context, Progress
+
+NAME: Stage = "data"
+WEIGHT = 2
+UNIT = "step"
+READS: tuple[str, ...] = ()  # spec.dataset.uri only
+WRITES = ("data",)
+
+
+def chat_renderer(context: Context) -> data.ChatRenderer:
+    """How a conversation becomes training text: the tokenizer's chat template for a causal LM that has one."""
+    tokenizer = context.tokenizer
+    if context.spec.task.type != "causal-lm" or not getattr(tokenizer, "chat_template", None):
+        return data.plain_chat
+
+    def render(turns: list[str]) -> str:
+        roles = ("user", "assistant")
+        messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+        try:  # an empty system turn: a template's default system prompt is text no model was trained on
+            return str(tokenizer.apply_chat_template([{"role": "system", "content": ""}, *messages], tokenize=False))
+        except Exception:  # templates without a system role
+            return str(tokenizer.apply_chat_template(messages, tokenize=False))
+
+    return render
+
+
+def run(context: Context, progress: Progress) -> dict[str, Any]:
+    layout = context.layout
+    (layout.data / GENERATED_TRAIN).unlink(missing_ok=True)  # an earlier run's generations follow the old split
+    split = data.load_split(context.spec, chat_renderer(context))
+    data.write_jsonl(split.train, layout.data / "train.jsonl")
+    data.write_jsonl(split.eval, layout.data / "eval.jsonl")
+    context.set_split(split)
+    progress(1, 1)
+    return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates}
+
+
+def summary(marker: dict[str, Any]) -> str:
+    dropped = f" ({marker['duplicates']} repeated texts dropped)" if marker.get("duplicates") else ""
+    return f"{marker['train']} train / {marker['eval']} eval rows{dropped}"

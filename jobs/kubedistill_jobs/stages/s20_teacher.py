@@ -1,0 +1,44 @@
+"""Make the teacher ready for the task and save it to `teacher/` (classification: adapt it to the labels;
+causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubedistill.artifacts import Stage
+from kubedistill_jobs.context import Context, Progress
+
+NAME: Stage = "teacher"
+WEIGHT = 15
+UNIT = "rows"
+READS = ("data",)
+WRITES = ("teacher", "soft_targets")  # a fitted head's forward pass also caches the class logits
+
+
+def run(context: Context, progress: Progress) -> dict[str, Any]:
+    from kubedistill_jobs import teacher
+
+    spec = context.spec
+    if context.endpoint_teacher:  # nothing to download: check it answers, with logprobs, before any compute
+        from kubedistill_jobs import endpoint_teacher
+
+        config = endpoint_teacher.EndpointConfig.from_spec(spec)
+        found = endpoint_teacher.probe(config, context.prompts()[0], context.tokenizer)
+        progress(1, 1)
+        return {"method": "endpoint", "params": None, "accuracy": None, **found}
+    if spec.task.type == "sequence-classification":
+        outcome = teacher.prepare_classification_teacher(spec, context.layout, context.split(), progress)
+    else:
+        outcome = teacher.prepare_causal_teacher(spec, context.layout)
+        progress(1, 1)
+    if outcome.accuracy is not None:
+        context.on_status(metrics={"teacher_accuracy": round(outcome.accuracy, 4)})
+    return {"method": outcome.method, "params": outcome.params, "accuracy": outcome.accuracy, **outcome.extra}
+
+
+def summary(marker: dict[str, Any]) -> str:
+    if marker.get("method") == "endpoint":
+        return f"endpoint {marker['url']} (model {marker['model']})"
+    accuracy = marker.get("accuracy")
+    text = f"{marker['params'] / 1e6:.1f}M params, adaptation {marker['method']}"
+    return text + (f", eval accuracy {accuracy:.4f}" if accuracy is not None else "")

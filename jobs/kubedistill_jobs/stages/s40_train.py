@@ -1,0 +1,96 @@
+"""Train the student on the teacher's soft targets with Ray Train (N workers, checkpoints in the output);
+writes `student/` and `train_report.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill.artifacts import Stage
+from kubedistill_jobs.context import Context, Progress
+
+NAME: Stage = "train"
+WEIGHT = 50
+UNIT = "steps"
+READS = ("data", "teacher", "soft_targets")
+WRITES = ("checkpoints", "student", "train_report")
+
+log = logging.getLogger("kubedistill.pipeline")
+
+
+@dataclass
+class TrainingInputs:
+    """What the training workers receive (`train.fit`'s arguments) and the student's size."""
+
+    loop: Any  # recipe.LoopConfig
+    train_data: dict[str, Any]
+    eval_data: dict[str, Any]
+    init: dict[str, Any]
+    student_params: int
+
+
+def training_inputs(context: Context) -> TrainingInputs:
+    """The loop's settings, the tokenised splits with the cached teacher outputs, and the initial student."""
+    from kubedistill_jobs import inputs, models
+    from kubedistill_jobs.recipe import LoopConfig
+
+    spec, layout = context.spec, context.layout
+    tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
+    split = context.split()
+    # an endpoint teacher has no weights here: the student is pretrained (student.uri) and the cache complete
+    teacher_model = None if context.endpoint_teacher else models.load_saved_model(layout.teacher, spec.task.type)
+    student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student")
+    student_params = models.count_parameters(student)
+    del teacher_model, student
+    return TrainingInputs(
+        loop=LoopConfig.from_spec(spec, str(layout.teacher)),
+        train_data=inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets),
+        eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
+        init=init,
+        student_params=student_params,
+    )
+
+
+def run(context: Context, progress: Progress) -> dict[str, Any]:
+    import ray
+
+    from kubedistill_jobs import train
+
+    spec, layout = context.spec, context.layout
+    tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
+    prepared = training_inputs(context)
+    gpus = spec.ray.workers.gpus if ray.cluster_resources().get("GPU", 0) else 0
+
+    def on_epoch(entry: dict[str, Any]) -> None:
+        log.info("epoch %s", entry)
+        context.display.epoch(entry)
+        context.on_status(metrics={k: v for k, v in entry.items() if isinstance(v, int | float)})
+
+    outcome = train.fit(prepared.loop, prepared.train_data, prepared.eval_data, prepared.init,
+                        storage=context.output.checkpoint_storage, workers=context.workers, gpus_per_worker=gpus,
+                        progress=progress, on_epoch=on_epoch, model_out=layout.student)
+    tokenizer.save_pretrained(layout.student)
+    teacher_marker = context.marker("teacher") or {}
+    report = {
+        "history": outcome.history,
+        "teacher": {"params": teacher_marker.get("params"), "accuracy": teacher_marker.get("accuracy"),
+                    "adaptation": teacher_marker.get("method")},
+        "student": {"params": prepared.student_params},
+        "seconds": outcome.seconds,
+        "steps": outcome.history[-1]["step"] if outcome.history else 0,
+        "resumed_from_step": outcome.resumed_from_step,
+        "workers": context.workers,
+        "teacher_mode": spec.distillation.teacher_mode,
+        "loss": spec.distillation.loss,
+    }
+    layout.train_report.write_text(json.dumps(report, indent=2) + "\n")
+    return {"steps": report["steps"], "student_params": prepared.student_params, "history": outcome.history,
+            "seconds_training": outcome.seconds}
+
+
+def summary(marker: dict[str, Any]) -> str:
+    last = (marker.get("history") or [{}])[-1]
+    metric = " ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval_"))
+    return f"{marker['steps']} steps, {marker['student_params'] / 1e6:.2f}M params, {metric}"
