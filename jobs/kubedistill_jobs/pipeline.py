@@ -199,8 +199,11 @@ class Pipeline:
 
     def _summary(self, stage: str, marker: dict[str, Any]) -> str:
         if stage == "data":
-            dropped = f" ({marker['duplicates']} repeated texts dropped)" if marker.get("duplicates") else ""
-            return f"{marker['train']} train / {marker['eval']} eval rows{dropped}"
+            notes = [f"{marker['duplicates']} repeated texts dropped"] if marker.get("duplicates") else []
+            notes += [f"{count} dropped: {why}" for why, count in (marker.get("dropped") or {}).items()]
+            if marker.get("unlabelled"):
+                notes.append(f"{marker['unlabelled']} without a label")
+            return f"{marker['train']} train / {marker['eval']} eval rows" + (f" ({'; '.join(notes)})" if notes else "")
         if stage == "teacher" and marker.get("method") == "endpoint":
             return f"endpoint {marker['url']} (model {marker['model']})"
         if stage == "teacher":
@@ -242,7 +245,10 @@ class Pipeline:
         data.write_jsonl(split.eval, self.layout.data / "eval.jsonl")
         self._split = split
         progress(1, 1)
-        return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates}
+        if split.dropped:
+            log.warning("data: rows dropped: %s", split.dropped)
+        return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
+                "dropped": split.dropped, "unlabelled": split.unlabelled}
 
     def _stage_teacher(self, result: RunResult) -> dict[str, Any]:
         from kubedistill_jobs import teacher
