@@ -296,7 +296,8 @@ class Pipeline:
             return {"mode": "cached", "rows": len(train), "summary": f"{len(train)} rows, class distributions"}
         k = self.spec.distillation.top_k
         tokens = soft_targets.tokenize_lm(self.tokenizer, texts, self.spec.task.max_length)
-        run = TeacherRun(str(self.layout.teacher), "topk", max_length=self.spec.task.max_length, top_k=k)
+        run = TeacherRun(str(self.layout.teacher), "topk", max_length=self.spec.task.max_length, top_k=k,
+                         vocab_size=len(self.tokenizer))
         rows = {"input_ids": list(tokens["input_ids"]), "attention_mask": list(tokens["attention_mask"])}
         started = time.monotonic()
         out = run_teacher(run, rows, batch_size=8, progress=progress)
@@ -352,7 +353,8 @@ class Pipeline:
         del teacher_model, student
         train_data = inputs.train_arrays(spec, tokenizer, split.train, self.layout.soft_targets)
         eval_data = inputs.eval_arrays(spec, tokenizer, split.eval)
-        loop = loop_config(spec, str(self.layout.teacher))
+        loop = loop_config(spec, str(self.layout.teacher),
+                           vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None)
         gpus = spec.ray.workers.gpus if ray.cluster_resources().get("GPU", 0) else 0
 
         def on_epoch(entry: dict[str, Any]) -> None:

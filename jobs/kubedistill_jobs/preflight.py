@@ -78,7 +78,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
         raise PreflightError(f"teacher.uri: cannot load the tokenizer of {teacher_source}: {error}") from None
     found: dict[str, Any] = {"teacher_source": teacher_source, "teacher_tokenizer": teacher_tokenizer}
     if spec.student.uri is not None:
-        _, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
+        found["student_source"], student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
         if spec.task.type == "causal-lm":
             models.check_shared_vocabulary(student_tokenizer, teacher_tokenizer, "student.uri")
@@ -88,6 +88,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
             raise PreflightError(
                 f"distillation.topK: {spec.distillation.top_k} is larger than the teacher's vocabulary ({vocab})"
             )
+    check_model_limits(spec, found)
     return found
 
 
@@ -111,4 +112,49 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
         raise PreflightError(
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )
-    return {"student_source": student_source, "student_tokenizer": student_tokenizer}
+    found = {"student_source": student_source, "student_tokenizer": student_tokenizer}
+    check_model_limits(spec, found)
+    return found
+
+
+def model_configs(spec: DistillationJobSpec, found: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """{role: (the spec field naming it, config)} of every model the job trains with; a student derived
+    from the teacher (student.architecture, student.fromTeacher) takes the teacher's positions and
+    vocabulary (models.build_student copies its config), so it is checked as the teacher's."""
+    configs: dict[str, tuple[str, Any]] = {}
+    if "teacher_source" in found:
+        configs["teacher"] = ("teacher.uri", models.load_config(found["teacher_source"], "teacher.uri",
+                                                                spec.teacher.gguf_file))
+        derived = "student.architecture" if spec.student.architecture is not None else "student.fromTeacher"
+        if spec.student.uri is None:
+            configs["student derived from the teacher"] = (derived, configs["teacher"][1])
+    if "student_source" in found:
+        configs["student"] = ("student.uri", models.load_config(found["student_source"], "student.uri"))
+    return configs
+
+
+def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """task.maxLength fits every model's positions (a longer sequence dies inside the teacher's forward pass
+    in Ray Data, or trains on positions the model never had); a causal-lm tokenizer's ids fit every model's
+    embedding (models padded beyond the tokenizer are fine: logits are compared over the tokenizer's range)."""
+    configs = model_configs(spec, found)
+    too_short = [(role, field, limit) for role, (field, config) in configs.items()
+                 if (limit := models.position_limit(config)) is not None and spec.task.max_length > limit]
+    if too_short:
+        shortest = min(limit for _, _, limit in too_short)
+        named = ", ".join(f"the {role}'s {limit} ({field})" for role, field, limit in too_short)
+        raise PreflightError(
+            f"task.maxLength: {spec.task.max_length} tokens is more than the models' positions: {named}; "
+            f"set task.maxLength to at most {shortest} (longer texts are truncated to it)"
+        )
+    if spec.task.type != "causal-lm":
+        return
+    tokenizer = found.get("teacher_tokenizer") if "teacher_source" in found else found.get("student_tokenizer")
+    tokens = len(tokenizer)
+    for role, (field, config) in configs.items():
+        rows = models.embedding_rows(config)
+        if rows is not None and rows < tokens:
+            raise PreflightError(
+                f"{field}: the {role} has {rows} token embeddings but its tokenizer {tokens} tokens: ids past "
+                f"{rows - 1} have no embedding; use a model whose vocabulary covers its tokenizer"
+            )

@@ -54,6 +54,8 @@ class LoopConfig:
     mixed_precision: str = "auto"
     teacher_dir: str | None = None
     eval_batch_size: int = 64
+    # causal-lm: the tokenizer's size, the token range teacher and student share (their logits may be padded)
+    vocab_size: int | None = None
     # Fault injection for recovery tests: the last rank exits at this step, once (see fit's crash_marker).
     crash_at_step: int | None = None
 
@@ -132,11 +134,11 @@ def _step_loss(cfg: LoopConfig, model: Any, teacher: Any, projection: Any, batch
             student_h = out.hidden_states[-1][:, 0]
             teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
     else:
-        logits = out.logits[:, :-1]
+        logits = losses.shared_vocab_logits(out.logits[:, :-1], cfg.vocab_size)
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, losses.IGNORE_INDEX)
         token_mask = mask[:, 1:].bool()
         if teacher_out is not None:
-            teacher_logits = teacher_out.logits[:, :-1]
+            teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, :-1], cfg.vocab_size)
         elif "topk_values" in batch:
             teacher_logits, topk_indices = batch["topk_values"][:, :-1].float(), batch["topk_indices"][:, :-1]
         else:
@@ -168,6 +170,8 @@ def evaluate_student(cfg: LoopConfig, model: Any, data: dict[str, np.ndarray], d
             batch = _batch(data, np.arange(start, min(n, start + cfg.eval_batch_size)), device)
             ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            if cfg.task != "sequence-classification":
+                logits = logits[..., :cfg.vocab_size]  # padded rows are no tokens
             if cfg.task == "sequence-classification":
                 labels = batch["labels"].long()
                 keep = labels >= 0

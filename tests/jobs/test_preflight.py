@@ -103,3 +103,48 @@ def test_students_from_teacher_and_architecture(tmp_path, tiny_models, sentiment
     student = models.build_student(job.spec, teacher)
     assert student.config.hidden_size == 16 and student.config.num_labels == 2
     assert models.count_parameters(student) < models.count_parameters(teacher)
+
+
+def test_max_length_beyond_the_teachers_positions_is_refused(tmp_path, tiny_models, sentiment_data):
+    # the tiny BERT has 64 positions: 128 tokens would die inside the teacher's forward pass in Ray Data
+    job = _job(tmp_path, tiny_models["bert"], sentiment_data, task={"maxLength": 128})
+    with pytest.raises(preflight.PreflightError,
+                       match=r"task\.maxLength: 128 tokens is more than the models' positions: the teacher's 64 "
+                             r"\(teacher\.uri\), the student derived from the teacher's 64 "
+                             r"\(student\.architecture\); set task\.maxLength to at most 64"):
+        preflight.check_models(job.spec, OutputLayout(tmp_path))
+    job = _job(tmp_path, tiny_models["bert"], sentiment_data, task={"maxLength": 64})
+    preflight.check_models(job.spec, OutputLayout(tmp_path))  # exactly the limit is fine
+
+
+def test_max_length_beyond_a_pretrained_students_positions_is_refused(tmp_path, padded_llamas, sentiment_data):
+    job = _lm(tmp_path, {"llama": padded_llamas["15608"]}, sentiment_data, task={"type": "causal-lm",
+                                                                               "maxLength": 32},
+              student={"uri": str(padded_llamas["16-positions"])}, distillation={"topK": 8})
+    with pytest.raises(preflight.PreflightError, match=r"task\.maxLength: 32 .* the student's 16 \(student\.uri\); "
+                                                       r"set task\.maxLength to at most 16"):
+        preflight.check_models(job.spec, OutputLayout(tmp_path))
+
+
+def test_position_limits_of_config_families():
+    from transformers import BertConfig, GPT2Config, RobertaConfig
+
+    assert models.position_limit(BertConfig(max_position_embeddings=512)) == 512
+    assert models.position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert models.position_limit(GPT2Config(n_positions=1024)) == 1024
+
+
+@pytest.mark.parametrize(("teacher", "student"), [("15608", "15616"), ("15616", "15608")])
+def test_vocabularies_padded_differently_pass_preflight(tmp_path, padded_llamas, sentiment_data, teacher, student):
+    job = _lm(tmp_path, {"llama": padded_llamas[teacher]}, sentiment_data,
+              student={"uri": str(padded_llamas[student])}, distillation={"topK": 8, "teacherMode": "online"})
+    found = preflight.check_models(job.spec, OutputLayout(tmp_path))
+    assert len(found["teacher_tokenizer"]) == 31  # the shared token range the logits are compared over
+
+
+def test_a_model_with_fewer_embeddings_than_its_tokenizer_is_refused(tmp_path, padded_llamas, sentiment_data):
+    job = _lm(tmp_path, {"llama": padded_llamas["15608"]}, sentiment_data,
+              student={"uri": str(padded_llamas["short-vocab"])}, distillation={"topK": 8})
+    with pytest.raises(preflight.PreflightError, match=r"student\.uri: the student has 12 token embeddings but its "
+                                                       r"tokenizer 31 tokens"):
+        preflight.check_models(job.spec, OutputLayout(tmp_path))

@@ -65,3 +65,62 @@ def test_worker_failure_restarts_from_the_checkpoint(ray_local, tmp_path):
     assert marker.exists()  # a worker did die
     assert result.resumes == [4]  # and the new worker group continued from step 4, not 0
     assert result.history[-1]["step"] == 8
+
+
+def _lm_batch(tokenizer_dir, texts: list[str], max_length: int = 10) -> dict:
+    import torch
+    from kubedistill_jobs import models, soft_targets
+
+    tokens = soft_targets.tokenize_lm(models.load_tokenizer(str(tokenizer_dir)), texts, max_length)
+    return {k: torch.as_tensor(v) for k, v in tokens.items()}
+
+
+@pytest.mark.parametrize(("teacher_rows", "student_rows"), [("15608", "15616"), ("15616", "15608")])
+def test_padded_vocabularies_distil_over_the_shared_token_range(padded_llamas, teacher_rows, student_rows):
+    """Online and cached: the loss is the one over the tokenizer's 31 ids, whatever each model's padding."""
+    import torch
+    from kubedistill_jobs import losses
+    from kubedistill_jobs.teacher_outputs import TeacherPredictor, TeacherRun
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(padded_llamas[teacher_rows]).eval()
+    student = AutoModelForCausalLM.from_pretrained(padded_llamas[student_rows])
+    batch = _lm_batch(padded_llamas[teacher_rows], ["the movie was very good", "a bad day", "warm sad food"])
+    vocab = 31
+    ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, losses.IGNORE_INDEX)
+    with torch.no_grad():
+        s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+
+    online = LoopConfig(task="causal-lm", teacher_mode="online", temperature=2.0, alpha=0.7, vocab_size=vocab)
+    with torch.no_grad():
+        got = train._step_loss(online, student, teacher, None, batch)["loss"]
+    want = losses.distillation_loss(s_logits, t_logits, labels, temperature=2.0, alpha=0.7,
+                                    mask=mask[:, 1:].bool()).total
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5)
+
+    # cached: the teacher's top-k never names a padded row, and the student is normalised over the range
+    run = TeacherRun(str(padded_llamas[teacher_rows]), "topk", max_length=10, top_k=8, vocab_size=vocab)
+    top = TeacherPredictor(run)({"idx": np.arange(3), "input_ids": list(batch["input_ids"].numpy()),
+                                 "attention_mask": list(batch["attention_mask"].numpy())})
+    assert top["topk_indices"].max() < vocab
+    cached = LoopConfig(task="causal-lm", teacher_mode="cached", temperature=2.0, alpha=0.7, vocab_size=vocab)
+    with_topk = {**batch, "topk_values": torch.as_tensor(top["topk_values"]),
+                 "topk_indices": torch.as_tensor(top["topk_indices"])}
+    with torch.no_grad():
+        got = train._step_loss(cached, student, None, None, with_topk)["loss"]
+    want = losses.distillation_loss(s_logits, with_topk["topk_values"][:, :-1].float(), labels, temperature=2.0,
+                                    alpha=0.7, teacher_topk_indices=with_topk["topk_indices"][:, :-1],
+                                    mask=mask[:, 1:].bool()).total
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5)
+
+
+def test_shared_vocab_logits_refuses_logits_narrower_than_the_tokenizer():
+    import torch
+    from kubedistill_jobs import losses
+
+    assert losses.shared_vocab_logits(torch.zeros(2, 3, 40), 31).shape == (2, 3, 31)
+    assert losses.shared_vocab_logits(torch.zeros(2, 5), None).shape == (2, 5)
+    with pytest.raises(ValueError, match="width 20 do not cover the tokenizer's 31 tokens"):
+        losses.shared_vocab_logits(torch.zeros(2, 3, 20), 31)
