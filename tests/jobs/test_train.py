@@ -124,3 +124,18 @@ def test_shared_vocab_logits_refuses_logits_narrower_than_the_tokenizer():
     assert losses.shared_vocab_logits(torch.zeros(2, 5), None).shape == (2, 5)
     with pytest.raises(ValueError, match="width 20 do not cover the tokenizer's 31 tokens"):
         losses.shared_vocab_logits(torch.zeros(2, 3, 20), 31)
+
+
+def test_plain_text_rows_end_with_the_end_of_sequence_token(tiny_models):
+    from kubedistill_jobs import models, soft_targets
+
+    tokenizer = models.load_tokenizer(str(tiny_models["llama"]))
+    eos = tokenizer.eos_token_id
+    texts = ["good day", "the movie was very good day", "bad day [EOS]", "sad"]
+    out = soft_targets.tokenize_lm(tokenizer, texts, 6)
+    ids, mask = out["input_ids"], out["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    assert lengths == [3, 6, 3, 2]
+    assert ids[0, 2] == eos and ids[3, 1] == eos  # ended texts learn to stop
+    assert eos not in ids[1][mask[1] == 1].tolist()  # cut at 6 tokens: it did not end there
+    assert ids[2][mask[2] == 1].tolist().count(eos) == 1  # already ended: no second EOS
