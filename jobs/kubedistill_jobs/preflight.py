@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec
@@ -88,7 +89,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
             raise PreflightError(
                 f"distillation.topK: {spec.distillation.top_k} is larger than the teacher's vocabulary ({vocab})"
             )
-    check_model_limits(spec, found)
+    check_model_contracts(spec, found)
     return found
 
 
@@ -113,7 +114,7 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )
     found = {"student_source": student_source, "student_tokenizer": student_tokenizer}
-    check_model_limits(spec, found)
+    check_model_contracts(spec, found)
     return found
 
 
@@ -133,11 +134,19 @@ def model_configs(spec: DistillationJobSpec, found: dict[str, Any]) -> dict[str,
     return configs
 
 
-def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+def check_model_contracts(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """What teacher and student must agree on, from their configs and tokenizers, before any compute."""
+    configs = model_configs(spec, found)
+    check_model_limits(spec, found, configs)
+    check_student_layers(spec, configs)
+    check_teacher_head(spec, configs)
+    check_online_tokens(spec, found)
+
+
+def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any], configs: dict[str, tuple[str, Any]]) -> None:
     """task.maxLength fits every model's positions (a longer sequence dies inside the teacher's forward pass
     in Ray Data, or trains on positions the model never had); a causal-lm tokenizer's ids fit every model's
     embedding (models padded beyond the tokenizer are fine: logits are compared over the tokenizer's range)."""
-    configs = model_configs(spec, found)
     too_short = [(role, field, limit) for role, (field, config) in configs.items()
                  if (limit := models.position_limit(config)) is not None and spec.task.max_length > limit]
     if too_short:
@@ -158,3 +167,71 @@ def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any]) -> None
                 f"{field}: the {role} has {rows} token embeddings but its tokenizer {tokens} tokens: ids past "
                 f"{rows - 1} have no embedding; use a model whose vocabulary covers its tokenizer"
             )
+
+
+def _layers_and_heads(config: Any) -> tuple[int | None, int | None]:
+    config = getattr(config, "text_config", None) or config
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    return (layers if isinstance(layers, int) else None), (heads if isinstance(heads, int) else None)
+
+
+def check_student_layers(spec: DistillationJobSpec, configs: dict[str, tuple[str, Any]]) -> None:
+    """student.fromTeacher.layers are the teacher's; compression.pruning fits the student it prunes (else
+    both fail after training, minutes or hours in)."""
+    teacher_layers, teacher_heads = _layers_and_heads(configs["teacher"][1]) if "teacher" in configs else (None,
+                                                                                                          None)
+    layers, heads = None, None
+    if spec.student.from_teacher is not None and teacher_layers is not None:
+        chosen = spec.student.from_teacher.layers or models.default_layers(teacher_layers)
+        bad = [i for i in chosen if not 0 <= i < teacher_layers]
+        if bad:
+            raise PreflightError(f"student.fromTeacher.layers: {bad} outside the teacher's layers "
+                                 f"0..{teacher_layers - 1}")
+        layers, heads = len(chosen), teacher_heads
+    elif spec.student.architecture is not None:
+        layers, heads = spec.student.architecture.num_layers, spec.student.architecture.num_attention_heads
+    elif "student" in configs:
+        layers, heads = _layers_and_heads(configs["student"][1])
+    pruning = spec.compression.pruning
+    if pruning.method == "layers" and layers is not None:
+        keep = list(pruning.keep_layers or [])
+        if any(not 0 <= i < layers for i in keep) or len(set(keep)) != len(keep):
+            raise PreflightError(f"compression.pruning.keepLayers: {keep} must be distinct indices of the "
+                                 f"student's {layers} layers (0..{layers - 1})")
+    if pruning.method == "heads" and heads is not None and pruning.head_ratio is not None:
+        remove = math.floor(heads * pruning.head_ratio)
+        if remove < 1 or remove >= heads:
+            raise PreflightError(f"compression.pruning.headRatio: {pruning.head_ratio} of the student's {heads} "
+                                 f"heads removes {remove}; it must remove at least one head and keep at least one")
+
+
+def check_teacher_head(spec: DistillationJobSpec, configs: dict[str, tuple[str, Any]]) -> None:
+    """teacher.adapt.method none distils the teacher's own classifier: it must have one for task.labels, in
+    their order (a missing head would be a random one, and the student would learn noise)."""
+    if spec.task.type != "sequence-classification" or spec.teacher.adapt.method != "none" or "teacher" not in configs:
+        return
+    config = configs["teacher"][1]
+    head = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    trained = any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
+    if not trained or head != list(spec.task.labels or []):
+        has = f"a head for {head}" if trained else "no classification head"
+        raise PreflightError(
+            f"teacher.adapt.method: none uses the teacher's own classifier, but it has {has}, not one for "
+            f"task.labels {spec.task.labels} in that order; use method auto or head (fit one), or finetune"
+        )
+
+
+def check_online_tokens(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """Online, the teacher runs on the student's token ids in every step: a student.uri with another tokenizer
+    would feed the teacher ids that mean other words (causal-lm refuses that already: a shared vocabulary)."""
+    if spec.distillation.teacher_mode != "online" or "student_tokenizer" not in found or \
+            "teacher_tokenizer" not in found:
+        return
+    student, teacher = found["student_tokenizer"], found["teacher_tokenizer"]
+    probe = "Knowledge distillation, 42 times: the student's tokens."
+    if student.get_vocab() != teacher.get_vocab() or student(probe)["input_ids"] != teacher(probe)["input_ids"]:
+        raise PreflightError(
+            "distillation.teacherMode: online runs the teacher on the student's tokens, and student.uri tokenizes "
+            "differently from the teacher; use teacherMode cached (the teacher reads the texts with its own "
+            "tokenizer), or a student that shares the teacher's tokenizer"
+        )

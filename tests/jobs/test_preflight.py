@@ -148,3 +148,34 @@ def test_a_model_with_fewer_embeddings_than_its_tokenizer_is_refused(tmp_path, p
     with pytest.raises(preflight.PreflightError, match=r"student\.uri: the student has 12 token embeddings but its "
                                                        r"tokenizer 31 tokens"):
         preflight.check_models(job.spec, OutputLayout(tmp_path))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"student": {"fromTeacher": {"layers": [0, 9]}}},
+     r"student\.fromTeacher\.layers: \[9\] outside the teacher's layers 0\.\.1"),
+    ({"compression": {"pruning": {"method": "layers", "keepLayers": [0, 1]}}},
+     r"compression\.pruning\.keepLayers: \[0, 1\] must be distinct indices of the student's 1 layers"),
+    ({"student": {"fromTeacher": {"layers": [0, 1]}}, "compression": {"pruning": {"method": "heads",
+                                                                               "headRatio": 0.3}}},
+     r"compression\.pruning\.headRatio: 0\.3 of the student's 2 heads removes 0"),
+    ({"teacher": {"adapt": {"method": "none"}}},
+     r"teacher\.adapt\.method: none uses the teacher's own classifier, but it has no classification head"),
+], ids=["from-teacher-layers", "keep-layers", "head-ratio", "no-head"])
+def test_student_and_teacher_shapes_are_checked_before_any_compute(tmp_path, tiny_models, sentiment_data,
+                                                                     overrides, message):
+    job = _job(tmp_path, tiny_models["bert"], sentiment_data, **overrides)
+    with pytest.raises(preflight.PreflightError, match=message):
+        preflight.check_models(job.spec, OutputLayout(tmp_path))
+
+
+def test_online_teacher_needs_the_students_tokens(tmp_path, tiny_models, sentiment_data):
+    job = _job(tmp_path, tiny_models["bert"], sentiment_data, student={"uri": str(tiny_models["llama-other"])},
+               distillation={"teacherMode": "online"})
+    with pytest.raises(preflight.PreflightError, match=r"distillation\.teacherMode: online runs the teacher on the "
+                                                       r"student's tokens, and student\.uri tokenizes differently"):
+        preflight.check_models(job.spec, OutputLayout(tmp_path))
+    cached = _job(tmp_path, tiny_models["bert"], sentiment_data, student={"uri": str(tiny_models["llama-other"])})
+    preflight.check_models(cached.spec, OutputLayout(tmp_path))  # the teacher reads texts with its own tokenizer
+    shared = _job(tmp_path, tiny_models["bert"], sentiment_data, student={"uri": str(tiny_models["llama"])},
+                  distillation={"teacherMode": "online"})
+    preflight.check_models(shared.spec, OutputLayout(tmp_path))
