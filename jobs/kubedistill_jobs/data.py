@@ -260,8 +260,8 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
             continue
         item: dict[str, Any] = {"text": text}
         value = row.get(label_field) if label_field is not None else None
-        if label_field is not None and value is None:
-            unlabelled += 1
+        if label_field is not None and (value is None or (isinstance(value, float) and value != value)):
+            unlabelled += 1  # null, or a CSV's empty cell (NaN): a row without a gold label
         elif label_field is not None:
             position = label_index(value, index, dataset.label_encoding)
             if position is None:
