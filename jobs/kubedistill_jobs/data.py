@@ -360,6 +360,15 @@ def load_split(spec: DistillationJobSpec, render: ChatRenderer = plain_chat) -> 
     return split
 
 
+def count_truncated(tokenizer: Any, texts: list[str], max_length: int, batch: int = 1024) -> int:
+    """How many texts have more tokens than max_length (special tokens included): those are cut to it."""
+    count = 0
+    for start in range(0, len(texts), batch):
+        encoded = tokenizer(texts[start:start + batch], truncation=False, verbose=False)["input_ids"]
+        count += sum(len(ids) > max_length for ids in encoded)
+    return count
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

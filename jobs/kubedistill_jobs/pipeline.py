@@ -203,6 +203,8 @@ class Pipeline:
             notes += [f"{count} dropped: {why}" for why, count in (marker.get("dropped") or {}).items()]
             if marker.get("unlabelled"):
                 notes.append(f"{marker['unlabelled']} without a label")
+            if marker.get("truncated"):
+                notes.append(f"{marker['truncated']} cut to task.maxLength")
             return f"{marker['train']} train / {marker['eval']} eval rows" + (f" ({'; '.join(notes)})" if notes else "")
         if stage == "teacher" and marker.get("method") == "endpoint":
             return f"endpoint {marker['url']} (model {marker['model']})"
@@ -247,8 +249,13 @@ class Pipeline:
         progress(1, 1)
         if split.dropped:
             log.warning("data: rows dropped: %s", split.dropped)
+        truncated = data.count_truncated(tokenizer, [r["text"] for r in split.train + split.eval],
+                                         self.spec.task.max_length)
+        if truncated:
+            log.warning("data: %d texts are longer than task.maxLength (%d tokens) and are cut to it", truncated,
+                        self.spec.task.max_length)
         return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
-                "dropped": split.dropped, "unlabelled": split.unlabelled}
+                "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
 
     def _stage_teacher(self, result: RunResult) -> dict[str, Any]:
         from kubedistill_jobs import teacher

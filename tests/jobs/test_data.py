@@ -191,3 +191,12 @@ def test_a_table_the_reader_cannot_parse_is_a_data_error(tmp_path):
     path.write_text('{"text": "a", "label": "pos"}\nnot json\n')
     with pytest.raises(data.DataError, match=r"dataset\.uri: cannot read .*d\.jsonl as json: JSON parse error"):
         data.read_rows(str(path))
+
+
+def test_texts_longer_than_max_length_are_counted(tiny_models):
+    from kubedistill_jobs import models
+
+    tokenizer = models.load_tokenizer(str(tiny_models["bert"]))
+    texts = ["good day", "the movie was very good", "bad " * 40]
+    assert data.count_truncated(tokenizer, texts, 4) == 2
+    assert data.count_truncated(tokenizer, texts, 64) == 0
