@@ -65,7 +65,7 @@ def train_variant(pipeline: Any, name: str, workers: int, scratch: Path, **overr
     tokenizer = pipeline.found["teacher_tokenizer"]
     split = pipeline.split()
     teacher = inputs.load_saved_teacher(spec, layout.teacher)
-    _, init = inputs.student_init(spec, teacher, layout.root / "downloads" / "student")
+    _, init = inputs.student_init(spec, teacher, layout.downloads / "student")
     del teacher
     train_data = inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets)
     eval_data = inputs.eval_arrays(spec, tokenizer, split.eval)
@@ -109,7 +109,7 @@ def bbc(output: Path, scratch: Path) -> dict[str, Any]:
     pipeline = prepare(REPO / "examples" / "quickstart" / "distillationjob.yaml", output, workers=2)
     spec = pipeline.spec
     teacher = inputs.load_saved_teacher(spec, pipeline.layout.teacher)
-    student, _ = inputs.student_init(spec, teacher, pipeline.layout.root / "downloads" / "student")
+    student, _ = inputs.student_init(spec, teacher, pipeline.layout.downloads / "student")
     teacher_params, student_params = models.count_parameters(teacher), models.count_parameters(student)
     teacher_accuracy = pipeline._marker("teacher")["accuracy"]
     del teacher, student

@@ -65,11 +65,9 @@ def _table(report: Report, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+def _compact(report: Report) -> dict[str, Any]:
     """The report without the per-signal frontier lists (report.json in the output keeps them)."""
-    for signal in ((doc.get("routing") or {}).get("signals") or {}).values():
-        signal.pop("frontier", None)
-    return doc
+    return report.model_dump(mode="json", exclude={"routing": {"signals": {"__all__": {"frontier"}}}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(spec, layout, version, settings=settings)
     rows = targets(report)
     print(_table(report, rows))
-    print(f"\n{layout.root}: {(report.model_extra or {}).get('eval_samples')} eval examples, "
+    print(f"\n{layout.root}: {report.eval_samples} eval examples, "
           f"{args.threads} threads, {time.perf_counter() - started:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         + f" --threads {args.threads}" + (" --reuse" if args.reuse else ""),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "targets": rows,
-        "report": _compact(report.model_dump(mode="json")),
+        "report": _compact(report),
     }, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0 if all(r["passed"] for r in rows) else 1

@@ -40,7 +40,7 @@ from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonServer, free_port, start_triton
 from kubedistill_router.tokenizer import TextEncoder
 
-from kubedistill.artifacts import ServingManifest
+from kubedistill.artifacts import OutputLayout, ServingManifest
 from kubedistill.routerconfig import RouterConfig
 from kubedistill.uris import package_root
 
@@ -80,7 +80,7 @@ def build_repository(folder: Path, texts: list[str]) -> Path:
     teacher = BertForSequenceClassification.from_pretrained(minilm, num_labels=len(LABELS))
     for name, model in (("student", student), ("teacher", teacher)):
         export_onnx(model, tokenizer, folder / f"{name}.onnx", task="sequence-classification", max_length=128)
-    repo = folder / "model_repository"
+    repo = OutputLayout(folder).model_repository
     write_model_repository(repo, task="sequence-classification", labels=LABELS, max_length=128,
                            student_onnx=folder / "student.onnx", tokenizer_dir=minilm,
                            teacher_onnx=folder / "teacher.onnx", model_version="bench")

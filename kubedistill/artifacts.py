@@ -9,6 +9,7 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       teacher/                  the task-adapted teacher (classification)
       soft_targets/             cached teacher outputs
       checkpoints/              training checkpoints (Ray Train)
+      downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
       train_report.json         training metrics
       onnx/                     ONNX exports (fp32 and quantized)
@@ -35,12 +36,25 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from kubedistill.confidence import Signal
+from kubedistill.uris import join_uri
 
 STUDENT_MODEL = "student"
 TEACHER_MODEL = "teacher"
 SERVING_MANIFEST = "serving.json"
 MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
+CHECKPOINTS = "checkpoints"
+
+
+def model_repository_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves its Triton model repository."""
+    return join_uri(output_uri, MODEL_REPOSITORY)
+
+
+def report_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves report.json."""
+    return join_uri(output_uri, REPORT_JSON)
+
 
 STAGES = ("data", "teacher", "soft-targets", "train", "compress", "evaluate", "export")
 Stage = Literal["data", "teacher", "soft-targets", "train", "compress", "evaluate", "export"]
@@ -81,7 +95,12 @@ class OutputLayout:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS
+
+    @property
+    def downloads(self) -> Path:
+        """Remote teachers and students, fetched once (`downloads/teacher`, `downloads/student`)."""
+        return self.root / "downloads"
 
     @property
     def student(self) -> Path:

@@ -1,4 +1,5 @@
-"""`report.json`: the gap evaluation's keys, written by the pipeline and read by the operator and CLI."""
+"""`report.json`: the gap evaluation, written by the pipeline and read by report.md, the CLI and the benchmarks;
+every key is a typed field. `job_results` builds a DistillationJob's `status.results` from it."""
 
 from __future__ import annotations
 
@@ -7,20 +8,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubedistill.api.distillationjob import JobResults
+from kubedistill.artifacts import model_repository_uri, report_uri
 
 
-class _Open(BaseModel):
-    """Known keys are typed; extra keys (more metrics, batch-32 latencies, ...) are kept."""
+class _Keys(BaseModel):
+    """Every key is typed: a writer that adds one declares it here, so readers never look keys up by name."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
 
-class Latency(_Open):
+class Latency(_Keys):
     p50: float = Field(description="Median latency at batch 1, milliseconds.")
     p95: float = Field(description="95th percentile at batch 1, milliseconds.")
 
 
-class ModelReport(_Open):
+class ModelReport(_Keys):
     """One model's cost and quality. A remote endpoint teacher has no graph here: its params, size and
     latency are null, and its metrics hold only what the endpoint could score (perplexity, or nothing)."""
 
@@ -30,30 +32,73 @@ class ModelReport(_Open):
     latency_ms: Latency | None
     latency_ms_batch32: Latency | None = Field(default=None, description="p50/p95 at batch 32, milliseconds.")
     throughput: dict[str, float] | None = Field(default=None, description="Items/s by batch (batch1, batch32).")
+    onnx: str | None = Field(default=None, description="The graph's file name in onnx/ (None: an endpoint).")
+    endpoint: str | None = Field(default=None, description="An endpoint teacher's URL.")
+    model: str | None = Field(default=None, description="The model an endpoint teacher was asked for.")
 
 
-class FrontierPoint(_Open):
+class FrontierPoint(_Keys):
     threshold: float
     escalation_rate: float
     accuracy: float
 
 
-class Routing(_Open):
+class SignalSweep(_Keys):
+    """One confidence signal's frontier and the point it recommends (all None: no point met the target)."""
+
+    recommended_threshold: float | None
+    escalation_rate: float | None
+    accuracy: float | None
+    frontier: list[FrontierPoint] = Field(default_factory=list, description="Empty in a compacted copy.")
+
+
+class Routing(_Keys):
     signal: str = "max-probability"
     frontier: list[FrontierPoint]
     recommended_threshold: float | None
     target: float
     recommended: FrontierPoint | None = Field(default=None, description="The point at that threshold.")
     teacher_accuracy: float | None = Field(default=None, description="The teacher's accuracy the target is a share of.")
+    student_accuracy: float | None = Field(default=None, description="The quantized student's accuracy alone.")
+    reference: str | None = Field(default=None, description="What accuracy is measured against: gold labels, "
+                                                             "the teacher (no labels) or held-out text.")
+    signals: dict[str, SignalSweep] | None = Field(default=None, description="Every signal swept, by name.")
+
+    def signal_thresholds(self) -> dict[str, float]:
+        """The recommended threshold of every signal that found one (the main signal's at least)."""
+        out = {name: sweep.recommended_threshold for name, sweep in (self.signals or {}).items()
+               if sweep.recommended_threshold is not None}
+        if self.recommended_threshold is not None:
+            out.setdefault(self.signal, self.recommended_threshold)
+        return out
 
 
-class Gate(_Open):
+class Gate(_Keys):
     min_retention: float | None
     passed: bool
     shortfall: float = Field(default=0.0, description="How far retention fell below min_retention (0 when passed).")
 
 
-class Report(_Open):
+class LatencyMethod(_Keys):
+    """How latency was measured."""
+
+    threads: int = Field(description="ONNX Runtime intra-op threads (0: its default).")
+    warmup: int = Field(description="Untimed runs before measuring.")
+    runtime: str
+    batch_sizes: list[int]
+
+
+class Pruning(_Keys):
+    """What structured pruning did to the student (`compression.pruning`)."""
+
+    method: Literal["layers", "heads"]
+    params_before: int
+    params_after: int
+    layers_kept: list[int] | None = Field(default=None, description="Student layers kept (method layers).")
+    heads_kept_per_layer: int | None = Field(default=None, description="Attention heads left in each layer.")
+
+
+class Report(_Keys):
     task: Literal["sequence-classification", "causal-lm"]
     teacher: ModelReport
     student: ModelReport
@@ -67,6 +112,19 @@ class Report(_Open):
     gate: Gate
     model_version: str | None = None
     labelled: bool | None = Field(default=None, description="False: no gold labels (agreement only).")
+    speedup_batch32: float | None = Field(default=None, description="Teacher p50 over the quantized student's, "
+                                                                    "batch 32.")
+    latency_settings: LatencyMethod | None = None
+    quality_reference: str | None = Field(default=None, description="What quality is measured against.")
+    quantization_accuracy_drop: float | None = Field(default=None, description="Student minus quantized student, "
+                                                                               "primary metric (classification).")
+    eval_samples: int | None = Field(default=None, description="Eval examples scored.")
+    quantization: str | None = Field(default=None, description="compression.quantization as run.")
+    onnx_max_abs_diff: dict[str, float] | None = Field(default=None, description="Largest |PyTorch - ONNX| logit "
+                                                                                 "per exported model.")
+    pruning: Pruning | None = Field(default=None, description="What pruning did; None: no pruning.")
+    teacher_note: str | None = Field(default=None, description="How an endpoint teacher was scored.")
+    routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
 
     @property
     def primary_metric(self) -> str:
@@ -79,25 +137,32 @@ class Report(_Open):
         return max(0.0, self.gate.min_retention - (self.retention or 0.0))
 
 
-def job_results(report: Report, artifact_uri: str, report_uri: str) -> JobResults:
-    """The headline numbers a DistillationJob's status carries."""
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def job_results(report: Report, output_uri: str) -> JobResults:
+    """The headline numbers a DistillationJob's status carries (`status.results`), for a job whose output
+    is `output_uri`. The one place they are assembled."""
     routing = report.routing
+    threshold = routing.recommended_threshold if routing else None
     point = None
-    if routing and routing.recommended_threshold is not None:
-        point = min(routing.frontier, key=lambda p: abs(p.threshold - routing.recommended_threshold))  # type: ignore[operator]
+    if routing and threshold is not None:
+        point = min(routing.frontier, key=lambda p: abs(p.threshold - threshold))
     metric = report.primary_metric
     return JobResults(
-        retention=None if report.retention is None else round(report.retention, 4),
-        agreement=None if report.agreement is None else round(report.agreement, 4),
-        speedup=None if report.speedup is None else round(report.speedup, 2),
-        compression=None if report.compression is None else round(report.compression, 2),
+        retention=_rounded(report.retention, 4),
+        agreement=_rounded(report.agreement, 4),
+        speedup=_rounded(report.speedup, 2),
+        compression=_rounded(report.compression, 2),
         teacher_metric=report.teacher.metrics.get(metric),
         student_metric=report.student_quantized.metrics.get(metric),
-        recommended_threshold=routing.recommended_threshold if routing else None,
+        recommended_threshold=threshold,
+        recommended_thresholds=(routing.signal_thresholds() or None) if routing else None,
         escalation_rate=None if point is None else round(point.escalation_rate, 4),
         gate_passed=report.gate.passed,
-        artifact_uri=artifact_uri,
-        report_uri=report_uri,
+        artifact_uri=model_repository_uri(output_uri),
+        report_uri=report_uri(output_uri),
         model_version=report.model_version,
     )
 

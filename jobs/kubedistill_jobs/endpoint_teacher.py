@@ -14,7 +14,7 @@ student's token ids:
     (candidates the student's tokenizer cannot name are dropped; missing ones are padded with a very
     negative value and a valid index).
 
-The API key comes from the env var `KUBEDISTILL_TEACHER_API_KEY` (the operator sets it from
+The API key comes from the env var KUBEDISTILL_TEACHER_API_KEY (`PipelineEnv`; the operator sets it from
 `teacher.endpoint.apiKeySecretRef`) and is sent as a bearer token.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import urllib.error
 import urllib.request
@@ -35,9 +34,8 @@ from typing import Any
 import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill.env import PipelineEnv
 
-# The operator sets this env var on the Ray pods (kubedistill_operator.builders.job.TEACHER_API_KEY_ENV).
-API_KEY_ENV = "KUBEDISTILL_TEACHER_API_KEY"
 # A logit whose softmax weight is 0 at any temperature the API allows (≤ 100), and fits float16.
 VERY_NEGATIVE = -1.0e4
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -70,7 +68,7 @@ class EndpointConfig:
         assert endpoint is not None
         return cls(url=endpoint.url.rstrip("/"), model=endpoint.model, top_k=spec.distillation.top_k,
                    max_new_tokens=endpoint.max_new_tokens, timeout_seconds=endpoint.timeout_seconds,
-                   api_key=os.environ.get(API_KEY_ENV) or None)
+                   api_key=PipelineEnv.from_env().teacher_api_key)
 
 
 class EndpointClient:

@@ -22,9 +22,18 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import OutputLayout
 from kubedistill.confidence import SIGNALS, confidence, softmax
-from kubedistill.report import FrontierPoint, Gate, Latency, ModelReport, Report, Routing
+from kubedistill.report import (
+    FrontierPoint,
+    Gate,
+    Latency,
+    LatencyMethod,
+    ModelReport,
+    Report,
+    Routing,
+    SignalSweep,
+)
 from kubedistill_jobs.compress import CompressionResult, load_tokenizer, read_jsonl
-from kubedistill_jobs.routing import Frontier, frontier, frontier_from_confidence
+from kubedistill_jobs.routing import Frontier, Point, frontier, frontier_from_confidence
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 32
@@ -41,6 +50,11 @@ class LatencySettings:
     reps_batch1: int = 200
     reps_batch32: int = 20
     budget_s: float = 20.0  # per model and batch size
+
+    def method(self) -> LatencyMethod:
+        """How the report says latency was measured."""
+        return LatencyMethod(threads=self.threads, warmup=self.warmup, runtime="onnxruntime CPUExecutionProvider",
+                             batch_sizes=[1, EVAL_BATCH])
 
 
 # ---------------------------------------------------------------- quality (pure functions on arrays)
@@ -225,23 +239,26 @@ def _size(path: Path) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
 
 
+def _point(point: Point | None) -> FrontierPoint | None:
+    return None if point is None else FrontierPoint(**vars(point))
+
+
 def _routing(fr: dict[str, Frontier], target: float, reference: str) -> Routing:
     main = fr["max-probability"]
     return Routing(
         signal=main.signal,
-        frontier=[{"threshold": p.threshold, "escalation_rate": p.escalation_rate, "accuracy": p.accuracy}
-                  for p in main.points],
+        frontier=[FrontierPoint(**vars(p)) for p in main.points],
         recommended_threshold=None if main.recommended is None else main.recommended.threshold,
         target=target,
-        recommended=None if main.recommended is None else FrontierPoint(**vars(main.recommended)),
+        recommended=_point(main.recommended),
         teacher_accuracy=main.teacher_accuracy,
         student_accuracy=main.student_accuracy,
         reference=reference,
         signals={
-            name: {"recommended_threshold": None if f.recommended is None else f.recommended.threshold,
-                   "escalation_rate": None if f.recommended is None else f.recommended.escalation_rate,
-                   "accuracy": None if f.recommended is None else f.recommended.accuracy,
-                   "frontier": [vars(p) for p in f.points]}
+            name: SignalSweep(recommended_threshold=None if f.recommended is None else f.recommended.threshold,
+                              escalation_rate=None if f.recommended is None else f.recommended.escalation_rate,
+                              accuracy=None if f.recommended is None else f.recommended.accuracy,
+                              frontier=[FrontierPoint(**vars(p)) for p in f.points])
             for name, f in fr.items()
         },
     )
@@ -255,7 +272,10 @@ class Quality:
     retention: float
     agreement: float | None
     frontiers: dict[str, Frontier]
-    extra: dict[str, Any]
+    reference: str  # what quality is measured against (Report.quality_reference)
+    labelled: bool | None = None
+    quantization_accuracy_drop: float | None = None
+    routing_note: str | None = None
 
 
 def classification_quality(logits: dict[str, np.ndarray], gold: np.ndarray | None, num_labels: int,
@@ -276,9 +296,9 @@ def classification_quality(logits: dict[str, np.ndarray], gold: np.ndarray | Non
     if gold is None:
         metrics["teacher"]["agreement"] = 1.0
     retention = metrics["student_quantized"][primary] / max(metrics["teacher"][primary], 1e-12)
-    extra = {"labelled": gold is not None, "quality_reference": "gold labels" if gold is not None else "teacher",
-             "quantization_accuracy_drop": metrics["student"][primary] - metrics["student_quantized"][primary]}
-    return Quality(metrics, retention, metrics["student_quantized"]["agreement"], frontiers, extra)
+    return Quality(metrics, retention, metrics["student_quantized"]["agreement"], frontiers,
+                   reference="gold labels" if gold is not None else "teacher", labelled=gold is not None,
+                   quantization_accuracy_drop=metrics["student"][primary] - metrics["student_quantized"][primary])
 
 
 def causal_quality(stats: dict[str, TokenStats], same_tokens: bool, target: float) -> Quality:
@@ -299,8 +319,7 @@ def causal_quality(stats: dict[str, TokenStats], same_tokens: bool, target: floa
     note = ("token-level: the cascade's next-token accuracy when tokens whose student confidence is below "
             "the threshold are predicted by the teacher") if same_tokens else (
             "no frontier: teacher and student tokenize differently")
-    return Quality(metrics, retention, agreement, frontiers, {"quality_reference": "held-out text",
-                                                               "routing_note": note})
+    return Quality(metrics, retention, agreement, frontiers, reference="held-out text", routing_note=note)
 
 
 def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
@@ -353,11 +372,9 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     latency = measure_latency(paths, tokenizers, texts, max_length, settings) if "latency" in wanted else None
     if progress:
         progress(3, total)
-    primary = "perplexity" if task == "causal-lm" else "accuracy" if quality.extra.get("labelled") else "agreement"
+    primary = "perplexity" if task == "causal-lm" else "accuracy" if quality.labelled else "agreement"
     reports = {n: _model_report(params[n], paths[n], listed_metrics(quality.metrics[n], wanted, primary),
                                 latency[n] if latency else None) for n in MODELS}
-    extra = quality.extra | {"eval_samples": len(rows), "quantization": result.quantization,
-                             "onnx_max_abs_diff": result.max_abs_diff, "pruning": result.pruning}
     report = Report(
         task=task,
         teacher=reports["teacher"],
@@ -368,14 +385,18 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         speedup=(latency["teacher"]["batch1"]["p50"] / latency["student_quantized"]["batch1"]["p50"]
                  if latency else None),
         compression=reports["teacher"].size_bytes / reports["student_quantized"].size_bytes,
-        routing=_routing(quality.frontiers, target, str(extra["quality_reference"])) if quality.frontiers else None,
+        routing=_routing(quality.frontiers, target, quality.reference) if quality.frontiers else None,
         gate=gate(float(quality.retention), spec.evaluation.gate.min_retention),
         model_version=model_version,
         speedup_batch32=(latency["teacher"]["batch32"]["p50"] / latency["student_quantized"]["batch32"]["p50"]
                          if latency else None),
-        latency_settings={"threads": settings.threads, "warmup": settings.warmup,
-                          "runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [1, EVAL_BATCH]},
-        **extra,
+        labelled=quality.labelled,
+        latency_settings=settings.method(),
+        quality_reference=quality.reference,
+        quantization_accuracy_drop=quality.quantization_accuracy_drop,
+        routing_note=quality.routing_note,
+        eval_samples=len(rows), quantization=result.quantization, onnx_max_abs_diff=result.max_abs_diff,
+        pruning=result.pruning,
     )
     write_report(report, layout)
     if progress:
@@ -441,9 +462,7 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         task=spec.task.type, teacher=teacher, student=reports["student"],
         student_quantized=reports["student_quantized"], retention=retention, agreement=None, speedup=None,
         compression=None, routing=None, gate=verdict, model_version=model_version,
-        latency_settings={"threads": settings.threads, "warmup": settings.warmup,
-                          "runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [1, EVAL_BATCH]},
-        quality_reference="held-out text", teacher_note=note,
+        latency_settings=settings.method(), quality_reference="held-out text", teacher_note=note,
         routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
         eval_samples=len(texts), quantization=result.quantization, onnx_max_abs_diff=result.max_abs_diff,
         pruning=result.pruning,

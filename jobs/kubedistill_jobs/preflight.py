@@ -1,6 +1,7 @@
 """Checks a job can run before any compute is spent: every problem is an error naming the field and the fix.
 
-(The API models already refuse malformed specs; these checks need the models and data themselves.)
+A rule that needs only the spec lives in the API models (`kubedistill.api`, with its CEL twin in the CRD, so
+that `kubectl apply` refuses it); these checks need the run, the models or the data themselves.
 """
 
 from __future__ import annotations
@@ -18,50 +19,12 @@ class PreflightError(ValueError):
 
 
 def check_spec(spec: DistillationJobSpec, workers: int) -> None:
-    """Checks on the spec alone."""
-    if spec.teacher.endpoint is not None:
-        _check_endpoint_spec(spec)
+    """Checks on the spec against this run: `workers` is the run's Ray Train worker count, which
+    `kubedistill run --workers` may set apart from `ray.workers.replicas`."""
     if spec.training.batch_size < workers:
         raise PreflightError(
             f"training.batchSize: {spec.training.batch_size} is smaller than the {workers} training workers; "
             "each worker needs at least one example per step"
-        )
-
-
-def _check_endpoint_spec(spec: DistillationJobSpec) -> None:
-    """An endpoint teacher generates text with top-k logprobs: causal-lm, a pretrained student whose
-    tokenizer names the tokens, and a teacher run once up front."""
-    if spec.task.type != "causal-lm":
-        raise PreflightError(
-            f"teacher.endpoint: a completions endpoint teaches causal-lm tasks only, not task.type "
-            f"{spec.task.type}; give teacher.uri (a model) for {spec.task.type}"
-        )
-    if spec.student.uri is None:
-        raise PreflightError(
-            "student.uri: an endpoint teacher (teacher.endpoint) needs a pretrained student whose tokenizer "
-            "is used for the data and the teacher's tokens; set student.uri instead of "
-            "student.architecture or student.fromTeacher"
-        )
-    if spec.distillation.teacher_mode == "online":
-        raise PreflightError(
-            "distillation.teacherMode: online needs the teacher's weights in every training step; an endpoint "
-            "teacher (teacher.endpoint) runs once up front: use teacherMode cached"
-        )
-    if spec.distillation.loss != "forward-kl":
-        raise PreflightError(
-            f"distillation.loss: {spec.distillation.loss} renormalises the student over the teacher's k tokens, "
-            "which an endpoint teacher (teacher.endpoint) leaves sparse (one-hot prompt targets, fewer candidates "
-            "than topK): the loss there is huge or constant; use forward-kl"
-        )
-    if spec.compression.pruning.method != "none":
-        raise PreflightError(
-            "compression.pruning.method: pruning is followed by a recovery distillation that needs the teacher's "
-            "weights; an endpoint teacher (teacher.endpoint) has none: use method none"
-        )
-    if spec.distillation.hidden_states.enabled:
-        raise PreflightError(
-            "distillation.hiddenStates.enabled: an endpoint teacher (teacher.endpoint) exposes no hidden "
-            "states; disable hidden-state distillation"
         )
 
 
@@ -71,7 +34,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     if spec.teacher.endpoint is not None:
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
-    teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.root / "downloads" / "teacher")
+    teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.downloads / "teacher")
     models.check_model_files(teacher_source, "teacher.uri", spec.teacher.gguf_file)
     try:
         teacher_tokenizer = models.load_tokenizer(teacher_source, spec.teacher.gguf_file)
@@ -95,7 +58,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
 
 def _student_tokenizer(uri: str, layout: OutputLayout) -> tuple[str, Any]:
     """Where a pretrained student (`student.uri`) is, fetched into the output's downloads, and its tokenizer."""
-    source = models.model_source(uri, "student.uri", layout.root / "downloads" / "student")
+    source = models.model_source(uri, "student.uri", layout.downloads / "student")
     models.check_model_files(source, "student.uri")
     try:
         return source, models.load_tokenizer(source)

@@ -24,13 +24,12 @@ def plot_frontier(report: Report, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    signals = (report.routing.model_extra or {}).get("signals") or {
-        report.routing.signal: {"frontier": [p.model_dump() for p in report.routing.frontier]}
+    frontiers = {name: sweep.frontier for name, sweep in (report.routing.signals or {}).items()} or {
+        report.routing.signal: report.routing.frontier
     }
-    for name, data in signals.items():
-        pts = sorted(data["frontier"], key=lambda p: p["escalation_rate"])
-        ax.plot([p["escalation_rate"] for p in pts], [p["accuracy"] for p in pts], label=name, marker=".", ms=3)
-    extra = report.routing.model_extra or {}
+    for name, points in frontiers.items():
+        pts = sorted(points, key=lambda p: p.escalation_rate)
+        ax.plot([p.escalation_rate for p in pts], [p.accuracy for p in pts], label=name, marker=".", ms=3)
     teacher_acc = report.routing.teacher_accuracy
     if teacher_acc is not None:
         ax.axhline(teacher_acc, color="grey", ls="--", lw=1, label="teacher")
@@ -41,7 +40,7 @@ def plot_frontier(report: Report, path: Path) -> Path | None:
         ax.scatter([rec.escalation_rate], [rec.accuracy], color="red", zorder=5,
                    label=f"recommended (threshold {rec.threshold:.3f})")
     ax.set_xlabel("share escalated to the teacher")
-    ax.set_ylabel(f"cascade accuracy (vs {extra.get('reference', 'gold labels')})")
+    ax.set_ylabel(f"cascade accuracy (vs {report.routing.reference or 'gold labels'})")
     ax.set_title("Routing frontier")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -123,7 +122,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     """A human summary: the decision first, then the table, the routing, the plots."""
-    extra = report.model_extra or {}
     metric = report.primary_metric
     gate = report.gate
     if gate.min_retention is None:
@@ -144,9 +142,8 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         f"{_fmt(report.agreement)}.",
         "",
     ]
-    if extra.get("teacher_note"):
-        endpoint = (report.teacher.model_extra or {}).get("endpoint")
-        lines += [f"Teacher: the endpoint {endpoint}; {extra['teacher_note']}.", ""]
+    if report.teacher_note:
+        lines += [f"Teacher: the endpoint {report.teacher.endpoint}; {report.teacher_note}.", ""]
     if report.labelled is False and report.task == "sequence-classification":
         lines += ["The eval split has no gold labels: quality is agreement with the teacher only.", ""]
     metric_keys = sorted({k for n in MODEL_TITLES for k in getattr(report, n).metrics})
@@ -168,13 +165,13 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
             f"{_fmt(m.latency_ms_batch32.p50 if m.latency_ms_batch32 else None)} | "
             f"{_fmt((m.throughput or {}).get('batch32'), 5)} |"
         )
-    settings = extra.get("latency_settings") or {}
-    lines += ["", f"Latency: {settings.get('runtime', 'onnxruntime')}, {settings.get('threads')} intra-op threads, "
-              f"{extra.get('eval_samples')} eval examples. Retention is the quantized student's {metric} over the "
-              "teacher's" + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
+    settings = report.latency_settings
+    lines += ["", f"Latency: {settings.runtime if settings else 'onnxruntime'}, "
+              f"{settings.threads if settings else None} intra-op threads, {report.eval_samples} eval examples. "
+              f"Retention is the quantized student's {metric} over the teacher's"
+              + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
     if report.routing is not None:
         r = report.routing
-        rx = r.model_extra or {}
         rec = r.recommended
         lines += ["## Routing", ""]
         if rec:
@@ -183,16 +180,15 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
                 f"{rec.escalation_rate:.1%} of requests, cascade accuracy {rec.accuracy:.4f} "
                 f"(target {r.target:.0%} of the teacher's {_fmt(r.teacher_accuracy)})."
             )
-        signals = rx.get("signals") or {}
-        if signals:
+        if r.signals:
             lines += ["", "| signal | threshold | escalated | cascade accuracy |", "|---|---:|---:|---:|"]
-            for name, s in signals.items():
-                rate = s.get("escalation_rate")
-                lines.append(f"| {name} | {_fmt(s.get('recommended_threshold'))} | "
-                             f"{'–' if rate is None else f'{rate:.1%}'} | {_fmt(s.get('accuracy'))} |")
+            for name, s in r.signals.items():
+                rate = s.escalation_rate
+                lines.append(f"| {name} | {_fmt(s.recommended_threshold)} | "
+                             f"{'–' if rate is None else f'{rate:.1%}'} | {_fmt(s.accuracy)} |")
         lines.append("")
-    if extra.get("routing_note"):
-        lines += [f"Routing: {extra['routing_note']}.", ""]
+    if report.routing_note:
+        lines += [f"Routing: {report.routing_note}.", ""]
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{name}]({path.as_posix()})" for name, path in plot_paths.items()] + [""]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 `status.results` and `status.failure` through the status subresource (the only fields the pipeline writes;
 the operator owns phase and conditions, and reads `failure` to stop the retries of an input error).
 
-Active only inside a cluster: env KUBEDISTILL_JOB_NAME / KUBEDISTILL_JOB_NAMESPACE set and an in-cluster
+Active only inside a cluster: `PipelineEnv` (KUBEDISTILL_JOB_NAME / _NAMESPACE) set and an in-cluster
 service account available. Anywhere else every call is a no-op. A failed patch is logged and never
 stops the pipeline: the report next to the artifact is the record, the status a live view of it.
 """
@@ -10,7 +10,6 @@ stops the pipeline: the report next to the artifact is the record, the status a 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import urllib.error
 from datetime import UTC, datetime
@@ -18,12 +17,11 @@ from typing import Any
 
 from kubedistill.api.base import GROUP, VERSION
 from kubedistill.api.distillationjob import JobFailure, JobProgress
+from kubedistill.env import PipelineEnv
 from kubedistill.report import Report, job_results
-from kubedistill.uris import join_uri
 
 log = logging.getLogger("kubedistill.reporting")
 PLURAL = "distillationjobs"
-RUN_ID_ENV = "KUBEDISTILL_RUN_ID"  # the RayJob's name, set by the operator on the pipeline's pods
 MAX_MESSAGE = 4000
 
 
@@ -83,7 +81,7 @@ def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, r
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     failure = JobFailure(stage=stage, error=type(error).__name__, message=message, permanent=permanent,
-                         ray_job_name=run or os.environ.get(RUN_ID_ENV) or None,
+                         ray_job_name=run or PipelineEnv.from_env().run_id,
                          time=(now or datetime.now(UTC)).replace(microsecond=0))
     return failure.to_wire()
 
@@ -102,32 +100,17 @@ def status_patch(progress: dict[str, Any] | None = None, metrics: dict[str, floa
 
 
 def results_patch(report: Report, output_uri: str) -> dict[str, Any]:
-    results = job_results(report, join_uri(output_uri, "model_repository"), join_uri(output_uri, "report.json"))
-    thresholds = signal_thresholds(report)
-    if thresholds:
-        results.recommended_thresholds = thresholds
-    return results.to_wire()
-
-
-def signal_thresholds(report: Report) -> dict[str, float]:
-    """The recommended threshold of every confidence signal the evaluation swept (`routing.signals`)."""
-    routing = report.routing
-    if routing is None:
-        return {}
-    signals = (routing.model_extra or {}).get("signals") or {}
-    out = {name: float(entry["recommended_threshold"]) for name, entry in signals.items()
-           if isinstance(entry, dict) and isinstance(entry.get("recommended_threshold"), int | float)}
-    if routing.recommended_threshold is not None:
-        out.setdefault(routing.signal, float(routing.recommended_threshold))
-    return out
+    """`status.results` on the wire (built by `kubedistill.report.job_results`)."""
+    return job_results(report, output_uri).to_wire()
 
 
 class StatusReporter:
     """Merge-patches the job's status subresource; throttles progress patches."""
 
     def __init__(self, name: str | None = None, namespace: str | None = None, min_interval: float = 10.0) -> None:
-        self.name = name or os.environ.get("KUBEDISTILL_JOB_NAME")
-        self.namespace = namespace or os.environ.get("KUBEDISTILL_JOB_NAMESPACE")
+        env = PipelineEnv.from_env()
+        self.name = name or env.job_name
+        self.namespace = namespace or env.job_namespace
         self.min_interval = min_interval
         self._api: Any = None
         self._last_progress = 0.0

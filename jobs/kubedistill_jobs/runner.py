@@ -10,6 +10,7 @@ from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJob
 from kubedistill.api.load import load_manifest
+from kubedistill.artifacts import OutputLayout
 from kubedistill_jobs.storage import Output, resolve_output
 
 LOGGER = "kubedistill"
@@ -35,7 +36,7 @@ def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output
     logger.propagate = False
     for handler in list(logger.handlers):  # one run per process: replace an earlier run's handlers
         logger.removeHandler(handler)
-    handlers: list[logging.Handler] = [logging.FileHandler(output.local / "pipeline.log")]
+    handlers: list[logging.Handler] = [logging.FileHandler(OutputLayout(output.local).log)]
     if console_log:
         handlers.append(logging.StreamHandler(sys.stdout))
     for handler in handlers:

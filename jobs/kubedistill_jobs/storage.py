@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubedistill.artifacts import CHECKPOINTS, OutputLayout
 from kubedistill.uris import UriError, join_uri, local_path, parse_uri
 
 
@@ -25,7 +26,7 @@ class Output:
 
     @property
     def checkpoint_storage(self) -> str:
-        return join_uri(self.uri, "checkpoints") if self.remote else str(self.local / "checkpoints")
+        return join_uri(self.uri, CHECKPOINTS) if self.remote else str(OutputLayout(self.local).checkpoints)
 
     def pull(self) -> None:
         if not self.remote:

@@ -52,7 +52,7 @@ class ApiModel(BaseModel):
 def _without_default_nulls(value: Any, dumped: Any) -> Any:
     """`dumped` (the JSON dump of `value`) without the nulls that reading it back would not need."""
     if isinstance(value, BaseModel):
-        wire = {}
+        wire: dict[str, Any] = {}
         for name, field in type(value).model_fields.items():
             key = field.serialization_alias or field.alias or name
             if key not in dumped:

@@ -48,12 +48,12 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
         if len(options) != 1:
             raise ValueError(f"union types have no structural form: {any_of}")
         rest = {k: v for k, v in node.items() if k != "anyOf"}
-        out = {**_inline(options[0], defs), **_inline(rest, defs)}
-        if len(options) < len(any_of) and out.get("default") is not None:
+        merged = {**_inline(options[0], defs), **_inline(rest, defs)}
+        if len(options) < len(any_of) and merged.get("default") is not None:
             # null means something here ("unlabelled", "no gate"): without `nullable` the API server would
             # prune it and put the default back.
-            out["nullable"] = True
-        return out
+            merged["nullable"] = True
+        return merged
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP or key == "$defs":

@@ -6,8 +6,9 @@ models, and `crds/` is generated from them (`python -m kubedistill.api.crdgen`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +40,7 @@ Quantization = Literal["none", "int8", "int4"]
 PruningMethod = Literal["none", "layers", "heads"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 Metric = Literal["accuracy", "macro_f1", "agreement", "kl", "perplexity", "latency"]
+DEFAULT_METRICS: tuple[Metric, ...] = ("accuracy", "macro_f1", "agreement", "kl", "latency")
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
@@ -304,6 +306,8 @@ class PruningSpec(ApiModel):
                 ".keepLayers"),
             cel("self.method != 'heads' || has(self.headRatio)", "pruning method heads needs headRatio",
                 ".headRatio"),
+            cel("!has(self.keepLayers) || self.keepLayers.all(i, i >= 0 && self.keepLayers.exists_one(j, j == i))",
+                "pruning keepLayers must be distinct layer indices (0 or more), each listed once", ".keepLayers"),
         )
     }
 
@@ -320,6 +324,10 @@ class PruningSpec(ApiModel):
             raise ValueError("compression.pruning.keepLayers: method `layers` needs the student layers to keep")
         if self.method == "heads" and self.head_ratio is None:
             raise ValueError("compression.pruning.headRatio: method `heads` needs the share of heads to remove")
+        keep = self.keep_layers or []
+        if any(i < 0 for i in keep) or len(set(keep)) != len(keep):
+            raise ValueError(f"compression.pruning.keepLayers: {keep} must be distinct layer indices (0 or more), "
+                             "each listed once")
         return self
 
 
@@ -345,7 +353,7 @@ class EvaluationSpec(ApiModel):
     """The student-vs-teacher gap evaluation."""
 
     metrics: list[Metric] = Field(
-        default_factory=lambda: ["accuracy", "macro_f1", "agreement", "kl", "latency"],
+        default_factory=lambda: list(DEFAULT_METRICS),
         description="Metrics reported on the eval split. The primary one (accuracy, agreement without labels, "
         "perplexity for causal-lm) is always reported; `latency` (p50/p95, throughput, speedup) is measured only "
         "when listed; metrics that do not apply to the task are ignored.",
@@ -442,6 +450,19 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.teacherMode",
             ),
             cel(
+                "!has(self.teacher.endpoint) || self.distillation.loss == 'forward-kl'",
+                "an endpoint teacher leaves the student's targets sparse (one-hot on the prompt, fewer candidates "
+                "than topK), where reverse-kl and jsd, renormalised over the teacher's k tokens, are huge or "
+                "constant: use distillation.loss forward-kl",
+                ".distillation.loss",
+            ),
+            cel(
+                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'",
+                "pruning is followed by a recovery distillation that needs the teacher's weights, which an "
+                "endpoint teacher does not have: use compression.pruning.method none",
+                ".compression.pruning.method",
+            ),
+            cel(
                 "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)",
                 "hidden-state distillation needs a teacher model, not an endpoint",
                 ".distillation.hiddenStates.enabled",
@@ -486,6 +507,17 @@ class DistillationJobSpec(ApiModel):
             raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
         if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:
             raise ValueError("distillation.topK: an endpoint teacher exposes at most 20 logprobs: set topK <= 20")
+        if endpoint and self.distillation.loss != "forward-kl":
+            raise ValueError(
+                f"distillation.loss: {self.distillation.loss} renormalises the student over the teacher's k tokens, "
+                "which an endpoint teacher (teacher.endpoint) leaves sparse (one-hot prompt targets, fewer "
+                "candidates than topK): the loss there is huge or constant; use forward-kl"
+            )
+        if endpoint and self.compression.pruning.method != "none":
+            raise ValueError(
+                "compression.pruning.method: pruning is followed by a recovery distillation that needs the "
+                "teacher's weights; an endpoint teacher (teacher.endpoint) has none: use method none"
+            )
         if endpoint and self.distillation.hidden_states.enabled:
             raise ValueError("distillation.hiddenStates.enabled: hidden-state distillation needs a teacher model")
         if endpoint and (self.student.from_teacher or self.student.architecture):
@@ -528,6 +560,12 @@ class JobResults(ApiModel):
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:
+        """`status.results` as the API server holds it (camelCase), or None when the pipeline reported none."""
+        results = status.get("results")
+        return cls.model_validate(results) if results else None
 
 
 class JobFailure(ApiModel):

@@ -27,11 +27,19 @@ OURS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
 
 
 def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(obj, type=type_, reason=reason, message=message[:1000])
+    # kopf.event reads any mapping with metadata; its hint names only kopf's own Body.
+    kopf.event(obj, type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
 
 
 def _status(body: Any) -> dict[str, Any]:
     return dict(body.get("status") or {})
+
+
+def _namespaced(namespace: str | None) -> str:
+    """Both resources and every child the operator watches are namespaced: kopf always gives a namespace."""
+    if namespace is None:
+        raise kopf.PermanentError("a namespaced resource arrived without a namespace")
+    return namespace
 
 
 def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
@@ -58,26 +66,27 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
     # Every event of every job comes here: only those that act are counted as reconciliations.
     @kopf.on.event(*JOBS, id="job-failure", registry=registry)
-    def job_failure(event: Any, body: Any, namespace: str, name: str, memo: Any, **_: Any) -> None:
+    def job_failure(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
             with counted(memo, JOB_KIND):
-                refresh_job(memo.ctx, namespace, name)
+                refresh_job(memo.ctx, _namespaced(namespace), name)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)
-    def ray_job_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+    def ray_job_event(event: Any, body: Any, namespace: str | None, labels: Any, memo: Any, **_: Any) -> None:
         job = labels.get(naming.INSTANCE_LABEL)
         if job:
             gone = event.get("type") == "DELETED"
-            refresh_job(memo.ctx, namespace, job, ray_job=None if gone else dict(body))
+            refresh_job(memo.ctx, _namespaced(namespace), job, ray_job=None if gone else dict(body))
 
     # StudentDeployment → router ConfigMap, Deployment, Service, HPA.
     @kopf.index(*STUDENTS, id="students_by_job", registry=registry)
-    def students_by_job(namespace: str, body: Any, spec: Any, **_: Any) -> dict[tuple[str, str], Any]:
+    def students_by_job(namespace: str | None, body: Any, spec: Any, **_: Any) -> dict[tuple[str, str], Any]:
         job = ((spec.get("source") or {}).get("jobRef") or {}).get("name")
         if not job:
             return {}
-        return {(namespace, job): {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}}
+        student = {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}
+        return {(_namespaced(namespace), job): student}
 
     @kopf.on.resume(*STUDENTS, id="student-resume", registry=registry)
     @kopf.on.create(*STUDENTS, id="student-create", registry=registry)
@@ -89,18 +98,18 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
     @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
                    labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)
     @reconciliation(STUDENT_KIND)
-    def deployment_event(event: Any, body: Any, namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+    def deployment_event(event: Any, body: Any, namespace: str | None, labels: Any, memo: Any, **_: Any) -> None:
         owner = labels.get(naming.INSTANCE_LABEL)
         if owner:
             gone = event.get("type") == "DELETED"
-            refresh_student(memo.ctx, namespace, owner, None if gone else dict(body))
+            refresh_student(memo.ctx, _namespaced(namespace), owner, None if gone else dict(body))
 
     @kopf.on.event(*JOBS, id="job-to-students", registry=registry)
-    def job_event(event: Any, body: Any, namespace: str, name: str, memo: Any,
-                  students_by_job: kopf.Index[Any, Any], **_: Any) -> None:
+    def job_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+        students_by_job: kopf.Index[tuple[str, str], Any] = kwargs["students_by_job"]  # the index above
         job = None if event.get("type") == "DELETED" else dict(body)
-        for student in students_by_job.get((namespace, name), []):
+        for student in students_by_job.get((_namespaced(namespace), name), []):
             if job_change_matters(student, job):
-                reconcile_student_by_name(memo.ctx, namespace, student["metadata"]["name"])
+                reconcile_student_by_name(memo.ctx, _namespaced(namespace), student["metadata"]["name"])
 
     return registry

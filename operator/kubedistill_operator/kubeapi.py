@@ -10,13 +10,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlencode
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from kubedistill_operator.naming import MANAGER
+
+if TYPE_CHECKING:
+    import kopf
+
+
+def _auth_settings(configuration: k8s_client.Configuration) -> list[dict[str, Any]]:
+    """The client's credentials, each `{"in": "header", "key": ..., "value": ...}`."""
+    # A TypedDict of per-scheme TypedDicts, all with in/key/value: read here as plain dicts.
+    settings = cast(dict[str, dict[str, Any]], configuration.auth_settings())
+    return list(settings.values())
 
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -108,13 +118,13 @@ class KubeApi:
     def host(self) -> str:
         return str(self._configuration.host)
 
-    def connection_info(self) -> Any:
-        """The same credentials for kopf's own watches and patches (a `kopf.ConnectionInfo`)."""
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """The same credentials for kopf's own watches and patches."""
         import kopf
 
         cfg = self._configuration
         token = None
-        for auth in cfg.auth_settings().values():
+        for auth in _auth_settings(cfg):
             value = auth.get("value") or ""
             if auth.get("in") == "header" and value.lower().startswith("bearer "):
                 token = value.split(" ", 1)[1]
@@ -133,7 +143,7 @@ class KubeApi:
                  conflict_ok: bool = False) -> dict[str, Any] | None:
         url = self._configuration.host.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "User-Agent": MANAGER}
-        for auth in self._configuration.auth_settings().values():
+        for auth in _auth_settings(self._configuration):
             if auth.get("in") == "header" and auth.get("value"):
                 headers[auth["key"]] = auth["value"]
         if body is not None:

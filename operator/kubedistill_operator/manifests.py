@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from kubedistill.api import DistillationJob, StudentDeployment
+from kubedistill.artifacts import model_repository_uri
 from kubedistill.uris import join_uri
+from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_job_children, build_student_children
 from kubedistill_operator.config import OperatorConfig
 
@@ -59,10 +61,10 @@ def _source(sd: StudentDeployment, jobs: dict[str, DistillationJob]) -> ModelSou
         return ModelSourceInfo.from_uri(sd)
     job = jobs.get(ref.name)
     if job is None:
-        uri = f"{UNKNOWN_REPOSITORY}/{ref.name}/model_repository"
+        uri = model_repository_uri(join_uri(UNKNOWN_REPOSITORY, ref.name))
         s3 = sd.spec.source.s3_credentials_secret
     else:
-        uri = join_uri(job.spec.output.uri, "model_repository")
+        uri = model_repository_uri(job.spec.output.uri)
         s3 = sd.spec.source.s3_credentials_secret or job.spec.output.s3_credentials_secret
-    return ModelSourceInfo(model_repository_uri=uri, model_version=f"{ref.name}-g1",
+    return ModelSourceInfo(model_repository_uri=uri, model_version=naming.ray_job_name(ref.name, None),
                            threshold=sd.spec.router.threshold, s3_credentials_secret=s3)

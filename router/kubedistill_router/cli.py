@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve a job's output with a local Triton server and the router",
         description="Start a real Triton server (the tritonserver of the nvidia-pytriton wheel) with the model "

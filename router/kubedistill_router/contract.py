@@ -31,8 +31,8 @@ def check_repository(repository: Path) -> ServingManifest:
         raise RepositoryError(f"{repository / SERVING_MANIFEST} is not a valid serving manifest: {error}") from None
     missing = [f"{m.name}/config.pbtxt" for m in (manifest.student, manifest.teacher)
                if m is not None and not (repository / m.name / "config.pbtxt").is_file()]
-    missing += [f"{t}/tokenizer.json" for t in sorted({manifest.tokenizer, manifest.teacher_tokenizer} - {None})
-                if not (repository / str(t) / "tokenizer.json").is_file()]
+    folders = sorted({manifest.tokenizer, *([manifest.teacher_tokenizer] if manifest.teacher_tokenizer else [])})
+    missing += [f"{t}/tokenizer.json" for t in folders if not (repository / t / "tokenizer.json").is_file()]
     if missing:
         raise RepositoryError(f"{repository} is incomplete: {', '.join(missing)} missing")
     if manifest.task == "sequence-classification":

@@ -123,6 +123,10 @@ class RemoteTeacher:
             return value
         raise UpstreamError(f"{self.description} answered {value!r}, not one of the labels {self.labels}")
 
+    async def classify(self, texts: list[str]) -> list[Answer]:
+        """Each protocol's subclass asks its endpoint."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -52,6 +52,7 @@ def _pad(tokenizer: Tokenizer, folder: Path) -> tuple[int, str]:
         value = json.loads(config.read_text()).get("pad_token")
         token = value.get("content") if isinstance(value, dict) else value
     for candidate in (token, "[PAD]", "<pad>"):
-        if candidate and tokenizer.token_to_id(candidate) is not None:
-            return int(tokenizer.token_to_id(candidate)), candidate
+        found = tokenizer.token_to_id(candidate) if candidate else None
+        if candidate and found is not None:
+            return int(found), candidate
     return 0, tokenizer.id_to_token(0) or ""

@@ -1,57 +1,24 @@
 """A StudentDeployment's Triton settings (`spec.triton`), written into the fetched models' config.pbtxt.
 
-The operator passes them to the fetch init container as environment variables, so a job's model
-repository stays what the job wrote, and each deployment serves it with its own batching and instances.
+The operator passes them to the fetch init container as environment variables (`kubedistill.env.TritonEnv`),
+so a job's model repository stays what the job wrote, and each deployment serves it with its own batching
+and instances.
 Configs are edited through Triton's own ModelConfig protobuf, never as text.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kubedistill.artifacts import ServedModel, ServingManifest
+from kubedistill.env import TritonEnv
 
-PREFIX = "KUBEDISTILL_TRITON_"
 
-
-@dataclass(frozen=True)
-class TritonSettings:
-    max_batch_size: int | None = None
-    instance_count: int | None = None
-    instance_kind: str | None = None  # KIND_CPU or KIND_GPU
-    dynamic_batching: bool | None = None
-    max_queue_delay_us: int | None = None
-    preferred_batch_sizes: tuple[int, ...] = ()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> TritonSettings:
-        def number(key: str) -> int | None:
-            value = env.get(PREFIX + key)
-            if value is None:
-                return None
-            if not value.isdigit() or int(value) < 0:
-                raise ValueError(f"{PREFIX}{key}={value!r}: expected a non-negative integer")
-            return int(value)
-
-        batching = env.get(PREFIX + "DYNAMIC_BATCHING")
-        preferred = env.get(PREFIX + "PREFERRED_BATCH_SIZES", "")
-        kind = env.get(PREFIX + "INSTANCE_KIND")
-        if kind is not None and kind not in ("KIND_CPU", "KIND_GPU"):
-            raise ValueError(f"{PREFIX}INSTANCE_KIND={kind!r}: expected KIND_CPU or KIND_GPU")
-        return cls(
-            max_batch_size=number("MAX_BATCH_SIZE"),
-            instance_count=number("INSTANCE_COUNT"),
-            instance_kind=kind,
-            dynamic_batching=None if batching is None else batching.lower() == "true",
-            max_queue_delay_us=number("MAX_QUEUE_DELAY_US"),
-            preferred_batch_sizes=tuple(int(b) for b in preferred.split(",") if b.strip()),
-        )
+class TritonSettings(TritonEnv):
+    """The settings as the operator passed them (`TritonEnv.from_env`), applied to Triton's ModelConfig."""
 
     @property
     def empty(self) -> bool:

@@ -8,6 +8,8 @@ from kubedistill_jobs.compress import load_tokenizer, recovery_batches
 from kubedistill_jobs.onnx_export import export_onnx, max_abs_diff, probe_inputs
 from kubedistill_jobs.prune import prune, recover
 
+from kubedistill.report import Pruning
+
 from .conftest import make_spec, tiny_bert, tokenizer
 
 
@@ -64,5 +66,6 @@ def test_compress_prunes_recovers_and_exports(tmp_path):
     result = CompressionResult.read(layout)
     assert result.pruning["layers_kept"] == [1] and result.student_params == result.pruning["params_after"]
     assert result.pruning["params_after"] < result.pruning["params_before"]
+    assert Pruning.model_validate(result.pruning).layers_kept == [1]  # what report.json carries
     assert len(result.recovery_losses) == 2 and result.max_abs_diff["student"] < 1e-4
     assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -43,7 +43,7 @@ def test_report_json_keys_and_types(evaluated):
     assert doc["gate"]["min_retention"] == 0.95 and isinstance(doc["gate"]["passed"], bool)
     assert doc["gate"]["passed"] == (doc["retention"] >= 0.95)
     assert doc["model_version"] == "run-1"
-    results = job_results(report, "file:///out/model_repository", "file:///out/report.json")
+    results = job_results(report, "file:///out")
     assert results.gate_passed == doc["gate"]["passed"] and results.escalation_rate is not None
 
 
@@ -71,7 +71,7 @@ def test_failed_gate_is_reported_with_its_shortfall(evaluated):
     _, _, report = evaluated
     failed = report.model_copy(update={"retention": 0.9, "gate": gate(0.9, 0.95)})
     assert failed.shortfall() == pytest.approx(0.05)
-    assert job_results(failed, "a", "b").gate_passed is False
+    assert job_results(failed, "file:///out").gate_passed is False
     assert "gate not met" in render.markdown(failed, {}) and "short by 0.05" in render.markdown(failed, {})
 
 
@@ -84,7 +84,7 @@ def test_metrics_not_listed_are_left_out_and_latency_is_not_measured(evaluated, 
         assert set(model.metrics) == {"macro_f1", "accuracy"}  # accuracy: the primary metric, always kept
         assert model.latency_ms is None and model.latency_ms_batch32 is None and model.throughput is None
     assert report.speedup is None and report.compression is not None and report.retention > 0
-    assert job_results(report, "a", "b").speedup is None
+    assert job_results(report, "file:///out").speedup is None
     assert "| student (quantized) |" in render.markdown(report, {})  # renders without latency
 
 
@@ -100,5 +100,5 @@ def test_eval_split_without_labels_gives_agreement_only(evaluated, fast_latency,
     assert report.retention == pytest.approx(report.student_quantized.metrics["agreement"])
     assert report.agreement == report.student_quantized.metrics["agreement"]
     assert report.labelled is False
-    assert report.routing is not None and report.routing.model_extra["reference"] == "teacher"
+    assert report.routing is not None and report.routing.reference == "teacher"
     assert "no gold labels" in unlabelled.report_md.read_text()

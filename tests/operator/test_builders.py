@@ -16,6 +16,7 @@ from kubedistill_operator.config import OperatorConfig
 from kubedistill_validation import validate_object
 
 from kubedistill.api import DistillationJob, StudentDeployment, parse_resource
+from kubedistill.env import PipelineEnv, TritonEnv
 from kubedistill.routerconfig import RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +180,36 @@ def test_s3_output_takes_credentials_from_the_secret_and_endpoint_teacher_its_ke
     env = {e["name"]: e for e in container["env"]}
     assert env["KUBEDISTILL_TEACHER_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "llm-key", "key": "token"}}
     assert "envFrom" not in container
+
+
+def test_pipeline_reads_back_the_env_the_operator_sets():
+    parsed = job()
+    ray_job = by_kind(build_job_children(parsed, CONFIG))["RayJob"]
+    for pod in ray_pods(ray_job):
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        read = PipelineEnv.from_env(env)
+        assert (read.job_name, read.job_namespace) == ("bbc-news-topics", "ml")
+        run = naming.ray_job_name("bbc-news-topics", parsed.metadata.generation)
+        assert read.run_id == ray_job["metadata"]["name"] == run
+        assert read.teacher_api_key is None  # only ever from a Secret (valueFrom), never a literal value
+
+
+def test_env_models_round_trip_and_name_the_bad_variable():
+    settings = TritonEnv(max_batch_size=8, instance_kind="KIND_GPU", dynamic_batching=False,
+                         preferred_batch_sizes=(2, 4))
+    env = settings.to_env()
+    assert env == {"KUBEDISTILL_TRITON_MAX_BATCH_SIZE": "8", "KUBEDISTILL_TRITON_INSTANCE_KIND": "KIND_GPU",
+                   "KUBEDISTILL_TRITON_DYNAMIC_BATCHING": "false", "KUBEDISTILL_TRITON_PREFERRED_BATCH_SIZES": "2,4"}
+    assert TritonEnv.from_env(env) == settings
+    assert TritonEnv.from_env({}) == TritonEnv()
+    with pytest.raises(ValueError, match="KUBEDISTILL_TRITON_INSTANCE_KIND='KIND_TPU'"):
+        TritonEnv.from_env({"KUBEDISTILL_TRITON_INSTANCE_KIND": "KIND_TPU"})
+    with pytest.raises(ValueError, match="KUBEDISTILL_TRITON_MAX_QUEUE_DELAY_US='-5'"):
+        TritonEnv.from_env({"KUBEDISTILL_TRITON_MAX_QUEUE_DELAY_US": "-5"})
+    with pytest.raises(KeyError):
+        PipelineEnv.env_name("job")
+    assert "s3cret" not in repr(PipelineEnv(teacher_api_key="s3cret"))
 
 
 def test_run_name_is_deterministic_and_changes_with_the_generation():

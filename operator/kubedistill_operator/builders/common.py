@@ -69,3 +69,8 @@ def pvc_volume(claim: str, read_only: bool, index: int) -> tuple[dict[str, Any],
     volume = {"name": volume_name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
     mount = {"name": volume_name, "mountPath": f"/mnt/pvc/{claim}", "readOnly": read_only}
     return volume, mount
+
+
+def env_list(env: dict[str, str]) -> list[dict[str, str]]:
+    """A container's `env` from name → value (the `to_env()` of a `kubedistill.env` model)."""
+    return [{"name": name, "value": value} for name, value in env.items()]

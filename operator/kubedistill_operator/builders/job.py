@@ -8,6 +8,7 @@ import yaml
 
 from kubedistill.api import DistillationJob
 from kubedistill.api.distillationjob import RayNodeGroup
+from kubedistill.env import PipelineEnv
 from kubedistill.uris import parse_uri, pvc_claim
 from kubedistill_operator import naming
 from kubedistill_operator.builders import common
@@ -17,8 +18,6 @@ KIND = "DistillationJob"
 SPEC_DIR = "/etc/kubedistill"
 SPEC_KEY = "distillationjob.yaml"
 ENTRYPOINT = f"python -m kubedistill_jobs.entrypoint {SPEC_DIR}/{SPEC_KEY}"
-# The env var the pipeline reads an endpoint teacher's API key from.
-TEACHER_API_KEY_ENV = "KUBEDISTILL_TEACHER_API_KEY"
 
 
 def resolved_job(job: DistillationJob, config: OperatorConfig) -> DistillationJob:
@@ -170,15 +169,13 @@ def _volumes(job: DistillationJob) -> tuple[list[dict[str, Any]], list[dict[str,
 
 
 def _env(job: DistillationJob, run_name: str) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "KUBEDISTILL_JOB_NAME", "value": job.metadata.name},
-        {"name": "KUBEDISTILL_JOB_NAMESPACE", "value": job.metadata.namespace or "default"},
-        {"name": "KUBEDISTILL_RUN_ID", "value": run_name},
-    ]
+    pipeline = PipelineEnv(job_name=job.metadata.name, job_namespace=job.metadata.namespace or "default",
+                           run_id=run_name)
+    env: list[dict[str, Any]] = [*common.env_list(pipeline.to_env())]
     endpoint = job.spec.teacher.endpoint
     if endpoint and endpoint.api_key_secret_ref:
         ref = endpoint.api_key_secret_ref
-        env.append({"name": TEACHER_API_KEY_ENV,
+        env.append({"name": PipelineEnv.env_name("teacher_api_key"),
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from kubedistill.api import StudentDeployment
 from kubedistill.api.studentdeployment import TRITON_IMAGE
+from kubedistill.env import TritonEnv
 from kubedistill.routerconfig import (
     MODEL_REPOSITORY_DIR,
     ROUTER_CONFIG_DIR,
@@ -234,17 +235,15 @@ def _triton_env(sd: StudentDeployment) -> list[dict[str, str]]:
     """Serving settings for the fetch step, which writes them into the fetched models' config.pbtxt."""
     triton = sd.spec.triton
     batching = triton.dynamic_batching
-    env = [
-        {"name": "KUBEDISTILL_TRITON_MAX_BATCH_SIZE", "value": str(triton.max_batch_size)},
-        {"name": "KUBEDISTILL_TRITON_INSTANCE_COUNT", "value": str(triton.instance_count)},
-        {"name": "KUBEDISTILL_TRITON_INSTANCE_KIND", "value": "KIND_GPU" if triton.gpus > 0 else "KIND_CPU"},
-        {"name": "KUBEDISTILL_TRITON_DYNAMIC_BATCHING", "value": "true" if batching.enabled else "false"},
-        {"name": "KUBEDISTILL_TRITON_MAX_QUEUE_DELAY_US", "value": str(batching.max_queue_delay_microseconds)},
-    ]
-    if batching.preferred_batch_sizes:
-        env.append({"name": "KUBEDISTILL_TRITON_PREFERRED_BATCH_SIZES",
-                    "value": ",".join(str(b) for b in batching.preferred_batch_sizes)})
-    return env
+    env = TritonEnv(
+        max_batch_size=triton.max_batch_size,
+        instance_count=triton.instance_count,
+        instance_kind="KIND_GPU" if triton.gpus > 0 else "KIND_CPU",
+        dynamic_batching=batching.enabled,
+        max_queue_delay_us=batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=tuple(batching.preferred_batch_sizes or ()),
+    )
+    return common.env_list(env.to_env())
 
 
 def _meta(sd: StudentDeployment, name: str) -> dict[str, Any]:

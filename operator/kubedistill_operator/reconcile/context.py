@@ -28,8 +28,8 @@ class Context:
     # Seconds before a waiting resource is looked at again (also re-triggered by the events it waits on).
     wait_delay: float = 30.0
     # Weak values: a lock lives while handlers use it, so the table does not keep every object ever seen.
-    _locks: weakref.WeakValueDictionary[tuple[str, ...], Any] = field(default_factory=weakref.WeakValueDictionary,
-                                                                       repr=False)
+    _locks: weakref.WeakValueDictionary[tuple[str, ...], threading.RLock] = field(
+        default_factory=weakref.WeakValueDictionary, repr=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def lock(self, *key: str) -> threading.RLock:

@@ -84,7 +84,7 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
 
     if isinstance(outcome, Waiting):
         served = _served(sd, status)
-        was = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
+        was: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
         writer.write(waiting_status(body, outcome, deployed=served is not None))
         if was.get("reason") != outcome.reason:
             ctx.event(body, "Normal" if outcome.reason == "JobNotSucceeded" else "Warning", outcome.reason,
@@ -174,7 +174,8 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
     outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, router.get("threshold"), None,
                                  router.get("confidenceSignal") or DEFAULT_SIGNAL, router.get("mode") or "route")
     if isinstance(outcome, Waiting):
-        current = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
+        current: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})
         return not (current.get("status") == "False" and current.get("reason") == outcome.reason)
     return (status.get("modelRepositoryUri"), status.get("modelVersion"), status.get("threshold")) != \
         (outcome.model_repository_uri, outcome.model_version, outcome.threshold)

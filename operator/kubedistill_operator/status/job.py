@@ -7,9 +7,11 @@ KubeRay's RayJob has no `conditions` (kuberay #5152) and its two status fields c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubedistill.api.distillationjob import JobResults
 from kubedistill_operator.status.conditions import StatusUpdate, condition, now_iso
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -59,12 +61,12 @@ def ray_job_state(ray_job: dict[str, Any]) -> RunState:
     return RunState("Pending", "ClusterStarting", where)
 
 
-def gate_message(spec: dict[str, Any], results: dict[str, Any]) -> str:
+def gate_message(spec: dict[str, Any], results: JobResults | None) -> str:
     """Why the gate failed, with how far retention fell short."""
     minimum = (((spec.get("evaluation") or {}).get("gate")) or {}).get("minRetention")
-    retention = results.get("retention")
-    where = f"; artifacts are kept at {results['artifactUri']}" if results.get("artifactUri") else ""
-    if isinstance(minimum, int | float) and isinstance(retention, int | float):
+    retention = results.retention if results else None
+    where = f"; artifacts are kept at {results.artifact_uri}" if results and results.artifact_uri else ""
+    if isinstance(minimum, int | float) and retention is not None:
         return (f"retention {retention:.4f} is {minimum - retention:.4f} below evaluation.gate.minRetention "
                 f"{minimum:g}{where}")
     return f"the evaluation gate did not pass{where}"
@@ -74,7 +76,7 @@ def run_failure(status: dict[str, Any]) -> dict[str, Any] | None:
     """The failure the pipeline reported for the current run (status.rayJobName); None for none, or one of an
     earlier run."""
     failure = status.get("failure")
-    if not hasattr(failure, "get") or not failure.get("message"):
+    if not isinstance(failure, Mapping) or not failure.get("message"):
         return None
     run = status.get("rayJobName")
     if not run or failure.get("rayJobName") != run:
@@ -136,19 +138,19 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
         )
 
     state = ray_job_state(ray_job)
-    results = status.get("results") or {}
+    results = JobResults.from_status(status)
     phase, reason, message = state.phase, state.reason, state.message
     if phase == "Succeeded":
-        if not results:
+        if results is None:
             phase, reason = "Failed", "ResultsMissing"
             message = ("the pipeline finished but reported no results to status.results; see pipeline.log in "
                        f"the output folder ({state.message})")
-        elif results.get("gatePassed") is False:
+        elif results.gate_passed is False:
             phase, reason, message = "Failed", "GateNotMet", gate_message(job.get("spec") or {}, results)
         else:
             reason = "Succeeded"
-            parts = [f"retention {results['retention']:.4f}" if isinstance(results.get("retention"), int | float)
-                     else None, f"artifact {results['artifactUri']}" if results.get("artifactUri") else None]
+            parts = [f"retention {results.retention:.4f}" if results.retention is not None else None,
+                     f"artifact {results.artifact_uri}" if results.artifact_uri else None]
             message = ", ".join(p for p in parts if p) or "the pipeline succeeded"
     elif phase == "Failed":
         failure = run_failure(status)
@@ -177,8 +179,8 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
                   message, generation),
         succeeded,
     ]
-    if results.get("gatePassed") is not None:
-        passed = bool(results["gatePassed"])
+    if results is not None and results.gate_passed is not None:
+        passed = results.gate_passed
         conditions.append(condition(
             "GatePassed", passed, "GatePassed" if passed else "GateNotMet",
             "the evaluation gate passed" if passed else gate_message(job.get("spec") or {}, results), generation,

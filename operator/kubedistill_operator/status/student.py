@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubedistill.api.distillationjob import JobResults
 from kubedistill_operator import naming
 from kubedistill_operator.builders.student import ModelSourceInfo
 from kubedistill_operator.status.conditions import StatusUpdate, condition
@@ -38,7 +39,7 @@ def unsupported_task(job: dict[str, Any]) -> Waiting | None:
                    "sequence-classification DistillationJob")
 
 
-def job_threshold(job: dict[str, Any], results: dict[str, Any], threshold: float | None, signal: str,
+def job_threshold(job: dict[str, Any], results: JobResults, threshold: float | None, signal: str,
                   mode: str) -> float | Waiting | None:
     """The routing threshold: the spec's own, else the job's recommendation for the router's signal.
 
@@ -46,15 +47,14 @@ def job_threshold(job: dict[str, Any], results: dict[str, Any], threshold: float
     `recommendedThresholds`, and without one a routing router is refused (as `kubedistill serve` does)."""
     if threshold is not None:
         return threshold
-    per_signal = results.get("recommendedThresholds") or {}
+    per_signal = results.recommended_thresholds or {}
     if signal in per_signal:
-        return float(per_signal[signal])
+        return per_signal[signal]
     if signal == DEFAULT_SIGNAL:
-        value = results.get("recommendedThreshold")
-        return None if value is None else float(value)
+        return results.recommended_threshold
     if mode != "route":
         return None  # only `route` escalates on the threshold
-    recommended = results.get("recommendedThreshold")
+    recommended = results.recommended_threshold
     recommends = f"recommends {recommended} for" if recommended is not None else "recommends a threshold for"
     return Waiting("ThresholdRequired", f"spec.router.threshold: unset, and DistillationJob "
                    f"{job['metadata']['name']} {recommends} the {DEFAULT_SIGNAL} signal, not {signal}; set "
@@ -74,9 +74,9 @@ def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: floa
         return unsupported
     name = job["metadata"]["name"]
     status = job.get("status") or {}
-    results = status.get("results") or {}
+    results = JobResults.from_status(status)
     phase = status.get("phase") or "Pending"
-    if results.get("gatePassed") is False:
+    if results is not None and results.gate_passed is False:
         return Waiting("GateNotMet", f"DistillationJob {name} did not pass its gate: "
                        f"{gate_message(job.get('spec') or {}, results)}")
     if phase != "Succeeded":
@@ -89,10 +89,10 @@ def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: floa
     if status.get("observedGeneration") is not None and generation is not None \
             and status["observedGeneration"] != generation:
         return Waiting("JobNotSucceeded", f"DistillationJob {name} changed; waiting for its new run")
-    uri = results.get("artifactUri")
-    if not uri:
+    if results is None or not results.artifact_uri:
         return Waiting("JobNotSucceeded", f"DistillationJob {name} succeeded without status.results.artifactUri")
-    version = results.get("modelVersion") or status.get("rayJobName") or "unversioned"
+    uri = results.artifact_uri
+    version = results.model_version or status.get("rayJobName") or "unversioned"
     resolved = job_threshold(job, results, threshold, signal, mode)
     if isinstance(resolved, Waiting):
         return resolved

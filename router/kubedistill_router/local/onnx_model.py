@@ -32,7 +32,7 @@ class TritonPythonModel:
         feeds = []
         for request in requests:
             feeds.append({name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs})
-        groups = {}
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         for index, feed in enumerate(feeds):
             key = tuple(feed[name].shape[1:] for name in self.inputs)
             groups.setdefault(key, []).append(index)

@@ -27,7 +27,7 @@ from types import FrameType
 import yaml
 
 from kubedistill.api import ManifestError, StudentDeployment, load_manifest
-from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, ServingManifest
+from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, OutputLayout, ServingManifest
 from kubedistill.routerconfig import ROUTER_CONFIG_FILE, RouterConfig
 from kubedistill.uris import UriError, local_path, parse_uri
 from kubedistill_router.classification import resolve_threshold
@@ -54,7 +54,7 @@ def find_repository(folder: Path) -> Path:
 
 
 def _job_name(output: Path) -> str | None:
-    spec = output / "distillationjob.yaml"
+    spec = OutputLayout(output).resolved_spec
     if spec.is_file():
         name = (yaml.safe_load(spec.read_text()) or {}).get("metadata", {}).get("name")
         return str(name) if name else None
