@@ -29,8 +29,9 @@ def check_spec(spec: DistillationJobSpec, workers: int) -> None:
 
 
 def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
-    """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary.
-    Returns the loaded teacher tokenizer (and the student's, when it has its own)."""
+    """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary; and
+    what the models must agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the
+    student's, when it has its own) and where each model is."""
     if spec.teacher.endpoint is not None:
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
