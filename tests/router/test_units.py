@@ -1,12 +1,16 @@
-"""Pure pieces of the router: the circuit breaker, teacher answer shapes, threshold resolution."""
+"""Pure pieces of the router: the circuit breaker, teacher answer shapes, threshold resolution; the port check of
+`kubedistill serve`."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
 from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.classification import resolve_threshold
 from kubedistill_router.errors import UpstreamError
+from kubedistill_router.local.serve import ServeError, _check_port
 from kubedistill_router.teachers import Answer, KServeV1Teacher, as_probabilities
 
 from kubedistill.artifacts import ServedModel, ServingManifest
@@ -109,3 +113,19 @@ def test_missing_tritonserver_says_what_to_install(monkeypatch):
     monkeypatch.setattr(local_triton, "package_root", no_package)
     with pytest.raises(local_triton.TritonNotFound, match=r"pip install --no-deps nvidia-pytriton"):
         local_triton.TritonDistribution.find()
+
+
+def test_port_check_accepts_a_port_in_time_wait_and_refuses_one_in_use():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first, so its port keeps the connection in TIME_WAIT
+    client.recv(1)
+    client.close()
+    with pytest.raises(ServeError, match=f"port {port} on 127.0.0.1 is in use"):
+        _check_port("127.0.0.1", port)
+    listener.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what a bind without SO_REUSEADDR meets
+        plain.bind(("127.0.0.1", port))
+    _check_port("127.0.0.1", port)
