@@ -128,12 +128,17 @@ def map_rows(
 ) -> dict[str, np.ndarray]:
     """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
     its outputs as arrays in the rows' order (each output batch carries the rows' `idx`)."""
+    import ray
     import ray.data
 
     n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
     blocks = max(1, min(n // batch_size, 64))
+    # Ray Data restarts its map actors by default, and Ray then prints an advisory about their constructor
+    # arguments (ray-project/ray#53727, #57733) to the terminal. Restarts guard against losing a node; on one
+    # node (`kubedistill run`) there is none to lose, so none are asked for, and nothing is printed.
+    restarts = {"max_restarts": 0} if len([node for node in ray.nodes() if node.get("Alive")]) == 1 else {}
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         predictor,
         fn_constructor_kwargs=kwargs,
@@ -141,6 +146,7 @@ def map_rows(
         compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
         batch_format="numpy",
         **resources,
+        **restarts,
     )
     parts: list[dict[str, np.ndarray]] = []
     done = 0
