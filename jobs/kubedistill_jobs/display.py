@@ -88,15 +88,15 @@ class RichDisplay:
             total = current.total or 1
             self.progress.update(task, completed=total, total=total, count=f"{total:g}/{total:g}")
         mark = "[dim]✓ {stage} (done earlier): {summary}" if skipped else "[green]✓[/green] {stage}: {summary}"
-        self.progress.console.print(mark.format(stage=stage, summary=summary))
+        self.progress.console.print(mark.format(stage=stage, summary=summary), soft_wrap=self.lines is not None)
 
     def epoch(self, entry: dict[str, Any]) -> None:
         shown = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
-        self.progress.console.print("  " + ", ".join(parts))
+        self.progress.console.print("  " + ", ".join(parts), soft_wrap=self.lines is not None)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(text, soft_wrap=self.lines is not None)
 
 
 class LogDisplay:

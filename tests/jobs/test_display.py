@@ -60,15 +60,15 @@ def test_outside_a_terminal_a_stage_that_reports_nothing_still_prints_at_a_stead
     out = io.StringIO()
     from rich.console import Console
 
-    display = RichDisplay(Console(file=out, force_terminal=False, width=200), lines_every=0.05)
+    display = RichDisplay(Console(file=out, force_terminal=False, width=40), lines_every=0.05)
     with display:
         update = display.stage_started("evaluate")
         update(1, 4)
         assert wait_until(lambda: out.getvalue().count("evaluate: 1/4 step (25%)") >= 2)
-        display.stage_finished("evaluate", "retention 0.97, gate passed", False)
+        display.stage_finished("evaluate", "retention 0.97, gate passed, and a summary longer than a line", False)
         display.stage_started("export")
         assert wait_until(lambda: out.getvalue().count("export: starting") >= 2)
-    after = out.getvalue().split("✓ evaluate: retention 0.97, gate passed\n")[1]
+    after = out.getvalue().split("✓ evaluate: retention 0.97, gate passed, and a summary longer than a line\n")[1]
     assert "evaluate" not in after  # a finished stage prints nothing more
     assert "━" not in out.getvalue()  # no bars in a file
 
