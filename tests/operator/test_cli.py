@@ -73,6 +73,17 @@ def test_manifests_reads_a_folder_as_kubectl_apply_does_and_counts_what_it_skips
     assert "missing: no such file or folder" in capsys.readouterr().err
 
 
+def test_manifests_reads_stdin_for_a_dash(monkeypatch, capsys):
+    import io
+
+    path = ROOT / "examples" / "quickstart" / "distillationjob.yaml"
+    assert main(["manifests", str(path)]) == 0
+    from_file = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(path.read_text()))
+    assert main(["manifests", "-"]) == 0
+    assert capsys.readouterr().out == from_file
+
+
 def test_manifests_show_configmap_files_as_readable_blocks(capsys):
     from kubedistill_operator.manifests import render
 
