@@ -110,6 +110,7 @@ print("mapped")
                           cwd=tmp_path)
     assert done.returncode == 0 and "mapped" in done.stdout, done.stderr
     assert "constructor arguments" not in done.stderr, done.stderr
+    assert "RayDeprecationWarning" not in done.stderr, done.stderr  # nor Ray's warning about max_restarts instead
 
 
 def test_lines_stop_with_the_display():
