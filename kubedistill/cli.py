@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubedistill",
         description="Knowledge distillation as a declarative workflow: train a student on a teacher's "
         "soft targets, compress and evaluate it, and serve it behind a confidence router.",
+        epilog="`kubedistill COMMAND --help` gives a command's flags and their defaults.",
     )
     parser.add_argument("--version", action="version", version=f"kubedistill {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubedistill.report import Report
+from kubedistill.report import Report, SignalSweep
 
 MODEL_TITLES = {"teacher": "teacher (fp32)", "student": "student (fp32)", "student_quantized": "student (quantized)"}
 
@@ -19,30 +19,78 @@ def _pyplot() -> Any:
     return plt
 
 
+# One look per signal (colour, line, marker), drawn widest first, so that where two curves coincide both show.
+SIGNAL_STYLES = {"max-probability": ("#1f77b4", "-", "o", 3.0), "margin": ("#ff7f0e", "--", "s", 2.0),
+                 "entropy": ("#2ca02c", ":", "^", 1.6)}
+OTHER_STYLE = ("#7f7f7f", "-.", "d", 1.2)
+
+
+def frontier_window(curves: dict[str, list[tuple[float, float]]], marks: list[tuple[float, float]],
+                    ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (x, y) limits that show where routing curves differ: x from 0 to a little past the escalation rate
+    at which the last curve settles at its final accuracy (everything escalated: the teacher's), y around the
+    accuracies in that span and the `marks` (teacher, target, recommended points).
+
+    curves: signal → [(escalation rate, cascade accuracy)], both 0-1, in any order. Pure, for tests.
+    """
+    settled = 0.0
+    for points in curves.values():
+        pts = sorted(points)
+        final = pts[-1][1]
+        moving = [x for x, y in pts if abs(y - final) > 1e-9]
+        if moving:  # the first point after the last one off the final value
+            settled = max(settled, min((x for x, _ in pts if x > max(moving)), default=1.0))
+    x_hi = max([settled, *(x for x, _ in marks)])
+    x_hi = min(1.0, max(0.05, x_hi * 1.08 + 0.01))
+    shown = [y for points in curves.values() for x, y in points if x <= x_hi] + [y for _, y in marks]
+    lo, hi = min(shown), max(shown)
+    pad = max(0.002, (hi - lo) * 0.08)
+    return (-0.01 * x_hi, x_hi), (lo - pad, min(1.0 + pad, hi + pad))
+
+
 def plot_frontier(report: Report, path: Path) -> Path | None:
     if report.routing is None:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    frontiers = {name: sweep.frontier for name, sweep in (report.routing.signals or {}).items()} or {
-        report.routing.signal: report.routing.frontier
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    routing = report.routing
+    signals = routing.signals or {
+        routing.signal: SignalSweep(recommended_threshold=None, escalation_rate=None, accuracy=None,
+                                    frontier=routing.frontier)
     }
-    for name, points in frontiers.items():
-        pts = sorted(points, key=lambda p: p.escalation_rate)
-        ax.plot([p.escalation_rate for p in pts], [p.accuracy for p in pts], label=name, marker=".", ms=3)
-    teacher_acc = report.routing.teacher_accuracy
+    curves = {name: [(p.escalation_rate, p.accuracy) for p in sweep.frontier] for name, sweep in signals.items()}
+    marks: list[tuple[float, float]] = []
+    teacher_acc = routing.teacher_accuracy
     if teacher_acc is not None:
-        ax.axhline(teacher_acc, color="grey", ls="--", lw=1, label="teacher")
-        ax.axhline(teacher_acc * report.routing.target, color="grey", ls=":", lw=1,
-                   label=f"target ({report.routing.target:.0%} of teacher)")
-    rec = report.routing.recommended
+        marks += [(0.0, teacher_acc), (0.0, teacher_acc * routing.target)]
+    for sweep in signals.values():
+        if sweep.escalation_rate is not None and sweep.accuracy is not None:
+            marks.append((sweep.escalation_rate, sweep.accuracy))
+    for z, (name, points) in enumerate(sorted(curves.items(), key=lambda c: -SIGNAL_STYLES.get(c[0], OTHER_STYLE)[3])):
+        color, line, marker, width = SIGNAL_STYLES.get(name, OTHER_STYLE)
+        pts = sorted(points)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], color=color, ls=line, lw=width, marker=marker, ms=3,
+                label=name, zorder=2 + z, drawstyle="steps-post")
+        sweep = signals[name]
+        if name != routing.signal and sweep.escalation_rate is not None:
+            ax.scatter([sweep.escalation_rate], [sweep.accuracy], s=45, facecolors="none", edgecolors=color,
+                       marker=marker, linewidths=1.5, zorder=8)
+    if teacher_acc is not None:
+        ax.axhline(teacher_acc, color="black", ls="--", lw=0.8, label=f"teacher ({teacher_acc:.4f})")
+        ax.axhline(teacher_acc * routing.target, color="black", ls=":", lw=0.8,
+                   label=f"target ({routing.target:.0%} of teacher)")
+    rec = routing.recommended
     if rec:
-        ax.scatter([rec.escalation_rate], [rec.accuracy], color="red", zorder=5,
-                   label=f"recommended (threshold {rec.threshold:.3f})")
-    ax.set_xlabel("share escalated to the teacher")
-    ax.set_ylabel(f"cascade accuracy (vs {report.routing.reference or 'gold labels'})")
-    ax.set_title("Routing frontier")
-    ax.legend(fontsize=7)
+        ax.scatter([rec.escalation_rate], [rec.accuracy], color="red", zorder=9, s=40,
+                   label=f"recommended, {routing.signal} ≥ {rec.threshold:.3f}: {rec.escalation_rate:.1%} escalated")
+    (x_lo, x_hi), (y_lo, y_hi) = frontier_window(curves, marks)
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_xlabel("share escalated to the teacher" + ("" if x_hi >= 1.0 else " (beyond: the teacher's accuracy)"))
+    ax.set_ylabel(f"cascade accuracy (vs {routing.reference or 'gold labels'})")
+    ax.set_title("Routing frontier (hollow marks: the other signals' recommendations)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -73,6 +121,15 @@ def plot_training(history: list[dict[str, Any]] | None, path: Path) -> Path | No
     return _save(fig, path)
 
 
+def quality_limits(values: list[float], lines: list[float]) -> tuple[float, float]:
+    """y limits for the quality panel: around the models' values and the reference `lines` (teacher, gate), so
+    that differences of a point or two show instead of three bars reaching 0.97 on a 0-1 axis. Pure, for tests."""
+    shown = [*values, *lines]
+    lo, hi = min(shown), max(shown)
+    pad = max((hi - lo) * 0.25, abs(hi) * 0.005, 1e-3)
+    return lo - pad, hi + pad
+
+
 def plot_comparison(report: Report, path: Path) -> Path:
     plt = _pyplot()
     metric = report.primary_metric
@@ -81,18 +138,46 @@ def plot_comparison(report: Report, path: Path) -> Path:
     panels = [
         ("size (MB)", [(m.size_bytes or 0) / 1e6 for _, m in models]),
         ("latency p50, batch 1 (ms)", [m.latency_ms.p50 if m.latency_ms else 0.0 for _, m in models]),
-        (metric, [m.metrics.get(metric, m.metrics.get("agreement", 0.0)) for _, m in models]),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     colors = ["#4c72b0", "#dd8452", "#55a868"]
-    for ax, (title, values) in zip(axes, panels, strict=True):
+    for ax, (title, values) in zip(axes, panels, strict=False):
         bars = ax.bar([t for t, _ in models], values, color=colors)
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7, rotation=15)
+    _quality_panel(axes[2], report, metric, models, colors)
     fig.suptitle(f"speedup {_fmt(report.speedup, 3)}×, compression {_fmt(report.compression, 3)}×, "
                  f"retention {_fmt(report.retention)}", fontsize=10)
     return _save(fig, path)
+
+
+def _quality_panel(ax: Any, report: Report, metric: str, models: list[tuple[str, Any]], colors: list[str]) -> None:
+    """The primary metric as dots on an axis zoomed to the differences (bars would need an axis from 0), with
+    the teacher's value and the gate's bar as lines."""
+    found = [(title, m.metrics.get(metric)) for title, m in models]
+    known = [(i, title, v) for i, (title, v) in enumerate(found) if v is not None]
+    lines: list[tuple[float, str, str]] = []
+    teacher = report.teacher.metrics.get(metric)
+    if teacher is not None and report.gate.min_retention is not None:
+        bar = teacher / report.gate.min_retention if metric == "perplexity" else teacher * report.gate.min_retention
+        lines.append((bar, ":", f"gate ({report.gate.min_retention:g} retention)"))
+    if teacher is not None:
+        lines.append((teacher, "--", "teacher"))
+    for value, style, label in lines:
+        ax.axhline(value, color="black", ls=style, lw=0.8, label=label)
+    for i, _, value in known:
+        ax.plot([i], [value], marker="o", ms=9, color=colors[i], ls="none")
+        ax.annotate(f"{value:.4f}", (i, value), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+    ax.set_xticks(range(len(models)), [t for t, _ in models])
+    ax.set_xlim(-0.5, len(models) - 0.5)
+    if known:
+        ax.set_ylim(*quality_limits([v for _, _, v in known], [v for v, _, _ in lines]))
+    ax.set_title(f"{metric} (axis zoomed to the differences)", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7, rotation=15)
+    ax.grid(axis="y", alpha=0.3)
+    if lines:
+        ax.legend(fontsize=7, loc="lower left")
 
 
 def _save(fig: Any, path: Path) -> Path:

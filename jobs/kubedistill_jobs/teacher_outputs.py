@@ -12,6 +12,7 @@ Outputs per row, by `kind`:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,20 +131,29 @@ def map_rows(
 ) -> dict[str, np.ndarray]:
     """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
     its outputs as arrays in the rows' order (each output batch carries the rows' `idx`)."""
+    import ray
     import ray.data
 
     n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
     blocks = max(1, min(n // batch_size, 64))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        predictor,
-        fn_constructor_kwargs=kwargs,
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
-        batch_format="numpy",
-        **resources,
-    )
+    # Ray Data restarts its map actors by default, and Ray then prints an advisory about their constructor
+    # arguments (ray-project/ray#53727, #57733) to the terminal. Restarts guard against losing a node; on one
+    # node (`kubedistill run`) there is none to lose, so none are asked for, and nothing is printed. Ray 2.60
+    # deprecates such extra remote args with no named replacement for max_restarts: that warning is dropped.
+    restarts = {"max_restarts": 0} if len([node for node in ray.nodes() if node.get("Alive")]) == 1 else {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            predictor,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
+            batch_format="numpy",
+            **resources,
+            **restarts,
+        )
     parts: list[dict[str, np.ndarray]] = []
     done = 0
     if progress:

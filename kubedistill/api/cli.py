@@ -7,7 +7,10 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
+    parser = subparsers.add_parser(
+        "crds", help="print the CustomResourceDefinitions as YAML",
+        description="Print the DistillationJob and StudentDeployment CustomResourceDefinitions as one YAML stream, "
+        "generated from the API models: `kubedistill crds | kubectl apply -f -` installs them without Helm.")
     parser.set_defaults(func=_crds)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +65,59 @@ def parse_resource(document: dict[str, Any], source: str = "<manifest>") -> Reso
         raise ManifestError(describe_validation_error(error, source)) from None
 
 
-def load_manifests(path: str | Path) -> list[Resource]:
-    """Every kubedistill resource in a YAML file (multi-document streams allowed; other kinds skipped)."""
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")  # what `kubectl apply -f FOLDER` reads
+
+
+@dataclass
+class Manifests:
+    """The kubedistill resources found, and how many documents of other kinds were skipped (by kind)."""
+
+    resources: list[Resource] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def extend(self, other: Manifests) -> None:
+        self.resources.extend(other.resources)
+        self.skipped.update(other.skipped)
+
+
+def manifest_files(path: str | Path, recursive: bool = False) -> list[Path]:
+    """`path` itself when it is a file; for a folder, its .yaml, .yml and .json files in name order (with
+    `recursive`, its subfolders' too), as `kubectl apply -f` reads a folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such file")
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ManifestError(f"{path}: no such file or folder")
+    found = path.rglob("*") if recursive else path.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+
+
+def parse_manifests(text: str, source: str) -> Manifests:
+    """Every kubedistill resource in a YAML stream (multi-document allowed); other kinds are counted, not parsed."""
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
-        raise ManifestError(f"{path}: not valid YAML: {error}") from None
-    resources = [
-        parse_resource(d, f"{path}#{i}" if len(documents) > 1 else str(path))
-        for i, d in enumerate(documents)
-        if not isinstance(d, dict) or d.get("apiVersion", "").startswith("kubedistill.io/")
-    ]
-    return resources
+        raise ManifestError(f"{source}: not valid YAML: {error}") from None
+    found = Manifests()
+    for i, document in enumerate(documents):
+        if isinstance(document, dict) and not str(document.get("apiVersion", "")).startswith("kubedistill.io/"):
+            found.skipped[str(document.get("kind") or "without a kind")] += 1
+            continue
+        found.resources.append(parse_resource(document, f"{source}#{i}" if len(documents) > 1 else source))
+    return found
+
+
+def read_manifests(path: str | Path, recursive: bool = False) -> Manifests:
+    """The kubedistill resources in a file, or in a folder's manifest files (see `manifest_files`)."""
+    found = Manifests()
+    for file in manifest_files(path, recursive):
+        found.extend(parse_manifests(file.read_text(), str(file)))
+    return found
+
+
+def load_manifests(path: str | Path) -> list[Resource]:
+    """Every kubedistill resource in a YAML file or a folder's manifest files (other kinds skipped)."""
+    return read_manifests(path).resources
 
 
 def load_manifest(path: str | Path, kind: type[Resource]) -> Any:

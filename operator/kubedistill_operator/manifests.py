@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from kubedistill.api import DistillationJob, StudentDeployment
 from kubedistill.artifacts import model_repository_uri
 from kubedistill.uris import join_uri
@@ -68,3 +70,21 @@ def _source(sd: StudentDeployment, jobs: dict[str, DistillationJob]) -> ModelSou
         s3 = sd.spec.source.s3_credentials_secret or job.spec.output.s3_credentials_secret
     return ModelSourceInfo(model_repository_uri=uri, model_version=naming.ray_job_name(ref.name, None),
                            threshold=sd.spec.router.threshold, s3_credentials_secret=s3)
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (a ConfigMap's resolved spec, the router's config) as literal blocks, readable in a
+    diff, instead of one quoted line of `\\n` escapes."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _string)
+
+
+def dump_objects(objects: list[dict[str, Any]]) -> str:
+    """`objects` as one YAML stream, keys in the builders' order; the same data `yaml.safe_load_all` reads back."""
+    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False, allow_unicode=True)

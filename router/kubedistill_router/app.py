@@ -94,6 +94,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except RouterError as error:
         return web.json_response({"error": error.message}, status=error.status, headers=error.headers)
+    except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return web.json_response({"error": f"{request.method} is not allowed on {request.path}; use {allowed}"},
+                                 status=405, headers={"Allow": allowed})
     except web.HTTPException as error:
         if error.status >= 400:
             return web.json_response({"error": error.reason}, status=error.status)

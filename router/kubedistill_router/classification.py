@@ -115,7 +115,10 @@ class ClassificationHandler:
         return Coalescer(infer, max_batch, in_flight, self.metrics.call_sizes(role))
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/v1/models/{name}", self.model_status), web.post("/v1/models/{name}:predict", self.predict)]
+        # Model names hold no colon (DNS labels), so `GET …/NAME:predict` is the predict path with the wrong method
+        # (405, Allow: POST), not a status request for a model called `NAME:predict`.
+        return [web.get("/v1/models/{name:[^{}/:]+}", self.model_status),
+                web.post("/v1/models/{name}:predict", self.predict)]
 
     def describe(self) -> str:
         teacher = self.teacher.description if self.teacher else "none"

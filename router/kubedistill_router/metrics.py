@@ -10,11 +10,32 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 # Seconds: sub-millisecond routing up to slow teachers.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Instances per Triton call: 1 when requests come one at a time, up to max_batch_size under load.
 CALL_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Ratio:
+    """A gauge of part / whole with no sample while whole is 0: nothing measured yet is not a ratio of 0.0
+    (which would read as, say, total disagreement), so a dashboard or alert sees no data instead."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], tuple[float, float]],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+        registry.register(self)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation)
+        part, whole = self.read()
+        if whole:
+            family.add_metric([], part / whole)
+        return [family]
 
 
 class RouterMetrics:
@@ -52,8 +73,9 @@ class RouterMetrics:
                                        "answered.", registry=r)
         self.shadow_agreed = Counter("kubedistill_router_shadow_agreed", "Shadow instances where student and "
                                      "teacher agreed.", registry=r)
-        self.shadow_agreement = Gauge("kubedistill_router_shadow_agreement", "Live student-teacher agreement "
-                                      "on shadow traffic since start.", registry=r)
+        self.shadow_agreement = Ratio("kubedistill_router_shadow_agreement", "Live student-teacher agreement "
+                                      "on shadow traffic since start (absent until the first comparison).",
+                                      lambda: (self._agreed, self._compared), registry=r)
         self.shadow_dropped = Counter("kubedistill_router_shadow_dropped", "Sampled shadow batches dropped (too "
                                       "many in flight, or the teacher failed).", registry=r)
         self.in_flight_now = 0  # kept by the app's concurrency limit, read at scrape time
@@ -63,7 +85,6 @@ class RouterMetrics:
         self._compared = 0
         self._agreed = 0
         self.escalation_ratio.set_function(lambda: self._escalated / self._routed if self._routed else 0.0)
-        self.shadow_agreement.set_function(lambda: self._agreed / self._compared if self._compared else 0.0)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_request(self, code: int, served_by: str) -> None:

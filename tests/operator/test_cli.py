@@ -52,6 +52,69 @@ def test_manifests_refuses_a_bad_file_with_the_field(tmp_path, capsys):
     assert "spec.distillation.loss" in capsys.readouterr().err
 
 
+def test_manifests_reads_a_folder_as_kubectl_apply_does_and_counts_what_it_skips(capsys):
+    models = ROOT / "examples" / "gitops" / "models"
+    files = [str(models / n) for n in ("distillationjob.yaml", "studentdeployment.yaml")]
+    assert main(["manifests", *files]) == 0
+    one_by_one = capsys.readouterr().out
+    assert main(["manifests", str(models)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == one_by_one
+    skipped = "skipped 3 document(s) of other kinds: 1 Kustomization, 1 Namespace, 1 PersistentVolumeClaim\n"
+    assert captured.err == skipped
+
+    gitops = str(ROOT / "examples" / "gitops")  # its manifests are in subfolders: -R, as with kubectl
+    assert main(["manifests", gitops]) == 2
+    assert f"no DistillationJob or StudentDeployment in {gitops}" in capsys.readouterr().err
+    assert main(["manifests", "-R", gitops]) == 0
+    assert capsys.readouterr().out == one_by_one
+
+    assert main(["manifests", str(models / "missing")]) == 2
+    assert "missing: no such file or folder" in capsys.readouterr().err
+
+
+def test_manifests_reads_stdin_for_a_dash(monkeypatch, capsys):
+    import io
+
+    path = ROOT / "examples" / "quickstart" / "distillationjob.yaml"
+    assert main(["manifests", str(path)]) == 0
+    from_file = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(path.read_text()))
+    assert main(["manifests", "-"]) == 0
+    assert capsys.readouterr().out == from_file
+
+
+def test_manifests_show_configmap_files_as_readable_blocks(capsys):
+    from kubedistill_operator.manifests import render
+
+    path = ROOT / "examples" / "quickstart" / "distillationjob.yaml"
+    assert main(["manifests", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  distillationjob.yaml: |\n    apiVersion: kubedistill.io/v1alpha1\n    kind: DistillationJob\n" in out
+    assert "\\n" not in out  # no escaped line breaks anywhere
+    assert list(yaml.safe_load_all(out)) == render(load_manifests(path), OperatorConfig.from_env())
+
+
+def test_every_command_and_flag_says_what_it_does_and_its_default():
+    import argparse
+
+    from kubedistill.cli import COMMANDS
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(COMMANDS)
+    listed = {a.dest: a.help for a in commands._choices_actions}
+    for name, command in commands.choices.items():
+        assert listed[name] and command.description, f"kubedistill {name}: no help line or description"
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flag = f"kubedistill {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{flag}: no help"
+            if action.option_strings and action.nargs != 0:  # a flag that takes a value says what it defaults to
+                assert "default" in action.help, f"{flag}: the help does not give the default"
+
+
 def test_operator_flags():
     args = build_parser().parse_args(["operator", "--namespace", "a", "--namespace", "b", "--peering", "kd",
                                       "--liveness-port", "9090"])

@@ -55,6 +55,9 @@ async def test_body_size_limit_and_unknown_model(triton, model_repository):
         async with session.get(f"{base}/v1/models/news") as response:
             assert response.status == 200
             assert (await response.json())["ready"] is True
+        async with session.get(f"{base}/v1/models/news:predict") as response:  # the predict path, the wrong method
+            assert (response.status, response.headers["Allow"]) == (405, "POST")
+            assert (await response.json())["error"] == "GET is not allowed on /v1/models/news:predict; use POST"
 
 
 async def test_full_router_answers_429_with_retry_after(triton, model_repository):

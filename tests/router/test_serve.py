@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,8 +49,13 @@ def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_rep
         status, body = post(f"{base}/v1/models/bbc-news:predict", {"instances": ["a match report", "a chip"]})
         assert status == 200 and len(body["predictions"]) == 2
         assert all(p["label"] in LABELS for p in body["predictions"])
-        assert terminate(process, 60) == 0
+        process.send_signal(signal.SIGINT)  # Ctrl-C: the status a shell reports for it, as `kubedistill run`
+        assert process.wait(60) == 130
         assert refuses(f"{base}/healthz") and refuses(f"{triton_http}/v2/health/live")
+    # A restart on the same port at once, with the last connections still in TIME_WAIT.
+    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)]) as process:
+        read_until(process, "Ctrl-C stops both.", timeout=240)
+        assert terminate(process, 60) == 143  # SIGTERM: 128 + 15
 
 
 def test_serve_resolves_a_student_deployment_manifest(model_repository, tmp_path):

@@ -1,13 +1,20 @@
-"""Pure pieces of the router: the circuit breaker, teacher answer shapes, threshold resolution."""
+"""Pure pieces of the router: the circuit breaker, teacher answer shapes, threshold resolution, metrics; the port
+check of `kubedistill serve`."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
 from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.classification import resolve_threshold
 from kubedistill_router.errors import UpstreamError
+from kubedistill_router.local.serve import ServeError, _check_port
+from kubedistill_router.metrics import RouterMetrics
 from kubedistill_router.teachers import Answer, KServeV1Teacher, as_probabilities
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill.artifacts import ServedModel, ServingManifest
 from kubedistill.routerconfig import RouterConfig, TeacherEndpointRef
@@ -116,3 +123,33 @@ def test_missing_tritonserver_says_what_to_install(monkeypatch):
     monkeypatch.setattr(local_triton, "package_root", no_package)
     with pytest.raises(local_triton.TritonNotFound, match=r"pip install --no-deps nvidia-pytriton"):
         local_triton.TritonDistribution.find()
+
+
+def test_port_check_accepts_a_port_in_time_wait_and_refuses_one_in_use():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first, so its port keeps the connection in TIME_WAIT
+    client.recv(1)
+    client.close()
+    with pytest.raises(ServeError, match=f"port {port} on 127.0.0.1 is in use"):
+        _check_port("127.0.0.1", port)
+    listener.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what a bind without SO_REUSEADDR meets
+        plain.bind(("127.0.0.1", port))
+    _check_port("127.0.0.1", port)
+
+
+def test_shadow_agreement_is_absent_until_there_is_a_comparison():
+    metrics = RouterMetrics()
+
+    def agreement() -> list[float]:
+        text = generate_latest(metrics.registry).decode()
+        return [s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "kubedistill_router_shadow_agreement"]
+
+    assert agreement() == []  # no comparison yet: no sample, rather than a 0.0 that reads as disagreement
+    metrics.record_shadow(compared=4, agreed=3)
+    metrics.record_shadow(compared=4, agreed=4)
+    assert agreement() == [0.875]

@@ -97,7 +97,10 @@ def resolve_target(target: Path, workdir: Path) -> ServeTarget:
 
 
 def _check_port(host: str, port: int) -> None:
+    """Refuse a port that something listens on. SO_REUSEADDR, as the router's own server sets it: without it,
+    the connections of a server stopped a moment ago (TIME_WAIT, about a minute) would block a restart."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -140,15 +143,23 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> Non
             process.wait()
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+EXIT_INTERRUPTED = 130  # Ctrl-C, as `kubedistill run` and a shell report it
+EXIT_TERMINATED = 143  # SIGTERM: 128 + its number
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop as on Ctrl-C, and say which it was in the exit status."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def serve(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kubedistill-serve-"))
     triton: TritonServer | None = None
     router: subprocess.Popen[bytes] | None = None
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         _check_port(args.host, args.port)
         target = resolve_target(Path(args.target), workdir)
@@ -179,9 +190,9 @@ def serve(args: argparse.Namespace) -> int:
             if triton.process.poll() is not None:
                 raise ServeError(f"tritonserver exited with code {triton.process.returncode}:\n{triton.log_tail()}")
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("stopping the router and Triton …", flush=True)
-        return 0
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
     except (ServeError, TritonNotFound, TritonStartError, ValueError, OSError) as error:
         print(f"kubedistill serve: {error}", file=sys.stderr)
         return 1
