@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +83,12 @@ def pvc_claim(uri: str) -> str | None:
 def join_uri(base: str, *parts: str) -> str:
     """`base/part/...` for any scheme, without doubling slashes."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@contextmanager
+def field_errors(field: str, error: type[Exception]) -> Iterator[None]:
+    """Re-raises a `UriError` from the block as `error`, its message prefixed with the spec field it came from."""
+    try:
+        yield
+    except UriError as exc:
+        raise error(f"{field}: {exc}") from None

@@ -21,7 +21,7 @@ from typing import Any
 
 from kubedistill.api.distillationjob import DatasetSpec, DistillationJobSpec
 from kubedistill.errors import InputError
-from kubedistill.uris import UriError, local_path, parse_uri
+from kubedistill.uris import field_errors, local_path, parse_uri
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 CHAT_SUFFIXES = (".yml", ".yaml")
@@ -136,10 +136,8 @@ def _folder_rows(root: Path, render: ChatRenderer) -> list[dict[str, Any]]:
 
 def read_rows(uri: str, render: ChatRenderer = plain_chat) -> list[dict[str, Any]]:
     """Every row of the dataset at `uri`, as dicts (columns as the source names them)."""
-    try:
+    with field_errors("dataset.uri", DataError):
         parsed = parse_uri(uri)
-    except UriError as error:
-        raise DataError(f"dataset.uri: {error}") from None
     if parsed.scheme == "hf":
         import datasets
 
@@ -153,10 +151,8 @@ def read_rows(uri: str, render: ChatRenderer = plain_chat) -> list[dict[str, Any
         if suffix not in TABLE_FORMATS:
             raise DataError(f"dataset.uri: {uri}: s3 data must be one of {', '.join(TABLE_FORMATS)} files")
         return _load_table([uri], TABLE_FORMATS[suffix], storage_options={})
-    try:
+    with field_errors("dataset.uri", DataError):
         path = local_path(uri)
-    except UriError as error:
-        raise DataError(f"dataset.uri: {error}") from None
     if not path.exists():
         raise DataError(f"dataset.uri: {uri}: no such file or folder ({path})")
     if path.is_dir():

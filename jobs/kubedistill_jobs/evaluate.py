@@ -142,14 +142,9 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         latency_settings=settings.method(),
         quality_reference=quality.reference,
         quantization_accuracy_drop=quality.quantization_accuracy_drop,
-        routing_note=quality.routing_note,
-        eval_samples=len(rows), quantization=result.quantization, onnx_max_abs_diff=result.max_abs_diff,
-        pruning=result.pruning,
+        routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
     )
-    write_report(report, layout)
-    if progress:
-        progress(4, total)
-    return report
+    return _finish(report, layout, progress, total)
 
 
 def _first_tokens(tokenizer: Any, text: str, max_length: int) -> str:
@@ -212,12 +207,22 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         compression=None, routing=None, gate=verdict, model_version=model_version,
         latency_settings=settings.method(), quality_reference="held-out text", teacher_note=note,
         routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
-        eval_samples=len(texts), quantization=result.quantization, onnx_max_abs_diff=result.max_abs_diff,
-        pruning=result.pruning,
+        eval_samples=len(texts), **_compression_fields(result),
     )
+    return _finish(report, layout, progress, total)
+
+
+def _compression_fields(result: CompressionResult) -> dict[str, Any]:
+    """What the report says of the compression that made the served student."""
+    return {"quantization": result.quantization, "onnx_max_abs_diff": result.max_abs_diff,
+            "pruning": result.pruning}
+
+
+def _finish(report: Report, layout: OutputLayout, progress: Callable[[int, int], None] | None,
+            total: int) -> Report:
     write_report(report, layout)
     if progress:
-        progress(4, total)
+        progress(total, total)
     return report
 
 

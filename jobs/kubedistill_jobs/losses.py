@@ -70,38 +70,38 @@ def soft_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
+    teacher_topk_indices: Tensor | None = None,
     loss: LossName = "forward-kl",
     temperature: float = 1.0,
     beta: float = 0.5,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """T²·D(teacher_T, student_T) averaged over positions; logits `(..., V)` on both sides, a scalar."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
-            "student and teacher must share the label set (classification) or the vocabulary (causal-lm)"
-        )
-    student_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    """T²·D(teacher_T, student_T) averaged over positions, a scalar.
+
+    student_logits `(..., V)`; teacher_logits `(..., V)`, or, with `teacher_topk_indices` `(..., k)`, the raw
+    teacher logits of its k most likely tokens `(..., k)` (cached top-k; equals the full loss when k = V).
+    """
+    if teacher_topk_indices is None:
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+                "differ: student and teacher must share the label set (classification) or the vocabulary (causal-lm)"
+            )
+        student_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        teacher_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    else:
+        student_log, teacher_log = _topk_logprobs(student_logits, teacher_logits, teacher_topk_indices, loss,
+                                                  temperature)
     per_position = kl_from_logprobs(student_log, teacher_log, loss=loss, beta=beta)
     return temperature**2 * _masked_mean(per_position, mask)
 
 
-def topk_soft_loss(
-    student_logits: Tensor,
-    teacher_topk_values: Tensor,
-    teacher_topk_indices: Tensor,
-    *,
-    loss: LossName = "forward-kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """The soft loss against cached top-k teacher logits; equals `soft_loss` when k = V.
+def _topk_logprobs(student_logits: Tensor, teacher_topk_values: Tensor, teacher_topk_indices: Tensor,
+                   loss: LossName, temperature: float) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities over the teacher's k tokens, each `(..., k)`.
 
-    student_logits `(..., V)`; teacher_topk_values `(..., k)` (raw teacher logits of its k most likely
-    tokens) and teacher_topk_indices `(..., k)` (their token ids). The teacher distribution is its
-    softmax renormalised over those k tokens (the mass outside is unknown, so taken as 0).
+    The teacher distribution is its softmax renormalised over those k tokens (the mass outside is unknown, so
+    taken as 0).
 
     - forward KL: Σ_k p_t · (log p_t − log q_s), with q_s the student's full-vocabulary softmax, so the
       loss also pulls student mass out of the tokens the teacher left out.
@@ -121,8 +121,7 @@ def topk_soft_loss(
         student_log = gathered - torch.logsumexp(scaled, dim=-1, keepdim=True)
     else:
         student_log = F.log_softmax(gathered, dim=-1)
-    per_position = kl_from_logprobs(student_log, teacher_log, loss=loss, beta=beta)
-    return temperature**2 * _masked_mean(per_position, mask)
+    return student_log, teacher_log
 
 
 def shared_vocab_logits(logits: Tensor, vocab_size: int | None) -> Tensor:
@@ -186,11 +185,8 @@ def distillation_loss(
     zero = student_logits.float().sum() * 0.0
     soft = zero
     if teacher_logits is not None and alpha > 0:
-        if teacher_topk_indices is not None:
-            soft = topk_soft_loss(student_logits, teacher_logits, teacher_topk_indices, loss=loss,
-                                  temperature=temperature, beta=beta, mask=mask)
-        else:
-            soft = soft_loss(student_logits, teacher_logits, loss=loss, temperature=temperature, beta=beta, mask=mask)
+        soft = soft_loss(student_logits, teacher_logits, teacher_topk_indices=teacher_topk_indices, loss=loss,
+                         temperature=temperature, beta=beta, mask=mask)
     hard = zero if labels is None else hard_loss(student_logits, labels, ignore_index=ignore_index)
     if teacher_logits is None:  # no teacher signal: plain supervised training
         return LossParts(hard, soft, hard)

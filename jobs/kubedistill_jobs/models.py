@@ -14,7 +14,7 @@ from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec, StudentArchitecture
 from kubedistill.errors import InputError
-from kubedistill.uris import UriError, local_path, parse_uri
+from kubedistill.uris import field_errors, local_path, parse_uri
 
 LAYER_KEY = re.compile(r"(\.layers?\.)(\d+)\.")
 # The appended mean-pooling layer: its output projection is scaled so that the residual (the token's own
@@ -43,10 +43,8 @@ def auto_model_class(task: str) -> Any:
 
 def model_source(uri: str, field: str, download_dir: Path | None = None) -> str:
     """A local folder or hub id that `from_pretrained` accepts; s3:// is downloaded into download_dir."""
-    try:
+    with field_errors(field, ModelError):
         parsed = parse_uri(uri)
-    except UriError as error:
-        raise ModelError(f"{field}: {error}") from None
     if parsed.scheme == "hf":
         return parsed.location
     if parsed.scheme == "s3":
@@ -58,10 +56,8 @@ def model_source(uri: str, field: str, download_dir: Path | None = None) -> str:
             fs, root = fsspec.core.url_to_fs(uri)
             fs.get(root.rstrip("/") + "/", str(download_dir), recursive=True)
         return str(download_dir)
-    try:
+    with field_errors(field, ModelError):
         path = local_path(uri)
-    except UriError as error:
-        raise ModelError(f"{field}: {error}") from None
     if not path.is_dir():
         raise ModelError(f"{field}: {uri}: no such model folder ({path})")
     return str(path)

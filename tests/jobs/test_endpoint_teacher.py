@@ -257,7 +257,7 @@ def test_prompt_logprobs_from_echo(fresh):
 
 def test_cache_alignment_one_hot_prompt_and_teacher_top_k(fresh):
     import torch
-    from kubedistill_jobs.losses import topk_soft_loss
+    from kubedistill_jobs.losses import soft_loss
 
     tok, length, k = fresh.tokenizer, 16, 8  # k above the server's 5: missing candidates are padded
     predictor = et.EndpointPredictor(_config(fresh, top_k=k, max_new_tokens=6), tok, length, concurrency=2)
@@ -290,8 +290,8 @@ def test_cache_alignment_one_hot_prompt_and_teacher_top_k(fresh):
         # and inside the prompt the soft term is the cross-entropy on the text
         student = torch.randn(length, len(tok))
         positions = torch.arange(max(p - 1, 0))
-        soft = topk_soft_loss(student[positions], torch.tensor(values[positions]),
-                              torch.tensor(indices[positions]), temperature=1.0)
+        soft = soft_loss(student[positions], torch.tensor(values[positions]),
+                         teacher_topk_indices=torch.tensor(indices[positions]), temperature=1.0)
         ce = torch.nn.functional.cross_entropy(student[positions], torch.tensor(ids[1:p], dtype=torch.long))
         assert float(soft) == pytest.approx(float(ce), rel=1e-5)
     assert out["generated"][2] == 0 and len(fresh.requests) == 2  # a prompt that fills maxLength asks for nothing

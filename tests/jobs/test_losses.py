@@ -65,21 +65,21 @@ def test_topk_path_equals_full_loss_when_k_is_the_vocabulary(logits, name):
     student, teacher = logits
     values, indices = teacher.topk(teacher.shape[-1], dim=-1)
     full = losses.soft_loss(student, teacher, loss=name, temperature=2.0, beta=0.3)
-    topk = losses.topk_soft_loss(student, values, indices, loss=name, temperature=2.0, beta=0.3)
+    topk = losses.soft_loss(student, values, teacher_topk_indices=indices, loss=name, temperature=2.0, beta=0.3)
     assert topk.item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_topk_loss_is_zero_when_the_student_matches_the_kept_tokens():
     teacher = torch.tensor([[5.0, 4.0, -30.0, -30.0]])
     values, indices = teacher.topk(2, dim=-1)
-    assert losses.topk_soft_loss(teacher, values, indices).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.soft_loss(teacher, values, teacher_topk_indices=indices).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_topk_larger_than_vocabulary_is_refused(logits):
     student, _ = logits
     values = torch.zeros(*student.shape[:-1], 12)
     with pytest.raises(ValueError, match="topK"):
-        losses.topk_soft_loss(student, values, values.long())
+        losses.soft_loss(student, values, teacher_topk_indices=values.long())
 
 
 def test_label_masking_leaves_out_ignored_positions(logits):
