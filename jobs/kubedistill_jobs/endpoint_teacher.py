@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill.redaction import redact
 
 # The operator sets this env var on the Ray pods (kubedistill_operator.builders.job.TEACHER_API_KEY_ENV).
 API_KEY_ENV = "KUBEDISTILL_TEACHER_API_KEY"
@@ -81,7 +82,10 @@ class EndpointClient:
         self.sleep = sleep
 
     def _fail(self, what: str, *, permanent: bool = True) -> EndpointError:
-        return EndpointError(f"teacher.endpoint.url: {self.config.url}/completions {what}", permanent=permanent)
+        """The error for `what` went wrong; the key is masked in anything the endpoint sent back (a server or proxy
+        may echo the request's headers), since the message goes on to logs, status.failure and Events."""
+        return EndpointError(redact(f"teacher.endpoint.url: {self.config.url}/completions {what}", self.config.api_key),
+                             permanent=permanent)
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config

@@ -24,6 +24,8 @@ def student_secrets(sd: StudentDeployment, s3_secret: str | None) -> dict[str, s
     teacher = sd.spec.router.teacher
     if teacher and teacher.api_key_secret_ref:
         found[teacher.api_key_secret_ref.name] = "spec.router.teacher.apiKeySecretRef.name"
+    if sd.spec.router.auth is not None:
+        found[sd.spec.router.auth.api_key_secret_ref.name] = "spec.router.auth.apiKeySecretRef.name"
     if s3_secret:
         found[s3_secret] = "spec.source.s3CredentialsSecret (or the job's spec.output.s3CredentialsSecret)"
     return found
