@@ -73,7 +73,10 @@ class RouterConfig(BaseModel):
         )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        # `require_api_key: false` is left out: the text is hashed into the pod template, and a deployment without
+        # auth must not roll its pods when an operator that knows the field takes over.
+        drop = None if self.require_api_key else {"require_api_key"}
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True, exclude=drop), sort_keys=False)
 
     @classmethod
     def read(cls, path: str | Path) -> RouterConfig:

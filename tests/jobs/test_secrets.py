@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from kubedistill_jobs import endpoint_teacher as et
 
 from kubedistill.redaction import MASK, redact
 
-from .test_endpoint_teacher import _endpoint_manifest, _lm_data
+from .test_endpoint_teacher import _endpoint_manifest, _lm_data, files_holding
 from .test_reporting import _entrypoint
 
 KEY = "sk-planted-4f9c2e7b1d0a"
@@ -59,11 +58,6 @@ def echoing():
     endpoint = EchoingEndpoint()
     yield endpoint
     endpoint.close()
-
-
-def files_holding(root: Path, secret: str) -> list[str]:
-    """Every file under `root` whose bytes contain `secret`."""
-    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 def test_redact_masks_every_occurrence_and_leaves_short_values_alone():
