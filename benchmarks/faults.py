@@ -246,8 +246,10 @@ class Stack:
         await self.router.wait_ready(session)
 
     def kill_triton(self) -> None:
+        """SIGKILL to Triton's process group, as when its container is killed: the server and its python-backend
+        stubs (which would otherwise live on, orphaned)."""
         assert self.triton is not None
-        self.triton.process.send_signal(signal.SIGKILL)
+        os.killpg(self.triton.process.pid, signal.SIGKILL)  # started in a session of its own: pgid == pid
         self.triton.process.wait()
 
     def restart_triton(self) -> None:

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .conftest import TEXTS
@@ -39,6 +40,10 @@ async def test_faults_leave_every_answerable_request_answered_in_time(model_repo
     # student was gone, and the router's readiness followed Triton.
     for name in ("teacher-slow", "teacher-refusing"):
         assert by_name[name]["served_by_teacher"] > 0 and by_name[name]["degraded_during_fault"] > 0
+    # Nothing of the run is left: the killed Triton's python-backend stubs went with it.
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(
+        p.info["cmdline"] or [])]
+    assert left == []
     restart = by_name["triton-restart"]
     assert restart["503_student_down"] > 0 and restart["not_ready_seconds"] > 0
     assert restart["ready_after_triton_s"] <= faults.READY_WITHIN
