@@ -367,6 +367,7 @@ class Pipeline:
             "seconds": outcome.seconds,
             "steps": outcome.history[-1]["step"] if outcome.history else 0,
             "resumed_from_step": outcome.resumed_from_step,
+            "resumes": outcome.resumes,  # steps training restarted from (a lost worker, a rerun)
             "workers": self.workers,
             "teacher_mode": spec.distillation.teacher_mode,
             "loss": spec.distillation.loss,
