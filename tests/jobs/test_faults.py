@@ -153,8 +153,15 @@ def test_a_killed_run_resumes_when_rerun(job, undisturbed):
     process = start(job, output)
     try:
         wait_for_step(process, output, KILL_AFTER_STEP)
-        os.killpg(process.pid, signal.SIGKILL)  # the CLI, the embedded Ray (GCS, raylet) and the workers
+        # The CLI and everything it started, as when its container is killed: Ray puts some of its processes
+        # (GCS, raylet, workers) in sessions of their own, so the process group alone would leave them running.
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signal.SIGKILL)
         process.wait(60)
+        alive = psutil.wait_procs(tree, timeout=30)[1]
+        assert not alive, [p.pid for p in alive]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -165,3 +172,59 @@ def test_a_killed_run_resumes_when_rerun(job, undisturbed):
     train = json.loads(layout.train_report.read_text())
     assert train["steps"] == STEPS and train["resumed_from_step"] == killed_at >= KILL_AFTER_STEP
     same_figures(figures(output), undisturbed)
+
+
+# Out of disk: the model repository's first file cannot be completed. Only the test's copy of the CLI is
+# changed, at that write: the run is otherwise `kubedistill run` as shipped.
+DISK_FULL = """
+import errno, sys
+from pathlib import Path
+from kubedistill_jobs import export
+
+def full(repo, **kwargs):
+    Path(repo).mkdir(parents=True, exist_ok=True)
+    (Path(repo) / "serving.json").write_text('{"task": ')  # cut short, as a full disk leaves it
+    raise OSError(errno.ENOSPC, "No space left on device", str(Path(repo) / "serving.json"))
+
+export.write_model_repository = full
+from kubedistill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_fails_clearly_keeps_what_was_written_and_resumes(job, undisturbed):
+    output = job.parent / "disk-full"
+    output.mkdir()
+    done = subprocess.run([sys.executable, "-c", DISK_FULL, "run", str(job), "--output", str(output), "--workers",
+                           "2", "--cpus", "2"], capture_output=True, text=True, timeout=900, cwd=output.parent)
+    assert done.returncode == 1, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: no space left on the device of the output folder {output}")
+    assert "serving.json" in error and "rerun the same command to resume" in error
+    layout = OutputLayout(output)
+    kept = [s for s in STAGES if layout.stage_marker(s).is_file()]
+    assert kept == ["data", "teacher", "soft-targets", "train", "compress", "evaluate"]  # all but export
+    assert layout.report_json.is_file() and (layout.student / "config.json").is_file()
+    assert "No space left on device" in (output / "pipeline.log").read_text()
+
+    again = subprocess.run(kubedistill("run", str(job), "--output", str(output), "--workers", "2", "--cpus", "2"),
+                           capture_output=True, text=True, timeout=900, cwd=output.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (output / "pipeline.log").read_text()
+    assert all(f"stage {s}: done earlier, skipped" in log for s in kept)
+    assert json.loads((layout.model_repository / "serving.json").read_text())["task"] == "sequence-classification"
+    same_figures(figures(output), undisturbed)
+
+
+def test_out_of_space_is_found_under_the_errors_that_wrap_it():
+    from kubedistill_jobs.cli import out_of_space
+
+    full = OSError(28, "No space left on device", "/out/x")
+    try:
+        try:
+            raise full
+        except OSError as inner:
+            raise RuntimeError("the export failed") from inner
+    except RuntimeError as wrapped:
+        assert out_of_space(wrapped) is full
+    assert out_of_space(OSError(13, "Permission denied"), ValueError("x")) is None
