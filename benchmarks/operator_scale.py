@@ -426,9 +426,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each steady state")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--workdir", type=Path, help="keep the operator's log and kubeconfig here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kubedistill-scale-") as tmp:
-        results = measure(args, Path(tmp))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = measure(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kubedistill-scale-") as tmp:
+            results = measure(args, Path(tmp))
     results["checks"] = checks(results)
     results["command"] = " ".join(["python", "benchmarks/operator_scale.py", *sys.argv[1:]])
     results["date"] = datetime.now(UTC).isoformat(timespec="seconds")

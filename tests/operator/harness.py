@@ -57,6 +57,7 @@ from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.main import OperatorOptions, run_operator
 
 HARNESS_AGENT = "kubedistill-test-harness"
+KEEP_REQUESTS = 500  # of kmock's own record of requests: far more than are ever in flight at once
 T = TypeVar("T")
 
 # The examples' objects, as the operator tests create them.
@@ -216,6 +217,11 @@ class ApiServer(kmock.KubernetesEmulator):
                 meta["generation"] = int(stored.get("metadata", {}).get("generation") or 1) + 1
 
     async def _handle(self, request: Any) -> Any:
+        # kmock keeps every request it served and matches each new one against all of them (by identity, for
+        # its reactions): the cost of a request grows with the number served, and thousands of objects make it
+        # seconds. Only requests still being matched need to be there: keep the latest (in flight or not).
+        if len(self._requests) > 2 * KEEP_REQUESTS:
+            del self._requests[:-KEEP_REQUESTS]
         self._record(request)
         if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
             return await super()._handle(request)
