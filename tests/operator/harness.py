@@ -57,7 +57,7 @@ from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.main import OperatorOptions, run_operator
 
 HARNESS_AGENT = "kubedistill-test-harness"
-KEEP_REQUESTS = 500  # of kmock's own record of requests: far more than are ever in flight at once
+KEEP_REQUESTS = 64  # of kmock's own record of requests: more than are ever in flight at once
 T = TypeVar("T")
 
 # The examples' objects, as the operator tests create them.
