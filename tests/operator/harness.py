@@ -152,6 +152,9 @@ class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator plus the API server's bookkeeping and a record of the operator's requests."""
 
     calls: list[ApiCall] = attrs.field(factory=list)
+    # Error answers to the operator's requests: (verb, resource, HTTP status) -> count (409: it created an
+    # object that already existed).
+    errors: dict[tuple[str, str, int], int] = attrs.field(factory=dict)
     _version: int = 0
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
@@ -223,14 +226,20 @@ class ApiServer(kmock.KubernetesEmulator):
         if len(self._requests) > 2 * KEEP_REQUESTS:
             del self._requests[:-KEEP_REQUESTS]
         self._record(request)
-        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
-            return await super()._handle(request)
-        async with self._write_lock:
-            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-                self._prepare_create(request)
-            elif request.action == kmock.action.UPDATE:
-                self._prepare_patch(request)
-            return await super()._handle(request)
+        try:
+            if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+                return await super()._handle(request)
+            async with self._write_lock:
+                if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                    self._prepare_create(request)
+                elif request.action == kmock.action.UPDATE:
+                    self._prepare_patch(request)
+                return await super()._handle(request)
+        except kmock.KubernetesError as error:
+            if request.headers.get("User-Agent", "") != HARNESS_AGENT and request.resource is not None:
+                key = (_VERBS.get(request.action, "?"), str(request.resource.plural), int(error.status))
+                self.errors[key] = self.errors.get(key, 0) + 1
+            raise
 
 
 def free_port() -> int:
