@@ -375,7 +375,7 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
 
     from kubedistill.report import load_report
 
-    monkeypatch.setenv(et.API_KEY_ENV, KEY)
+    monkeypatch.setenv("KUBEDISTILL_TEACHER_API_KEY", KEY)
     manifest = _endpoint_manifest(fresh.url, tmp_path, tiny_models["llama"], _lm_data(tmp_path))
     result = _pipeline(manifest).run()
     layout = OutputLayout(tmp_path / "out")

@@ -17,6 +17,7 @@ from .test_endpoint_teacher import _endpoint_manifest, _lm_data, files_holding
 from .test_reporting import _entrypoint
 
 KEY = "sk-planted-4f9c2e7b1d0a"
+KEY_ENV = "KUBEDISTILL_TEACHER_API_KEY"  # where the operator puts teacher.endpoint.apiKeySecretRef
 
 
 class EchoingEndpoint:
@@ -77,7 +78,7 @@ def test_an_endpoint_echoing_the_key_gets_it_masked_in_the_error(echoing):
 
 
 def test_a_failed_run_leaves_the_key_nowhere(echoing, monkeypatch, tmp_path, tiny_models, capsys, caplog):
-    monkeypatch.setenv(et.API_KEY_ENV, KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     manifest = _endpoint_manifest(echoing.url, tmp_path, tiny_models["llama"], _lm_data(tmp_path))
     code, bodies = _entrypoint(monkeypatch, tmp_path, manifest)
     assert code == 1 and echoing.seen and all(h == f"Bearer {KEY}" for h in echoing.seen)
