@@ -19,6 +19,8 @@ ROUTER_CONFIG_FILE = "router.yaml"
 ROUTER_CONFIG_DIR = "/etc/kubedistill"
 MODEL_REPOSITORY_DIR = "/models"
 TEACHER_API_KEY_FILE = "/var/run/secrets/kubedistill/teacher/api-key"
+# The router's own bearer token (router.auth.apiKeySecretRef), from the Secret into the router's environment.
+ROUTER_API_KEY_ENV = "KUBEDISTILL_ROUTER_API_KEY"
 
 
 class RouterConfig(BaseModel):
@@ -39,6 +41,8 @@ class RouterConfig(BaseModel):
     shadow_sample_rate: float = Field(default=0.1, ge=0, le=1)
     teacher: TeacherEndpointRef | None = Field(default=None, description="Remote teacher; None: colocated in Triton.")
     teacher_api_key_file: str | None = Field(default=None, description="Mounted Secret file with the teacher's key.")
+    require_api_key: bool = Field(default=False, description=f"Model endpoints need `Authorization: Bearer` with "
+                                  f"the token in ${ROUTER_API_KEY_ENV} (never in this file).")
     max_concurrency: int = Field(default=64, ge=1)
     coalesce: bool = Field(default=True, description="Concurrent requests share Triton calls (see RouterSpec).")
     max_calls_in_flight: int | None = Field(default=None, ge=1,
@@ -60,6 +64,7 @@ class RouterConfig(BaseModel):
             shadow_sample_rate=router.shadow_sample_rate,
             teacher=router.teacher,
             teacher_api_key_file=TEACHER_API_KEY_FILE if router.teacher and router.teacher.api_key_secret_ref else None,
+            require_api_key=router.auth is not None,
             max_concurrency=router.max_concurrency,
             coalesce=router.coalescing.enabled,
             max_calls_in_flight=router.coalescing.max_calls_in_flight,
@@ -68,7 +73,10 @@ class RouterConfig(BaseModel):
         )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        # `require_api_key: false` is left out: the text is hashed into the pod template, and a deployment without
+        # auth must not roll its pods when an operator that knows the field takes over.
+        drop = None if self.require_api_key else {"require_api_key"}
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True, exclude=drop), sort_keys=False)
 
     @classmethod
     def read(cls, path: str | Path) -> RouterConfig:

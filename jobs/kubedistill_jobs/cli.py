@@ -77,6 +77,11 @@ def run_command(args: argparse.Namespace) -> int:
         import logging
 
         logging.getLogger(runner.LOGGER).exception("run failed")
+        full = out_of_space(error, cause)
+        if full is not None:
+            return _fail(f"no space left on the device of the output folder {output.local} (writing "
+                         f"{full.filename or 'a file'}): every finished stage and checkpoint is kept; free space (or "
+                         "raise the volume's size) and rerun the same command to resume", EXIT_FAILED)
         return _fail(f"{type(cause).__name__}: {runner.one_line(cause)} (log: {output.local / 'pipeline.log'})",
                      EXIT_FAILED)
     finally:
@@ -90,6 +95,22 @@ def run_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_GATE
     return 0
+
+
+def out_of_space(*errors: BaseException) -> OSError | None:
+    """The disk-full (or quota) OSError among `errors` and what they were raised from, if any."""
+    import errno
+
+    pending, seen = list(errors), set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        pending += [error.__cause__, error.__context__]
+    return None
 
 
 def _num(value: float | None, digits: int = 4) -> str:

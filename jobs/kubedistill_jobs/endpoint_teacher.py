@@ -36,6 +36,7 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.env import PipelineEnv
 from kubedistill.errors import InputError
+from kubedistill.redaction import redact
 
 # A logit whose softmax weight is 0 at any temperature the API allows (≤ 100), and fits float16.
 VERY_NEGATIVE = -1.0e4
@@ -85,8 +86,10 @@ class EndpointClient:
         self.sleep = sleep
 
     def _fail(self, what: str, *, permanent: bool = True) -> EndpointError:
+        """The error for `what` went wrong; the key is masked in anything the endpoint sent back (a server or proxy
+        may echo the request's headers), since the message goes on to logs, status.failure and Events."""
         error = EndpointRefused if permanent else EndpointError
-        return error(f"teacher.endpoint.url: {self.config.url}/completions {what}")
+        return error(redact(f"teacher.endpoint.url: {self.config.url}/completions {what}", self.config.api_key))
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config

@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                       runner.one_line(cause))
         reporter.failure(failure_patch(cause, reporter.stage or stage, permanent=permanent))
         return 1
-    if result.report is not None:
-        reporter(results=results_patch(result.report, job.spec.output.uri))
-        if not result.report.gate.passed:
-            log.warning("gate not met: retention %s is %.4f below %s", result.report.retention,
-                        result.report.shortfall(), result.report.gate.min_retention)
+    reporter.finished(results_patch(result.report, job.spec.output.uri) if result.report is not None else None)
+    if result.report is not None and not result.report.gate.passed:
+        log.warning("gate not met: retention %s is %.4f below %s", result.report.retention,
+                    result.report.shortfall(), result.report.gate.min_retention)
     try:
         output.push()
     except Exception as error:

@@ -84,12 +84,20 @@ def failure_patch(error: BaseException, stage: str | None, *, permanent: bool, r
     return failure.to_wire()
 
 
+def progress_patch(progress: dict[str, Any]) -> dict[str, Any]:
+    """`status.progress` as a whole, camelCase: every key of `JobProgress`, null where `progress` has none, so
+    that the merge-patch removes what an earlier stage set (the training step, an ETA)."""
+    model = JobProgress.model_validate(progress)
+    cleared = {field.alias or name: None for name, field in JobProgress.model_fields.items()}
+    return cleared | model.to_wire()
+
+
 def status_patch(progress: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
                  results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The merge-patch body: only the given parts of status, camelCase, nulls dropped."""
+    """The merge-patch body: only the given parts of status, camelCase; `progress` replaces the whole of it."""
     status: dict[str, Any] = {}
     if progress is not None:
-        status["progress"] = JobProgress.model_validate(progress).to_wire()
+        status["progress"] = progress_patch(progress)
     if metrics is not None:
         status["metrics"] = {k: float(v) for k, v in metrics.items()}
     if results is not None:
@@ -103,7 +111,10 @@ def results_patch(report: Report, output_uri: str) -> dict[str, Any]:
 
 
 class StatusReporter:
-    """Merge-patches the job's status subresource; throttles progress patches."""
+    """Merge-patches the job's status subresource; throttles progress patches.
+
+    A throttled progress is kept, not lost: the run's end writes the final progress in the same patch as the
+    results (`finished`: 100 %, nothing remaining) or the failure (`failure`: where it stopped, no ETA)."""
 
     def __init__(self, name: str | None = None, namespace: str | None = None, min_interval: float = 10.0) -> None:
         env = PipelineEnv.from_env()
@@ -113,6 +124,7 @@ class StatusReporter:
         self._api: Any = None
         self._last_progress = 0.0
         self._last_stage: str | None = None
+        self._progress: dict[str, Any] | None = None  # the last progress given, sent or throttled
         self._metrics: dict[str, float] = {}
         if self.name and self.namespace:
             self._api = self._connect()
@@ -138,8 +150,18 @@ class StatusReporter:
         return self._last_stage
 
     def failure(self, failure: dict[str, Any] | None) -> None:
-        """Report a failure (`failure_patch`), or clear an earlier attempt's (None)."""
-        self.patch({"status": {"failure": failure}})
+        """Report a failure (`failure_patch`) with the progress where the run stopped, or clear an earlier
+        attempt's (None)."""
+        status: dict[str, Any] = {"failure": failure}
+        if failure is not None and self._progress is not None:
+            status["progress"] = progress_patch({**self._progress, "estimated_remaining_seconds": None})
+        self.patch({"status": status})
+
+    def finished(self, results: dict[str, Any] | None = None) -> None:
+        """The run is done: progress complete (its last stage, 100 %, no step or ETA) and the results, in one
+        patch, whatever the throttling dropped before."""
+        done = {"stage": self._last_stage, "percent": 100.0}
+        self.patch({"status": {"progress": progress_patch(done), **({"results": results} if results else {})}})
 
     def patch(self, body: dict[str, Any]) -> None:
         if self._api is None:
@@ -156,6 +178,8 @@ class StatusReporter:
         if metrics:
             self._metrics.update(metrics)
         now = time.monotonic()
+        if progress is not None:
+            self._progress = dict(progress)
         stage = (progress or {}).get("stage")
         only_progress = progress is not None and metrics is None and results is None
         if only_progress and stage == self._last_stage and now - self._last_progress < self.min_interval:

@@ -141,6 +141,16 @@ class TeacherEndpointRef(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key with the API key.")
 
 
+class RouterAuth(ApiModel):
+    """Clients of the router must present a bearer token of its own."""
+
+    api_key_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the token clients send as `Authorization: Bearer <token>` on the model "
+        "endpoints (401 without it or with another); /healthz, /readyz and /metrics stay open for probes and "
+        "scraping."
+    )
+
+
 class Coalescing(ApiModel):
     """The router's batching: concurrent requests share Triton calls."""
 
@@ -182,6 +192,10 @@ class RouterSpec(ApiModel):
     shadow_sample_rate: float = Field(default=0.1, description="Share of traffic mirrored in shadow mode.", ge=0, le=1)
     teacher: TeacherEndpointRef | None = Field(
         default=None, description="Remote teacher; unset escalates to the teacher colocated in Triton."
+    )
+    auth: RouterAuth | None = Field(
+        default=None, description="A bearer token clients must send; unset: no authentication (keep the Service "
+        "inside the cluster)."
     )
     max_concurrency: int = Field(default=64, description="Requests in flight before 429.", ge=1, le=100000)
     timeout_seconds: float = Field(default=2.0, description="Timeout of a student call.", gt=0, le=600)

@@ -5,6 +5,7 @@ Handlers return nothing: a returned value would land in `status.<handler>`, whic
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
@@ -14,12 +15,7 @@ from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
 from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, counted, reconciliation
 from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
-from kubedistill_operator.reconcile.student import (
-    job_change_matters,
-    reconcile_student,
-    reconcile_student_by_name,
-    refresh_student,
-)
+from kubedistill_operator.reconcile.student import reconcile_student, reconcile_students_of_job, refresh_student
 
 JOBS = (GROUP, VERSION, "distillationjobs")
 STUDENTS = (GROUP, VERSION, "studentdeployments")
@@ -104,12 +100,15 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
             gone = event.get("type") == "DELETED"
             refresh_student(memo.ctx, _namespaced(namespace), owner, None if gone else dict(body))
 
+    # Async, so that the index is read on the event loop, which edits it as StudentDeployments come and go (a
+    # bulk delete); the reconciling runs in a thread on copies.
     @kopf.on.event(*JOBS, id="job-to-students", registry=registry)
-    def job_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    async def job_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
         students_by_job: kopf.Index[tuple[str, str], Any] = kwargs["students_by_job"]  # the index above
-        job = None if event.get("type") == "DELETED" else dict(body)
-        for student in students_by_job.get((_namespaced(namespace), name), []):
-            if job_change_matters(student, job):
-                reconcile_student_by_name(memo.ctx, _namespaced(namespace), student["metadata"]["name"])
+        # Copied here, on the event loop: the loop edits the index while a worker thread would iterate it.
+        students = copy.deepcopy(list(students_by_job.get((_namespaced(namespace), name), [])))
+        if students:
+            job = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
+            await memo.ctx.in_thread(reconcile_students_of_job, memo.ctx, _namespaced(namespace), students, job)
 
     return registry

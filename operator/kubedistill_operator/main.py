@@ -79,11 +79,13 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
         metrics.register_observers(registry, {JOB_KIND: JOBS, STUDENT_KIND: STUDENTS})
         serving = metrics.serving(options.metrics_host, options.metrics_port)
     event = post_event if metrics is None else metrics.counting_events(post_event)
-    ctx = Context(api=api, config=options.config, event=event, wait_delay=options.wait_delay)
+    settings = build_settings(options)
+    ctx = Context(api=api, config=options.config, event=event, wait_delay=options.wait_delay,
+                  executor=settings.execution.executor)
     with serving:
         await kopf.operator(
             registry=registry,
-            settings=build_settings(options),
+            settings=settings,
             clusterwide=not options.namespaces,
             namespaces=list(options.namespaces),
             standalone=options.standalone,

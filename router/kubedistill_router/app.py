@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubedistill.artifacts import SERVING_MANIFEST, ServingManifest
 from kubedistill.routerconfig import RouterConfig
+from kubedistill_router.auth import auth_middlewares
 from kubedistill_router.classification import ClassificationHandler
 from kubedistill_router.errors import RouterError, TooManyRequests
 from kubedistill_router.metrics import RouterMetrics
@@ -61,7 +62,8 @@ def build_app(config: RouterConfig) -> web.Application:
     handler = HANDLERS[manifest.task](config, manifest, repository, triton, metrics)
 
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[limit_middleware(config.max_concurrency, metrics), errors_middleware])
+                          middlewares=[*auth_middlewares(config), limit_middleware(config.max_concurrency, metrics),
+                                       errors_middleware])
     app[MAX_BODY_BYTES] = config.max_body_bytes
 
     async def healthz(request: web.Request) -> web.Response:

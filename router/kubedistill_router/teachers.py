@@ -15,6 +15,7 @@ import aiohttp
 import numpy as np
 
 from kubedistill.confidence import Signal, confidence, softmax
+from kubedistill.redaction import redact
 from kubedistill.routerconfig import TeacherEndpointRef
 from kubedistill_router.batching import Coalescer
 from kubedistill_router.errors import UpstreamError
@@ -84,19 +85,23 @@ class RemoteTeacher:
                                                   timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_seconds))
         return self._session
 
+    def _error(self, message: str, reason: str = "error") -> UpstreamError:
+        """An error of the teacher, with the key masked in whatever the teacher sent back (it is logged)."""
+        return UpstreamError(redact(message, self.api_key), reason)
+
     async def post(self, url: str, body: dict[str, Any]) -> Any:
         try:
             async with asyncio.timeout(self.endpoint.timeout_seconds):
                 async with self._get_session().post(url, json=body) as response:
                     text = await response.text()
                     if response.status != 200:
-                        raise UpstreamError(f"{self.description} answered HTTP {response.status}: {text[:200]}")
+                        raise self._error(f"{self.description} answered HTTP {response.status}: {text[:200]}")
                     return json.loads(text)
         except TimeoutError:
-            raise UpstreamError(f"{self.description} did not answer within {self.endpoint.timeout_seconds:g} s",
-                                "timeout") from None
+            raise self._error(f"{self.description} did not answer within {self.endpoint.timeout_seconds:g} s",
+                              "timeout") from None
         except (aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UpstreamError(f"{self.description} failed: {type(error).__name__}: {error}") from None
+            raise self._error(f"{self.description} failed: {type(error).__name__}: {error}") from None
 
     def answer(self, item: Any) -> Answer:
         """One prediction in any of the shapes classifiers answer with: a label, a class index, a list of
@@ -121,7 +126,7 @@ class RemoteTeacher:
             return self.labels[value]
         if isinstance(value, str) and (not self.labels or value in self.labels):
             return value
-        raise UpstreamError(f"{self.description} answered {value!r}, not one of the labels {self.labels}")
+        raise self._error(f"{self.description} answered {value!r}, not one of the labels {self.labels}")
 
     async def classify(self, texts: list[str]) -> list[Answer]:
         """Each protocol's subclass asks its endpoint."""
@@ -142,7 +147,7 @@ class KServeV1Teacher(RemoteTeacher):
         body = await self.post(url, {"instances": texts})
         predictions = body.get("predictions") if isinstance(body, dict) else None
         if not isinstance(predictions, list) or len(predictions) != len(texts):
-            raise UpstreamError(f"{self.description} answered no list of {len(texts)} predictions")
+            raise self._error(f"{self.description} answered no list of {len(texts)} predictions")
         return [self.answer(p) for p in predictions]
 
 
@@ -159,14 +164,14 @@ class KServeV2Teacher(RemoteTeacher):
             output = body["outputs"][0]
             data, shape = output["data"], output["shape"]
         except (KeyError, IndexError, TypeError):
-            raise UpstreamError(f"{self.description} answered no outputs") from None
+            raise self._error(f"{self.description} answered no outputs") from None
         if output.get("datatype") == "BYTES":
             answers = [self.answer(label) for label in data]
         else:
             scores = np.asarray(data, dtype=np.float64).reshape(shape)
             answers = answers_from_probs(as_probabilities(scores), self.labels, self.signal)
         if len(answers) != len(texts):
-            raise UpstreamError(f"{self.description} answered {len(answers)} items for {len(texts)} texts")
+            raise self._error(f"{self.description} answered {len(answers)} items for {len(texts)} texts")
         return answers
 
 
@@ -192,11 +197,11 @@ class OpenAITeacher(RemoteTeacher):
             choice = body["choices"][0]
             content = str(choice["message"]["content"]).strip().strip(".").strip()
         except (KeyError, IndexError, TypeError):
-            raise UpstreamError(f"{self.description} answered no choices") from None
+            raise self._error(f"{self.description} answered no choices") from None
         label = next((lab for lab in self.labels if lab.lower() == content.lower()), None) \
             or next((lab for lab in self.labels if content.lower().startswith(lab.lower())), None)
         if label is None:
-            raise UpstreamError(f"{self.description} answered {content[:80]!r}, not one of {self.labels}")
+            raise self._error(f"{self.description} answered {content[:80]!r}, not one of {self.labels}")
         logprobs = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("logprob")
         return Answer(label, math.exp(logprobs) if isinstance(logprobs, int | float) else None)
 

@@ -21,6 +21,7 @@ from kubedistill.artifacts import OutputLayout
 
 from .conftest import FILLER, NEGATIVE, POSITIVE, job_manifest, word_tokenizer
 
+KEY = "sk-planted-e2a91c04"  # searched for in everything the pipeline writes
 MAX_LOGPROBS = 5  # like OpenAI's and vLLM's caps: a larger `logprobs` is served as 5
 
 
@@ -327,6 +328,11 @@ def test_unmappable_candidates_are_dropped_and_an_unmappable_token_ends_the_row(
 # ---------------------------------------------------------------------- the pipeline
 
 
+def files_holding(root: Any, secret: str) -> list[str]:
+    """Every file under `root` whose bytes contain `secret`."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
 def _endpoint_manifest(url: str, out: Any, student: Any, data: Any, **spec: Any) -> dict[str, Any]:
     manifest = job_manifest(
         out, student, data,
@@ -369,7 +375,7 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
 
     from kubedistill.report import load_report
 
-    monkeypatch.setenv("KUBEDISTILL_TEACHER_API_KEY", "k3y")
+    monkeypatch.setenv("KUBEDISTILL_TEACHER_API_KEY", KEY)
     manifest = _endpoint_manifest(fresh.url, tmp_path, tiny_models["llama"], _lm_data(tmp_path))
     result = _pipeline(manifest).run()
     layout = OutputLayout(tmp_path / "out")
@@ -386,7 +392,7 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
     assert all(g["text"].startswith(g["prompt"]) and len(g["text"]) > len(g["prompt"]) for g in generated)
     assert 30 <= result.stages["soft-targets"]["generated_tokens"] <= 30 * 5
     completions = [r for r in fresh.requests if r["body"].get("max_tokens") == 5]
-    assert len(completions) == 30 and {r["authorization"] for r in fresh.requests} == {"Bearer k3y"}
+    assert len(completions) == 30 and {r["authorization"] for r in fresh.requests} == {f"Bearer {KEY}"}
     assert AutoModelForCausalLM.from_pretrained(layout.student).config.vocab_size == len(fresh.tokenizer)
     assert np.isfinite(result.stages["train"]["history"][-1]["eval_perplexity"])
     # compress and evaluate without a teacher graph; the teacher's perplexity scored by the endpoint
@@ -409,6 +415,7 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
     print_summary(console, result, layout.root)
     shown = console.export_text()
     assert f"endpoint {fresh.url} (model tiny)" in shown and "speedup unknown" in shown
+    assert KEY not in shown and files_holding(tmp_path, KEY) == []  # nothing the run wrote holds the key
 
     # an endpoint that does not score prompts: the teacher's metrics and retention are null, noted in the report
     for stage in ("evaluate", "export"):

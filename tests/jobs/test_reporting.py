@@ -67,6 +67,69 @@ def test_reporter_patches_the_status_subresource_and_throttles_progress():
     assert bodies[3] == {"results": {"gatePassed": True}}
 
 
+def merge_patch(base, patch):
+    """JSON merge-patch (RFC 7386), as the API server applies the reporter's patches."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def reported_status(api: RecordingApi) -> dict:
+    status: dict = {}
+    for call in api.calls:
+        status = merge_patch(status, call[-1]["status"])
+    return status
+
+
+def run_stages(reporter: StatusReporter) -> None:
+    """The pipeline's progress calls: training steps with an ETA, then later stages without either."""
+    for step in range(1, 301):
+        reporter(progress={"stage": "train", "percent": 40 + step / 10, "step": step, "total_steps": 300,
+                           "estimated_remaining_seconds": 300 - step})
+    reporter(progress={"stage": "compress", "percent": 80.0})
+    reporter(progress={"stage": "export", "percent": 95.0})
+    reporter(progress={"stage": "export", "percent": 97.0, "estimated_remaining_seconds": 3})  # throttled
+
+
+def test_a_new_stage_clears_the_training_step_and_eta():
+    reporter = StatusReporter(name="bbc", namespace="ml", min_interval=3600)
+    reporter._api = api = RecordingApi()
+    run_stages(reporter)
+    assert reported_status(api)["progress"] == {"stage": "export", "percent": 95.0}
+    DistillationJobStatus.model_validate(reported_status(api))
+
+
+def test_a_finished_run_shows_complete_progress_and_its_results_whatever_was_throttled():
+    reporter = StatusReporter(name="bbc", namespace="ml", min_interval=3600)
+    reporter._api = api = RecordingApi()
+    run_stages(reporter)
+    reporter.finished({"gatePassed": True, "retention": 0.97})
+    status = reported_status(api)
+    assert status["progress"] == {"stage": "export", "percent": 100.0}
+    assert status["results"] == {"gatePassed": True, "retention": 0.97}
+    assert "progress" in api.calls[-1][-1]["status"] and "results" in api.calls[-1][-1]["status"]  # one patch
+
+
+def test_a_failed_run_keeps_where_it_stopped_without_an_eta():
+    reporter = StatusReporter(name="bbc", namespace="ml", min_interval=3600)
+    reporter._api = api = RecordingApi()
+    for step in range(1, 120):
+        reporter(progress={"stage": "train", "percent": 40 + step / 10, "step": step, "total_steps": 300,
+                           "estimated_remaining_seconds": 300 - step})
+    reporter.failure(failure_patch(OSError("disk full"), "train", permanent=False, run="bbc-g1"))
+    status = reported_status(api)
+    assert status["progress"] == {"stage": "train", "percent": 51.9, "step": 119, "totalSteps": 300}
+    assert status["failure"]["message"] == "disk full"
+    reporter.failure(None)  # clearing an earlier attempt's failure leaves progress alone
+    assert reported_status(api)["progress"] == status["progress"] and "failure" not in reported_status(api)
+
+
 # status.failure: what the operator reads to stop the retries of an input error.
 
 def _model(accuracy: float, size: int) -> dict:

@@ -57,6 +57,7 @@ from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.main import OperatorOptions, run_operator
 
 HARNESS_AGENT = "kubedistill-test-harness"
+KEEP_REQUESTS = 64  # of kmock's own record of requests: more than are ever in flight at once
 T = TypeVar("T")
 
 # The examples' objects, as the operator tests create them.
@@ -151,6 +152,9 @@ class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator plus the API server's bookkeeping and a record of the operator's requests."""
 
     calls: list[ApiCall] = attrs.field(factory=list)
+    # Error answers to the operator's requests: (verb, resource, HTTP status) -> count (409: it created an
+    # object that already existed).
+    errors: dict[tuple[str, str, int], int] = attrs.field(factory=dict)
     _version: int = 0
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
@@ -216,15 +220,26 @@ class ApiServer(kmock.KubernetesEmulator):
                 meta["generation"] = int(stored.get("metadata", {}).get("generation") or 1) + 1
 
     async def _handle(self, request: Any) -> Any:
+        # kmock keeps every request it served and matches each new one against all of them (by identity, for
+        # its reactions): the cost of a request grows with the number served, and thousands of objects make it
+        # seconds. Only requests still being matched need to be there: keep the latest (in flight or not).
+        if len(self._requests) > 2 * KEEP_REQUESTS:
+            del self._requests[:-KEEP_REQUESTS]
         self._record(request)
-        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
-            return await super()._handle(request)
-        async with self._write_lock:
-            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-                self._prepare_create(request)
-            elif request.action == kmock.action.UPDATE:
-                self._prepare_patch(request)
-            return await super()._handle(request)
+        try:
+            if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+                return await super()._handle(request)
+            async with self._write_lock:
+                if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                    self._prepare_create(request)
+                elif request.action == kmock.action.UPDATE:
+                    self._prepare_patch(request)
+                return await super()._handle(request)
+        except kmock.KubernetesError as error:
+            if request.headers.get("User-Agent", "") != HARNESS_AGENT and request.resource is not None:
+                key = (_VERBS.get(request.action, "?"), str(request.resource.plural), int(error.status))
+                self.errors[key] = self.errors.get(key, 0) + 1
+            raise
 
 
 def free_port() -> int:

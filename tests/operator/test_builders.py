@@ -302,6 +302,21 @@ def test_gpus_autoscaling_teacher_key_and_images():
     assert triton_image(student({"triton.image": "own/triton:2"}), OperatorConfig(triton_image="x")) == "own/triton:2"
 
 
+def test_router_token_comes_from_its_secret_by_reference_and_is_checked_for():
+    from kubedistill_operator.reconcile.secrets import student_secrets
+
+    sd = student({"router.auth": {"apiKeySecretRef": {"name": "router-token", "key": "token"}}})
+    objects = by_kind(build_student_children(sd, SOURCE, CONFIG))
+    router = objects["Deployment"]["spec"]["template"]["spec"]["containers"][1]
+    assert router["env"] == [{"name": "KUBEDISTILL_ROUTER_API_KEY",
+                              "valueFrom": {"secretKeyRef": {"name": "router-token", "key": "token"}}}]
+    assert RouterConfig.model_validate(yaml.safe_load(objects["ConfigMap"]["data"]["router.yaml"])).require_api_key
+    assert student_secrets(sd, None) == {"router-token": "spec.router.auth.apiKeySecretRef.name"}
+    plain = by_kind(build_student_children(student(), SOURCE, CONFIG))
+    assert "env" not in plain["Deployment"]["spec"]["template"]["spec"]["containers"][1]
+    assert "require_api_key" not in plain["ConfigMap"]["data"]["router.yaml"]  # no roll for deployments without
+
+
 def test_a_new_model_or_threshold_rolls_the_pods_and_nothing_else_does():
     def template(source: ModelSourceInfo) -> dict[str, Any]:
         return by_kind(build_student_children(student(), source, CONFIG))["Deployment"]["spec"]["template"]
@@ -342,6 +357,7 @@ STUDENT_VARIANTS: dict[str, dict[str, Any]] = {
                 "triton.resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}},
     "teacher": {"router.teacher": {"url": "http://t:9000", "apiKeySecretRef": {"name": "t", "key": "k"}},
                 "service.type": "LoadBalancer", "service.port": 9090},
+    "auth": {"router.auth": {"apiKeySecretRef": {"name": "router-token", "key": "token"}}},
 }
 
 

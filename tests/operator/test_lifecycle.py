@@ -83,12 +83,14 @@ def test_distillation_job_life(cluster):
     assert condition(cluster, DISTILLATION_JOBS, JOB, "Running")["status"] == "True"
 
     # The pipeline reports progress and results; the RayJob completes.
-    cluster.patch_status(DISTILLATION_JOBS, NS, JOB, {"progress": {"stage": "train", "percent": 50.0},
+    # Its last progress patch (throttled) never came: the step and ETA of mid-training are what it left.
+    cluster.patch_status(DISTILLATION_JOBS, NS, JOB, {"progress": {"stage": "train", "percent": 50.0, "step": 40,
+                                                                   "totalSteps": 80, "estimatedRemainingSeconds": 60},
                                                       "metrics": {"loss": 0.4}})
     run_job_to(cluster, f"{JOB}-g1", "Complete", "SUCCEEDED", results("run-1"))
     done = wait_phase(cluster, DISTILLATION_JOBS, JOB, "Succeeded")
     assert done["results"]["retention"] == 0.97 and done["results"]["artifactUri"].endswith("run-1/model_repository")
-    assert done["progress"]["stage"] == "train" and done["completionTime"]
+    assert done["progress"] == {"stage": "train", "percent": 100.0} and done["completionTime"]
     assert condition(cluster, DISTILLATION_JOBS, JOB, "GatePassed")["status"] == "True"
     assert condition(cluster, DISTILLATION_JOBS, JOB, "Running")["status"] == "False"
     cluster.wait_for(lambda: {"RayJobCreated", "Running", "Succeeded"}

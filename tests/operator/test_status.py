@@ -110,6 +110,46 @@ def test_finished_job_keeps_its_status_when_the_ray_job_is_gone():
     assert pending.fields["phase"] == "Pending"
 
 
+def merge_patch(base: Any, patch: Any) -> Any:
+    """JSON merge-patch (RFC 7386), as the API server applies the status writes."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+# The pipeline's last progress patch before its end was throttled away: training step, ETA, 95 %.
+STALE = {"stage": "export", "percent": 95.0, "step": 300, "totalSteps": 300, "estimatedRemainingSeconds": 40}
+STOPPED = {k: v for k, v in STALE.items() if k != "estimatedRemainingSeconds"}  # where a failed run stopped
+SUCCESS = {"gatePassed": True, "retention": 0.97, "artifactUri": "pvc://m/j/model_repository"}
+
+
+@pytest.mark.parametrize(("status", "ray", "progress"), [
+    ({"results": SUCCESS}, ray_job("Complete", "SUCCEEDED"), {"stage": "export", "percent": 100.0}),
+    ({}, ray_job("Failed", "FAILED", "AppFailed"), STOPPED),
+    ({"failure": {"stage": "train", "permanent": True, "rayJobName": "bbc-g1", "message": "bad"}},
+     ray_job("Running", "RUNNING"), STOPPED),
+    ({"phase": "Succeeded"}, None, {"stage": "export", "percent": 100.0}),  # the RayJob already gone
+])
+def test_a_finished_job_shows_true_progress_whatever_was_throttled(status, ray, progress):
+    current = {"rayJobName": "bbc-g1", "progress": STALE, **status}
+    update = job_status(dj(current), ray, NOW)
+    after = merge_patch(current, update.fields)
+    assert after["progress"] == progress
+    # Once true, it stays: the next event writes no progress again (no write loop).
+    assert "progress" not in job_status(dj(after), ray, NOW).fields
+
+
+def test_a_running_job_keeps_the_pipelines_progress():
+    update = job_status(dj({"progress": STALE}), ray_job("Running", "RUNNING"), NOW)
+    assert "progress" not in update.fields
+
+
 INPUT_ERROR = {"stage": "prepare", "error": "PreflightError", "permanent": True, "rayJobName": "bbc-g1",
                "message": "training.batchSize: 1 is smaller than the 2 training workers",
                "time": "2026-11-23T11:30:00Z"}

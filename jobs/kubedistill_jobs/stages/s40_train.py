@@ -82,6 +82,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         "seconds": outcome.seconds,
         "steps": outcome.history[-1]["step"] if outcome.history else 0,
         "resumed_from_step": outcome.resumed_from_step,
+        "resumes": outcome.resumes,  # steps training restarted from (a lost worker, a rerun)
         "workers": context.workers,
         "teacher_mode": spec.distillation.teacher_mode,
         "loss": spec.distillation.loss,

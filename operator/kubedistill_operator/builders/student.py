@@ -11,6 +11,7 @@ from kubedistill.api.studentdeployment import TRITON_IMAGE
 from kubedistill.env import TritonEnv
 from kubedistill.routerconfig import (
     MODEL_REPOSITORY_DIR,
+    ROUTER_API_KEY_ENV,
     ROUTER_CONFIG_DIR,
     ROUTER_CONFIG_FILE,
     TEACHER_API_KEY_FILE,
@@ -148,6 +149,10 @@ def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorC
         "volumeMounts": router_mounts,
         "securityContext": common.container_security_context(),
     }
+    if spec.router.auth is not None:
+        ref = spec.router.auth.api_key_secret_ref
+        key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        router["env"] = [{"name": ROUTER_API_KEY_ENV, "valueFrom": key}]  # the value never enters the spec
     router_resources = common.resources(spec.router.resources)
     if router_resources:
         router["resources"] = router_resources

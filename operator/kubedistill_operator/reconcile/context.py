@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kubedistill_operator.config import OperatorConfig
 from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.status.conditions import StatusUpdate
+
+T = TypeVar("T")
 
 # (object, type Normal|Warning, reason, message)
 EventFn = Callable[[dict[str, Any], str, str, str], None]
@@ -27,6 +33,8 @@ class Context:
     event: EventFn = _no_events
     # Seconds before a waiting resource is looked at again (also re-triggered by the events it waits on).
     wait_delay: float = 30.0
+    # The pool kopf runs synchronous handlers in (None: asyncio's default), for the work async handlers hand off.
+    executor: concurrent.futures.Executor | None = None
     # Weak values: a lock lives while handlers use it, so the table does not keep every object ever seen.
     _locks: weakref.WeakValueDictionary[tuple[str, ...], threading.RLock] = field(
         default_factory=weakref.WeakValueDictionary, repr=False)
@@ -37,6 +45,24 @@ class Context:
         RayJob's), and two of them acting on one job would write its status and post its events twice."""
         with self._locks_guard:
             return self._locks.setdefault(key, threading.RLock())
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """From an async handler: `fn(*args)` in the handlers' thread pool, in the handler's context (`kopf.event`
+        needs it). Pass copies taken on the event loop: kopf edits its indexes and bodies there meanwhile, and a
+        thread iterating a live one fails ("dictionary changed size during iteration").
+
+        Like kopf's own sync handlers, a cancelled handler waits for its thread, so none is left running."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, functools.partial(contextvars.copy_context().run, fn, *args))
+        cancelled: asyncio.CancelledError | None = None
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError as error:
+                cancelled = error
+        if cancelled is not None:
+            raise cancelled
+        return future.result()
 
 
 class StatusWriter(Protocol):

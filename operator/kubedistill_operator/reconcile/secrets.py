@@ -35,6 +35,11 @@ def student_secrets(sd: StudentDeployment, s3_secret: str | None) -> SecretUses:
     if teacher and teacher.api_key_secret_ref:
         found[teacher.api_key_secret_ref.name] = ("spec.router.teacher.apiKeySecretRef",
                                                   (teacher.api_key_secret_ref.key,))
+    if sd.spec.router.auth is not None:
+        ref = sd.spec.router.auth.api_key_secret_ref
+        shared = found.get(ref.name)  # the teacher's key may share its Secret
+        field, keys = shared if isinstance(shared, tuple) else ("spec.router.auth.apiKeySecretRef", ())
+        found[ref.name] = (field, (*keys, ref.key))
     if s3_secret:
         found[s3_secret] = ("spec.source.s3CredentialsSecret (or the job's spec.output.s3CredentialsSecret)", S3_KEYS)
     return found

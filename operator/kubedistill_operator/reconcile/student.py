@@ -188,3 +188,12 @@ def reconcile_student_by_name(ctx: Context, namespace: str, name: str) -> None:
         return
     with contextlib.suppress(kopf.TemporaryError):  # still waiting: the deployment's own handler retries
         reconcile_student(ctx, body)
+
+
+def reconcile_students_of_job(ctx: Context, namespace: str, students: list[dict[str, Any]],
+                              job: dict[str, Any] | None) -> None:
+    """After an event of a job (None: deleted): reconcile those of its StudentDeployments (bodies as last
+    indexed) whose model or waiting reason the change affects."""
+    for student in students:
+        if job_change_matters(student, job):
+            reconcile_student_by_name(ctx, namespace, student["metadata"]["name"])

@@ -110,10 +110,28 @@ def invalid_input_status(job: dict[str, Any], failure: dict[str, Any], ray_job: 
         "startTime": status.get("startTime") or ray_status.get("startTime") or failure.get("time") or now,
         "completionTime": status.get("completionTime") or failure.get("time") or now,
     }
+    progress = final_progress(status.get("progress"), "Failed")
+    if progress is not None:
+        fields["progress"] = progress
     return StatusUpdate(fields=fields, conditions=[
         condition("Running", False, INVALID_INPUT, message, generation),
         condition("Succeeded", False, INVALID_INPUT, message, generation),
     ])
+
+
+def final_progress(progress: Any, phase: str) -> dict[str, Any] | None:
+    """The merge-patch that makes a finished job's `status.progress` true (None: it already is).
+
+    The pipeline's last progress update may have been throttled away, or never sent (a killed pod): a job
+    that ended has no time remaining, and a Succeeded one is complete (100 %, its training step no longer
+    current). A Failed one keeps where it stopped."""
+    if not isinstance(progress, dict) or not progress:
+        return None
+    wanted: dict[str, Any] = {"estimatedRemainingSeconds": None}
+    if phase == "Succeeded":
+        wanted |= {"percent": 100.0, "step": None, "totalSteps": None}
+    patch = {key: value for key, value in wanted.items() if progress.get(key) != value}
+    return patch or None
 
 
 def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | None = None) -> StatusUpdate:
@@ -129,8 +147,9 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
     if permanent is not None:
         return invalid_input_status(job, permanent, ray_job, now)
     if ray_job is None:
-        if status.get("phase") in TERMINAL_PHASES:
-            return StatusUpdate()  # a finished run keeps its status after KubeRay's TTL removed the RayJob
+        if status.get("phase") in TERMINAL_PHASES:  # a finished run keeps its status after KubeRay's TTL
+            progress = final_progress(status.get("progress"), status["phase"])
+            return StatusUpdate(fields={"progress": progress} if progress is not None else {})
         return StatusUpdate(
             fields={"phase": "Pending"},
             conditions=[condition("Running", False, "RayJobPending", "the RayJob is being created", generation),
@@ -165,6 +184,9 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
     fields["startTime"] = start
     if phase in TERMINAL_PHASES:
         fields["completionTime"] = ray_status.get("endTime") or status.get("completionTime") or now
+        progress = final_progress(status.get("progress"), phase)
+        if progress is not None:
+            fields["progress"] = progress
     failed = int(ray_status.get("failed") or 0)
     fields["attempt"] = max(1, failed + (0 if phase in TERMINAL_PHASES else 1))
 

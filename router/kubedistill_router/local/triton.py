@@ -184,8 +184,8 @@ class TritonServer:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            except subprocess.TimeoutExpired:  # the whole group: the python-backend stubs would live on, orphaned
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
 
