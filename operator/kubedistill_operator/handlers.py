@@ -6,7 +6,8 @@ Handlers return nothing: a returned value would land in `status.<handler>`, whic
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import kopf
 
@@ -20,6 +21,7 @@ from kubedistill_operator.reconcile.student import reconcile_student, reconcile_
 JOBS = (GROUP, VERSION, "distillationjobs")
 STUDENTS = (GROUP, VERSION, "studentdeployments")
 OURS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -29,6 +31,20 @@ def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> No
 
 def _status(body: Any) -> dict[str, Any]:
     return dict(body.get("status") or {})
+
+
+def on_spec(resource: tuple[str, str, str], prefix: str,
+            registry: kopf.OperatorRegistry) -> Callable[[Handler], Handler]:
+    """One handler for an object's whole spec: on the operator's start (resume), on create and on every
+    change of `spec` (kopf ids `<prefix>-resume`, `-create`, `-update`)."""
+
+    def register(handler: Handler) -> Handler:
+        kopf.on.update(*resource, id=f"{prefix}-update", field="spec", registry=registry)(handler)
+        kopf.on.create(*resource, id=f"{prefix}-create", registry=registry)(handler)
+        kopf.on.resume(*resource, id=f"{prefix}-resume", registry=registry)(handler)
+        return handler
+
+    return register
 
 
 def _namespaced(namespace: str | None) -> str:
@@ -52,9 +68,7 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
         return api.connection_info()
 
     # DistillationJob → spec ConfigMap, pipeline RBAC, RayJob.
-    @kopf.on.resume(*JOBS, id="job-resume", registry=registry)
-    @kopf.on.create(*JOBS, id="job-create", registry=registry)
-    @kopf.on.update(*JOBS, id="job-update", field="spec", registry=registry)
+    @on_spec(JOBS, "job", registry)
     @reconciliation(JOB_KIND)
     def job_changed(body: Any, memo: Any, **_: Any) -> None:
         reconcile_job(memo.ctx, dict(body))
@@ -84,9 +98,7 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
         student = {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}
         return {(_namespaced(namespace), job): student}
 
-    @kopf.on.resume(*STUDENTS, id="student-resume", registry=registry)
-    @kopf.on.create(*STUDENTS, id="student-create", registry=registry)
-    @kopf.on.update(*STUDENTS, id="student-update", field="spec", registry=registry)
+    @on_spec(STUDENTS, "student", registry)
     @reconciliation(STUDENT_KIND)
     def student_changed(body: Any, memo: Any, **_: Any) -> None:
         reconcile_student(memo.ctx, dict(body))

@@ -7,11 +7,12 @@ from typing import Any
 
 import kopf
 
-from kubedistill.api import DistillationJob, ManifestError, parse_resource
+from kubedistill.api import DistillationJob
 from kubedistill_operator import naming
 from kubedistill_operator.builders import build_job_children
 from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
-from kubedistill_operator.reconcile.context import ApiStatusWriter, Context, StatusWriter
+from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
+from kubedistill_operator.reconcile.parsing import parse_or_refuse
 from kubedistill_operator.reconcile.secrets import job_secrets, missing_secrets
 from kubedistill_operator.status.conditions import StatusUpdate, condition
 from kubedistill_operator.status.job import (
@@ -21,20 +22,6 @@ from kubedistill_operator.status.job import (
     new_run_status,
     permanent_failure,
 )
-
-
-def parse_job(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> DistillationJob:
-    """The job as the API models read it; a spec they refuse can never run: a permanent error."""
-    try:
-        job = parse_resource(_plain(body), source=f"DistillationJob {body['metadata'].get('name')}")
-    except ManifestError as error:
-        generation = body["metadata"].get("generation")
-        writer.write(StatusUpdate(fields={"phase": "Failed", "observedGeneration": generation},
-                                  conditions=[condition("Succeeded", False, "InvalidSpec", str(error), generation)]))
-        ctx.event(body, "Warning", "InvalidSpec", str(error))
-        raise kopf.PermanentError(str(error)) from None
-    assert isinstance(job, DistillationJob)
-    return job
 
 
 def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
@@ -53,7 +40,7 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     body, meta = fresh, fresh["metadata"]
     writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name)
     status = body.get("status") or {}
-    job = parse_job(ctx, body, writer)
+    job = parse_or_refuse(ctx, body, writer, DistillationJob, phase="Failed", condition_type="Succeeded")
     generation = meta.get("generation")
     run = naming.ray_job_name(name, generation)
     if status.get("rayJobName") == run and status.get("phase") in TERMINAL_PHASES:
@@ -161,16 +148,3 @@ def failure_needs_action(body: dict[str, Any]) -> bool:
     (cheap: read from the event's body, so the job's own status writes never loop back into API calls)."""
     status = body.get("status") or {}
     return permanent_failure(status) is not None and status.get("phase") != "Failed"
-
-
-def _plain(body: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a body the models read (kopf bodies are views; status is the operator's own)."""
-    return {k: _to_plain(body[k]) for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-
-
-def _to_plain(value: Any) -> Any:
-    if hasattr(value, "items"):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_plain(v) for v in value]
-    return value

@@ -7,12 +7,12 @@ from typing import Any
 
 import kopf
 
-from kubedistill.api import ManifestError, StudentDeployment, parse_resource
+from kubedistill.api import StudentDeployment
 from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_student_children
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, HPAS, STUDENT_DEPLOYMENTS
-from kubedistill_operator.reconcile.context import ApiStatusWriter, Context, StatusWriter
-from kubedistill_operator.reconcile.job import _plain
+from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
+from kubedistill_operator.reconcile.parsing import parse_or_refuse
 from kubedistill_operator.reconcile.secrets import missing_secrets, student_secrets
 from kubedistill_operator.status.conditions import StatusUpdate, condition
 from kubedistill_operator.status.student import (
@@ -23,19 +23,6 @@ from kubedistill_operator.status.student import (
     source_status,
     waiting_status,
 )
-
-
-def parse_student(ctx: Context, body: dict[str, Any], writer: StatusWriter) -> StudentDeployment:
-    try:
-        sd = parse_resource(_plain(body), source=f"StudentDeployment {body['metadata'].get('name')}")
-    except ManifestError as error:
-        generation = body["metadata"].get("generation")
-        writer.write(StatusUpdate(fields={"phase": "Degraded", "observedGeneration": generation},
-                                  conditions=[condition("Ready", False, "InvalidSpec", str(error), generation)]))
-        ctx.event(body, "Warning", "InvalidSpec", str(error))
-        raise kopf.PermanentError(str(error)) from None
-    assert isinstance(sd, StudentDeployment)
-    return sd
 
 
 def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | None) -> ModelSourceInfo | Waiting:
@@ -76,7 +63,7 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
     writer = ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name)
     status = body.get("status") or {}
     generation = meta.get("generation")
-    sd = parse_student(ctx, body, writer)
+    sd = parse_or_refuse(ctx, body, writer, StudentDeployment, phase="Degraded", condition_type="Ready")
     job = None
     if sd.spec.source.job_ref is not None:
         job = ctx.api.get(DISTILLATION_JOBS, namespace, sd.spec.source.job_ref.name)
