@@ -62,7 +62,7 @@ class TritonGenerator:
         done = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": model, "inputs": inputs, "enable_empty_final_response": True}
+            yield {"model_name": model, "inputs": inputs}
             await done.wait()  # keep the stream open until the last response has come
 
         responses = self._grpc().stream_infer(requests())
@@ -84,16 +84,14 @@ class TritonGenerator:
                     raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(exc)}") from None
                 if error is not None:
                     raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(error)}")
-                response = result.get_response()
-                final = response.parameters.get("triton_final_response")
-                if response.outputs:
-                    top_ids = result.as_numpy("top_ids")
-                    top_values = result.as_numpy("top_logprobs_values")
-                    yield TokenOut(int(result.as_numpy("token_id")[0]), float(result.as_numpy("logprob")[0]),
-                                   [(int(i), float(v)) for i, v in zip(top_ids, top_values, strict=True)])
-                if final is not None and final.bool_param:
+                token = int(result.as_numpy("token_id")[0])
+                if token < 0:  # the model's end marker (its final response)
                     finished = True
                     return
+                top_ids = result.as_numpy("top_ids")
+                top_values = result.as_numpy("top_logprobs_values")
+                yield TokenOut(token, float(result.as_numpy("logprob")[0]),
+                               [(int(i), float(v)) for i, v in zip(top_ids, top_values, strict=True)])
         finally:
             done.set()
             if not finished:

@@ -11,7 +11,7 @@ Request (tensor names: kubedistill.artifacts.GENERATION_INPUTS):
   top_p [1] FP32           nucleus sampling (optional, default 1)
   seed [1] INT64           sampling seed (optional; -1 or absent: unseeded)
   top_logprobs [1] INT32   k alternatives per token, 0-20 (optional, default 0)
-Responses, one per generated token, then an empty final one (GENERATION_OUTPUTS):
+Responses, one per generated token, then a final one with token_id -1 (GENERATION_OUTPUTS):
   token_id [1] INT64, logprob [1] FP32 (the model's own log-probability of the token, at temperature 1),
   top_ids [k] INT64, top_logprobs_values [k] FP32.
 Each request runs in its own thread, so concurrent requests generate side by side; a cancelled request
@@ -60,7 +60,14 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         try:
             self._generate(request, sender)
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            # The last response is a marker (token_id -1) rather than an empty final response, which
+            # clients must ask for with a reserved request parameter that not all of them can set.
+            sender.send(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("token_id", np.array([-1], dtype=np.int64)),
+                pb_utils.Tensor("logprob", np.array([0.0], dtype=np.float32)),
+                pb_utils.Tensor("top_ids", np.zeros(0, dtype=np.int64)),
+                pb_utils.Tensor("top_logprobs_values", np.zeros(0, dtype=np.float32)),
+            ]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as error:  # reported to the caller as the stream's error
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error))),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
