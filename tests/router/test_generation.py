@@ -30,7 +30,6 @@ PROMPTS = ["The weather today is", "Once upon a time", "def add(a, b):", "Paris 
 @pytest.fixture(scope="module")
 def gen_export(tmp_path_factory):
     from kubedistill_jobs.export import write_generation_repository
-
     from kubedistill_router.local.triton import cache_root
 
     tokenizer = smollm2_tokenizer(cache_root() / "test-assets")
