@@ -122,11 +122,28 @@ def _precision_of(genai_folder: Path) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
+def is_fresh(build: Path, hf_folder: Path, precision: str) -> bool:
+    """Whether `build` holds a GenAI build of `hf_folder` at `precision` newer than the folder's weights (the
+    evaluation builds the models the export then serves)."""
+    if not (build / "genai_config.json").is_file() or _precision_of(build) != precision:
+        return False
+    built = (build / "genai_config.json").stat().st_mtime
+    sources = [p for p in Path(hf_folder).iterdir() if p.suffix in (".safetensors", ".json", ".bin")]
+    return all(p.stat().st_mtime <= built for p in sources)
+
+
+def ensure_build(hf_folder: Path, build: Path, precision: str) -> Path:
+    """`build` as a GenAI build of `hf_folder` at `precision`, rebuilt only when stale."""
+    if not is_fresh(build, hf_folder, precision):
+        build_genai_model(hf_folder, build, precision)
+        (build / "kubedistill_precision.txt").write_text(precision + "\n")
+    return build
+
+
 def build_and_write(repo: Path, name: str, hf_folder: Path, precision: str, work: Path) -> ServedModel:
     """Build `hf_folder` at `precision` into `work/<name>` (kept: the benchmark and tests run it directly)
     and write the Triton generation model `<repo>/<name>` from it."""
-    genai = build_genai_model(hf_folder, work / name, precision)
-    (genai / "kubedistill_precision.txt").write_text(precision + "\n")
+    genai = ensure_build(hf_folder, work / name, precision)
     template = chat_template(hf_folder)
     if template is not None and not (genai / CHAT_TEMPLATE_FILE).is_file():
         (genai / CHAT_TEMPLATE_FILE).write_text(template)
