@@ -239,3 +239,29 @@ async def test_disconnect_mid_stream_stops_generation(gen_export, gen_triton):
         reply = await client(base).completions.create(model=MODEL, prompt="Hi", max_tokens=3, temperature=0)
         assert reply.usage.completion_tokens == 3 or reply.choices[0].finish_reason == "stop"
     assert math.isfinite(before)
+
+
+def test_kubedistill_serve_on_a_causal_lm_output(gen_export, tmp_path, student_ref, chat_tokenizer):
+    import shutil
+    import sys
+
+    import yaml
+    from kubedistill_processes import read_until, running, terminate
+    from kubedistill_router.local.triton import free_port
+
+    output = tmp_path / "output"
+    shutil.copytree(gen_export["repo"], output / "model_repository")
+    (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": MODEL}}))
+    port = free_port()
+    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)]) as process:
+        banner = read_until(process, "Ctrl-C stops both.", timeout=240)
+        base = f"http://127.0.0.1:{port}"
+        assert f"serving '{MODEL}' (version gen-1, mode route, threshold 0.5 (the job's recommendation))" in banner
+        assert f"curl -s {base}/v1/chat/completions" in banner and "from openai import OpenAI" in banner
+        api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        reply = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0)
+        assert reply.model_extra["kubedistill"]["served_by"] in ("student", "teacher")
+        prompt_ids = chat_tokenizer.encode(chat_tokenizer.render(MESSAGES))
+        if reply.model_extra["kubedistill"]["served_by"] == "student":
+            assert reply.choices[0].message.content == chat_tokenizer.decode(student_ref.greedy(prompt_ids, 6).ids)
+        assert terminate(process, 60) == 0
