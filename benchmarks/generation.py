@@ -240,8 +240,8 @@ def main() -> int:
     for model in ("student", "teacher"):
         for c in ("c1", "c8"):
             r = results[model][c]
-            print(f"{model:8} {c[1:]:>4} {r['tokens_per_second_per_request']:10.1f} {r['tokens_per_second_total']:10.1f}"
-                  f" {r['ttft_p50_ms']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
+            print(f"{model:8} {c[1:]:>4} {r['tokens_per_second_per_request']:10.1f} "
+                  f"{r['tokens_per_second_total']:10.1f} {r['ttft_p50_ms']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
     o = results["overhead"]
     print(f"student tokens/s over teacher's (c1): {results['speedup_tokens_per_second']:.2f}x; router adds "
           f"{o['added_p50_ms']:.2f} ms at p50 ({o['router_p50_ms']:.1f} vs {o['direct_p50_ms']:.1f} ms direct)")
