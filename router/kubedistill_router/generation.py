@@ -445,7 +445,9 @@ class Writer:
                                                          first=first)))
                     pending, first = [], False
         finally:
-            await iterator.aclose()  # cancels the Triton request when we stop early
+            close = getattr(iterator, "aclose", None)  # an async generator: closing it cancels Triton's request
+            if close is not None:
+                await close()
         tail = text.flush()
         finish = "stop" if text.stopped or (sent and sent[-1].id == tok.eos_id) or len(sent) < self.req.max_tokens \
             else "length"
