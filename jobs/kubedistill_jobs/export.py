@@ -222,12 +222,14 @@ def write_generation_repository(
     elif (repo / TEACHER_MODEL).exists():
         shutil.rmtree(repo / TEACHER_MODEL)
     has_template = chat_template(repo / STUDENT_MODEL) is not None
+    own_tokenizer = teacher is not None and not _same_tokenizer(repo / STUDENT_MODEL, repo / TEACHER_MODEL)
     manifest = ServingManifest(
         task="causal-lm",
         max_length=max_length,
         tokenizer=STUDENT_MODEL,
         student=student,
         teacher=teacher,
+        teacher_tokenizer=TEACHER_MODEL if own_tokenizer else None,
         recommended_threshold=recommended_threshold,
         confidence_signal=confidence_signal,  # type: ignore[arg-type]
         chat_template=f"{STUDENT_MODEL}/{CHAT_TEMPLATE_FILE}" if has_template else None,

@@ -195,6 +195,10 @@ class GenerationHandler:
             self.gen_metrics.cancelled.inc()
             request[SERVED_BY] = "none"
             return writer.response or web.Response(status=499)
+        except StreamEnded:
+            request[SERVED_BY] = "none"
+            assert writer.response is not None
+            return writer.response
         reason = outcome.escalation_reason or ("degraded" if outcome.degraded else "none")
         self.gen_metrics.requests.labels(outcome.served_by, reason).inc()
         self.metrics.count_instances(outcome.served_by, outcome.degraded)
@@ -303,11 +307,7 @@ class GenerationHandler:
                 first = await _peek(stream)  # a teacher that fails before its first token falls back
                 await writer.tokens(_prepend(first, stream), len(teacher_prompt), outcome, stop=req.stop,
                                     tokenizer=self.teacher_tokenizer)
-        except UpstreamError as error:
-            if writer.started:  # a failure mid-stream cannot be undone: end the stream
-                log.warning("teacher failed mid-answer: %s", error)
-                await writer.abort(str(error))
-                return True
+        except UpstreamError as error:  # before anything was sent (a failure mid-stream ends the stream)
             self.breaker.record_failure()
             self.metrics.teacher_errors.labels(error.reason).inc()
             log.warning("teacher failed, the student answers: %s", error)
@@ -389,6 +389,25 @@ async def _prepend(first: TokenOut | None, rest: AsyncIterator[TokenOut]) -> Asy
             yield token
 
 
+class StreamEnded(Exception):
+    """A stream that had started failed mid-answer; it was closed with an error event."""
+
+
+async def _ending_cleanly(tokens: AsyncIterator[TokenOut], response: web.StreamResponse | None,
+                          writer: Writer) -> AsyncIterator[TokenOut]:
+    """`tokens`, except that a failure once a stream has started ends that stream with an error event
+    (its status is sent already) instead of reaching the error middleware."""
+    try:
+        async for token in tokens:
+            yield token
+    except (UpstreamError, Unavailable) as error:
+        if response is None:
+            raise
+        log.warning("generation failed mid-stream: %s", getattr(error, "message", error))
+        await writer.abort(str(getattr(error, "message", error)))
+        raise StreamEnded from None
+
+
 class Writer:
     """Sends one answer as a JSON body or as server-sent events; records time to first token."""
 
@@ -428,7 +447,7 @@ class Writer:
         first = True
         iterator = tokens.__aiter__()
         try:
-            async for token in iterator:
+            async for token in _ending_cleanly(iterator, response, self):
                 if first:
                     self.metrics.ttft.observe(time.perf_counter() - self.start)
                 piece = text.push(token.id)
