@@ -135,7 +135,8 @@ def compress(
         log.info("pruned student: %s", pruning_info)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         losses = recover(student, teacher, recovery_batches(spec, layout, tokenizer, teacher_tokenizer), spec,
-                         device=device, progress=lambda i, n: tick())
+                         device=device, progress=lambda i, n: tick(),
+                         vocab_size=len(tokenizer) if task == "causal-lm" else None)
         student.to("cpu")
         teacher.to("cpu")
 

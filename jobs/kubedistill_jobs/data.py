@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,18 @@ class Split:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     duplicates: int = 0  # rows dropped because an earlier row had the same text
+    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped before the split, by reason
+    unlabelled: int = 0  # labelled data: rows kept without a gold label (soft targets only)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows a dataset yields as {"text", "label"?}, and what was dropped on the way, by reason."""
+
+    rows: list[dict[str, Any]]
+    read: int  # rows in the source
+    dropped: dict[str, int] = field(default_factory=dict)
+    unlabelled: int = 0
 
 
 def plain_chat(turns: list[str]) -> str:
@@ -76,7 +89,30 @@ def _load_table(files: list[str], fmt: str, storage_options: dict[str, Any] | No
         kwargs["storage_options"] = storage_options
     if fmt == "text":
         kwargs["sample_by"] = "line"
-    return list(datasets.load_dataset(fmt, **kwargs))
+    try:
+        return _named_rows(datasets.load_dataset(fmt, **kwargs))
+    except (ValueError, TypeError, OSError, datasets.exceptions.DatasetGenerationError) as error:
+        # mixed types in a column, a broken line: the reader's own words, under the field to fix
+        raise DataError(f"dataset.uri: cannot read {', '.join(files)} as {fmt}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+
+
+def _named_rows(table: Any) -> list[dict[str, Any]]:
+    """A datasets table as rows; a ClassLabel column (hub datasets, their parquet files) as its class
+    names, so labels are matched by name like any other format's."""
+    import datasets
+
+    rows = list(table)
+    for name, feature in (getattr(table, "features", None) or {}).items():
+        if isinstance(feature, datasets.ClassLabel):
+            for row in rows:  # -1 is the hub's "no label"
+                value = row.get(name)
+                row[name] = feature.int2str(value) if isinstance(value, int) and value >= 0 else None
+    return rows
 
 
 def _folder_rows(root: Path, render: ChatRenderer) -> list[dict[str, Any]]:
@@ -109,7 +145,7 @@ def read_rows(uri: str, render: ChatRenderer = plain_chat) -> list[dict[str, Any
 
         datasets.disable_progress_bars()
         try:
-            return list(datasets.load_dataset(parsed.location, split="train"))
+            return _named_rows(datasets.load_dataset(parsed.location, split="train"))
         except Exception as error:
             raise DataError(f"dataset.uri: cannot load hub dataset {parsed.location!r}: {error}") from None
     if parsed.scheme == "s3":
@@ -134,58 +170,147 @@ def read_rows(uri: str, render: ChatRenderer = plain_chat) -> list[dict[str, Any
 
 def normalise_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[str] | None) -> list[dict]:
     """Rows as {"text", "label"?}: checks the text and label fields and maps labels to indices of task.labels."""
+    return check_rows(rows, dataset, labels).rows
+
+
+# Why a row is dropped (the data stage reports each count, and refuses above dataset.maxDroppedFraction).
+NO_TEXT = "no text"
+NOT_TEXT = "text is not a string"
+NOT_UNICODE = "text is not valid Unicode (a lone surrogate)"
+
+
+def row_text(value: Any) -> tuple[str | None, str | None]:
+    """(the text, None), or (None, why the row is dropped). Numbers are text (a CSV column of digits);
+    a lone surrogate (the JSON escape \\ud800) is refused: no tokenizer or UTF-8 file can hold it."""
+    if value is None or (isinstance(value, float) and value != value):  # null, or a CSV's empty cell (NaN)
+        return None, NO_TEXT
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None, NOT_TEXT
+    text = str(value)
+    if not text.strip():
+        return None, NO_TEXT
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, NOT_UNICODE
+    return text, None
+
+
+def label_name(value: Any) -> str | None:
+    """A label value as the class name it spells, whatever the file format read it as: the CSV cell 5 is
+    "5", 5.0 (an integer column with empty cells) is "5", true is "true"; None for what spells no name."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float | str):
+        return str(value)
+    return None
+
+
+def label_index(value: Any, labels: list[str], encoding: str) -> int | None:
+    """The index in `labels` of one label value, or None when it is not one of them.
+    `name` (default): matched by the name it spells (case-sensitive; surrounding spaces ignored).
+    `index`: a 0-based integer index, as a number or as digits."""
+    if encoding == "index":
+        name = label_name(value) if not isinstance(value, bool) else None
+        if name is None or not name.strip().isdigit():
+            return None
+        index = int(name)
+        return index if index < len(labels) else None
+    name = label_name(value)
+    if name is None:
+        return None
+    if name in labels:
+        return labels.index(name)
+    stripped = name.strip()
+    return labels.index(stripped) if stripped in labels else None
+
+
+def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[str] | None) -> Rows:
+    """Rows as {"text", "label"?}, with what was dropped and why. Raises DataError for a text or label
+    column that no row has, and for label values that are not classes of task.labels."""
     if not rows:
         raise DataError(f"dataset.uri: {dataset.uri} has no rows")
-    columns = set(rows[0])
+    columns = set().union(*(row.keys() for row in rows if isinstance(row, dict)))
+    listed = ", ".join(sorted(map(str, columns))) or "none"
     text_field = dataset.text_field
     if text_field not in columns:
-        raise DataError(
-            f"dataset.textField: column {text_field!r} not in the data (columns: {', '.join(sorted(columns))})"
-        )
+        raise DataError(f"dataset.textField: column {text_field!r} not in the data (columns: {listed})")
     label_field = dataset.label_field if labels is not None else None
     if label_field is not None and label_field not in columns:
-        if label_field == "label" and "label" not in columns:
-            label_field = None  # the default field on unlabelled data: train on soft targets only
-        else:
-            raise DataError(
-                f"dataset.labelField: column {label_field!r} not in the data (columns: {', '.join(sorted(columns))}); "
-                "set labelField: null for unlabelled data"
-            )
-    index = {name: i for i, name in enumerate(labels or [])}
-    unknown: set[str] = set()
-    out = []
+        default = " (the default)" if label_field == "label" else ""
+        raise DataError(
+            f"dataset.labelField: column {label_field!r}{default} not in the data (columns: {listed}); set "
+            "labelField to the column that holds the labels, or labelField: null for unlabelled data"
+        )
+    index = list(labels or [])
+    unknown: dict[str, Any] = {}
+    dropped: Counter[str] = Counter()
+    elsewhere: Counter[str] = Counter()  # where the text of rows with none is (another key, e.g. `Text`)
+    out, unlabelled = [], 0
     for row in rows:
-        text = row.get(text_field)
-        if text is None or not str(text).strip():
+        text, why = row_text(row.get(text_field)) if isinstance(row, dict) else (None, NOT_TEXT)
+        if text is None:
+            dropped[why or NO_TEXT] += 1
+            if why == NO_TEXT and isinstance(row, dict):
+                elsewhere.update(str(k) for k, v in row.items()
+                                 if k not in (text_field, label_field) and isinstance(v, str) and v.strip())
             continue
-        item: dict[str, Any] = {"text": str(text)}
-        if label_field is not None and row.get(label_field) is not None:
-            value = row[label_field]
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                unknown.add(repr(value))
+        item: dict[str, Any] = {"text": text}
+        value = row.get(label_field) if label_field is not None else None
+        if label_field is not None and (value is None or (isinstance(value, float) and value != value)):
+            unlabelled += 1  # null, or a CSV's empty cell (NaN): a row without a gold label
+        elif label_field is not None:
+            position = label_index(value, index, dataset.label_encoding)
+            if position is None:
+                unknown.setdefault(repr(value), value)
                 continue
-            if isinstance(value, int):
-                if not 0 <= value < len(index):
-                    unknown.add(str(value))
-                    continue
-                item["label"] = value
-            elif value in index:
-                item["label"] = index[value]
-            elif value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(index):
-                item["label"] = int(value)
-            else:
-                unknown.add(value)
-                continue
+            item["label"] = position
         out.append(item)
     if unknown:
-        shown = ", ".join(sorted(unknown)[:10])
-        raise DataError(
-            f"dataset.labelField: labels in the data that are not in task.labels: {shown} "
-            f"(task.labels: {', '.join(labels or [])})"
-        )
+        raise DataError(_unknown_labels(unknown, index, dataset.label_encoding))
     if not out:
-        raise DataError(f"dataset.textField: every row of {dataset.uri} has an empty {text_field!r}")
-    return out
+        raise DataError(f"dataset.textField: no row of {dataset.uri} has text in {text_field!r}"
+                        + _hint(elsewhere))
+    reasons = dict(dropped)
+    if NO_TEXT in reasons and elsewhere:
+        reasons[f"{NO_TEXT} in {text_field!r}{_hint(elsewhere)}"] = reasons.pop(NO_TEXT)
+    return Rows(rows=out, read=len(rows), dropped=reasons, unlabelled=unlabelled)
+
+
+def _hint(elsewhere: Counter[str]) -> str:
+    if not elsewhere:
+        return ""
+    return f" (those rows have text under {', '.join(repr(k) for k, _ in elsewhere.most_common(3))})"
+
+
+def _unknown_labels(unknown: dict[str, Any], labels: list[str], encoding: str) -> str:
+    shown = ", ".join(sorted(unknown)[:10])
+    if encoding == "index":
+        return (f"dataset.labelField: label values that are not indices 0..{len(labels) - 1} of task.labels: "
+                f"{shown} (dataset.labelEncoding: index); use labelEncoding: name for class names")
+    hint = ""
+    values = list(unknown.values())
+    if all(label_index(v, labels, "index") is not None for v in values):
+        hint = "; if these are indices into task.labels, set dataset.labelEncoding: index"
+    return (f"dataset.labelField: labels in the data that are not in task.labels: {shown} "
+            f"(task.labels: {', '.join(labels)}){hint}")
+
+
+def check_dropped(found: Rows, dataset: DatasetSpec) -> None:
+    """Refuse a dataset that lost more than dataset.maxDroppedFraction of its rows (silently smaller data
+    trains a different model than the one asked for)."""
+    total = sum(found.dropped.values())
+    if found.read and total / found.read > dataset.max_dropped_fraction:
+        reasons = "; ".join(f"{count} {why}" for why, count in sorted(found.dropped.items(), key=lambda x: -x[1]))
+        raise DataError(
+            f"dataset.maxDroppedFraction: {total} of {found.read} rows ({total / found.read:.1%}) were dropped, "
+            f"more than {dataset.max_dropped_fraction:g}: {reasons}; fix those rows (or dataset.textField), or "
+            "raise maxDroppedFraction"
+        )
 
 
 def deduplicate(rows: list[dict]) -> list[dict]:
@@ -223,14 +348,26 @@ def split_rows(rows: list[dict], dataset: DatasetSpec, seed: int) -> Split:
 def load_split(spec: DistillationJobSpec, render: ChatRenderer = plain_chat) -> Split:
     """The job's data, checked and split (raises DataError naming the field)."""
     labels = spec.task.labels if spec.task.type == "sequence-classification" else None
-    rows = normalise_rows(read_rows(spec.dataset.uri, render), spec.dataset, labels)
-    split = split_rows(rows, spec.dataset, spec.training.seed)
+    found = check_rows(read_rows(spec.dataset.uri, render), spec.dataset, labels)
+    check_dropped(found, spec.dataset)
+    split = split_rows(found.rows, spec.dataset, spec.training.seed)
+    split = Split(train=split.train, eval=split.eval, duplicates=split.duplicates, dropped=found.dropped,
+                  unlabelled=found.unlabelled)
     if spec.training.batch_size > len(split.train):
         raise DataError(
             f"training.batchSize: {spec.training.batch_size} is larger than the training split "
             f"({len(split.train)} rows); lower batchSize or add data"
         )
     return split
+
+
+def count_truncated(tokenizer: Any, texts: list[str], max_length: int, batch: int = 1024) -> int:
+    """How many texts have more tokens than max_length (special tokens included): those are cut to it."""
+    count = 0
+    for start in range(0, len(texts), batch):
+        encoded = tokenizer(texts[start:start + batch], truncation=False, verbose=False)["input_ids"]
+        count += sum(len(ids) > max_length for ids in encoded)
+    return count
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:

@@ -125,6 +125,21 @@ def topk_soft_loss(
     return temperature**2 * _masked_mean(per_position, mask)
 
 
+def shared_vocab_logits(logits: Tensor, vocab_size: int | None) -> Tensor:
+    """Logits `(..., V)` cut to the token range teacher and student share, `(..., vocab_size)`.
+
+    Embedding matrices are often padded beyond the tokenizer (to a multiple of 8 or 64): the rows past the
+    tokenizer's size are no tokens, so distributions are compared over ids < `vocab_size` (the tokenizer's
+    size) only, whatever each model's padding. None keeps the logits whole (classification).
+    Raises ValueError when the logits are narrower than the range (preflight refuses such a model first).
+    """
+    if vocab_size is None:
+        return logits
+    if logits.shape[-1] < vocab_size:
+        raise ValueError(f"logits of width {logits.shape[-1]} do not cover the tokenizer's {vocab_size} tokens")
+    return logits[..., :vocab_size]
+
+
 def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy with the gold labels: logits `(..., V)`, labels `(...)` (ignore_index skipped); 0 if none."""
     flat_labels = labels.reshape(-1)

@@ -114,6 +114,43 @@ def check_shared_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any, fiel
     )
 
 
+# RoBERTa-style position tables start after the padding index: `pad_token_id + 1` rows are no positions.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def load_config(source: str, field: str, gguf_file: str | None = None) -> Any:
+    """The model's config (no weights): what preflight compares before any compute."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(source, gguf_file=gguf_file) if gguf_file else \
+            AutoConfig.from_pretrained(source)
+    except Exception as error:
+        raise ModelError(f"{field}: cannot read the model's config in {source}: {error}") from None
+
+
+def position_limit(config: Any) -> int | None:
+    """Tokens one sequence may hold: the model's position table; None when its config names none."""
+    config = getattr(config, "text_config", None) or config  # multimodal configs hold the text model's
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+                return value - ((getattr(config, "pad_token_id", None) or 0) + 1)
+            return value
+    return None
+
+
+def embedding_rows(config: Any) -> int | None:
+    """Rows of the model's token embedding (its output logits' width for a causal LM): may be padded
+    beyond the tokenizer's size, to a multiple of 8 or 64, for speed."""
+    config = getattr(config, "text_config", None) or config
+    value = getattr(config, "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 # ---------------------------------------------------------------- classification teachers
 
 

@@ -6,6 +6,7 @@ that `kubectl apply` refuses it); these checks need the run, the models or the d
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec
@@ -29,8 +30,9 @@ def check_spec(spec: DistillationJobSpec, workers: int) -> None:
 
 
 def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
-    """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary.
-    Returns the loaded teacher tokenizer (and the student's, when it has its own)."""
+    """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary; and
+    what the models must agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the
+    student's, when it has its own) and where each model is."""
     if spec.teacher.endpoint is not None:
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
@@ -42,7 +44,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
         raise PreflightError(f"teacher.uri: cannot load the tokenizer of {teacher_source}: {error}") from None
     found: dict[str, Any] = {"teacher_source": teacher_source, "teacher_tokenizer": teacher_tokenizer}
     if spec.student.uri is not None:
-        _, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
+        found["student_source"], student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
         if spec.task.type == "causal-lm":
             models.check_shared_vocabulary(student_tokenizer, teacher_tokenizer, "student.uri")
@@ -52,6 +54,7 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
             raise PreflightError(
                 f"distillation.topK: {spec.distillation.top_k} is larger than the teacher's vocabulary ({vocab})"
             )
+    check_model_contracts(spec, found)
     return found
 
 
@@ -75,4 +78,125 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
         raise PreflightError(
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )
-    return {"student_source": student_source, "student_tokenizer": student_tokenizer}
+    found = {"student_source": student_source, "student_tokenizer": student_tokenizer}
+    check_model_contracts(spec, found)
+    return found
+
+
+def model_configs(spec: DistillationJobSpec, found: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """{role: (the spec field naming it, config)} of every model the job trains with; a student derived
+    from the teacher (student.architecture, student.fromTeacher) takes the teacher's positions and
+    vocabulary (models.build_student copies its config), so it is checked as the teacher's."""
+    configs: dict[str, tuple[str, Any]] = {}
+    if "teacher_source" in found:
+        configs["teacher"] = ("teacher.uri", models.load_config(found["teacher_source"], "teacher.uri",
+                                                                spec.teacher.gguf_file))
+        derived = "student.architecture" if spec.student.architecture is not None else "student.fromTeacher"
+        if spec.student.uri is None:
+            configs["student derived from the teacher"] = (derived, configs["teacher"][1])
+    if "student_source" in found:
+        configs["student"] = ("student.uri", models.load_config(found["student_source"], "student.uri"))
+    return configs
+
+
+def check_model_contracts(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """What teacher and student must agree on, from their configs and tokenizers, before any compute."""
+    configs = model_configs(spec, found)
+    check_model_limits(spec, found, configs)
+    check_student_layers(spec, configs)
+    check_teacher_head(spec, configs)
+    check_online_tokens(spec, found)
+
+
+def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any], configs: dict[str, tuple[str, Any]]) -> None:
+    """task.maxLength fits every model's positions (a longer sequence dies inside the teacher's forward pass
+    in Ray Data, or trains on positions the model never had); a causal-lm tokenizer's ids fit every model's
+    embedding (models padded beyond the tokenizer are fine: logits are compared over the tokenizer's range)."""
+    too_short = [(role, field, limit) for role, (field, config) in configs.items()
+                 if (limit := models.position_limit(config)) is not None and spec.task.max_length > limit]
+    if too_short:
+        shortest = min(limit for _, _, limit in too_short)
+        named = ", ".join(f"the {role}'s {limit} ({field})" for role, field, limit in too_short)
+        raise PreflightError(
+            f"task.maxLength: {spec.task.max_length} tokens is more than the models' positions: {named}; "
+            f"set task.maxLength to at most {shortest} (longer texts are truncated to it)"
+        )
+    if spec.task.type != "causal-lm":
+        return
+    tokenizer = found.get("teacher_tokenizer") if "teacher_source" in found else found.get("student_tokenizer")
+    tokens = len(tokenizer)
+    for role, (field, config) in configs.items():
+        rows = models.embedding_rows(config)
+        if rows is not None and rows < tokens:
+            raise PreflightError(
+                f"{field}: the {role} has {rows} token embeddings but its tokenizer {tokens} tokens: ids past "
+                f"{rows - 1} have no embedding; use a model whose vocabulary covers its tokenizer"
+            )
+
+
+def _layers_and_heads(config: Any) -> tuple[int | None, int | None]:
+    config = getattr(config, "text_config", None) or config
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    return (layers if isinstance(layers, int) else None), (heads if isinstance(heads, int) else None)
+
+
+def check_student_layers(spec: DistillationJobSpec, configs: dict[str, tuple[str, Any]]) -> None:
+    """student.fromTeacher.layers are the teacher's; compression.pruning fits the student it prunes (else
+    both fail after training, minutes or hours in)."""
+    teacher_layers, teacher_heads = _layers_and_heads(configs["teacher"][1]) if "teacher" in configs else (None,
+                                                                                                          None)
+    layers, heads = None, None
+    if spec.student.from_teacher is not None and teacher_layers is not None:
+        chosen = spec.student.from_teacher.layers or models.default_layers(teacher_layers)
+        bad = [i for i in chosen if not 0 <= i < teacher_layers]
+        if bad:
+            raise PreflightError(f"student.fromTeacher.layers: {bad} outside the teacher's layers "
+                                 f"0..{teacher_layers - 1}")
+        layers, heads = len(chosen), teacher_heads
+    elif spec.student.architecture is not None:
+        layers, heads = spec.student.architecture.num_layers, spec.student.architecture.num_attention_heads
+    elif "student" in configs:
+        layers, heads = _layers_and_heads(configs["student"][1])
+    pruning = spec.compression.pruning
+    if pruning.method == "layers" and layers is not None:
+        keep = list(pruning.keep_layers or [])
+        if any(not 0 <= i < layers for i in keep) or len(set(keep)) != len(keep):
+            raise PreflightError(f"compression.pruning.keepLayers: {keep} must be distinct indices of the "
+                                 f"student's {layers} layers (0..{layers - 1})")
+    if pruning.method == "heads" and heads is not None and pruning.head_ratio is not None:
+        remove = math.floor(heads * pruning.head_ratio)
+        if remove < 1 or remove >= heads:
+            raise PreflightError(f"compression.pruning.headRatio: {pruning.head_ratio} of the student's {heads} "
+                                 f"heads removes {remove}; it must remove at least one head and keep at least one")
+
+
+def check_teacher_head(spec: DistillationJobSpec, configs: dict[str, tuple[str, Any]]) -> None:
+    """teacher.adapt.method none distils the teacher's own classifier: it must have one for task.labels, in
+    their order (a missing head would be a random one, and the student would learn noise)."""
+    if spec.task.type != "sequence-classification" or spec.teacher.adapt.method != "none" or "teacher" not in configs:
+        return
+    config = configs["teacher"][1]
+    head = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    trained = any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
+    if not trained or head != list(spec.task.labels or []):
+        has = f"a head for {head}" if trained else "no classification head"
+        raise PreflightError(
+            f"teacher.adapt.method: none uses the teacher's own classifier, but it has {has}, not one for "
+            f"task.labels {spec.task.labels} in that order; use method auto or head (fit one), or finetune"
+        )
+
+
+def check_online_tokens(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """Online, the teacher runs on the student's token ids in every step: a student.uri with another tokenizer
+    would feed the teacher ids that mean other words (causal-lm refuses that already: a shared vocabulary)."""
+    if spec.distillation.teacher_mode != "online" or "student_tokenizer" not in found or \
+            "teacher_tokenizer" not in found:
+        return
+    student, teacher = found["student_tokenizer"], found["teacher_tokenizer"]
+    probe = "Knowledge distillation, 42 times: the student's tokens."
+    if student.get_vocab() != teacher.get_vocab() or student(probe)["input_ids"] != teacher(probe)["input_ids"]:
+        raise PreflightError(
+            "distillation.teacherMode: online runs the teacher on the student's tokens, and student.uri tokenizes "
+            "differently from the teacher; use teacherMode cached (the teacher reads the texts with its own "
+            "tokenizer), or a student that shares the teacher's tokenizer"
+        )

@@ -125,13 +125,15 @@ def recover(
     *,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    vocab_size: int | None = None,
 ) -> list[float]:
     """A short distillation of the pruned student from the teacher: `pruning.recoverySteps` AdamW steps.
 
     `batches()` yields dicts with student inputs (`input_ids`, `attention_mask`), the teacher's inputs
     under `teacher_input_ids`/`teacher_attention_mask`, and `labels` (or none). Returns the loss per step.
+    `vocab_size` (causal-lm): the tokenizer's size; logits are compared over those ids only.
     """
-    from kubedistill_jobs.losses import IGNORE_INDEX, distillation_loss
+    from kubedistill_jobs.losses import IGNORE_INDEX, distillation_loss, shared_vocab_logits
 
     steps = spec.compression.pruning.recovery_steps
     dist = spec.distillation
@@ -152,7 +154,8 @@ def recover(
             labels = b.get("labels")
             mask = None
             if causal:  # position t predicts token t + 1
-                s_logits, t_logits = s_logits[:, :-1], t_logits[:, :-1]
+                s_logits = shared_vocab_logits(s_logits[:, :-1], vocab_size)
+                t_logits = shared_vocab_logits(t_logits[:, :-1], vocab_size)
                 mask = b["attention_mask"][:, 1:].bool()
                 labels = b["input_ids"][:, 1:].masked_fill(~mask, IGNORE_INDEX)
             parts = distillation_loss(s_logits, t_logits.float(), labels, loss=dist.loss,

@@ -90,7 +90,7 @@ def causal_stats(sess: Any, tokenizer: Any, texts: list[str], max_length: int) -
 
     stats = TokenStats()
     for b in batches(tokenizer, texts, max_length, 4):  # (batch, seq, vocab) logits are large
-        logits = onnx_logits(sess, b)[:, :-1]
+        logits = onnx_logits(sess, b)[:, :-1, :len(tokenizer)]  # a padded embedding's extra rows are no tokens
         target = b["input_ids"][:, 1:]
         mask = b["attention_mask"][:, 1:].astype(bool) & b["attention_mask"][:, :-1].astype(bool)
         logits = logits[mask]  # (tokens, vocab)

@@ -50,10 +50,12 @@ class LoopConfig:
     checkpoint_every: int
     mixed_precision: str
     teacher_dir: str | None
+    # causal-lm: the tokenizer's size, the token range teacher and student share (their logits may be padded)
+    vocab_size: int | None
     eval_batch_size: int = 64  # the per-epoch evaluation's batch (not in the spec: it changes no result)
 
     @classmethod
-    def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None) -> LoopConfig:
+    def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None, vocab_size: int | None) -> LoopConfig:
         d, t = spec.distillation, spec.training
         return cls(
             task=spec.task.type, loss=d.loss, temperature=d.temperature, alpha=d.alpha, beta=d.beta,
@@ -61,6 +63,7 @@ class LoopConfig:
             epochs=t.resolved_epochs, max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
             weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed,
             checkpoint_every=t.checkpoint_every_steps, mixed_precision=t.mixed_precision, teacher_dir=teacher_dir,
+            vocab_size=vocab_size,
         )
 
     def total_steps(self, n_train: int) -> int:
@@ -126,6 +129,8 @@ def evaluate_student(cfg: LoopConfig, model: Any, data: dict[str, np.ndarray], d
             batch = _batch(data, np.arange(start, min(n, start + cfg.eval_batch_size)), device)
             ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            if cfg.task != "sequence-classification":
+                logits = logits[..., :cfg.vocab_size]  # padded rows are no tokens
             if cfg.task == "sequence-classification":
                 labels = batch["labels"].long()
                 keep = labels >= 0
@@ -241,11 +246,11 @@ class DistillationRecipe:
                 student_h = out.hidden_states[-1][:, 0]
                 teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
         else:  # position t predicts token t + 1
-            logits = out.logits[:, :-1]  # (B, L-1, V)
+            logits = losses.shared_vocab_logits(out.logits[:, :-1], cfg.vocab_size)  # (B, L-1, V)
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, losses.IGNORE_INDEX)  # (B, L-1)
             token_mask = mask[:, 1:].bool()  # (B, L-1)
             if teacher_out is not None:
-                teacher_logits = teacher_out.logits[:, :-1]  # (B, L-1, V)
+                teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, :-1], cfg.vocab_size)  # (B, L-1, V)
             elif "topk_values" in batch:  # (B, L-1, K) values and their vocabulary indices
                 teacher_logits, topk_indices = batch["topk_values"][:, :-1].float(), batch["topk_indices"][:, :-1]
             else:

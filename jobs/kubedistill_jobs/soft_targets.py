@@ -40,7 +40,27 @@ def read(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def tokenize_lm(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """Right-padded token ids and attention mask `(N, max_length)` for a causal LM."""
+    """Right-padded token ids and attention mask `(N, max_length)` for a causal LM; each text that ends
+    within max_length ends with the tokenizer's end-of-sequence token (see append_eos)."""
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="np")
-    return {"input_ids": encoded["input_ids"].astype(np.int32),
-            "attention_mask": encoded["attention_mask"].astype(np.int8)}
+    ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int8)
+    eos_id, eos_text = getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "eos_token", None)
+    ended = [bool(eos_text) and t.rstrip().endswith(eos_text) for t in texts]
+    return {"input_ids": ids, "attention_mask": append_eos(ids, mask, eos_id, ended)}
+
+
+def append_eos(ids: np.ndarray, mask: np.ndarray, eos_id: int | None, ended: list[bool]) -> np.ndarray:
+    """Write `eos_id` after the last token of each right-padded row `(N, L)` with room for it, in place, and
+    return the mask that counts it. Without it a student never learns to stop. Rows that filled L (cut:
+    the text did not end there), rows already ending in EOS, and rows whose text already ends with it
+    (`ended`: a chat template's closing token) are left alone; so is everything when there is no EOS."""
+    if eos_id is None:
+        return mask
+    mask = mask.copy()
+    lengths = mask.sum(1)
+    for row, length in enumerate(lengths):
+        length = int(length)
+        if length < ids.shape[1] and not ended[row] and (length == 0 or ids[row, length - 1] != eos_id):
+            ids[row, length] = eos_id
+            mask[row, length] = 1
+    return mask

@@ -32,6 +32,7 @@ class TeacherRun:
     max_length: int = 128
     top_k: int = 32
     gguf_file: str | None = None
+    vocab_size: int | None = None  # topk: the tokenizer's size; a padded embedding's extra rows are no tokens
 
 
 class TeacherPredictor:
@@ -81,6 +82,7 @@ class TeacherPredictor:
         full = ids.shape[1]
         length = max(1, int(mask.sum(1).max()))  # right-padded: skip the all-padding tail
         logits = self.model(input_ids=ids[:, :length], attention_mask=mask[:, :length]).logits.float()
+        logits = logits[..., :self.run.vocab_size]  # never an id the student's tokenizer does not have
         values, indices = logits.topk(self.run.top_k, dim=-1)
         pad = (0, 0, 0, full - length)
         values = torch.nn.functional.pad(values, pad)

@@ -35,6 +35,7 @@ HTTP_URL_PATTERN = r"^https?://\S+$"
 TaskType = Literal["sequence-classification", "causal-lm"]
 LossType = Literal["forward-kl", "reverse-kl", "jsd"]
 TeacherMode = Literal["cached", "online"]
+LabelEncoding = Literal["name", "index"]
 Quantization = Literal["none", "int8", "int4"]
 PruningMethod = Literal["none", "layers", "heads"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
@@ -207,7 +208,21 @@ class DatasetSpec(ApiModel):
     )
     text_field: str = Field(default="text", description="Column holding the input text.", min_length=1)
     label_field: str | None = Field(
-        default="label", description="Column holding the gold label (classification); null when unlabelled."
+        default="label",
+        description="Column holding the gold label (classification); null when unlabelled. A named (or the "
+        "default) column that no row has is refused.",
+    )
+    label_encoding: LabelEncoding = Field(
+        default="name",
+        description="`name`: the label column holds class names, matched to task.labels by their text whatever "
+        "the file format (a CSV's 5 is the label `5`); `index`: it holds 0-based indices into task.labels.",
+    )
+    max_dropped_fraction: float = Field(
+        default=0.05,
+        description="Largest share of rows that may be dropped (no text, text that is not valid Unicode, a label "
+        "that is not a class name); above it the data stage refuses the dataset. Repeated texts are not counted.",
+        ge=0,
+        le=1,
     )
     eval_fraction: float = Field(
         default=0.2, description="Share of rows held out for evaluation (split by `training.seed`).", gt=0, lt=1

@@ -102,12 +102,34 @@ class DynamicBatching(ApiModel):
 class TritonSpec(ApiModel):
     """The Triton Inference Server container."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+                "self.dynamicBatching.preferredBatchSizes.all(b, b >= 1 && b <= self.maxBatchSize)",
+                "triton.dynamicBatching.preferredBatchSizes must each be between 1 and triton.maxBatchSize",
+                ".dynamicBatching.preferredBatchSizes",
+            ),
+        )
+    }
+
     image: str = Field(default=TRITON_IMAGE, description="Triton image (ONNX Runtime backend).", min_length=1)
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="CPU and memory.")
     gpus: int = Field(default=0, description="GPUs (`nvidia.com/gpu`); 0 serves on CPU.", ge=0, le=16)
     max_batch_size: int = Field(default=32, description="Largest batch Triton forms.", ge=1, le=4096)
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching, description="Dynamic batching.")
     instance_count: int = Field(default=1, description="Model instances per replica.", ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _preferred_sizes_fit(self) -> TritonSpec:
+        # Triton refuses a preferred size above max_batch_size; the served config must not drop it unseen.
+        bad = [b for b in self.dynamic_batching.preferred_batch_sizes or [] if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(
+                f"triton.dynamicBatching.preferredBatchSizes: {bad} outside 1..triton.maxBatchSize "
+                f"({self.max_batch_size}); remove them or raise maxBatchSize"
+            )
+        return self
 
 
 class TeacherEndpointRef(ApiModel):

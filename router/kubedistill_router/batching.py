@@ -6,6 +6,10 @@ max_batch_size. Under load this turns many small calls into a few full ones: few
 router, and fewer requests for Triton, whose fixed cost per request outweighs a small student's compute.
 Without coalescing (`max_in_flight` None) every request is its own call. Either way, a request larger
 than max_batch_size is split into calls Triton accepts.
+
+No request can fail another's: when a shared call fails for anything but the model itself (UpstreamError:
+Triton down or timing out, which fails every request alike), each request in it is called again alone,
+so the one whose texts broke the call gets the error and the others their answers.
 """
 
 from __future__ import annotations
@@ -100,10 +104,16 @@ class Coalescer:
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as error:  # every request in the call fails alike; the callers decide what it means
+        except UpstreamError as error:  # the model failed: every request in the call fails alike
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
+        except Exception as error:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(error)
+            else:  # something one request holds broke the shared call: it must fail that request only
+                await self._each_alone(batch)
         else:
             start = 0
             for part, future in batch:
@@ -113,6 +123,25 @@ class Coalescer:
         finally:
             self._in_flight -= 1
             self._start_calls()
+
+    async def _each_alone(self, batch: list[Part]) -> None:
+        """Each request of a failed shared call in a call of its own, one after another in the same
+        in-flight slot, so that each gets its own answer or its own error."""
+        for part, future in batch:
+            if future.done():
+                continue
+            try:
+                rows = await self._checked_call(part)
+            except asyncio.CancelledError:
+                for _, waiting in batch:
+                    waiting.cancel()
+                raise
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(error)
+            else:
+                if not future.done():
+                    future.set_result(rows)
 
     async def close(self) -> None:
         self._closed = True

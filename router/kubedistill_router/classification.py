@@ -22,7 +22,8 @@ from kubedistill.confidence import escalate, softmax
 from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.batching import Coalescer
 from kubedistill_router.breaker import CircuitBreaker
-from kubedistill_router.errors import NotFound, Unavailable, UpstreamError
+from kubedistill_router.contract import check_repository
+from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from kubedistill_router.metrics import RouterMetrics
 from kubedistill_router.protocol import SERVED_BY, Prediction, json_body, parse_instances, parse_json, read_body
 from kubedistill_router.teachers import Answer, ColocatedTeacher, Teacher, answers_from_probs, remote_teacher
@@ -51,11 +52,26 @@ def resolve_threshold(config: RouterConfig, manifest: ServingManifest) -> float 
     return manifest.recommended_threshold
 
 
+def encode_checked(encoder: TextEncoder, texts: list[str]) -> dict[str, np.ndarray]:
+    """The texts as tensors; a text the tokenizer cannot take is a 400 naming it, not a 500 for the call."""
+    try:
+        return encoder.encode(texts)
+    except Exception:
+        for text in texts:  # which one: the others are fine alone
+            try:
+                encoder.encode([text])
+            except Exception as error:
+                raise BadRequest(f"an instance cannot be tokenized ({type(error).__name__}: {error}): "
+                                 f"{text[:60]!r}") from None
+        raise
+
+
 class ClassificationHandler:
     """KServe v1 classification endpoints over one student (and optionally a teacher)."""
 
     def __init__(self, config: RouterConfig, manifest: ServingManifest, repository: Path, triton: TritonModels,
                  metrics: RouterMetrics):
+        check_repository(repository)  # a repository that cannot serve fails here, never reports ready
         if not manifest.labels:
             raise ValueError("serving.json: a sequence-classification export needs labels")
         self.config = config
@@ -94,7 +110,7 @@ class ClassificationHandler:
             in_flight = self.config.max_calls_in_flight or 2 * instances
 
         async def infer(texts: list[str]) -> np.ndarray:
-            return await self.triton.infer(served.name, encoder.encode(texts), served.output)
+            return await self.triton.infer(served.name, encode_checked(encoder, texts), served.output)
 
         return Coalescer(infer, max_batch, in_flight, self.metrics.call_sizes(role))
 
@@ -185,6 +201,9 @@ class ClassificationHandler:
         start = time.perf_counter()
         try:
             answers = await self.teacher.classify(texts)
+        except BadRequest as error:  # the request's own texts, not the teacher: no breaker count
+            log.warning("teacher call refused the request's texts: %s", error.message)
+            return None
         except Exception as error:  # whatever the teacher did, the student still answers
             if error is not self._last_teacher_error:  # requests that shared a failed call count it once
                 self._last_teacher_error = error

@@ -2,7 +2,8 @@
 
 Copies a model repository from `file://` or `/abs`, `pvc://claim/path` (mounted at /mnt/pvc/<claim>),
 `pkg://` or `s3://` (fsspec + s3fs, credentials from the environment) into DEST, and checks it before
-anything appears there: serving.json parses and every model and tokenizer it names is present.
+anything appears there (kubedistill_router.contract): serving.json parses, and every model, tensor,
+tokenizer and label it names is there and consistent.
 
 Atomic: the copy lands in a staging folder first. A DEST that does not exist yet is created by one
 rename; a DEST that exists (an emptyDir mount point cannot be renamed over) is cleared and filled
@@ -21,6 +22,7 @@ from typing import Any
 
 from kubedistill.artifacts import SERVING_MANIFEST, ServingManifest
 from kubedistill.uris import PVC_MOUNT_ROOT, UriError, local_path, parse_uri
+from kubedistill_router.contract import RepositoryError, check_repository
 from kubedistill_router.triton_settings import TritonSettings, apply_to_repository
 
 
@@ -29,21 +31,11 @@ class FetchError(RuntimeError):
 
 
 def verify_repository(repository: Path) -> ServingManifest:
-    """serving.json parses, and the models and tokenizers it names are there."""
-    if not (repository / SERVING_MANIFEST).is_file():
-        raise FetchError(f"{repository} is not a model repository: {SERVING_MANIFEST} is missing "
-                         "(point the source at a job's <output>/model_repository)")
+    """The repository serves: see kubedistill_router.contract (the router checks the same at start-up)."""
     try:
-        manifest = ServingManifest.read(repository)
-    except ValueError as error:
-        raise FetchError(f"{repository / SERVING_MANIFEST} is not a valid serving manifest: {error}") from None
-    missing = [f"{m.name}/config.pbtxt" for m in (manifest.student, manifest.teacher)
-               if m is not None and not (repository / m.name / "config.pbtxt").is_file()]
-    missing += [f"{t}/tokenizer.json" for t in {manifest.tokenizer, manifest.teacher_tokenizer} - {None}
-                if not (repository / str(t) / "tokenizer.json").is_file()]
-    if missing:
-        raise FetchError(f"{repository} is incomplete: {', '.join(missing)} missing")
-    return manifest
+        return check_repository(repository)
+    except RepositoryError as error:
+        raise FetchError(str(error)) from None
 
 
 def _download(source: str, staging: Path, pvc_root: Path) -> None:

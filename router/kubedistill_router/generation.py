@@ -36,6 +36,7 @@ from kubedistill.confidence import GENERATION_SIGNALS, TOKEN_QUANTILE, Signal, a
 from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.chat import ChatTokenizer, TextStream
+from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from kubedistill_router.generation_models import OpenAITeacher, TextAnswer, TritonGenerator
 from kubedistill_router.metrics import BUCKETS, RouterMetrics
@@ -88,6 +89,7 @@ class GenerationHandler:
         if manifest.student.kind != "generation":
             raise ValueError("serving.json: a causal-lm export needs a generation model for the student "
                              "(kind: generation); re-export the job")
+        check_repository(repository)  # a repository that cannot serve fails here, never reports ready
         self.config = config
         self.manifest = manifest
         self.metrics = metrics

@@ -87,7 +87,19 @@ def parse_instances(payload: Any, max_instances: int) -> list[str]:
             raise BadRequest(f'"instances"[{index}] must be a string, got {_kind(item)}')
         if not item.strip():
             raise BadRequest(f'"instances"[{index}] is empty: each instance needs some text')
+        if not item.isascii():
+            check_unicode(item, f'"instances"[{index}]')
     return instances
+
+
+def check_unicode(text: str, name: str) -> None:
+    """Refuse text no tokenizer can take: JSON lets a string hold a lone surrogate (the escape \\ud800),
+    which is no character and cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(f"{name} is not valid Unicode text: it holds a lone surrogate "
+                         f"(\\u{ord(text[error.start]):04x} at character {error.start}); send UTF-8 text") from None
 
 
 def _kind(value: Any) -> str:

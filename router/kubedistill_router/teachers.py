@@ -113,6 +113,10 @@ class RemoteTeacher:
         return Answer(self._label(item), None)
 
     def _label(self, value: Any) -> str:
+        # A label is matched by the name it spells first (labels "1".."5": the answer 5 is "5", not the sixth
+        # class), as the data stage does; an integer that names no label is a class index.
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in self.labels:
+            return str(value)
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(self.labels):
             return self.labels[value]
         if isinstance(value, str) and (not self.labels or value in self.labels):

@@ -37,6 +37,10 @@ class TritonSettings(TritonEnv):
             if self.max_queue_delay_us is not None:
                 batching.max_queue_delay_microseconds = self.max_queue_delay_us
             limit = out.max_batch_size
+            wrong = [b for b in self.preferred_batch_sizes if not 0 < b <= limit]
+            if wrong:  # the deployment's own sizes: refused, never dropped unseen (the export's are filtered)
+                raise ValueError(f"triton.dynamicBatching.preferredBatchSizes: {wrong} outside 1..{limit} "
+                                 "(the model's max_batch_size); remove them or raise triton.maxBatchSize")
             sizes = self.preferred_batch_sizes or tuple(batching.preferred_batch_size)
             del batching.preferred_batch_size[:]
             batching.preferred_batch_size.extend(sorted({b for b in sizes if 0 < b <= limit}))

@@ -173,6 +173,13 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("triton-gpus", "StudentDeployment", [("spec.triton.gpus", -1)], "gpus"),
     ("max-batch", "StudentDeployment", [("spec.triton.maxBatchSize", 0)], "maxBatchSize"),
     ("calls-in-flight", "StudentDeployment", [("spec.router.coalescing.maxCallsInFlight", 0)], "maxCallsInFlight"),
+    ("preferred-over-max", "StudentDeployment",
+     [("spec.triton.maxBatchSize", 8), ("spec.triton.dynamicBatching", {"preferredBatchSizes": [4, 16]})],
+     "preferredBatchSizes"),
+    ("preferred-not-positive", "StudentDeployment",
+     [("spec.triton.dynamicBatching", {"preferredBatchSizes": [0, 8]})], "preferredBatchSizes"),
+    ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
+    ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
 ]
 
 

@@ -52,3 +52,30 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     assert manifest.recommended_threshold == generation.recommended_threshold
     assert not (layout.model_repository / "student" / "labels.txt").exists()
     assert (layout.model_repository / "teacher" / "1" / "genai" / "genai_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_student_padded_beyond_the_tokenizer_is_scored_over_the_tokenizers_ids(tmp_path, fast_latency):
+    import torch
+
+    layout = OutputLayout(tmp_path)
+    tok = tokenizer()
+    size = len(tok)
+    tiny_llama(size, seed=1).save_pretrained(layout.teacher)
+    student = tiny_llama(size + 64, seed=2)  # padded rows past the tokenizer: no token ever has those ids
+    with torch.no_grad():
+        student.lm_head.weight[size:] = 5.0 * student.lm_head.weight[:size].abs().max()
+    student.save_pretrained(layout.student)
+    for folder in (layout.teacher, layout.student):
+        tok.save_pretrained(folder)
+    rng = random.Random(0)
+    words = " ".join(WORDS.values()).split()
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 25)))} for _ in range(16)]
+    write_jsonl(layout.data / "train.jsonl", rows[:8])
+    write_jsonl(layout.data / "eval.jsonl", rows[8:])
+    spec = make_spec(task={"type": "causal-lm", "maxLength": 32}, compression={"quantization": "none"},
+                     evaluation={"gate": {"minRetention": None}, "metrics": ["agreement"]})
+    compress(spec, layout)
+    report = evaluate(spec, layout, "lm-1", settings=fast_latency)
+    # counted, the padded rows would take nearly all the mass: a perplexity far above the vocabulary's size
+    assert report.student.metrics["perplexity"] < 2 * size

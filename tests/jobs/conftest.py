@@ -71,6 +71,30 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def padded_llamas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny Llamas sharing one word tokenizer whose embeddings are padded past it, differently: 15,616 and
+    15,608 rows (multiples of 64 and 8); one with fewer rows than the tokenizer has tokens; one with 16
+    positions."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    root = tmp_path_factory.mktemp("padded")
+    tokenizer = word_tokenizer(POSITIVE + NEGATIVE + FILLER)
+    found = {}
+    for name, vocab, positions in (("15616", 15616, 64), ("15608", 15608, 64), ("short-vocab", 12, 64),
+                                   ("16-positions", 15608, 16)):
+        config = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=2, intermediate_size=32, max_position_embeddings=positions,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.cls_token_id, tie_word_embeddings=True)
+        LlamaForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        found[name] = root / name
+    return found
+
+
+@pytest.fixture(scope="session")
 def sentiment_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(sentiment_rows(160), tmp_path_factory.mktemp("data") / "sentiment.jsonl")
 

@@ -106,6 +106,31 @@ def test_causal_lm_with_cached_top_k(ray_local, tmp_path, tiny_models):
     assert "eval_perplexity" in result.stages["train"]["history"][-1]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["online", "cached"])
+def test_causal_lm_students_padded_beyond_the_teachers_vocabulary_train(ray_local, tmp_path, padded_llamas, mode):
+    # teacher 15,608 rows, student 15,616, one tokenizer of 31 tokens: both modes train over those 31
+    words = ["good", "bad", "movie", "day", "was", "very", "the", "a"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "lm.txt").write_text("".join(" ".join(rng.choice(words, 6)) + "\n" for _ in range(40)))
+    manifest = job_manifest(
+        tmp_path, padded_llamas["15608"], tmp_path / "lm.txt",
+        task={"type": "causal-lm", "maxLength": 12},
+        teacher={"adapt": {"method": "none"}},
+        student={"uri": str(padded_llamas["15616"])},
+        dataset={"labelField": None},
+        distillation={"topK": 8, "teacherMode": mode},
+        training={"maxSteps": 4, "epochs": None, "batchSize": 8},
+        compression={"quantization": "none"},
+    )
+    del manifest["spec"]["task"]["labels"]
+    result = _pipeline(manifest, Recorder()).run(stop_after="train")
+    history = result.stages["train"]["history"]
+    assert result.stages["train"]["steps"] == 4
+    assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["eval_perplexity"])
+    assert history[-1]["eval_perplexity"] < 100  # over the tokenizer's 31 ids (over all 15,616 rows: ~15,000)
+
+
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kubedistill.cli", "run", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=120)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kubedistill_jobs import train
-from kubedistill_jobs.recipe import LoopConfig
+from kubedistill_jobs.recipe import DistillationRecipe, LoopConfig
 from safetensors.torch import load_file
 
 from kubedistill.api.distillationjob import DistillationJob
@@ -46,7 +46,14 @@ def _loop(**overrides) -> LoopConfig:
                   batch_size=16, learning_rate=0.01, warmup_ratio=0.0, checkpoint_every=4)
     values.update(overrides)
     spec = DistillationJob.model_validate(job_manifest(Path("/unused"), Path("/teacher"), Path("/data"))).spec
-    return dataclasses.replace(LoopConfig.from_spec(spec, teacher_dir=None), **values)
+    return dataclasses.replace(LoopConfig.from_spec(spec, teacher_dir=None, vocab_size=None), **values)
+
+
+def _loss_step(overrides: dict, student, teacher, batch: dict) -> object:
+    """One loss step of the recipe with the given models, as a worker runs it after setup."""
+    recipe = DistillationRecipe(_loop(**overrides), rank=0, world=1, device="cpu")
+    recipe.model, recipe.teacher, recipe.projection = student, teacher, None
+    return recipe.loss_step(batch)["loss"]
 
 
 def test_two_workers_lower_the_loss_and_a_rerun_resumes(ray_local, tmp_path):
@@ -82,3 +89,78 @@ def test_worker_failure_restarts_from_the_checkpoint(ray_local, tmp_path):
     assert marker.exists()  # a worker did die
     assert result.resumes == [4]  # and the new worker group continued from step 4, not 0
     assert result.history[-1]["step"] == 8
+
+
+def _lm_batch(tokenizer_dir, texts: list[str], max_length: int = 10) -> dict:
+    import torch
+    from kubedistill_jobs import models, soft_targets
+
+    tokens = soft_targets.tokenize_lm(models.load_tokenizer(str(tokenizer_dir)), texts, max_length)
+    return {k: torch.as_tensor(v) for k, v in tokens.items()}
+
+
+@pytest.mark.parametrize(("teacher_rows", "student_rows"), [("15608", "15616"), ("15616", "15608")])
+def test_padded_vocabularies_distil_over_the_shared_token_range(padded_llamas, teacher_rows, student_rows):
+    """Online and cached: the loss is the one over the tokenizer's 31 ids, whatever each model's padding."""
+    import torch
+    from kubedistill_jobs import losses
+    from kubedistill_jobs.teacher_outputs import TeacherPredictor, TeacherRun
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(padded_llamas[teacher_rows]).eval()
+    student = AutoModelForCausalLM.from_pretrained(padded_llamas[student_rows])
+    batch = _lm_batch(padded_llamas[teacher_rows], ["the movie was very good", "a bad day", "warm sad food"])
+    vocab = 31
+    ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, losses.IGNORE_INDEX)
+    with torch.no_grad():
+        s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+
+    online = dict(task="causal-lm", teacher_mode="online", temperature=2.0, alpha=0.7, vocab_size=vocab,
+                  loss="forward-kl", hidden_states=False)
+    with torch.no_grad():
+        got = _loss_step(online, student, teacher, batch)
+    want = losses.distillation_loss(s_logits, t_logits, labels, temperature=2.0, alpha=0.7,
+                                    mask=mask[:, 1:].bool()).total
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5)
+
+    # cached: the teacher's top-k never names a padded row, and the student is normalised over the range
+    run = TeacherRun(str(padded_llamas[teacher_rows]), "topk", max_length=10, top_k=8, vocab_size=vocab)
+    top = TeacherPredictor(run)({"idx": np.arange(3), "input_ids": list(batch["input_ids"].numpy()),
+                                 "attention_mask": list(batch["attention_mask"].numpy())})
+    assert top["topk_indices"].max() < vocab
+    cached = {**online, "teacher_mode": "cached"}
+    with_topk = {**batch, "topk_values": torch.as_tensor(top["topk_values"]),
+                 "topk_indices": torch.as_tensor(top["topk_indices"])}
+    with torch.no_grad():
+        got = _loss_step(cached, student, None, with_topk)
+    want = losses.distillation_loss(s_logits, with_topk["topk_values"][:, :-1].float(), labels, temperature=2.0,
+                                    alpha=0.7, teacher_topk_indices=with_topk["topk_indices"][:, :-1],
+                                    mask=mask[:, 1:].bool()).total
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5)
+
+
+def test_shared_vocab_logits_refuses_logits_narrower_than_the_tokenizer():
+    import torch
+    from kubedistill_jobs import losses
+
+    assert losses.shared_vocab_logits(torch.zeros(2, 3, 40), 31).shape == (2, 3, 31)
+    assert losses.shared_vocab_logits(torch.zeros(2, 5), None).shape == (2, 5)
+    with pytest.raises(ValueError, match="width 20 do not cover the tokenizer's 31 tokens"):
+        losses.shared_vocab_logits(torch.zeros(2, 3, 20), 31)
+
+
+def test_plain_text_rows_end_with_the_end_of_sequence_token(tiny_models):
+    from kubedistill_jobs import models, soft_targets
+
+    tokenizer = models.load_tokenizer(str(tiny_models["llama"]))
+    eos = tokenizer.eos_token_id
+    texts = ["good day", "the movie was very good day", "bad day [EOS]", "sad"]
+    out = soft_targets.tokenize_lm(tokenizer, texts, 6)
+    ids, mask = out["input_ids"], out["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    assert lengths == [3, 6, 3, 2]
+    assert ids[0, 2] == eos and ids[3, 1] == eos  # ended texts learn to stop
+    assert eos not in ids[1][mask[1] == 1].tolist()  # cut at 6 tokens: it did not end there
+    assert ids[2][mask[2] == 1].tolist().count(eos) == 1  # already ended: no second EOS

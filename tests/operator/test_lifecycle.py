@@ -19,6 +19,7 @@ from kubedistill_operator.kubeapi import (
     RAY_JOBS,
     ROLE_BINDINGS,
     ROLES,
+    SECRETS,
     SERVICE_ACCOUNTS,
     SERVICES,
     STUDENT_DEPLOYMENTS,
@@ -324,6 +325,11 @@ def test_student_of_a_model_repository_uri_checks_its_secret(cluster):
     assert status(cluster, STUDENT_DEPLOYMENTS, SD)["phase"] == "Waiting"
     assert cluster.get(DEPLOYMENTS, NS, SD) is None
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}})
+    # a Secret without the keys the fetch reads would leave it without credentials: still waiting, keys named
+    cluster.wait_for(lambda: "key 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY' of Secret 's3'" in condition(
+        cluster, STUDENT_DEPLOYMENTS, SD, "SecretsFound").get("message", ""), TIMEOUT, "the missing keys")
+    assert cluster.get(DEPLOYMENTS, NS, SD) is None
+    cluster.patch(SECRETS, NS, "s3", {"stringData": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}})
     deployment = cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, NS, SD), TIMEOUT, "the Deployment")
     fetch = deployment["spec"]["template"]["spec"]["initContainers"][0]
     assert fetch["envFrom"] == [{"secretRef": {"name": "s3"}}]

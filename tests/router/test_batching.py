@@ -113,6 +113,29 @@ async def test_a_failed_call_fails_each_of_its_requests_and_the_next_call_goes_a
     assert (await coalescer(texts(4)))[:, 0].tolist() == [4]
 
 
+async def test_a_request_whose_texts_break_a_shared_call_fails_alone():
+    # a text the model call cannot take ("bad") shares a call with two good requests: they still get their rows
+    async def model(batch: list[str]) -> np.ndarray:
+        model.calls.append(list(batch))
+        await gate.wait()
+        if "bad" in batch:
+            raise ValueError("cannot take 'bad'")
+        return np.array([[float(text)] for text in batch])
+
+    model.calls = []
+    gate = asyncio.Event()
+    coalescer = Coalescer(model, max_batch=8, max_in_flight=1)
+    first = asyncio.ensure_future(coalescer(texts(1)))
+    await until(lambda: model.calls)
+    shared = [asyncio.ensure_future(coalescer(t)) for t in (texts(2, 3), ["bad", "4"], texts(5))]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(first, *shared, return_exceptions=True)
+    assert results[0][:, 0].tolist() == [1] and results[1][:, 0].tolist() == [2, 3]
+    assert isinstance(results[2], ValueError) and results[3][:, 0].tolist() == [5]
+    assert model.calls == [["1"], ["2", "3", "bad", "4", "5"], ["2", "3"], ["bad", "4"], ["5"]]
+
+
 async def test_a_request_that_goes_away_while_queued_is_not_computed():
     model = GatedModel()
     coalescer, first = await one_call_out(model, texts(1))

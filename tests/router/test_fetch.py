@@ -92,7 +92,7 @@ def test_fetch_writes_the_deployments_triton_settings_into_each_config(model_rep
         "metadata": {"name": "topics", "namespace": "ml", "uid": "u-1"},
         "spec": {"source": {"modelRepositoryUri": f"file://{model_repository}"},
                  "triton": {"maxBatchSize": 8, "instanceCount": 3, "gpus": 1,
-                            "dynamicBatching": {"maxQueueDelayMicroseconds": 250, "preferredBatchSizes": [2, 4, 64]}}},
+                            "dynamicBatching": {"maxQueueDelayMicroseconds": 250, "preferredBatchSizes": [2, 4]}}},
     })
     objects = build_student_children(sd, ModelSourceInfo(f"file://{model_repository}", "v1"), OperatorConfig())
     pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
@@ -106,7 +106,7 @@ def test_fetch_writes_the_deployments_triton_settings_into_each_config(model_rep
         config = read_config(dest / model / "config.pbtxt")
         assert config.max_batch_size == 8
         assert config.dynamic_batching.max_queue_delay_microseconds == 250
-        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]  # 64 exceeds max_batch_size
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
         assert [(g.count, g.kind) for g in config.instance_group] == [(3, config.instance_group[0].KIND_GPU)]
         assert [i.name for i in config.input] == ["input_ids", "attention_mask"]  # the graph's signature kept
     # The source repository is left as the job wrote it.
@@ -121,3 +121,13 @@ def test_fetch_without_dynamic_batching_removes_it(model_repository, tmp_path):
     assert not read_config(tmp_path / "models" / "student" / "config.pbtxt").HasField("dynamic_batching")
     with pytest.raises(ValueError, match="KUBEDISTILL_TRITON_MAX_BATCH_SIZE"):
         TritonSettings.from_env({"KUBEDISTILL_TRITON_MAX_BATCH_SIZE": "lots"})
+
+
+def test_preferred_batch_sizes_beyond_the_batch_limit_are_refused_not_dropped(model_repository):
+    from kubedistill_router.triton_settings import TritonSettings, read_config
+
+    config = read_config(model_repository / "student" / "config.pbtxt")
+    with pytest.raises(ValueError, match=r"preferredBatchSizes: \[0, 64\] outside 1\.\.8"):
+        TritonSettings(max_batch_size=8, preferred_batch_sizes=(0, 2, 64)).apply(config)
+    applied = TritonSettings(max_batch_size=8, preferred_batch_sizes=(2, 8)).apply(config)
+    assert list(applied.dynamic_batching.preferred_batch_size) == [2, 8]

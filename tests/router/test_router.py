@@ -290,8 +290,9 @@ async def test_a_failed_teacher_call_shared_by_requests_counts_once_toward_the_b
     repository = tmp_path / "repository"
     shutil.copytree(model_repository, repository)
     manifest = json.loads((repository / SERVING_MANIFEST).read_text())
-    manifest["teacher"]["name"] = "absent"  # Triton refuses every teacher call: no such model
+    manifest["teacher"]["name"] = "absent"  # Triton refuses every teacher call: it has no such model
     (repository / SERVING_MANIFEST).write_text(json.dumps(manifest))
+    shutil.copytree(repository / "teacher", repository / "absent")  # the router's copy is complete
     config = router_config(repository, triton.grpc_url, threshold=threshold, max_calls_in_flight=1)
     escalated = [text for text, conf in zip(TEXTS, expected(reference, "student", TEXTS)[1], strict=True)
                  if conf < threshold]

@@ -57,6 +57,13 @@ def test_teacher_answers_in_every_shape_classifiers_use():
             teacher.answer(bad)
 
 
+def test_a_remote_teachers_numeric_labels_are_matched_by_name_first():
+    stars = KServeV1Teacher(TeacherEndpointRef(url="http://t"), ["1", "2", "3", "4", "5"], "max-probability", None)
+    assert [stars.answer(v).label for v in (5, 1, "3", {"label": 4})] == ["5", "1", "3", "4"]
+    with pytest.raises(UpstreamError, match="not one of the labels"):
+        stars.answer(6)
+
+
 def test_scores_become_probabilities_only_when_they_are_not_already():
     probs = np.array([[0.2, 0.8]])
     assert as_probabilities(probs) is not None and np.allclose(as_probabilities(probs), probs)

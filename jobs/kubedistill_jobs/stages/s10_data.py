@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kubedistill.artifacts import Stage
@@ -13,6 +14,7 @@ WEIGHT = 2
 UNIT = "step"
 READS: tuple[str, ...] = ()  # spec.dataset.uri only
 WRITES = ("data",)
+log = logging.getLogger(__name__)
 
 
 def chat_renderer(context: Context) -> data.ChatRenderer:
@@ -40,9 +42,22 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     data.write_jsonl(split.eval, layout.data / "eval.jsonl")
     context.set_split(split)
     progress(1, 1)
-    return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates}
+    if split.dropped:
+        log.warning("data: rows dropped: %s", split.dropped)
+    max_length = context.spec.task.max_length
+    truncated = data.count_truncated(context.tokenizer, [r["text"] for r in split.train + split.eval], max_length)
+    if truncated:
+        log.warning("data: %d texts are longer than task.maxLength (%d tokens) and are cut to it", truncated,
+                    max_length)
+    return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
+            "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
 
 
 def summary(marker: dict[str, Any]) -> str:
-    dropped = f" ({marker['duplicates']} repeated texts dropped)" if marker.get("duplicates") else ""
-    return f"{marker['train']} train / {marker['eval']} eval rows{dropped}"
+    notes = [f"{marker['duplicates']} repeated texts dropped"] if marker.get("duplicates") else []
+    notes += [f"{count} dropped: {why}" for why, count in (marker.get("dropped") or {}).items()]
+    if marker.get("unlabelled"):
+        notes.append(f"{marker['unlabelled']} without a label")
+    if marker.get("truncated"):
+        notes.append(f"{marker['truncated']} cut to task.maxLength")
+    return f"{marker['train']} train / {marker['eval']} eval rows" + (f" ({'; '.join(notes)})" if notes else "")

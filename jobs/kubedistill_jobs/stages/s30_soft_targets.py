@@ -42,7 +42,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         return {"mode": "cached", "rows": len(train), "summary": f"{len(train)} rows, class distributions"}
     k = spec.distillation.top_k
     tokens = soft_targets.tokenize_lm(context.tokenizer, texts, spec.task.max_length)
-    run = TeacherRun(str(layout.teacher), "topk", max_length=spec.task.max_length, top_k=k)
+    run = TeacherRun(str(layout.teacher), "topk", max_length=spec.task.max_length, top_k=k,
+                     vocab_size=len(context.tokenizer))
     rows = {"input_ids": list(tokens["input_ids"]), "attention_mask": list(tokens["attention_mask"])}
     started = time.monotonic()
     out = run_teacher(run, rows, batch_size=8, progress=progress)

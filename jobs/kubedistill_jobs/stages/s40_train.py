@@ -45,7 +45,8 @@ def training_inputs(context: Context) -> TrainingInputs:
     student_params = models.count_parameters(student)
     del teacher_model, student
     return TrainingInputs(
-        loop=LoopConfig.from_spec(spec, str(layout.teacher)),
+        loop=LoopConfig.from_spec(spec, str(layout.teacher),
+                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None),
         train_data=inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets),
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
