@@ -82,7 +82,8 @@ def _token_text(value: Any) -> str | None:
 class TextStream:
     """Decoded text of a growing token sequence, released in pieces that are final: incomplete UTF-8 and
     any tail that could still become a stop sequence are held back. `stopped` once a stop sequence appears
-    (the text ends before it)."""
+    (the text ends before it). Decoding looks at the last few tokens only (as text-generation servers do),
+    so a long answer costs linear time, not quadratic."""
 
     def __init__(self, tokenizer: ChatTokenizer, stop: list[str]):
         self.tokenizer = tokenizer
@@ -92,21 +93,25 @@ class TextStream:
         self.text = ""
         self.sent = 0
         self.stopped = False
+        self._prefix = 0  # ids[_prefix:_read] is decoded context for the next piece
+        self._read = 0
 
     def push(self, token_id: int) -> str:
         """Add a token; returns the newly final text (maybe empty)."""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids)
+        before = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        after = self.tokenizer.decode(self.ids[self._prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):  # not mid-character
+            self.text += after[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
         for stop in self.stop:
-            at = self.text.find(stop)
+            at = self.text.find(stop, max(0, self.sent - len(stop)))
             if at >= 0:
                 self.text = self.text[:at]
                 self.stopped = True
         if self.stopped:
             return self.flush()
         end = len(self.text) - self.hold
-        if self.text.endswith("\ufffd"):  # a multi-byte character split across tokens
-            end = min(end, len(self.text) - 1)
         if end <= self.sent:
             return ""
         piece, self.sent = self.text[self.sent:end], end

@@ -43,7 +43,7 @@ def tiny_llama(folder: Path, tokenizer_dir: Path, *, seed: int, layers: int, hid
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=hidden * 2,
-                         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():

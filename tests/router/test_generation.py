@@ -162,6 +162,13 @@ async def test_escalation_exactly_below_threshold(gen_export, gen_triton, studen
                 assert body.model_extra["kubedistill"]["escalation_reason"] == "low-confidence"
 
 
+def _async(check):
+    async def condition() -> bool:
+        return bool(check())
+
+    return condition
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -217,8 +224,8 @@ async def test_bad_requests_name_the_field(gen_export, gen_triton, body, field):
 
 
 async def test_disconnect_mid_stream_stops_generation(gen_export, gen_triton):
-    cfg = config(gen_export, gen_triton.grpc_url, mode="student-only")
-    max_tokens = 180
+    cfg = config(gen_export, gen_triton.grpc_url, mode="student-only", max_tokens=4096)
+    max_tokens = 2000  # the tiny model generates ~1,500 tokens/s: long enough to leave it mid-answer
     async with running_router(cfg) as base:
         async with ClientSession() as session:
             response = await session.post(f"{base}/v1/completions", json={
@@ -231,6 +238,8 @@ async def test_disconnect_mid_stream_stops_generation(gen_export, gen_triton):
             return (await scrape(base)).get(("kubedistill_router_generation_cancelled_total", ()), 0) == 1
 
         await wait_for(cancelled)
+        # Triton's model saw the cancellation and stopped (it logs how far it got).
+        await wait_for(_async(lambda: "generation cancelled after" in gen_triton.log_tail(200_000)))
         before = (await scrape(base))[("kubedistill_router_generated_tokens_total", (("model", "student"),))]
         await asyncio.sleep(0.5)  # let a runaway generation show itself
         after = (await scrape(base))[("kubedistill_router_generated_tokens_total", (("model", "student"),))]

@@ -97,8 +97,11 @@ class TritonPythonModel:
         params.set_search_options(**options)
         generator = og.Generator(self.model, params)
         generator.append_tokens(prompt.astype(np.int32))
-        for _ in range(max_tokens):
-            if generator.is_done() or sender.is_cancelled():
+        for count in range(max_tokens):
+            if generator.is_done():
+                break
+            if sender.is_cancelled():  # the client went away: free the instance now
+                pb_utils.Logger.log_info(f"generation cancelled after {count} tokens")
                 break
             logprobs = _log_softmax(generator.get_logits().reshape(-1))
             generator.generate_next_token()
