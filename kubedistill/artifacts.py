@@ -12,7 +12,7 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
       train_report.json         training metrics
-      onnx/                     ONNX exports (fp32 and quantized)
+      onnx/                     ONNX exports (fp32 and quantized); onnx/genai/ generation builds (causal LM)
       model_repository/         what Triton serves (see below)
       report.json, report.md    the gap evaluation (keys: kubedistill.report.Report)
       plots/*.png
@@ -24,6 +24,12 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       student/tokenizer.json    tokenizer files the router loads (plain files in a model folder: Triton
       student/labels.txt        ignores them)
       teacher/...               optional: the teacher, for colocated escalation
+
+    A causal-LM job's student/ and teacher/ are generation models instead (kind "generation"):
+      student/config.pbtxt      backend python, decoupled: streams one token per response
+      student/1/model.py        runs ONNX Runtime GenAI (kubedistill_jobs/triton_models/generate.py)
+      student/1/genai/          the ONNX Runtime GenAI model (KV cache; INT4/INT8/FP32 weights)
+      student/chat_template.jinja, tokenizer files    what the router renders and tokenizes with
 """
 
 from __future__ import annotations
@@ -116,6 +122,11 @@ class OutputLayout:
         return self.root / "onnx"
 
     @property
+    def genai(self) -> Path:
+        """ONNX Runtime GenAI builds of a causal LM for generation (`genai/student`, `genai/teacher`)."""
+        return self.onnx / "genai"
+
+    @property
     def model_repository(self) -> Path:
         return self.root / MODEL_REPOSITORY
 
@@ -141,8 +152,20 @@ class ServedModel(BaseModel):
 
     name: str = Field(description="Triton model name (its folder).")
     inputs: list[str] = Field(description="Input tensor names, in the order the tokenizer fills them (INT64).")
-    output: str = Field(description="Output tensor name (logits, FP32).")
+    output: str = Field(description="Output tensor name (logits, FP32; the token id per response for generation).")
     max_batch_size: int = Field(description="Triton max_batch_size.")
+    kind: Literal["logits", "generation"] = Field(
+        default="logits", description="logits: one call, one logits tensor; generation: a decoupled model that "
+        "streams one token (id, log-probability, top-k) per response (GENERATION_INPUTS/OUTPUTS).")
+    precision: str | None = Field(default=None, description="Weights of a generation model: int4, int8 or fp32.")
+    context_length: int | None = Field(default=None, description="Prompt plus generated tokens, at most "
+                                       "(generation models).")
+
+
+# The tensors of a generation model (kind "generation"); the router and the Triton python model share them.
+GENERATION_INPUTS = ("input_ids", "max_tokens", "temperature", "top_p", "seed", "top_logprobs")
+GENERATION_OUTPUTS = ("token_id", "logprob", "top_ids", "top_logprobs_values")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class ServingManifest(BaseModel):
@@ -157,6 +180,8 @@ class ServingManifest(BaseModel):
     teacher_tokenizer: str | None = Field(default=None, description="The teacher's tokenizer folder, when it differs.")
     recommended_threshold: float | None = None
     confidence_signal: Signal = "max-probability"
+    chat_template: str | None = Field(default=None, description="Generation: the chat template file the router "
+                                      "renders messages with, relative to the model repository (the student's own).")
     model_version: str = Field(description="Version of this export (the run id).")
 
     @classmethod

@@ -12,8 +12,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-Signal = Literal["max-probability", "margin", "entropy"]
+Signal = Literal["max-probability", "margin", "entropy", "token-quantile", "min-token-probability", "mean-logprob"]
 SIGNALS: tuple[Signal, ...] = ("max-probability", "margin", "entropy")
+# Signals of a generated answer, from the log-probabilities of its own tokens (causal LM).
+GENERATION_SIGNALS: tuple[Signal, ...] = ("token-quantile", "min-token-probability", "mean-logprob")
+TOKEN_QUANTILE = 0.1  # the low quantile of token probabilities that "token-quantile" takes
 
 
 def softmax(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.float64]:
@@ -43,3 +46,25 @@ def confidence(probs: npt.ArrayLike, signal: Signal) -> npt.NDArray[np.float64]:
 def escalate(probs: npt.ArrayLike, signal: Signal, threshold: float) -> npt.NDArray[np.bool_]:
     """Which rows go to the teacher: confidence strictly below the threshold."""
     return confidence(probs, signal) < threshold
+
+
+def answer_confidence(logprobs: npt.ArrayLike, signal: Signal, quantile: float = TOKEN_QUANTILE) -> float:
+    """Confidence in [0, 1] of one generated answer from its tokens' log-probabilities (natural log, shape (T,)).
+
+    `token-quantile`: the `quantile` (default 0.1) of the token probabilities, not length-biased;
+    `min-token-probability`: the least probable token; `mean-logprob`: exp(mean log-probability), the
+    geometric mean probability (length-biased: one bad token weighs less in a long answer). An empty
+    answer has confidence 1 (nothing to doubt). Raises ValueError for another signal.
+    """
+    lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+    if signal not in GENERATION_SIGNALS:
+        raise ValueError(f"confidence signal {signal!r} is not one for generated answers; expected one of "
+                         f"{', '.join(GENERATION_SIGNALS)}")
+    if lp.size == 0:
+        return 1.0
+    if signal == "token-quantile":
+        # "lower": an actual token's probability, so that the threshold compares with a real value.
+        return float(np.quantile(np.exp(lp), quantile, method="lower"))
+    if signal == "min-token-probability":
+        return float(np.exp(lp.min()))
+    return float(np.exp(lp.mean()))

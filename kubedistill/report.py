@@ -125,6 +125,10 @@ class Report(_Keys):
     pruning: Pruning | None = Field(default=None, description="What pruning did; None: no pruning.")
     teacher_note: str | None = Field(default=None, description="How an endpoint teacher was scored.")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
+    generation_routing: Routing | None = Field(
+        default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "
+        "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "
+        "recommended threshold is the one serving.json and status carry.")
 
     @property
     def primary_metric(self) -> str:
@@ -143,8 +147,9 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 def job_results(report: Report, output_uri: str) -> JobResults:
     """The headline numbers a DistillationJob's status carries (`status.results`), for a job whose output
-    is `output_uri`. The one place they are assembled."""
-    routing = report.routing
+    is `output_uri`. The one place they are assembled. A causal LM's threshold is the generation frontier's
+    (what the router compares with), when the evaluation built one."""
+    routing = report.generation_routing or report.routing
     threshold = routing.recommended_threshold if routing else None
     point = None
     if routing and threshold is not None:

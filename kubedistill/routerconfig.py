@@ -50,6 +50,8 @@ class RouterConfig(BaseModel):
     timeout_seconds: float = Field(default=2.0, gt=0)
     max_instances: int = Field(default=256, ge=1, description="Instances per request before 400.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_tokens: int = Field(default=1024, ge=1, description="Generation: the cap on a request's max_tokens "
+                            "(over it: 400).")
 
     @classmethod
     def from_spec(cls, name: str, spec: StudentDeploymentSpec, threshold: float | None = None) -> RouterConfig:

@@ -16,7 +16,7 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import OutputLayout
-from kubedistill.report import Gate, Latency, ModelReport, Report
+from kubedistill.report import Gate, Latency, ModelReport, Report, Routing
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -108,11 +108,13 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         logits = {n: classify(session(p, settings.threads), tokenizers[n], texts, max_length)
                   for n, p in paths.items()}
         quality = classification_quality(logits, gold, len(labels), target)
+        generation = None
     else:
         stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length)
                  for n, p in paths.items()}
         same_tokens = tokenizers["teacher"].get_vocab() == tokenizers["student"].get_vocab()
         quality = causal_quality(stats, same_tokens, target)
+        generation = _generation_routing(spec, layout, texts, tokenizers["student"], target) if same_tokens else None
     if progress:
         progress(1, total)
 
@@ -143,8 +145,29 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         quality_reference=quality.reference,
         quantization_accuracy_drop=quality.quantization_accuracy_drop,
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
+        generation_routing=generation,
     )
     return _finish(report, layout, progress, total)
+
+
+def _generation_routing(spec: DistillationJobSpec, layout: OutputLayout, texts: list[str], tokenizer: Any,
+                        target: float) -> Routing:
+    """The generation frontier (generation_eval) on the held-out texts, with the student and teacher built for
+    generation as the export serves them (the builds are kept in layout.genai for the export)."""
+    from kubedistill.artifacts import STUDENT_MODEL, TEACHER_MODEL
+    from kubedistill_jobs.genai_export import ensure_build, precision_for
+    from kubedistill_jobs.generation_eval import generate, generation_routing, split_prompts
+
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pairs = split_prompts(ids, spec.task.max_length)
+    if not pairs:
+        raise ValueError("eval.jsonl: no held-out text has 4 tokens or more to build the generation frontier from")
+    prompts = [p for p, _ in pairs]
+    student = generate(ensure_build(layout.student, layout.genai / STUDENT_MODEL,
+                                    precision_for(spec.compression.quantization)), prompts)
+    teacher = generate(ensure_build(layout.teacher, layout.genai / TEACHER_MODEL, "fp32"), prompts)
+    routing, _ = generation_routing(student, teacher, [r for _, r in pairs], target)
+    return routing
 
 
 def _first_tokens(tokenizer: Any, text: str, max_length: int) -> str:

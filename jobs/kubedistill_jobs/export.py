@@ -11,7 +11,14 @@ import shutil
 from pathlib import Path
 
 from kubedistill.api.distillationjob import DistillationJobSpec
-from kubedistill.artifacts import STUDENT_MODEL, TEACHER_MODEL, OutputLayout, ServedModel, ServingManifest
+from kubedistill.artifacts import (
+    CHAT_TEMPLATE_FILE,
+    STUDENT_MODEL,
+    TEACHER_MODEL,
+    OutputLayout,
+    ServedModel,
+    ServingManifest,
+)
 from kubedistill.report import Report
 from kubedistill_jobs.onnx_export import INPUT_NAMES, OUTPUT_NAME, TensorSpec, graph_signature
 
@@ -186,9 +193,76 @@ def write_model_repository(
     return manifest
 
 
+def write_generation_repository(
+    repo: Path,
+    *,
+    max_length: int,
+    student_folder: Path,
+    precision: str,
+    work: Path,
+    teacher_folder: Path | None = None,
+    teacher_precision: str = "fp32",
+    recommended_threshold: float | None = None,
+    confidence_signal: str = "token-quantile",
+    model_version: str,
+) -> ServingManifest:
+    """A causal-LM model repository at `repo`: the student (and a local teacher) built for generation
+    (genai_export), the student's chat template, serving.json. `work` keeps the GenAI builds.
+
+    The teacher is built at `teacher_precision` (default fp32: the model the evaluation compared against).
+    """
+    from kubedistill_jobs.genai_export import build_and_write, chat_template
+
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    student = build_and_write(repo, STUDENT_MODEL, Path(student_folder), precision, work)
+    teacher = None
+    if teacher_folder is not None:
+        teacher = build_and_write(repo, TEACHER_MODEL, Path(teacher_folder), teacher_precision, work)
+    elif (repo / TEACHER_MODEL).exists():
+        shutil.rmtree(repo / TEACHER_MODEL)
+    has_template = chat_template(repo / STUDENT_MODEL) is not None
+    own_tokenizer = teacher is not None and not _same_tokenizer(repo / STUDENT_MODEL, repo / TEACHER_MODEL)
+    manifest = ServingManifest(
+        task="causal-lm",
+        max_length=max_length,
+        tokenizer=STUDENT_MODEL,
+        student=student,
+        teacher=teacher,
+        teacher_tokenizer=TEACHER_MODEL if own_tokenizer else None,
+        recommended_threshold=recommended_threshold,
+        confidence_signal=confidence_signal,  # type: ignore[arg-type]
+        chat_template=f"{STUDENT_MODEL}/{CHAT_TEMPLATE_FILE}" if has_template else None,
+        model_version=model_version,
+    )
+    manifest.write(repo)
+    return manifest
+
+
 def export(spec: DistillationJobSpec, layout: OutputLayout, report: Report) -> ServingManifest:
-    """The job's model repository: the served (quantized) student, the fp32 teacher, the report's threshold."""
+    """The job's model repository: the served (quantized) student, the fp32 teacher, the report's threshold.
+
+    A causal-LM job's repository holds generation models (genai_export); the threshold is the one the
+    generation frontier recommends (report.generation_routing), for its token-level signal.
+    """
     from kubedistill_jobs.compress import CompressionResult
+
+    if spec.task.type == "causal-lm":
+        from kubedistill_jobs.genai_export import precision_for
+
+        result = CompressionResult.read(layout)
+        generation = report.generation_routing
+        return write_generation_repository(
+            layout.model_repository,
+            max_length=spec.task.max_length,
+            student_folder=layout.student,
+            precision=precision_for(spec.compression.quantization),
+            work=layout.genai,
+            teacher_folder=layout.teacher if result.teacher_onnx else None,
+            recommended_threshold=generation.recommended_threshold if generation else None,
+            confidence_signal=generation.signal if generation else "token-quantile",
+            model_version=report.model_version or "0",
+        )
 
     result = CompressionResult.read(layout)
     routing = report.routing

@@ -35,7 +35,7 @@ class Frontier:
     student_accuracy: float
 
 
-def _point(conf: npt.NDArray[np.float64], student_ok: npt.NDArray[np.bool_], teacher_ok: npt.NDArray[np.bool_],
+def _point(conf: npt.NDArray[np.float64], student_ok: npt.NDArray[np.float64], teacher_ok: npt.NDArray[np.float64],
            threshold: float) -> Point:
     escalated = conf < threshold
     correct = np.where(escalated, teacher_ok, student_ok)
@@ -64,10 +64,13 @@ def frontier(
 def frontier_from_confidence(
     conf: npt.ArrayLike, student_correct: npt.ArrayLike, teacher_correct: npt.ArrayLike, *, signal: str, target: float
 ) -> Frontier:
-    """`frontier` on confidences already computed (per token for a causal LM, where probabilities are large)."""
+    """`frontier` on confidences already computed (per token for a causal LM, where probabilities are large).
+
+    Correctness may be booleans or quality scores in [0, 1] (a generated answer's F1): accuracy is their mean.
+    """
     conf = np.asarray(conf, dtype=np.float64)
-    s_ok = np.asarray(student_correct, dtype=bool)
-    t_ok = np.asarray(teacher_correct, dtype=bool)
+    s_ok = np.asarray(student_correct, dtype=np.float64)
+    t_ok = np.asarray(teacher_correct, dtype=np.float64)
     if not (len(conf) == len(s_ok) == len(t_ok)) or len(conf) == 0:
         raise ValueError(f"frontier: need equally many (> 0) rows, got {len(conf)}, {len(s_ok)}, {len(t_ok)}")
     teacher_accuracy = float(t_ok.mean())

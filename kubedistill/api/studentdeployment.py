@@ -19,7 +19,8 @@ from kubedistill.api.base import (
 from kubedistill.api.distillationjob import HTTP_URL_PATTERN, MODEL_URI_PATTERN
 from kubedistill.api.meta import ObjectMeta
 
-ConfidenceSignal = Literal["max-probability", "margin", "entropy"]
+ConfidenceSignal = Literal["max-probability", "margin", "entropy", "token-quantile", "min-token-probability",
+                           "mean-logprob"]
 RouterMode = Literal["route", "student-only", "teacher-only", "shadow"]
 TeacherProtocol = Literal["kserve-v1", "kserve-v2", "openai"]
 DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
@@ -188,7 +189,10 @@ class RouterSpec(ApiModel):
         ge=0, le=1,
     )
     confidence_signal: ConfidenceSignal = Field(default="max-probability",
-                                                description="`max-probability`, `margin` or `entropy`.")
+                                                description="Classification: `max-probability`, `margin` or `entropy`. "
+                                                "Generation (causal-lm): `token-quantile`, `min-token-probability` "
+                                                "or `mean-logprob`; a classification signal there means the "
+                                                "export's own (serving.json).")
     shadow_sample_rate: float = Field(default=0.1, description="Share of traffic mirrored in shadow mode.", ge=0, le=1)
     teacher: TeacherEndpointRef | None = Field(
         default=None, description="Remote teacher; unset escalates to the teacher colocated in Triton."

@@ -20,6 +20,7 @@ from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.auth import auth_middlewares
 from kubedistill_router.classification import ClassificationHandler
 from kubedistill_router.errors import RouterError, TooManyRequests
+from kubedistill_router.generation import GenerationHandler
 from kubedistill_router.metrics import RouterMetrics
 from kubedistill_router.protocol import MAX_BODY_BYTES, SERVED_BY
 from kubedistill_router.triton import TritonModels
@@ -39,7 +40,8 @@ class TaskHandler(Protocol):
     async def close(self) -> None: ...
 
 
-HANDLERS: dict[str, Callable[..., TaskHandler]] = {"sequence-classification": ClassificationHandler}
+HANDLERS: dict[str, Callable[..., TaskHandler]] = {"sequence-classification": ClassificationHandler,
+                                                   "causal-lm": GenerationHandler}
 
 
 def load_manifest(repository: Path) -> ServingManifest:

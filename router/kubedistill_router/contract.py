@@ -67,6 +67,9 @@ def _check_model(repository: Path, manifest: ServingManifest, model: ServedModel
                for v in (repository / model.name).iterdir()):
         raise RepositoryError(f"{repository / model.name}: no version folder with a model file (e.g. 1/model.onnx)")
     tokens = _tokenizer_size(tokenizer_dir)
+    if model.kind == "generation":  # one token per response: the vocabulary is the GenAI model's
+        _check_generation(repository, model, tokenizer_dir, tokens)
+        return
     width = outputs[model.output][-1] if outputs[model.output] else -1
     if width < 0:  # a dynamic width: only Triton's answer can tell
         return
@@ -77,6 +80,24 @@ def _check_model(repository: Path, manifest: ServingManifest, model: ServedModel
     if manifest.task == "causal-lm" and width < tokens:
         raise RepositoryError(f"{path}: output {model.output!r} has {width} logits per token but the "
                               f"tokenizer in {tokenizer_dir.name}/ has {tokens} tokens")
+
+
+def _check_generation(repository: Path, model: ServedModel, tokenizer_dir: Path, tokens: int) -> None:
+    """A generation model runs ONNX Runtime GenAI from `<version>/genai/`: its config must be there, with a
+    vocabulary that covers the tokenizer's ids."""
+    import json
+
+    configs = sorted((repository / model.name).glob("*/genai/genai_config.json"))
+    if not configs:
+        raise RepositoryError(f"{repository / model.name}: a generation model needs <version>/genai/genai_config.json "
+                              "(the ONNX Runtime GenAI build); export it again")
+    try:
+        vocab = int(json.loads(configs[-1].read_text())["model"]["vocab_size"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RepositoryError(f"{configs[-1]}: no model.vocab_size ({error})") from None
+    if vocab < tokens:
+        raise RepositoryError(f"{configs[-1]}: vocab_size {vocab} is below the {tokens} tokens of the tokenizer "
+                              f"in {tokenizer_dir.name}/")
 
 
 def _tokenizer_size(folder: Path) -> int:

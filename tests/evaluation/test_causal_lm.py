@@ -40,9 +40,18 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
         report.teacher.metrics["perplexity"] / report.student_quantized.metrics["perplexity"])
     assert report.routing is not None and report.routing.recommended_threshold is not None
     assert report.gate.passed == (report.retention >= 0.5)
+    generation = report.generation_routing
+    assert generation is not None and generation.signal == "token-quantile"
+    assert set(generation.signals) == {"token-quantile", "min-token-probability", "mean-logprob"}
+    rates = [p.escalation_rate for p in generation.frontier]
+    assert rates == sorted(rates) and rates[0] == 0.0 and rates[-1] == 1.0
     manifest = export(spec, layout, report)
     assert manifest.task == "causal-lm" and manifest.labels is None
+    assert manifest.student.kind == "generation" and manifest.student.precision == "int4"
+    assert manifest.confidence_signal == "token-quantile"
+    assert manifest.recommended_threshold == generation.recommended_threshold
     assert not (layout.model_repository / "student" / "labels.txt").exists()
+    assert (layout.model_repository / "teacher" / "1" / "genai" / "genai_config.json").is_file()
 
 
 @pytest.mark.slow

@@ -221,14 +221,14 @@ def test_source_and_threshold_from_the_job():
     assert resolve_job_source("sd", job_body("Succeeded", GOOD), 0.6, None).threshold == 0.6  # the spec wins
 
 
-def test_a_causal_lm_job_is_refused_up_front():
+def test_a_causal_lm_job_is_served_and_another_task_refused_up_front():
     job = job_body("Pending")
     job["spec"]["task"] = {"type": "causal-lm"}
+    assert resolve_job_source("sd", job, 0.5, None).reason == "JobNotSucceeded"  # served once it succeeds
+    job["spec"]["task"] = {"type": "token-classification"}
     refused = resolve_job_source("sd", job, 0.5, None)
     assert refused.reason == "UnsupportedTask" and refused.refused
-    assert "spec.source.jobRef" in refused.message and "serves sequence-classification jobs" in refused.message
-    job["spec"]["task"] = {"type": "sequence-classification", "labels": ["a", "b"]}
-    assert resolve_job_source("sd", job, 0.5, None).reason == "JobNotSucceeded"
+    assert "spec.source.jobRef" in refused.message and "token-classification" in refused.message
 
 
 def test_threshold_of_another_signal():

@@ -28,15 +28,17 @@ class Waiting:
         return self.reason in REFUSALS
 
 
+SERVED_TASKS = ("sequence-classification", "causal-lm")  # the router's handlers (KServe v1, OpenAI-compatible)
+
+
 def unsupported_task(job: dict[str, Any]) -> Waiting | None:
-    """The router serves sequence-classification exports only: a causal-lm job's router would exit at start."""
+    """A job whose task the router has no handler for: its router would exit at start."""
     task = (((job.get("spec") or {}).get("task")) or {}).get("type")
-    if task is None or task == "sequence-classification":
+    if task is None or task in SERVED_TASKS:
         return None
     name = job["metadata"]["name"]
     return Waiting("UnsupportedTask", f"spec.source.jobRef: DistillationJob {name} is a {task} job, and the router "
-                   "serves sequence-classification jobs only; point spec.source.jobRef at a "
-                   "sequence-classification DistillationJob")
+                   f"serves {' and '.join(SERVED_TASKS)} jobs only; point spec.source.jobRef at one of those")
 
 
 def job_threshold(job: dict[str, Any], results: JobResults, threshold: float | None, signal: str,

@@ -215,6 +215,13 @@ def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonSe
         value = None
     threshold = "" if value is None else f", threshold {value:g}" + (
         "" if config.threshold is not None else " (the job's recommendation)")
+    if manifest.task == "causal-lm":
+        print(f"serving {config.model_name!r} (version {manifest.model_version}, mode {config.mode}{threshold}) "
+              f"at {url}\n{generation_examples(url, config.model_name)}"
+              f"  metrics: {url}/metrics    ready: {url}/readyz\n"
+              f"  triton:  http://{triton.http_url} (grpc {triton.grpc_url}); logs in {workdir}\n"
+              "Ctrl-C stops both.", flush=True)
+        return
     print(f"serving {config.model_name!r} (version {manifest.model_version}, mode {config.mode}{threshold}) "
           f"at {url}\n"
           f"  try:     curl -s {url}/v1/models/{config.model_name}:predict -H 'Content-Type: application/json' "
@@ -222,3 +229,12 @@ def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonSe
           f"  metrics: {url}/metrics    ready: {url}/readyz\n"
           f"  triton:  http://{triton.http_url} (grpc {triton.grpc_url}); logs in {workdir}\n"
           "Ctrl-C stops both.", flush=True)
+
+
+def generation_examples(url: str, model: str) -> str:
+    """How to call a causal-LM model: curl, and the official openai client."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 64})
+    return (f"  try:     curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+            f"  python:  from openai import OpenAI; client = OpenAI(base_url='{url}/v1', api_key='unused')\n"
+            f"           print(client.chat.completions.create(model='{model}', messages=[{{'role': 'user', "
+            "'content': 'Hello!'}]).choices[0].message.content)\n")

@@ -27,6 +27,9 @@ from kubedistill.uris import UriError, package_root
 
 INSTALL_HINT = "install it with `pip install --no-deps nvidia-pytriton` (only its bundled tritonserver is used)"
 STUB_REQUIREMENTS = ("numpy<2", "onnxruntime>=1.17")
+# Generation models (causal LM) run ONNX Runtime GenAI in the stub: a second environment, so that the
+# classification one is never rebuilt under a running server.
+GENAI_STUB_REQUIREMENTS = (*STUB_REQUIREMENTS, "onnxruntime-genai>=0.18")
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -91,21 +94,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stub_environment(root: Path | None = None) -> Path:
-    """The virtual environment the python backend stub runs in (numpy < 2, onnxruntime); built once."""
-    env = (root or cache_root()) / f"triton-stub-env-py{PY_VERSION}"
+def stub_environment(root: Path | None = None, *, genai: bool = False) -> Path:
+    """The virtual environment the python backend stub runs in (numpy < 2, onnxruntime; with `genai`,
+    onnxruntime-genai too); built once."""
+    requirements = GENAI_STUB_REQUIREMENTS if genai else STUB_REQUIREMENTS
+    env = (root or cache_root()) / f"triton-stub-env{'-genai' if genai else ''}-py{PY_VERSION}"
     marker = env / ".kubedistill-ready"
-    wanted = "\n".join(STUB_REQUIREMENTS)
+    wanted = "\n".join(requirements)
     with _locked(env.with_suffix(".lock")):
         if marker.exists() and marker.read_text() == wanted:
             return env
         shutil.rmtree(env, ignore_errors=True)
-        print(f"building the Triton python-backend environment in {env} (once): {', '.join(STUB_REQUIREMENTS)}",
+        print(f"building the Triton python-backend environment in {env} (once): {', '.join(requirements)}",
               file=sys.stderr)
         base = getattr(sys, "_base_executable", sys.executable)
         _run([base, "-m", "venv", str(env)])
         _run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-              *STUB_REQUIREMENTS])
+              *requirements])
         marker.write_text(wanted)
     return env
 
@@ -137,6 +142,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def needs_genai(model_repository: Path) -> bool:
+    """Whether a repository holds generation models (ONNX Runtime GenAI in `<model>/<version>/genai/`)."""
+    return any(Path(model_repository).glob("*/*/genai/genai_config.json"))
 
 
 @dataclass
@@ -193,7 +203,7 @@ def start_triton(model_repository: Path, log_path: Path, *, http_port: int | Non
                  grpc_port: int | None = None, dist: TritonDistribution | None = None) -> TritonServer:
     """Launch tritonserver on loopback (not yet ready: call `wait_ready`)."""
     dist = dist or TritonDistribution.find()
-    env_dir = stub_environment()
+    env_dir = stub_environment(genai=needs_genai(model_repository))
     backends = backend_directory(dist)
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()

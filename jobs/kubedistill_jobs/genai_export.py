@@ -1,0 +1,150 @@
+"""Causal-LM models built for generation: ONNX Runtime GenAI's model builder (KV cache, INT4/INT8 weights)
+wrapped in a decoupled Triton python-backend model that streams tokens with their log-probabilities.
+
+Layout inside the model repository: kubedistill.artifacts (kind "generation"). The python model is
+`triton_models/generate.py`; its tensors are kubedistill.artifacts.GENERATION_INPUTS / GENERATION_OUTPUTS.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from kubedistill.artifacts import CHAT_TEMPLATE_FILE, GENERATION_INPUTS, GENERATION_OUTPUTS, ServedModel
+
+GENERATE_MODEL = Path(__file__).with_name("triton_models") / "generate.py"
+GENAI_FOLDER = "genai"
+# compression.quantization → the builder's precision (weight-only MatMulNBits for int4 and int8).
+PRECISIONS = {"none": "fp32", "int8": "int8", "int4": "int4"}
+_TENSORS = {
+    "input_ids": ("TYPE_INT64", "-1", False),
+    "max_tokens": ("TYPE_INT32", "1", False),
+    "temperature": ("TYPE_FP32", "1", True),
+    "top_p": ("TYPE_FP32", "1", True),
+    "seed": ("TYPE_INT64", "1", True),
+    "top_logprobs": ("TYPE_INT32", "1", True),
+    "token_id": ("TYPE_INT64", "1", False),
+    "logprob": ("TYPE_FP32", "1", False),
+    "top_ids": ("TYPE_INT64", "-1", False),
+    "top_logprobs_values": ("TYPE_FP32", "-1", False),
+}
+
+
+class GenaiBuildError(RuntimeError):
+    """The ONNX Runtime GenAI builder failed; the message holds the end of its log."""
+
+
+def precision_for(quantization: str) -> str:
+    """The builder's precision for `compression.quantization` (none, int8, int4); ValueError otherwise."""
+    if quantization not in PRECISIONS:
+        raise ValueError(f"compression.quantization: {quantization!r} cannot be built for generation; expected "
+                         f"one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[quantization]
+
+
+def build_genai_model(hf_folder: Path, out: Path, precision: str, *, timeout: float = 1800) -> Path:
+    """Run `python -m onnxruntime_genai.models.builder` on a Hugging Face folder (config, safetensors,
+    tokenizer) into `out` (replaced): model.onnx (+ .data), genai_config.json, tokenizer files.
+
+    CPU build (`-e cpu`); the graph runs on CUDA too through ONNX Runtime GenAI's CUDA package. Raises
+    GenaiBuildError with the builder's log when it fails, FileNotFoundError when the folder has no config.
+    """
+    hf_folder = Path(hf_folder)
+    if not (hf_folder / "config.json").is_file():
+        raise FileNotFoundError(f"{hf_folder} has no config.json: save the causal LM there (save_pretrained)")
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(out),
+               "-p", precision, "-e", "cpu", "-c", cache]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0 or not (out / "genai_config.json").is_file():
+        raise GenaiBuildError(f"the ONNX Runtime GenAI builder failed on {hf_folder} (precision {precision}, "
+                              f"exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    return out
+
+
+def render_generation_config(name: str) -> str:
+    """config.pbtxt of a generation model: python backend, decoupled, no Triton batching (each request
+    generates in its own thread inside the model)."""
+    blocks = {"input": GENERATION_INPUTS, "output": GENERATION_OUTPUTS}
+    lines = [f'name: "{name}"', 'backend: "python"', "max_batch_size: 0",
+             "model_transaction_policy {\n  decoupled: true\n}"]
+    for kind, names in blocks.items():
+        entries = []
+        for tensor in names:
+            dtype, dims, optional = _TENSORS[tensor]
+            entries.append(f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n'
+                           + ("    optional: true\n" if optional else "") + "  }")
+        lines.append(f"{kind} [\n" + ",\n".join(entries) + "\n]")
+    lines.append("instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]")
+    return "\n".join(lines) + "\n"
+
+
+def chat_template(tokenizer_folder: Path) -> str | None:
+    """The chat template a tokenizer folder carries (chat_template.jinja, else tokenizer_config.json's)."""
+    file = tokenizer_folder / CHAT_TEMPLATE_FILE
+    if file.is_file():
+        return file.read_text()
+    config = tokenizer_folder / "tokenizer_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("chat_template")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def write_generation_model(repo: Path, name: str, genai_folder: Path) -> ServedModel:
+    """`<repo>/<name>/`: config.pbtxt, 1/model.py, 1/genai/ (a copy of `genai_folder`), and the tokenizer
+    files and chat template beside them for the router."""
+    model_dir = repo / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # a re-export replaces the model whole
+    version = model_dir / "1"
+    shutil.copytree(genai_folder, version / GENAI_FOLDER)
+    shutil.copy2(GENERATE_MODEL, version / "model.py")
+    (model_dir / "config.pbtxt").write_text(render_generation_config(name))
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE):
+        if (genai_folder / file).is_file():
+            shutil.copy2(genai_folder / file, model_dir / file)
+    config = json.loads((genai_folder / "genai_config.json").read_text())
+    return ServedModel(name=name, inputs=list(GENERATION_INPUTS), output=GENERATION_OUTPUTS[0], max_batch_size=0,
+                       kind="generation", precision=_precision_of(genai_folder),
+                       context_length=int(config["model"]["context_length"]))
+
+
+def _precision_of(genai_folder: Path) -> str | None:
+    marker = genai_folder / "kubedistill_precision.txt"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def is_fresh(build: Path, hf_folder: Path, precision: str) -> bool:
+    """Whether `build` holds a GenAI build of `hf_folder` at `precision` newer than the folder's weights (the
+    evaluation builds the models the export then serves)."""
+    if not (build / "genai_config.json").is_file() or _precision_of(build) != precision:
+        return False
+    built = (build / "genai_config.json").stat().st_mtime
+    sources = [p for p in Path(hf_folder).iterdir() if p.suffix in (".safetensors", ".json", ".bin")]
+    return all(p.stat().st_mtime <= built for p in sources)
+
+
+def ensure_build(hf_folder: Path, build: Path, precision: str) -> Path:
+    """`build` as a GenAI build of `hf_folder` at `precision`, rebuilt only when stale."""
+    if not is_fresh(build, hf_folder, precision):
+        build_genai_model(hf_folder, build, precision)
+        (build / "kubedistill_precision.txt").write_text(precision + "\n")
+    return build
+
+
+def build_and_write(repo: Path, name: str, hf_folder: Path, precision: str, work: Path) -> ServedModel:
+    """Build `hf_folder` at `precision` into `work/<name>` (kept: the benchmark and tests run it directly)
+    and write the Triton generation model `<repo>/<name>` from it."""
+    genai = ensure_build(hf_folder, work / name, precision)
+    template = chat_template(hf_folder)
+    if template is not None and not (genai / CHAT_TEMPLATE_FILE).is_file():
+        (genai / CHAT_TEMPLATE_FILE).write_text(template)
+    return write_generation_model(repo, name, genai)

@@ -1,0 +1,113 @@
+"""The routing frontier of generation: on held-out prompts, the student's and the teacher's answers, the
+student's confidence in its own answer, and the cascade's quality against the share escalated.
+
+Each held-out text is split: its first half (in tokens, at most `max_length`) is the prompt, the rest the
+reference continuation. Both models answer greedily with ONNX Runtime GenAI (the builds the router serves),
+so the confidence here is exactly the router's (kubedistill.confidence.answer_confidence on the same
+log-probabilities). Quality of an answer: token-level F1 against the reference continuation (bag of
+token ids, as SQuAD's F1), or, without references, F1 against the teacher's answer (agreement).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kubedistill.confidence import GENERATION_SIGNALS, answer_confidence
+from kubedistill.report import FrontierPoint, Routing, SignalSweep
+from kubedistill_jobs.routing import Frontier, frontier_from_confidence
+
+ANSWER_TOKENS = 16  # tokens each model answers with
+
+
+@dataclass
+class Answer:
+    ids: list[int]
+    logprobs: list[float]  # natural log, float32 precision like the Triton model's
+
+
+def token_f1(answer: Sequence[int], reference: Sequence[int]) -> float:
+    """F1 of the bags of token ids (1 when both are empty, 0 when one is)."""
+    if not answer or not reference:
+        return float(not answer and not reference)
+    common = sum((Counter(answer) & Counter(reference)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(answer), common / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def split_prompts(token_ids: list[list[int]], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reference) per text: the first half of its first `max_length` tokens and the rest; texts
+    under 4 tokens are skipped."""
+    out = []
+    for ids in token_ids:
+        ids = ids[:max_length]
+        if len(ids) >= 4:
+            half = len(ids) // 2
+            out.append((ids[:half], ids[half:]))
+    return out
+
+
+def generate(folder: Path, prompts: list[list[int]], max_tokens: int = ANSWER_TOKENS) -> list[Answer]:
+    """Greedy answers of the ONNX Runtime GenAI model in `folder`, with each token's log-probability."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    answers = []
+    for prompt in prompts:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + max_tokens, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray(prompt, dtype=np.int32))
+        answer = Answer([], [])
+        while not generator.is_done() and len(answer.ids) < max_tokens:
+            logits = generator.get_logits().reshape(-1).astype(np.float64)
+            z = logits - logits.max()
+            logprobs = z - np.log(np.exp(z).sum())
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            answer.ids.append(token)
+            answer.logprobs.append(float(np.float32(logprobs[token])))
+        answers.append(answer)
+    return answers
+
+
+def generation_routing(student: list[Answer], teacher: list[Answer], references: list[list[int]] | None,
+                       target: float, signal: str = "token-quantile") -> tuple[Routing, dict[str, Frontier]]:
+    """The frontier for every generation signal; the report's main one is `signal`. Quality: token F1
+    against `references`, else against the teacher's answers (the teacher's own quality is then 1)."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"generation frontier: need as many (> 0) student as teacher answers, got {len(student)} "
+                         f"and {len(teacher)}")
+    if references is not None:
+        s_quality = np.array([token_f1(s.ids, r) for s, r in zip(student, references, strict=True)])
+        t_quality = np.array([token_f1(t.ids, r) for t, r in zip(teacher, references, strict=True)])
+    else:
+        s_quality = np.array([token_f1(s.ids, t.ids) for s, t in zip(student, teacher, strict=True)])
+        t_quality = np.ones(len(teacher))
+    frontiers = {}
+    for name in GENERATION_SIGNALS:
+        conf = np.array([answer_confidence(a.logprobs, name) for a in student])
+        frontiers[name] = frontier_from_confidence(conf, s_quality, t_quality, signal=name, target=target)
+    main = frontiers[signal]
+    routing = Routing(
+        signal=signal,
+        frontier=[FrontierPoint(**vars(p)) for p in main.points],
+        recommended_threshold=None if main.recommended is None else main.recommended.threshold,
+        target=target,
+        recommended=None if main.recommended is None else FrontierPoint(**vars(main.recommended)),
+        teacher_accuracy=main.teacher_accuracy,
+        student_accuracy=main.student_accuracy,
+        reference="held-out continuations (token F1)" if references is not None else "the teacher's answers",
+        signals={name: SignalSweep(
+            recommended_threshold=None if f.recommended is None else f.recommended.threshold,
+            escalation_rate=None if f.recommended is None else f.recommended.escalation_rate,
+            accuracy=None if f.recommended is None else f.recommended.accuracy,
+            frontier=[FrontierPoint(**vars(p)) for p in f.points]) for name, f in frontiers.items()},
+    )
+    return routing, frontiers

@@ -1,0 +1,50 @@
+"""The generation frontier's pieces: token F1, prompt splitting, and the cascade over answer confidences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from kubedistill_jobs.generation_eval import Answer, generation_routing, split_prompts, token_f1
+
+from kubedistill.confidence import answer_confidence
+
+
+def test_token_f1_identities():
+    assert token_f1([1, 2, 3], [1, 2, 3]) == 1.0
+    assert token_f1([1, 2], [3, 4]) == 0.0
+    assert token_f1([], []) == 1.0 and token_f1([1], []) == 0.0
+    assert token_f1([1, 2, 3, 4], [1, 2]) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert token_f1([1, 1, 2], [1, 2, 2]) == token_f1([1, 2, 2], [1, 1, 2])  # symmetric
+
+
+def test_split_prompts_halves_and_skips_short_texts():
+    pairs = split_prompts([[1, 2, 3, 4, 5, 6], [7, 8], list(range(100))], max_length=10)
+    assert pairs == [([1, 2, 3], [4, 5, 6]), (list(range(5)), list(range(5, 10)))]
+
+
+def test_answer_confidence_signals():
+    lp = [math.log(0.9), math.log(0.5), math.log(0.99)] * 4
+    assert answer_confidence(lp, "min-token-probability") == pytest.approx(0.5)
+    assert answer_confidence(lp, "token-quantile") == pytest.approx(0.5)  # 0.1 quantile of 12: the lowest
+    assert answer_confidence(lp, "mean-logprob") == pytest.approx((0.9 * 0.5 * 0.99) ** (1 / 3))
+    assert answer_confidence([], "token-quantile") == 1.0
+    with pytest.raises(ValueError, match="not one for generated answers"):
+        answer_confidence(lp, "max-probability")
+
+
+def test_cascade_escalates_the_unsure_answers_to_the_teacher():
+    sure, unsure = [math.log(0.95)] * 5, [math.log(0.2)] * 5
+    student = [Answer([1, 2, 3], sure), Answer([9, 9, 9], unsure), Answer([4, 5], sure), Answer([8, 8], unsure)]
+    teacher = [Answer([1, 2, 3], sure), Answer([6, 7], sure), Answer([4, 5], sure), Answer([1, 1], sure)]
+    references = [[1, 2, 3], [6, 7], [4, 5], [1, 1]]
+    routing, frontiers = generation_routing(student, teacher, references, target=1.0)
+    # The student is right exactly when it is sure: escalating the two unsure answers reaches the teacher.
+    # The lowest threshold that does: the sure answers' confidence (escalation is strictly below it).
+    assert routing.recommended_threshold == pytest.approx(0.95)
+    assert routing.recommended.accuracy == 1.0 and routing.recommended.escalation_rate == 0.5
+    assert routing.student_accuracy == 0.5 and routing.teacher_accuracy == 1.0
+    assert set(frontiers) == {"token-quantile", "min-token-probability", "mean-logprob"}
+    # Without references the teacher's answers are the reference.
+    agreement, _ = generation_routing(student, teacher, None, target=1.0)
+    assert agreement.teacher_accuracy == 1.0 and agreement.reference == "the teacher's answers"

@@ -1,0 +1,66 @@
+"""The OpenAI protocol's validation and the text stream's stop handling, without a server."""
+
+from __future__ import annotations
+
+import pytest
+from kubedistill_router.chat import TextStream
+from kubedistill_router.errors import BadRequest, NotFound
+from kubedistill_router.openai_api import DEFAULT_MAX_TOKENS, parse_request
+
+
+def parse(body, chat=True, cap=100):
+    return parse_request(body, chat=chat, model_name="m", max_tokens_cap=cap)
+
+
+def test_defaults_and_fields():
+    req = parse({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, cap=4096)
+    assert req.max_tokens == DEFAULT_MAX_TOKENS and req.temperature == 1.0 and req.top_p == 1.0
+    assert req.stop == [] and not req.stream and not req.logprobs
+    req = parse({"model": "m", "prompt": "x", "logprobs": 2, "stop": "\n", "max_tokens": 7, "seed": 3}, chat=False)
+    assert (req.logprobs, req.top_logprobs, req.stop, req.max_tokens, req.seed) == (True, 2, ["\n"], 7, 3)
+    parts = parse({"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
+                                                                                {"type": "text", "text": "b"}]}]})
+    assert parts.messages == [{"role": "system", "content": "ab"}]
+
+
+@pytest.mark.parametrize(("body", "chat", "field"), [
+    ({"model": "m"}, True, "messages"),
+    ({"model": "m", "messages": []}, True, "messages"),
+    ({"model": "m", "prompt": ["a", "b"]}, False, "prompt"),
+    ({"model": "m", "prompt": "a", "max_tokens": 101}, False, "max_tokens"),
+    ({"model": "m", "prompt": "a", "max_tokens": 0}, False, "max_tokens"),
+    ({"model": "m", "prompt": "a", "top_p": 1.5}, False, "top_p"),
+    ({"model": "m", "prompt": "a", "stop": ["", "x"]}, False, "stop"),
+    ({"model": "m", "prompt": "a", "n": 2}, False, "n"),
+    ({"model": "m", "prompt": "a", "stream": "yes"}, False, "stream"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 21}, True,
+     "top_logprobs"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, True,
+     "messages[0].content[0]"),
+    ([], True, "request body"),
+])
+def test_bad_requests_name_the_field(body, chat, field):
+    with pytest.raises(BadRequest) as error:
+        parse(body, chat=chat)
+    assert error.value.message.startswith(field)
+
+
+def test_another_model_is_not_found():
+    with pytest.raises(NotFound, match="'other' is not served here"):
+        parse({"model": "other", "prompt": "a"}, chat=False)
+
+
+class Letters:
+    """A tokenizer whose token i is the i-th letter (enough for TextStream)."""
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_text_stream_holds_back_a_possible_stop_and_cuts_at_it():
+    stream = TextStream(Letters(), ["cd"])
+    pieces = [stream.push(i) for i in (0, 1, 2)]  # "abc": "c" may begin "cd"
+    assert pieces == ["", "a", "b"] and not stream.stopped
+    assert stream.push(3) == "" and stream.stopped and stream.text == "ab"
+    free = TextStream(Letters(), [])
+    assert [free.push(i) for i in (0, 1)] == ["a", "b"] and free.flush() == ""
