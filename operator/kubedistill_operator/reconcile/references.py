@@ -131,7 +131,8 @@ def require_references(ctx: Context, body: dict[str, Any], writer: StatusWriter,
     missing = missing_references(ctx.api, namespace, references)
     if missing is None:
         return condition(CONDITION, True, CONDITION, FOUND_MESSAGE, generation)
-    was: dict[str, Any] = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION), {})
+    conditions = (body.get("status") or {}).get("conditions") or []
+    was: dict[str, Any] = next((c for c in conditions if c.get("type") == CONDITION), {})
     writer.write(StatusUpdate(fields=waiting,
                               conditions=[condition(CONDITION, False, missing.reason, missing.message, generation)]))
     if (was.get("status"), was.get("message")) != ("False", missing.message):
