@@ -124,3 +124,36 @@ def test_student_of_a_pvc_model_repository_waits_for_the_claim(cluster):
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "repos", "readOnly": True}} in volumes
     cluster.wait_for(lambda: found().get("status") == "True", TIMEOUT, "ReferencesFound True")
+
+
+class Objects:
+    """The objects of one namespace, read as `KubeApi.get` reads them; every read recorded."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.objects = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+        self.reads: list[tuple[str, str]] = []
+
+    def get(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        kind = {"secrets": "Secret", "persistentvolumeclaims": "PersistentVolumeClaim",
+                "serviceaccounts": "ServiceAccount"}[resource.plural]
+        self.reads.append((kind, name))
+        return self.objects.get((kind, name))
+
+
+def test_one_secret_named_twice_is_read_once_with_the_keys_of_both_fields():
+    from kubedistill_operator.reconcile.references import missing_references
+
+    shared = [Reference("Secret", "keys", "spec.router.teacher.apiKeySecretRef", ("teacher",)),
+              Reference("Secret", "keys", "spec.router.auth.apiKeySecretRef", ("token",)),
+              Reference("PersistentVolumeClaim", "models", "spec.source.modelRepositoryUri")]
+    api = Objects({"kind": "Secret", "metadata": {"name": "keys"}, "data": {"teacher": "eA=="}},
+                  volume_claim("models"))
+    missing = missing_references(api, NS, shared)  # type: ignore[arg-type]
+    assert missing is not None and missing.reason == "SecretNotFound"
+    assert missing.message == ("key 'token' of Secret 'keys' (spec.router.teacher.apiKeySecretRef; "
+                               "spec.router.auth.apiKeySecretRef; it has: teacher) not found in namespace default; "
+                               "create it or fix the reference")
+    assert sorted(api.reads) == [("PersistentVolumeClaim", "models"), ("Secret", "keys")]
+    api.objects[("Secret", "keys")]["data"]["token"] = "eQ=="
+    assert missing_references(api, NS, shared) is None  # type: ignore[arg-type]
+    assert missing_references(Objects(), NS, shared).reason == "ReferencesNotFound"  # type: ignore[arg-type, union-attr]
