@@ -62,6 +62,7 @@ STUDENT_DEPLOYMENTS = Resource("kubedistill.io", "v1alpha1", "studentdeployments
 RAY_JOBS = Resource("ray.io", "v1", "rayjobs")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 SECRETS = Resource("", "v1", "secrets")
+PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 SERVICES = Resource("", "v1", "services")
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")

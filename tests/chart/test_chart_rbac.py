@@ -41,9 +41,9 @@ def test_operator_may_grant_its_pipelines_exactly_their_status(render):
     assert not {("kubedistill.io", "distillationjobs", v) for v in ("create", "update", "delete")} & allowed
 
 
-def test_secrets_are_only_checked_for_existence(render):
-    secret_verbs = {v for g, r, v in grants(_rules(render())) if r == "secrets"}
-    assert secret_verbs == {"get"}
+def test_secrets_and_claims_are_only_checked_for_existence(render):
+    for resource in ("secrets", "persistentvolumeclaims"):
+        assert {v for g, r, v in grants(_rules(render())) if r == resource} == {"get"}, resource
 
 
 def test_single_namespace_roles_hold_the_cluster_roles_namespaced_rules(render):

@@ -51,11 +51,16 @@ def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 
 def _play_job_lifecycle(cluster: Any, kubeapi: Any) -> None:
     """A job from creation to success, then a spec change (a second run replaces the first)."""
+    import kubedistill_harness as harness
+
     job = _manifest("distillationjob.yaml")
     # An S3 output whose credentials Secret the operator checks before starting anything.
     job["spec"]["output"] = {"uri": f"s3://models/{JOB}", "s3CredentialsSecret": "s3-credentials"}
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
                     "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}, NAMESPACE)
+    # Data on a claim, which the operator checks too.
+    job["spec"]["dataset"]["uri"] = "pvc://datasets/bbc-news"
+    cluster.create(harness.volume_claim("datasets"), NAMESPACE)
     cluster.create(job, NAMESPACE)
     run = f"{JOB}-g1"
     cluster.wait_for(lambda: cluster.get(kubeapi.RAY_JOBS, NAMESPACE, run), what="the first RayJob")
@@ -97,7 +102,10 @@ def _play_student_lifecycle(cluster: Any, kubeapi: Any) -> None:
 
 
 def _play_spec_change_and_deletion(cluster: Any, kubeapi: Any) -> None:
-    cluster.patch(kubeapi.DISTILLATION_JOBS, NAMESPACE, JOB, {"spec": {"training": {"epochs": 8}}})
+    # The second run's pods use an account of the user's, which the operator checks exists.
+    cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "trainer"}}, NAMESPACE)
+    cluster.patch(kubeapi.DISTILLATION_JOBS, NAMESPACE, JOB, {"spec": {"training": {"epochs": 8},
+                                                                       "ray": {"serviceAccountName": "trainer"}}})
     cluster.wait_for(lambda: cluster.get(kubeapi.RAY_JOBS, NAMESPACE, f"{JOB}-g2"), what="the second RayJob")
     cluster.wait_for(lambda: cluster.get(kubeapi.RAY_JOBS, NAMESPACE, f"{JOB}-g1") is None,
                      what="the first RayJob deleted")

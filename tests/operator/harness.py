@@ -72,6 +72,12 @@ def example(path: str) -> dict[str, Any]:
     """A manifest under examples/, e.g. `quickstart/distillationjob.yaml`."""
     return yaml.safe_load((ROOT / "examples" / path).read_text())
 
+def volume_claim(name: str) -> dict[str, Any]:
+    """A PersistentVolumeClaim as a user creates one (what `pvc://<name>/...` URIs mount)."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}}
+
+
 ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 
@@ -87,6 +93,7 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "ray.io/v1/rayjobs": _info("RayJob", status=True),
     "v1/configmaps": _info("ConfigMap"),
     "v1/secrets": _info("Secret"),
+    "v1/persistentvolumeclaims": _info("PersistentVolumeClaim", status=True),
     "v1/services": _info("Service", status=True),
     "v1/serviceaccounts": _info("ServiceAccount"),
     "v1/events": _info("Event"),
@@ -464,6 +471,7 @@ def _resource_of(obj: dict[str, Any]) -> Resource:
     plural = {
         "DistillationJob": "distillationjobs", "StudentDeployment": "studentdeployments", "RayJob": "rayjobs",
         "Secret": "secrets", "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services",
-        "ClusterKopfPeering": "clusterkopfpeerings",
+        "ClusterKopfPeering": "clusterkopfpeerings", "PersistentVolumeClaim": "persistentvolumeclaims",
+        "ServiceAccount": "serviceaccounts",
     }[obj["kind"]]
     return Resource(group, version, plural)

@@ -303,7 +303,7 @@ def test_gpus_autoscaling_teacher_key_and_images():
 
 
 def test_router_token_comes_from_its_secret_by_reference_and_is_checked_for():
-    from kubedistill_operator.reconcile.secrets import student_secrets
+    from kubedistill_operator.reconcile.references import Reference, student_references
 
     sd = student({"router.auth": {"apiKeySecretRef": {"name": "router-token", "key": "token"}}})
     objects = by_kind(build_student_children(sd, SOURCE, CONFIG))
@@ -311,7 +311,8 @@ def test_router_token_comes_from_its_secret_by_reference_and_is_checked_for():
     assert router["env"] == [{"name": "KUBEDISTILL_ROUTER_API_KEY",
                               "valueFrom": {"secretKeyRef": {"name": "router-token", "key": "token"}}}]
     assert RouterConfig.model_validate(yaml.safe_load(objects["ConfigMap"]["data"]["router.yaml"])).require_api_key
-    assert student_secrets(sd, None) == {"router-token": ("spec.router.auth.apiKeySecretRef", ("token",))}
+    secrets = [r for r in student_references(sd, SOURCE) if r.kind == "Secret"]
+    assert secrets == [Reference("Secret", "router-token", "spec.router.auth.apiKeySecretRef", ("token",))]
     plain = by_kind(build_student_children(student(), SOURCE, CONFIG))
     assert "env" not in plain["Deployment"]["spec"]["template"]["spec"]["containers"][1]
     assert "require_api_key" not in plain["ConfigMap"]["data"]["router.yaml"]  # no roll for deployments without

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import pytest
-from kubedistill_harness import NS, TIMEOUT, condition, example, status
+from kubedistill_harness import NS, TIMEOUT, condition, example, status, volume_claim
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, RAY_JOBS, STUDENT_DEPLOYMENTS
 
 pytestmark = pytest.mark.slow  # each runs the real operator for seconds
@@ -79,6 +79,7 @@ def reason(cluster: Any, name: str) -> str | None:
 
 
 def test_bulk_create_of_related_objects_in_any_order(cluster, errors):
+    cluster.create(volume_claim("models"))  # the artifacts' claim (`succeed`)
     # Students first, their jobs after, all at once: each student waits, then follows its job.
     for job_name, students in names():
         for name in students:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubedistill_harness import JOB, NS, SD, TIMEOUT, condition, example, status
+from kubedistill_harness import JOB, NS, SD, TIMEOUT, condition, example, status, volume_claim
 from kubedistill_operator.kubeapi import CONFIG_MAPS, DEPLOYMENTS, DISTILLATION_JOBS, RAY_JOBS, STUDENT_DEPLOYMENTS
 from kubedistill_validation import validate_object
 
@@ -155,6 +155,7 @@ def test_a_student_of_a_causal_lm_job_waits_for_the_job(cluster):
 def test_another_signal_needs_its_own_threshold(cluster):
     sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["router"]["confidenceSignal"] = "margin"
+    cluster.create(volume_claim("models"))  # the artifact's claim
     cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.create(sd)
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")

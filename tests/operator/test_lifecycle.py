@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubedistill_harness import JOB, NS, ROOT, SD, TIMEOUT, condition, example, status
+from kubedistill_harness import JOB, NS, ROOT, SD, TIMEOUT, condition, example, status, volume_claim
 from kubedistill_operator.kubeapi import (
     CONFIG_MAPS,
     DEPLOYMENTS,
@@ -151,9 +151,9 @@ def test_missing_secret_waits_with_a_condition_and_an_event(cluster):
     job = example("quickstart/distillationjob.yaml")
     job["spec"]["output"] = {"uri": "s3://models/bbc", "s3CredentialsSecret": "s3-credentials"}
     cluster.create(job)
-    cluster.wait_for(lambda: condition(cluster, DISTILLATION_JOBS, JOB, "SecretsFound").get("reason")
+    cluster.wait_for(lambda: condition(cluster, DISTILLATION_JOBS, JOB, "ReferencesFound").get("reason")
                      == "SecretNotFound", TIMEOUT, "SecretNotFound")
-    message = condition(cluster, DISTILLATION_JOBS, JOB, "SecretsFound")["message"]
+    message = condition(cluster, DISTILLATION_JOBS, JOB, "ReferencesFound")["message"]
     assert "'s3-credentials'" in message and "spec.output.s3CredentialsSecret" in message
     cluster.wait_for(lambda: "SecretNotFound" in {e["reason"] for e in cluster.events(NS, JOB)}, TIMEOUT, "event")
     assert cluster.get(RAY_JOBS, NS, f"{JOB}-g1") is None
@@ -162,7 +162,7 @@ def test_missing_secret_waits_with_a_condition_and_an_event(cluster):
     ray_job = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob after the Secret")
     head = ray_job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
-    assert condition(cluster, DISTILLATION_JOBS, JOB, "SecretsFound")["status"] == "True"
+    assert condition(cluster, DISTILLATION_JOBS, JOB, "ReferencesFound")["status"] == "True"
 
 
 def test_a_spec_the_models_refuse_fails_once_without_looping(cluster):
@@ -194,6 +194,7 @@ def ready(cluster: Any, name: str = SD) -> None:
 
 
 def test_student_deployment_life(cluster):
+    cluster.create(volume_claim("models"))  # where the job's artifacts are (`results`)
     # Before its job exists: waiting, nothing deployed.
     cluster.create(example("quickstart/studentdeployment.yaml"))
     cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready").get("reason") == "JobNotFound",
@@ -321,15 +322,16 @@ def test_student_of_a_model_repository_uri_checks_its_secret(cluster):
     sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["source"] = {"modelRepositoryUri": "s3://models/bbc/model_repository", "s3CredentialsSecret": "s3"}
     cluster.create(sd)
-    cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "SecretsFound").get("reason")
+    cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "ReferencesFound").get("reason")
                      == "SecretNotFound", TIMEOUT, "SecretNotFound")
-    assert "spec.source.s3CredentialsSecret" in condition(cluster, STUDENT_DEPLOYMENTS, SD, "SecretsFound")["message"]
+    found = condition(cluster, STUDENT_DEPLOYMENTS, SD, "ReferencesFound")
+    assert "spec.source.s3CredentialsSecret" in found["message"]
     assert status(cluster, STUDENT_DEPLOYMENTS, SD)["phase"] == "Waiting"
     assert cluster.get(DEPLOYMENTS, NS, SD) is None
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}})
     # a Secret without the keys the fetch reads would leave it without credentials: still waiting, keys named
     cluster.wait_for(lambda: "key 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY' of Secret 's3'" in condition(
-        cluster, STUDENT_DEPLOYMENTS, SD, "SecretsFound").get("message", ""), TIMEOUT, "the missing keys")
+        cluster, STUDENT_DEPLOYMENTS, SD, "ReferencesFound").get("message", ""), TIMEOUT, "the missing keys")
     assert cluster.get(DEPLOYMENTS, NS, SD) is None
     cluster.patch(SECRETS, NS, "s3", {"stringData": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}})
     deployment = cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, NS, SD), TIMEOUT, "the Deployment")

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 import yaml
-from kubedistill_harness import NS, RESOURCES, TIMEOUT, example, status
+from kubedistill_harness import NS, RESOURCES, TIMEOUT, example, status, volume_claim
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, RAY_JOBS, Resource
 
 pytestmark = pytest.mark.slow  # runs the real operator for seconds
@@ -72,6 +72,7 @@ def test_planted_keys_appear_nowhere_but_in_their_secrets(cluster, tmp_path, cap
         job, sd = manifests(tmp_path)
         for name, key in KEYS.items():
             cluster.create(secret(name, key))
+        cluster.create(volume_claim("models"))
         cluster.create(job)
         cluster.create(sd)
         ray_job = cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, "chat-g1"), TIMEOUT, "the RayJob")

@@ -130,9 +130,10 @@ ClusterRole or per watched namespace through Roles. Explicit verbs and resources
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["create", "patch", "delete"]
-# Existence checks of the Secrets a spec names (S3 credentials, API keys) before anything mounts them.
+# Existence checks of what a spec names before anything uses it: Secrets (S3 credentials, API keys), the
+# PersistentVolumeClaims of pvc:// URIs and a job's spec.ray.serviceAccountName.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "persistentvolumeclaims", "serviceaccounts"]
   verbs: ["get"]
 # Events on the resources it reconciles.
 - apiGroups: [""]

@@ -135,17 +135,20 @@ def _meta(job: DistillationJob, name: str) -> dict[str, Any]:
     return common.metadata(name, job.metadata.namespace, job.metadata.name, naming.PIPELINE, KIND, job.metadata.uid)
 
 
+def claim_fields(job: DistillationJob) -> list[tuple[str, str]]:
+    """(spec field, claim) for every pvc:// URI the job's pods mount: teacher, student, dataset and output."""
+    spec = job.spec
+    uris = (("spec.teacher.uri", spec.teacher.uri), ("spec.student.uri", spec.student.uri),
+            ("spec.dataset.uri", spec.dataset.uri), ("spec.output.uri", spec.output.uri))
+    return [(field, claim) for field, uri in uris if uri and (claim := pvc_claim(uri))]
+
+
 def _claims(job: DistillationJob) -> dict[str, bool]:
     """Claim → read-only, for every pvc:// URI the job reads or writes (the output's claim is writable)."""
-    spec = job.spec
     claims: dict[str, bool] = {}
-    for uri in (spec.teacher.uri, spec.student.uri, spec.dataset.uri):
-        claim = pvc_claim(uri) if uri else None
-        if claim:
-            claims.setdefault(claim, True)
-    output_claim = pvc_claim(spec.output.uri)
-    if output_claim:
-        claims[output_claim] = False
+    for field, claim in claim_fields(job):
+        writable = field == "spec.output.uri"
+        claims[claim] = claims.get(claim, True) and not writable
     return claims
 
 

@@ -13,8 +13,8 @@ from kubedistill_operator.builders import build_job_children
 from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
 from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
 from kubedistill_operator.reconcile.parsing import parse_or_refuse
-from kubedistill_operator.reconcile.secrets import job_secrets, missing_secrets
-from kubedistill_operator.status.conditions import StatusUpdate, condition
+from kubedistill_operator.reconcile.references import job_references, require_references
+from kubedistill_operator.status.conditions import StatusUpdate
 from kubedistill_operator.status.job import (
     INVALID_INPUT,
     TERMINAL_PHASES,
@@ -46,29 +46,20 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     if status.get("rayJobName") == run and status.get("phase") in TERMINAL_PHASES:
         return  # this generation has run; only a spec change starts another run
 
-    missing = missing_secrets(ctx.api, namespace, job_secrets(job))
-    if missing:
-        already = any(c.get("type") == "SecretsFound" and c.get("status") == "False"
-                      for c in status.get("conditions") or [])
-        writer.write(StatusUpdate(fields={"phase": "Pending"},
-                                  conditions=[condition("SecretsFound", False, "SecretNotFound", missing, generation)]))
-        if not already:
-            ctx.event(body, "Warning", "SecretNotFound", missing)
-        raise kopf.TemporaryError(missing, delay=ctx.wait_delay)
-    secrets_found = condition("SecretsFound", True, "SecretsFound", "every referenced Secret exists", generation)
+    found = require_references(ctx, body, writer, namespace, job_references(job), waiting={"phase": "Pending"})
 
     previous = status.get("rayJobName")
     if previous != run:
         # Recorded before the RayJob exists: an operator restarted at any point finds this name, never a new one.
         update = new_run_status(run, naming.spec_config_map_name(name), naming.pipeline_account_name(name),
                                 generation)
-        update.conditions.append(secrets_found)
+        update.conditions.append(found)
         writer.write(update)
         if previous and ctx.api.delete(RAY_JOBS, namespace, previous):
             ctx.event(body, "Normal", "RayJobReplaced",
                       f"the spec changed: RayJob {previous} deleted, {run} replaces it")
     else:
-        writer.write(StatusUpdate(conditions=[secrets_found]))
+        writer.write(StatusUpdate(conditions=[found]))
 
     *supporting, ray_job = build_job_children(job, ctx.config, run)
     for child in supporting:

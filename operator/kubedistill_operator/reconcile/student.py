@@ -13,8 +13,8 @@ from kubedistill_operator.builders import ModelSourceInfo, build_student_childre
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, HPAS, STUDENT_DEPLOYMENTS
 from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
 from kubedistill_operator.reconcile.parsing import parse_or_refuse
-from kubedistill_operator.reconcile.secrets import missing_secrets, student_secrets
-from kubedistill_operator.status.conditions import StatusUpdate, condition
+from kubedistill_operator.reconcile.references import require_references, student_references
+from kubedistill_operator.status.conditions import StatusUpdate
 from kubedistill_operator.status.student import (
     DEFAULT_SIGNAL,
     Waiting,
@@ -59,10 +59,9 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
     fresh = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)  # the status of the handler's body may be old
     if fresh is None:
         return
-    body, meta = fresh, fresh["metadata"]
+    body = fresh
     writer = ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name)
     status = body.get("status") or {}
-    generation = meta.get("generation")
     sd = parse_or_refuse(ctx, body, writer, StudentDeployment, phase="Degraded", condition_type="Ready")
     job = None
     if sd.spec.source.job_ref is not None:
@@ -86,15 +85,8 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
     else:
         source = outcome
 
-    missing = missing_secrets(ctx.api, namespace, student_secrets(sd, source.s3_credentials_secret))
-    if missing:
-        writer.write(StatusUpdate(
-            fields={} if status.get("modelRepositoryUri") else {"phase": "Waiting"},
-            conditions=[condition("SecretsFound", False, "SecretNotFound", missing, generation)]))
-        if not any(c.get("type") == "SecretsFound" and c.get("status") == "False"
-                   for c in status.get("conditions") or []):
-            ctx.event(body, "Warning", "SecretNotFound", missing)
-        raise kopf.TemporaryError(missing, delay=ctx.wait_delay)
+    found = require_references(ctx, body, writer, namespace, student_references(sd, source),
+                               waiting={} if status.get("modelRepositoryUri") else {"phase": "Waiting"})
 
     deployment = None
     for child in build_student_children(sd, source, ctx.config):
@@ -111,8 +103,7 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
         ctx.event(body, "Normal", "ModelDeployed",
                   f"serving {source.model_repository_uri} (version {source.model_version})")
     updates = [
-        StatusUpdate(conditions=[condition("SecretsFound", True, "SecretsFound", "every referenced Secret exists",
-                                           generation)]),
+        StatusUpdate(conditions=[found]),
         source_status(body, source, sd.spec.service.port) if not isinstance(outcome, Waiting) else StatusUpdate(),
         serving_status(body, deployment),
     ]
