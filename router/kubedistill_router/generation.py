@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from kubedistill.artifacts import ServingManifest
 from kubedistill.confidence import GENERATION_SIGNALS, TOKEN_QUANTILE, Signal, answer_confidence
@@ -38,47 +37,27 @@ from kubedistill_router.breaker import CircuitBreaker
 from kubedistill_router.chat import ChatTokenizer, TextStream
 from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
-from kubedistill_router.generation_models import OpenAITeacher, TextAnswer, TritonGenerator
-from kubedistill_router.metrics import BUCKETS, RouterMetrics
+from kubedistill_router.generation_models import OpenAITeacher, TritonGenerator
+from kubedistill_router.generation_stream import (
+    ClientGone,
+    GenerationMetrics,
+    StreamEnded,
+    Writer,
+    peek,
+    prepend,
+)
+from kubedistill_router.metrics import RouterMetrics
 from kubedistill_router.openai_api import (
-    DONE,
     GenerationRequest,
     Outcome,
     TokenOut,
-    chunk,
     models_body,
-    new_id,
     parse_request,
-    response_body,
-    sse,
-    usage_chunk,
 )
 from kubedistill_router.protocol import SERVED_BY, json_body, parse_json, read_body
 
 log = logging.getLogger("kubedistill.router")
 SHADOW_MAX_IN_FLIGHT = 4
-
-
-class ClientGone(Exception):
-    """The client closed the connection: stop generating."""
-
-
-class GenerationMetrics:
-    """Generation metrics, in the router's registry."""
-
-    def __init__(self, metrics: RouterMetrics):
-        r = metrics.registry
-        self.tokens = Counter("kubedistill_router_generated_tokens", "Tokens generated, by model (student, "
-                              "teacher; drafts that were not sent count too).", ["model"], registry=r)
-        self.ttft = Histogram("kubedistill_router_time_to_first_token_seconds", "From the request to the first "
-                              "token sent to the client.", buckets=BUCKETS, registry=r)
-        self.inter_token = Histogram("kubedistill_router_inter_token_seconds", "Between two tokens from Triton.",
-                                     buckets=BUCKETS, registry=r)
-        self.requests = Counter("kubedistill_router_generation_requests", "Generation requests answered, by who "
-                                "served them and why (none, low-confidence, teacher-only, degraded).",
-                                ["served_by", "reason"], registry=r)
-        self.cancelled = Counter("kubedistill_router_generation_cancelled", "Generations cancelled because the "
-                                 "client disconnected.", registry=r)
 
 
 class GenerationHandler:
@@ -306,8 +285,8 @@ class GenerationHandler:
                 assert self.manifest.teacher is not None
                 teacher_prompt = self._prompt(req, self.teacher_tokenizer)
                 stream = self._tokens(request, self.manifest.teacher.name, "teacher", teacher_prompt, req)
-                first = await _peek(stream)  # a teacher that fails before its first token falls back
-                await writer.tokens(_prepend(first, stream), len(teacher_prompt), outcome, stop=req.stop,
+                first = await peek(stream)  # a teacher that fails before its first token falls back
+                await writer.tokens(prepend(first, stream), len(teacher_prompt), outcome, stop=req.stop,
                                     tokenizer=self.teacher_tokenizer)
         except UpstreamError as error:  # before anything was sent (a failure mid-stream ends the stream)
             self.breaker.record_failure()
@@ -336,8 +315,8 @@ class GenerationHandler:
             outcome.confidence = answer_confidence([t.logprob for t in collected], self.signal)
 
         stream = tokens()
-        first = await _peek(stream)  # Triton down: a 503 before anything is sent
-        text = await writer.tokens(_prepend(first, stream), len(prompt), outcome, stop=req.stop, before_end=finish)
+        first = await peek(stream)  # Triton down: a 503 before anything is sent
+        text = await writer.tokens(prepend(first, stream), len(prompt), outcome, stop=req.stop, before_end=finish)
         if self.config.mode == "shadow" and random.random() < self.config.shadow_sample_rate:
             self._shadow(request, req, text)
         return outcome
@@ -375,146 +354,3 @@ class GenerationHandler:
     async def _replay(tokens: list[TokenOut]) -> AsyncIterator[TokenOut]:
         for token in tokens:
             yield token
-
-
-async def _peek(stream: AsyncIterator[TokenOut]) -> TokenOut | None:
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-async def _prepend(first: TokenOut | None, rest: AsyncIterator[TokenOut]) -> AsyncIterator[TokenOut]:
-    if first is not None:
-        yield first
-        async for token in rest:
-            yield token
-
-
-class StreamEnded(Exception):
-    """A stream that had started failed mid-answer; it was closed with an error event."""
-
-
-async def _ending_cleanly(tokens: AsyncIterator[TokenOut], response: web.StreamResponse | None,
-                          writer: Writer) -> AsyncIterator[TokenOut]:
-    """`tokens`, except that a failure once a stream has started ends that stream with an error event
-    (its status is sent already) instead of reaching the error middleware."""
-    try:
-        async for token in tokens:
-            yield token
-    except (UpstreamError, Unavailable) as error:
-        if response is None:
-            raise
-        log.warning("generation failed mid-stream: %s", getattr(error, "message", error))
-        await writer.abort(str(getattr(error, "message", error)))
-        raise StreamEnded from None
-
-
-class Writer:
-    """Sends one answer as a JSON body or as server-sent events; records time to first token."""
-
-    def __init__(self, request: web.Request, req: GenerationRequest, tokenizer: ChatTokenizer,
-                 metrics: GenerationMetrics, start: float):
-        self.request = request
-        self.req = req
-        self.tokenizer = tokenizer
-        self.metrics = metrics
-        self.start = start
-        self.rid = new_id(req.chat)
-        self.response: web.StreamResponse | None = None
-        self.started = False
-
-    async def _open(self, outcome: Outcome) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               **outcome.headers()})
-        await response.prepare(self.request)
-        self.response, self.started = response, True
-        return response
-
-    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
-        try:
-            await response.write(data)
-        except (ConnectionError, RuntimeError):  # the client went away
-            raise ClientGone from None
-
-    async def tokens(self, tokens: AsyncIterator[TokenOut], prompt_tokens: int, outcome: Outcome, *,
-                     stop: list[str], tokenizer: ChatTokenizer | None = None,
-                     before_end: Any = None) -> str:
-        """Send an answer token by token (stream) or whole; returns its text."""
-        tok = tokenizer or self.tokenizer
-        text = TextStream(tok, stop)
-        sent: list[TokenOut] = []
-        pending: list[TokenOut] = []
-        response = await self._open(outcome) if self.req.stream else None
-        first = True
-        iterator = tokens.__aiter__()
-        try:
-            async for token in _ending_cleanly(iterator, response, self):
-                if first:
-                    self.metrics.ttft.observe(time.perf_counter() - self.start)
-                piece = text.push(token.id)
-                if text.stopped:
-                    if response is not None and piece:
-                        await self._send(response, sse(chunk(self.req, self.rid, piece, [], None, tok.token_text,
-                                                             first=first)))
-                        first = False
-                    break
-                sent.append(token)
-                pending.append(token)
-                if response is not None and (piece or self.req.logprobs):
-                    await self._send(response, sse(chunk(self.req, self.rid, piece, pending, None, tok.token_text,
-                                                         first=first)))
-                    pending, first = [], False
-        finally:
-            close = getattr(iterator, "aclose", None)  # an async generator: closing it cancels Triton's request
-            if close is not None:
-                await close()
-        tail = text.flush()
-        finish = "stop" if text.stopped or (sent and sent[-1].id == tok.eos_id) or len(sent) < self.req.max_tokens \
-            else "length"
-        if before_end is not None:
-            before_end()
-        if response is None:
-            body = response_body(self.req, self.rid, text.text, finish, sent, prompt_tokens, outcome, tok.token_text)
-            self.response = json_body(body)
-            self.response.headers.update(outcome.headers())
-            return text.text
-        if tail or first:
-            await self._send(response, sse(chunk(self.req, self.rid, tail, pending, None, tok.token_text,
-                                                 first=first)))
-        await self._send(response, sse(chunk(self.req, self.rid, None, [], finish, tok.token_text,
-                                             outcome=outcome)))
-        if self.req.include_usage:
-            await self._send(response, sse(usage_chunk(self.req, self.rid, prompt_tokens, len(sent))))
-        await self._send(response, DONE)
-        await response.write_eof()
-        return text.text
-
-    async def text(self, answer: TextAnswer, outcome: Outcome) -> None:
-        """Send a remote teacher's whole answer (one delta when streaming)."""
-        self.metrics.ttft.observe(time.perf_counter() - self.start)
-        if not self.req.stream:
-            body = response_body(self.req, self.rid, answer.text, answer.finish_reason, [], answer.prompt_tokens,
-                                 outcome, self.tokenizer.token_text)
-            body["usage"]["completion_tokens"] = answer.completion_tokens
-            body["usage"]["total_tokens"] = answer.prompt_tokens + answer.completion_tokens
-            self.response = json_body(body)
-            self.response.headers.update(outcome.headers())
-            return
-        response = await self._open(outcome)
-        text_of = self.tokenizer.token_text
-        await self._send(response, sse(chunk(self.req, self.rid, answer.text, [], None, text_of, first=True)))
-        await self._send(response, sse(chunk(self.req, self.rid, None, [], answer.finish_reason, text_of,
-                                             outcome=outcome)))
-        if self.req.include_usage:
-            await self._send(response, sse(usage_chunk(self.req, self.rid, answer.prompt_tokens,
-                                                       answer.completion_tokens)))
-        await self._send(response, DONE)
-        await response.write_eof()
-
-    async def abort(self, message: str) -> None:
-        """End a stream that cannot finish (an error event, then [DONE])."""
-        if self.response is not None:
-            await self._send(self.response, sse({"error": {"message": message, "type": "upstream_error"}}))
-            await self._send(self.response, DONE)
-            await self.response.write_eof()
