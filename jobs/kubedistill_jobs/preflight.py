@@ -41,6 +41,8 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     except Exception as error:
         raise PreflightError(f"teacher.uri: cannot load the tokenizer of {teacher_source}: {error}") from None
     found: dict[str, Any] = {"teacher_source": teacher_source, "teacher_tokenizer": teacher_tokenizer}
+    if spec.teacher.prompt is not None:
+        _check_language_model_teacher(spec, teacher_source, teacher_tokenizer)
     if spec.student.uri is not None:
         _, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
@@ -76,3 +78,27 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )
     return {"student_source": student_source, "student_tokenizer": student_tokenizer}
+
+
+def _check_language_model_teacher(spec: DistillationJobSpec, source: str, tokenizer: Any) -> None:
+    """`teacher.prompt` scores answers with a causal LM: the model must be one, and the labels' answers must
+    be distinct token sequences for it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from kubedistill_jobs import llm_teacher
+
+    try:
+        config = AutoConfig.from_pretrained(source, gguf_file=spec.teacher.gguf_file)
+    except Exception as error:
+        raise PreflightError(f"teacher.uri: cannot read the teacher's config from {source}: {error}") from None
+    architectures = config.architectures or []
+    causal = (any(a.endswith("ForCausalLM") for a in architectures) if architectures
+              else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    if not causal:
+        raise PreflightError(
+            f"teacher.prompt: needs a causal language model as teacher.uri, but {source} is "
+            f"{', '.join(architectures) or config.model_type}; remove teacher.prompt to adapt an encoder "
+            "teacher to the labels, or point teacher.uri at a causal LM"
+        )
+    llm_teacher.answer_ids(tokenizer, llm_teacher.LabelPrompt.from_spec(spec).answers)

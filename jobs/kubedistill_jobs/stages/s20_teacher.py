@@ -1,5 +1,6 @@
 """Make the teacher ready for the task and save it to `teacher/` (classification: adapt it to the labels;
-causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute."""
+causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute.
+A language-model teacher (`teacher.prompt`) labels both splits here (see kubedistill_jobs.prompt_teacher)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ NAME: Stage = "teacher"
 WEIGHT = 15
 UNIT = "rows"
 READS = ("data",)
-WRITES = ("teacher", "soft_targets")  # a fitted head's forward pass also caches the class logits
+WRITES = ("teacher", "soft_targets", "teacher_outputs")  # a fitted head's or an LLM's pass caches class logits
 
 
 def run(context: Context, progress: Progress) -> dict[str, Any]:
     from kubedistill_jobs import teacher
 
     spec = context.spec
+    if context.prompt_teacher:
+        from kubedistill_jobs import prompt_teacher
+
+        marker = prompt_teacher.prepare(spec, context.layout, context.split(), progress)
+        metrics = {k: round(marker[k], 4) for k in ("accuracy", "majority_baseline") if marker[k] is not None}
+        context.on_status(metrics={f"teacher_{k}": v for k, v in metrics.items()})
+        return marker
     if context.endpoint_teacher:  # nothing to download: check it answers, with logprobs, before any compute
         from kubedistill_jobs import endpoint_teacher
 
@@ -37,6 +45,10 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
 
 
 def summary(marker: dict[str, Any]) -> str:
+    if marker.get("method") == "prompt":
+        from kubedistill_jobs import prompt_teacher
+
+        return prompt_teacher.summary(marker)
     if marker.get("method") == "endpoint":
         return f"endpoint {marker['url']} (model {marker['model']})"
     accuracy = marker.get("accuracy")
