@@ -128,11 +128,11 @@ class FullAnswerScorer:
             first = torch.log_softmax(out.logits[0, -1].double(), -1)[self.ids[:, 0]]  # (C,)
             if self.ids.shape[1] == 1:
                 return first.cpu().numpy()
-            cache = out.past_key_values
+            cache = out.cache
             cache.batch_repeat_interleave(n)  # the prompt's keys and values, once per answer
             attention = torch.cat([torch.ones((n, prompt.shape[1]), dtype=torch.long, device=self.device),
                                    self.mask[:, :-1]], 1)
-            logits = self.model(input_ids=self.ids[:, :-1], attention_mask=attention, past_key_values=cache).logits
+            logits = self.model(input_ids=self.ids[:, :-1], attention_mask=attention, cache=cache).logits
             rest = torch.log_softmax(logits.double(), -1).gather(-1, self.ids[:, 1:, None])[..., 0]  # (C, L-1)
             return (first + (rest * self.mask[:, 1:]).sum(1)).cpu().numpy()
 
