@@ -10,6 +10,7 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       soft_targets/             cached teacher outputs
       teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
                                 reusable by another job (distillation.teacherOutputsUri)
+      teacher_journal.jsonl     an endpoint teacher's answers as they arrive: a restarted run resumes from it
       checkpoints/              training checkpoints (Ray Train)
       downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
@@ -100,6 +101,10 @@ class OutputLayout:
     @property
     def teacher_outputs(self) -> Path:
         return self.root / TEACHER_OUTPUTS
+
+    @property
+    def teacher_journal(self) -> Path:
+        return self.root / "teacher_journal.jsonl"
 
     @property
     def checkpoints(self) -> Path:

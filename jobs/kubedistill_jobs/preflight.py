@@ -32,6 +32,10 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary.
     Returns the loaded teacher tokenizer (and the student's, when it has its own)."""
     if spec.teacher.endpoint is not None:
+        if spec.teacher.prompt is not None:  # before any request: first-token logprobs must tell labels apart
+            from kubedistill_jobs import chat_teacher, llm_teacher
+
+            chat_teacher.check_first_characters(llm_teacher.LabelPrompt.from_spec(spec).answers)
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
     teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.downloads / "teacher")
@@ -73,7 +77,7 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
     assert spec.student.uri is not None
     student_source, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
     vocab = len(student_tokenizer)
-    if spec.distillation.top_k > vocab:
+    if spec.task.type == "causal-lm" and spec.distillation.top_k > vocab:
         raise PreflightError(
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )

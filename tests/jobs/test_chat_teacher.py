@@ -166,3 +166,56 @@ def test_resume_after_a_kill_sends_no_answered_row_again(serve, tmp_path):
             assert counts[key] == 1, f"row {i} was answered before the kill and sent again"
         else:
             assert 1 <= counts[key] <= 2  # at most once in flight when killed, once after
+
+
+def _endpoint_job(tmp_path, tiny_models, sentiment_data, url, verbalizer):
+    from kubedistill.api.distillationjob import DistillationJob
+
+    from .conftest import job_manifest
+
+    manifest = job_manifest(
+        tmp_path, tiny_models["llama"], sentiment_data, student={"uri": str(tiny_models["bert"])},
+        teacher={"endpoint": {"url": url, "model": "tiny", "api": "chat", "maxConcurrency": 2,
+                              "pricing": {"inputPerMillion": 1000.0, "outputPerMillion": 2000.0}},
+                 "prompt": {"user": "the {text} was", "verbalizer": verbalizer}},
+        dataset={"uri": str(sentiment_data), "maxSamples": 12, "evalFraction": 0.25},
+        training={"epochs": 1, "batchSize": 4})
+    del manifest["spec"]["teacher"]["uri"]
+    return DistillationJob.model_validate(manifest)
+
+
+def _run_pipeline(job, stop_after="teacher"):
+    from kubedistill_jobs.pipeline import Pipeline
+    from kubedistill_jobs.storage import resolve_output
+
+    from .test_pipeline import Recorder
+
+    Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=Recorder()).run(
+        stop_after=stop_after)
+
+
+def test_the_pipeline_labels_through_the_endpoint_with_usage_and_cost(serve, tmp_path, tiny_models, sentiment_data):
+    from kubedistill_jobs import teacher_record
+
+    from kubedistill.artifacts import OutputLayout
+
+    server = serve()
+    _run_pipeline(_endpoint_job(tmp_path, tiny_models, sentiment_data, server.url, {"neg": "bad", "pos": "good"}))
+    layout = OutputLayout(tmp_path / "out")
+    marker = json.loads(layout.stage_marker("teacher").read_text())
+    assert marker["rows"] == 12 and marker["sent"] == 12 and not marker["hard_labels"]
+    assert marker["prompt_tokens"] > 0 and marker["completion_tokens"] > 0
+    expected = (marker["prompt_tokens"] * 1000.0 + marker["completion_tokens"] * 2000.0) / 1e6
+    assert marker["cost"] == pytest.approx(expected)
+    assert server.stats()["requests"] == 12
+    meta, by_hash = teacher_record.read(layout.teacher_outputs)
+    assert meta["completion_tokens"] == marker["completion_tokens"] and len(by_hash) == 12
+    assert np.load(layout.soft_targets / "logits.npy").shape == (9, 2)
+
+
+def test_labels_beginning_alike_are_refused_before_any_request(serve, tmp_path, tiny_models, sentiment_data):
+    server = serve()
+    job = _endpoint_job(tmp_path, tiny_models, sentiment_data, server.url, {"neg": "very bad", "pos": "very good"})
+    with pytest.raises(PromptError, match=r"teacher\.prompt\.verbalizer"):
+        _run_pipeline(job)
+    assert server.stats()["requests"] == 0
