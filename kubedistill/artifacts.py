@@ -8,6 +8,9 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       data/                     the split, as the pipeline saw it
       teacher/                  the task-adapted teacher (classification)
       soft_targets/             cached teacher outputs
+      teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
+                                reusable by another job (distillation.teacherOutputsUri)
+      teacher_journal.jsonl     an endpoint teacher's answers as they arrive: a restarted run resumes from it
       checkpoints/              training checkpoints (Ray Train)
       downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
@@ -50,6 +53,7 @@ SERVING_MANIFEST = "serving.json"
 MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
 CHECKPOINTS = "checkpoints"
+TEACHER_OUTPUTS = "teacher_outputs"
 
 
 def model_repository_uri(output_uri: str) -> str:
@@ -99,6 +103,14 @@ class OutputLayout:
     @property
     def soft_targets(self) -> Path:
         return self.root / "soft_targets"
+
+    @property
+    def teacher_outputs(self) -> Path:
+        return self.root / TEACHER_OUTPUTS
+
+    @property
+    def teacher_journal(self) -> Path:
+        return self.root / "teacher_journal.jsonl"
 
     @property
     def checkpoints(self) -> Path:

@@ -98,6 +98,29 @@ class Pruning(_Keys):
     heads_kept_per_layer: int | None = Field(default=None, description="Attention heads left in each layer.")
 
 
+class TeacherGeneration(_Keys):
+    """What a language-model teacher did to label the data (`teacher.prompt`), and what it cost."""
+
+    method: str = Field(description="`full-answer scoring` (a local causal LM), or how an endpoint answered.")
+    model: str | None = Field(default=None, description="The teacher model (URI, or the endpoint's model name).")
+    rows: int = Field(description="Texts labelled (train and eval).")
+    hard_labels: bool = Field(default=False, description="True: hard-label distillation (no logprobs from the "
+                                                         "teacher).")
+    calibrated: bool = Field(default=False, description="Contextual calibration applied.")
+    prior: list[float] | None = Field(default=None, description="The teacher's label prior on content-free inputs.")
+    accuracy: float | None = Field(default=None, description="Teacher accuracy against gold on eval.")
+    accuracy_uncalibrated: float | None = Field(default=None, description="The same before calibration.")
+    majority_baseline: float | None = Field(default=None, description="Accuracy of always answering train's "
+                                                                      "most common label, on eval.")
+    predicted_share: dict[str, float] | None = Field(default=None, description="Share of rows given each label.")
+    unmatched_answers: int = Field(default=0, description="Answers that matched no label (not mapped to one).")
+    prompt_tokens: int | None = Field(default=None, description="Prompt tokens sent to the teacher.")
+    completion_tokens: int | None = Field(default=None, description="Tokens the teacher generated.")
+    cost: float | None = Field(default=None, description="From teacher.endpoint.pricing; null without it.")
+    rows_per_second: float | None = Field(default=None, description="Teacher-generation throughput.")
+    reused_from: str | None = Field(default=None, description="distillation.teacherOutputsUri, when reused.")
+
+
 class Report(_Keys):
     task: Literal["sequence-classification", "causal-lm"]
     teacher: ModelReport
@@ -124,6 +147,8 @@ class Report(_Keys):
                                                                                  "per exported model.")
     pruning: Pruning | None = Field(default=None, description="What pruning did; None: no pruning.")
     teacher_note: str | None = Field(default=None, description="How an endpoint teacher was scored.")
+    teacher_generation: TeacherGeneration | None = Field(
+        default=None, description="How a language-model teacher labelled the data (teacher.prompt).")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
     generation_routing: Routing | None = Field(
         default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "

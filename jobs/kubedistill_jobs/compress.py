@@ -5,7 +5,7 @@ Everything lands in `onnx/` with a `compression.json` that the evaluate and expo
     onnx/student.onnx         fp32 student (pruned, when asked)
     onnx/student.int8.onnx    the served student (int8 / int4; absent with quantization none)
     onnx/teacher.onnx         fp32 teacher: the latency baseline and Triton's escalation model
-                              (none for a remote endpoint teacher: there are no weights to export)
+                              (none for a remote endpoint teacher or an LLM labeller: no classifier to export)
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def compress(
     quantization = spec.compression.quantization
     check_supported(quantization, task)  # before any model is loaded
     pruning = spec.compression.pruning
-    steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0) - (spec.teacher.endpoint is not None)
+    no_graph = spec.teacher.endpoint is not None or spec.teacher.prompt is not None
+    steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0) - no_graph
     done = 0
 
     def tick(n: int = 1) -> None:
@@ -122,7 +123,7 @@ def compress(
     layout.onnx.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(layout.student))
     student = load_saved_model(layout.student, task)
-    endpoint = spec.teacher.endpoint is not None  # a remote teacher: no weights, no graph (no pruning either)
+    endpoint = no_graph  # a remote teacher or an LLM labeller: no classifier graph (no pruning either)
     teacher_tokenizer = None if endpoint else load_tokenizer(str(layout.teacher))
     teacher = None if endpoint else load_saved_model(layout.teacher, task)
     rows = read_jsonl(layout.data / "eval.jsonl")[:_CHECK_ROWS] or read_jsonl(layout.data / "train.jsonl")[:_CHECK_ROWS]

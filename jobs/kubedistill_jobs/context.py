@@ -49,10 +49,21 @@ class Context:
         return self.spec.teacher.endpoint is not None
 
     @property
+    def prompt_teacher(self) -> bool:
+        """A language model labels the texts through `teacher.prompt` (no classifier weights to run later)."""
+        return self.spec.teacher.prompt is not None
+
+    @property
+    def teacher_has_graph(self) -> bool:
+        """Whether later stages can run the teacher's weights as the task's model (not an endpoint, not an
+        LLM labeller)."""
+        return not (self.endpoint_teacher or self.prompt_teacher)
+
+    @property
     def tokenizer(self) -> Any:
         """The tokenizer the data is rendered and tokenised with: the teacher's, or the student's when the
-        teacher is a remote endpoint."""
-        return self.found["student_tokenizer"] if self.endpoint_teacher else self.found["teacher_tokenizer"]
+        teacher is a remote endpoint or a language model labelling through a prompt."""
+        return self.found["teacher_tokenizer"] if self.teacher_has_graph else self.found["student_tokenizer"]
 
     @property
     def model_version(self) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import OutputLayout
-from kubedistill.report import Gate, Latency, ModelReport, Report, Routing
+from kubedistill.report import Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -81,6 +81,9 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     rows = read_jsonl(layout.data / "eval.jsonl")[: spec.evaluation.max_samples]
     if not rows:
         raise ValueError(f"{layout.data / 'eval.jsonl'} is empty: raise dataset.evalFraction or add data")
+    if spec.teacher.prompt is not None:
+        return evaluate_with_labeller(spec, layout, model_version, result, rows, progress=progress,
+                                      settings=settings)
     if spec.teacher.endpoint is not None:
         return evaluate_with_endpoint(spec, layout, model_version, result, [r["text"] for r in rows],
                                       progress=progress, settings=settings)
@@ -246,6 +249,71 @@ def _finish(report: Report, layout: OutputLayout, progress: Callable[[int, int],
     write_report(report, layout)
     if progress:
         progress(total, total)
+    return report
+
+
+def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
+                           result: CompressionResult, rows: list[dict[str, Any]], *,
+                           progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
+    """A language model labelled the data (`teacher.prompt`): its recorded eval-split distributions are the
+    teacher's predictions; the students run as ONNX. No teacher graph: its size, latency, speedup and
+    compression are null."""
+    from kubedistill_jobs import teacher_record
+    from kubedistill_jobs.onnx_export import session
+
+    labels, max_length, total = spec.task.labels or [], spec.task.max_length, 4
+    texts = [r["text"] for r in rows]
+    recorded, meta = teacher_record.reuse(layout.teacher_outputs, texts, labels,
+                                          teacher_record.read(layout.teacher_outputs)[0]["template_hash"])
+    tokenizer = load_tokenizer(str(layout.student))
+    paths = {"student": result.student_path(layout), "student_quantized": result.served_path(layout)}
+    if progress:
+        progress(0, total)
+    gold_values = [r.get("label") for r in rows]
+    gold = np.asarray(gold_values, dtype=np.int64) if all(g is not None for g in gold_values) else None
+    logits = {"teacher": recorded.astype(np.float32),
+              **{n: classify(session(p, settings.threads), tokenizer, texts, max_length) for n, p in paths.items()}}
+    quality = classification_quality(logits, gold, len(labels), spec.evaluation.routing_target)
+    if progress:
+        progress(1, total)
+    wanted = spec.evaluation.metrics
+    latency = (measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
+               if "latency" in wanted else None)
+    if progress:
+        progress(3, total)
+    primary = "accuracy" if quality.labelled else "agreement"
+    reports = {n: _model_report(result.student_params, paths[n], listed_metrics(quality.metrics[n], wanted, primary),
+                                latency[n] if latency else None) for n in paths}
+    teacher = ModelReport(params=None, size_bytes=None, latency_ms=None, model=meta.get("model"),
+                          metrics=listed_metrics(quality.metrics["teacher"], wanted, primary))
+    sampling = meta.get("sampling", {})
+    note = (f"a language model labelled the data ({sampling.get('method')}"
+            f"{', contextual calibration' if sampling.get('calibrated') else ''}); its predictions on the eval "
+            "split are those recorded in teacher_outputs/")
+    marker = json.loads(layout.stage_marker("teacher").read_text())
+    generation = TeacherGeneration(
+        method=sampling.get("method", "unknown"), model=meta.get("model"), rows=marker["rows"],
+        hard_labels=bool(marker.get("hard_labels")), calibrated=bool(marker.get("calibrated")),
+        prior=marker.get("prior"), accuracy=marker.get("accuracy"),
+        accuracy_uncalibrated=marker.get("accuracy_uncalibrated"), majority_baseline=marker.get("majority_baseline"),
+        predicted_share=marker.get("predicted_share"), unmatched_answers=marker.get("unmatched_answers", 0),
+        prompt_tokens=marker.get("prompt_tokens"), completion_tokens=marker.get("completion_tokens"),
+        cost=marker.get("cost"), rows_per_second=marker.get("rows_per_second"), reused_from=marker.get("reused"))
+    report = Report(
+        task=spec.task.type, teacher=teacher, student=reports["student"], teacher_generation=generation,
+        student_quantized=reports["student_quantized"], retention=float(quality.retention),
+        agreement=quality.agreement, speedup=None, compression=None,
+        routing=routing_report(quality.frontiers, spec.evaluation.routing_target, quality.reference)
+        if quality.frontiers else None,
+        gate=gate(float(quality.retention), spec.evaluation.gate.min_retention), model_version=model_version,
+        labelled=quality.labelled, latency_settings=settings.method(), quality_reference=quality.reference,
+        teacher_note=note, quantization_accuracy_drop=quality.quantization_accuracy_drop,
+        routing_note=quality.routing_note, eval_samples=len(rows), quantization=result.quantization,
+        onnx_max_abs_diff=result.max_abs_diff, pruning=result.pruning,
+    )
+    write_report(report, layout)
+    if progress:
+        progress(4, total)
     return report
 
 

@@ -34,6 +34,10 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     what the models must agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the
     student's, when it has its own) and where each model is."""
     if spec.teacher.endpoint is not None:
+        if spec.teacher.prompt is not None:  # before any request: first-token logprobs must tell labels apart
+            from kubedistill_jobs import chat_teacher, llm_teacher
+
+            chat_teacher.check_first_characters(llm_teacher.LabelPrompt.from_spec(spec).answers)
         return _check_endpoint_student(spec, layout)
     assert spec.teacher.uri is not None
     teacher_source = models.model_source(spec.teacher.uri, "teacher.uri", layout.downloads / "teacher")
@@ -43,6 +47,8 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     except Exception as error:
         raise PreflightError(f"teacher.uri: cannot load the tokenizer of {teacher_source}: {error}") from None
     found: dict[str, Any] = {"teacher_source": teacher_source, "teacher_tokenizer": teacher_tokenizer}
+    if spec.teacher.prompt is not None:
+        _check_language_model_teacher(spec, teacher_source, teacher_tokenizer)
     if spec.student.uri is not None:
         found["student_source"], student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
@@ -74,7 +80,7 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
     assert spec.student.uri is not None
     student_source, student_tokenizer = _student_tokenizer(spec.student.uri, layout)
     vocab = len(student_tokenizer)
-    if spec.distillation.top_k > vocab:
+    if spec.task.type == "causal-lm" and spec.distillation.top_k > vocab:
         raise PreflightError(
             f"distillation.topK: {spec.distillation.top_k} is larger than the student's vocabulary ({vocab})"
         )
@@ -200,3 +206,27 @@ def check_online_tokens(spec: DistillationJobSpec, found: dict[str, Any]) -> Non
             "differently from the teacher; use teacherMode cached (the teacher reads the texts with its own "
             "tokenizer), or a student that shares the teacher's tokenizer"
         )
+
+
+def _check_language_model_teacher(spec: DistillationJobSpec, source: str, tokenizer: Any) -> None:
+    """`teacher.prompt` scores answers with a causal LM: the model must be one, and the labels' answers must
+    be distinct token sequences for it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from kubedistill_jobs import llm_teacher
+
+    try:
+        config = AutoConfig.from_pretrained(source, gguf_file=spec.teacher.gguf_file)
+    except Exception as error:
+        raise PreflightError(f"teacher.uri: cannot read the teacher's config from {source}: {error}") from None
+    architectures = config.architectures or []
+    causal = (any(a.endswith("ForCausalLM") for a in architectures) if architectures
+              else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    if not causal:
+        raise PreflightError(
+            f"teacher.prompt: needs a causal language model as teacher.uri, but {source} is "
+            f"{', '.join(architectures) or config.model_type}; remove teacher.prompt to adapt an encoder "
+            "teacher to the labels, or point teacher.uri at a causal LM"
+        )
+    llm_teacher.answer_ids(tokenizer, llm_teacher.LabelPrompt.from_spec(spec).answers)

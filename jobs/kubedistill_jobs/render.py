@@ -228,7 +228,17 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         "",
     ]
     if report.teacher_note:
-        lines += [f"Teacher: the endpoint {report.teacher.endpoint}; {report.teacher_note}.", ""]
+        who = f"the endpoint {report.teacher.endpoint}" if report.teacher.endpoint else report.teacher.model
+        lines += [f"Teacher: {who}; {report.teacher_note}.", ""]
+    generation = report.teacher_generation
+    if generation is not None:
+        versus = (f"{_fmt(generation.accuracy)} accuracy against gold, majority class "
+                  f"{_fmt(generation.majority_baseline)}" if generation.accuracy is not None else "no gold labels")
+        lines += [f"Teacher generation: {generation.rows} rows, {generation.method}"
+                  f"{', calibrated' if generation.calibrated else ''}; {versus}; "
+                  f"{generation.unmatched_answers} answers matched no label"
+                  + ("; hard-label distillation (no logprobs from the teacher)" if generation.hard_labels else "")
+                  + (f"; cost {generation.cost:.4f}" if generation.cost is not None else "") + ".", ""]
     if report.labelled is False and report.task == "sequence-classification":
         lines += ["The eval split has no gold labels: quality is agreement with the teacher only.", ""]
     metric_keys = sorted({k for n in MODEL_TITLES for k in getattr(report, n).metrics})

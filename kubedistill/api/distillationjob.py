@@ -35,6 +35,7 @@ HTTP_URL_PATTERN = r"^https?://\S+$"
 TaskType = Literal["sequence-classification", "causal-lm"]
 LossType = Literal["forward-kl", "reverse-kl", "jsd"]
 TeacherMode = Literal["cached", "online"]
+EndpointApi = Literal["chat", "completions"]
 LabelEncoding = Literal["name", "index"]
 Quantization = Literal["none", "int8", "int4"]
 PruningMethod = Literal["none", "layers", "heads"]
@@ -75,6 +76,13 @@ class TaskSpec(ApiModel):
         return self
 
 
+class EndpointPricing(ApiModel):
+    """What the endpoint charges, per million tokens (any currency; the report repeats the numbers)."""
+
+    input_per_million: float = Field(description="Price of 1M prompt tokens.", ge=0)
+    output_per_million: float = Field(description="Price of 1M completion tokens.", ge=0)
+
+
 class TeacherEndpoint(ApiModel):
     """An OpenAI-compatible completions endpoint that returns top-k logprobs."""
 
@@ -85,6 +93,75 @@ class TeacherEndpoint(ApiModel):
     )
     timeout_seconds: float = Field(default=60.0, description="Timeout of one request.", gt=0, le=3600)
     max_new_tokens: int = Field(default=128, description="Tokens generated per prompt.", ge=1, le=8192)
+    api: EndpointApi | None = Field(
+        default=None,
+        description="`chat` (`/chat/completions`) or `completions` (`/completions`); default: `chat` with a "
+        "teacher.prompt (classification), `completions` otherwise.",
+    )
+    max_concurrency: int = Field(default=4, description="Requests in flight at once.", ge=1, le=1024)
+    requests_per_minute: int | None = Field(default=None, description="Client-side cap on requests per minute.",
+                                            ge=1)
+    tokens_per_minute: int | None = Field(
+        default=None, description="Client-side cap on tokens (prompt + completion) per minute.", ge=1
+    )
+    pricing: EndpointPricing | None = Field(
+        default=None, description="Price of the endpoint's tokens, for the cost in progress, report and status."
+    )
+
+
+class FewShotExample(ApiModel):
+    """One worked example shown to the teacher before each text (a user turn and its answer)."""
+
+    text: str = Field(description="The example's text.", min_length=1)
+    label: str = Field(description="Its label, one of task.labels.", min_length=1)
+
+
+DEFAULT_USER_TEMPLATE = (
+    "Classify the text into exactly one of these categories: {labels}.\n\nText: {text}\n\n"
+    "Answer with the category only."
+)
+
+
+class TeacherPrompt(ApiModel):
+    """How a language model teaches a classification task: each text is put into this prompt and the
+    teacher's probability of each label's answer is its soft target."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("self.user.contains('{text}')", "teacher.prompt.user must contain {text}, where each row's text "
+                "goes", ".user"),
+            cel("!has(self.verbalizer) || self.verbalizer.all(k, self.verbalizer[k].matches('\\\\S'))",
+                "teacher.prompt.verbalizer: every answer must be a non-blank string", ".verbalizer"),
+        )
+    }
+
+    system: str | None = Field(default=None, description="System message; may use `{labels}`.")
+    user: str = Field(
+        default=DEFAULT_USER_TEMPLATE,
+        description="User message: `{text}` is replaced by the row's text, `{labels}` by the answers, "
+        "comma-separated.",
+        min_length=1,
+    )
+    few_shot: list[FewShotExample] | None = Field(
+        default=None, description="Examples shown before each text, as earlier turns.", max_length=64
+    )
+    verbalizer: dict[str, str] | None = Field(
+        default=None, description="The answer string of each label (default: the label itself)."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Contextual calibration: divide out the teacher's label prior on content-free inputs "
+        "(Zhao et al., 2021).",
+    )
+
+    @model_validator(mode="after")
+    def _template(self) -> TeacherPrompt:
+        if "{text}" not in self.user:
+            raise ValueError("teacher.prompt.user: the template must contain {text}, where each row's text goes")
+        for label, answer in (self.verbalizer or {}).items():
+            if not answer.strip():
+                raise ValueError(f"teacher.prompt.verbalizer: the answer of label {label!r} is blank")
+        return self
 
 
 class TeacherAdaptation(ApiModel):
@@ -117,6 +194,11 @@ class TeacherSpec(ApiModel):
     endpoint: TeacherEndpoint | None = Field(default=None, description="A remote OpenAI-compatible teacher.")
     adapt: TeacherAdaptation = Field(
         default_factory=TeacherAdaptation, description="Adaptation of a classification teacher to the task."
+    )
+    prompt: TeacherPrompt | None = Field(
+        default=None,
+        description="Classification by a language model (a causal-LM teacher.uri, or teacher.endpoint): the "
+        "prompt each text is put into. Gold labels are then optional.",
     )
 
     @model_validator(mode="after")
@@ -259,6 +341,17 @@ class DistillationSpec(ApiModel):
     )
     hidden_states: HiddenStateDistillation = Field(
         default_factory=HiddenStateDistillation, description="Optional feature distillation."
+    )
+    require_soft_targets: bool = Field(
+        default=False,
+        description="Refuse hard-label distillation: fail when the teacher returns answers without "
+        "log-probabilities.",
+    )
+    teacher_outputs_uri: str | None = Field(
+        default=None,
+        description="A `teacher_outputs/` folder of an earlier job: reuse what its teacher produced instead of "
+        "calling the teacher again.",
+        pattern=DATA_URI_PATTERN,
     )
 
 
@@ -439,10 +532,58 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.topK",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm'",
-                "an endpoint teacher distils from generations and their top-k logprobs: it needs task.type "
-                "causal-lm (a classification teacher needs teacher.uri)",
+                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm' || has(self.teacher.prompt)",
+                "an endpoint teacher classifies through a prompt: set teacher.prompt for task.type "
+                "sequence-classification",
                 ".teacher.endpoint",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || self.task.type == 'sequence-classification'",
+                "teacher.prompt labels texts for sequence-classification; a causal-lm task learns the "
+                "teacher's own answers",
+                ".teacher.prompt",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || !has(self.teacher.prompt.verbalizer) || "
+                "self.teacher.prompt.verbalizer.all(k, has(self.task.labels) && k in self.task.labels)",
+                "teacher.prompt.verbalizer: every key must be one of task.labels",
+                ".teacher.prompt.verbalizer",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || !has(self.teacher.prompt.fewShot) || "
+                "self.teacher.prompt.fewShot.all(e, has(self.task.labels) && e.label in self.task.labels)",
+                "teacher.prompt.fewShot: every example's label must be one of task.labels",
+                ".teacher.prompt.fewShot",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || has(self.student.uri)",
+                "a language-model teacher (teacher.prompt) has no classifier to copy: give a pretrained "
+                "student.uri",
+                ".student",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || self.distillation.teacherMode == 'cached'",
+                "a language-model teacher (teacher.prompt) labels the data once: use distillation.teacherMode "
+                "cached",
+                ".distillation.teacherMode",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || !self.distillation.hiddenStates.enabled",
+                "hidden-state distillation needs a classifier teacher's features, which teacher.prompt has not",
+                ".distillation.hiddenStates.enabled",
+            ),
+            cel(
+                "!has(self.teacher.prompt) || self.compression.pruning.method == 'none'",
+                "pruning's recovery distillation runs a classifier teacher; with teacher.prompt use "
+                "compression.pruning.method none",
+                ".compression.pruning.method",
+            ),
+            cel(
+                "!has(self.teacher.endpoint) || !has(self.teacher.endpoint.api) || "
+                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)",
+                "teacher.endpoint.api chat is for classification with teacher.prompt; causal-lm distils "
+                "over completions",
+                ".teacher.endpoint.api",
             ),
             cel(
                 "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'",
@@ -450,7 +591,8 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.teacherMode",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.distillation.loss == 'forward-kl'",
+                "!has(self.teacher.endpoint) || self.task.type != 'causal-lm' || "
+                "self.distillation.loss == 'forward-kl'",
                 "an endpoint teacher leaves the student's targets sparse (one-hot on the prompt, fewer candidates "
                 "than topK), where reverse-kl and jsd, renormalised over the teacher's k tokens, are huge or "
                 "constant: use distillation.loss forward-kl",
@@ -498,16 +640,17 @@ class DistillationJobSpec(ApiModel):
                 "compression.quantization: int4 is for causal-lm students; use int8 for sequence-classification"
             )
         endpoint = self.teacher.endpoint is not None
-        if endpoint and self.task.type != "causal-lm":
+        if endpoint and self.task.type != "causal-lm" and self.teacher.prompt is None:
             raise ValueError(
-                "teacher.endpoint: an endpoint teacher distils from generations and their top-k logprobs: it needs "
-                "task.type causal-lm (a classification teacher needs teacher.uri)"
+                "teacher.endpoint: an endpoint teacher classifies through a prompt: set teacher.prompt for "
+                "task.type sequence-classification"
             )
+        self._check_prompt()
         if endpoint and self.distillation.teacher_mode != "cached":
             raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
         if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:
             raise ValueError("distillation.topK: an endpoint teacher exposes at most 20 logprobs: set topK <= 20")
-        if endpoint and self.distillation.loss != "forward-kl":
+        if endpoint and self.task.type == "causal-lm" and self.distillation.loss != "forward-kl":
             raise ValueError(
                 f"distillation.loss: {self.distillation.loss} renormalises the student over the teacher's k tokens, "
                 "which an endpoint teacher (teacher.endpoint) leaves sparse (one-hot prompt targets, fewer "
@@ -526,6 +669,36 @@ class DistillationJobSpec(ApiModel):
                 "with an endpoint teacher give student.uri"
             )
         return self
+
+    def _check_prompt(self) -> None:
+        prompt, endpoint = self.teacher.prompt, self.teacher.endpoint
+        if endpoint is not None and endpoint.api == "chat" and prompt is None:
+            raise ValueError("teacher.endpoint.api: chat is for classification with teacher.prompt; causal-lm "
+                             "distils over completions")
+        if prompt is None:
+            return
+        if self.task.type != "sequence-classification":
+            raise ValueError("teacher.prompt: labels texts for sequence-classification; a causal-lm task learns "
+                             "the teacher's own answers (remove teacher.prompt)")
+        labels = self.task.labels or []
+        unknown = sorted(set(prompt.verbalizer or {}) - set(labels))
+        if unknown:
+            raise ValueError(f"teacher.prompt.verbalizer: {unknown} are not in task.labels {labels}")
+        strays = sorted({e.label for e in prompt.few_shot or []} - set(labels))
+        if strays:
+            raise ValueError(f"teacher.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+        if self.student.uri is None:
+            raise ValueError("student: a language-model teacher (teacher.prompt) has no classifier to copy: give a "
+                             "pretrained student.uri")
+        if self.distillation.teacher_mode != "cached":
+            raise ValueError("distillation.teacherMode: a language-model teacher (teacher.prompt) labels the data "
+                             "once: use cached")
+        if self.distillation.hidden_states.enabled:
+            raise ValueError("distillation.hiddenStates.enabled: needs a classifier teacher's features, which "
+                             "teacher.prompt has not")
+        if self.compression.pruning.method != "none":
+            raise ValueError("compression.pruning.method: pruning's recovery distillation runs a classifier "
+                             "teacher; with teacher.prompt use none")
 
 
 class JobProgress(ApiModel):

@@ -91,6 +91,7 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
 
 
 CAUSAL = [("spec.task", {"type": "causal-lm"})]
+LLM_TEACHER = [("spec.teacher.prompt", {"user": "Topic of: {text}"}), ("spec.student", {"uri": "hf://org/small"})]
 ENDPOINT_TEACHER = [*CAUSAL, ("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
                     ("spec.student", {"uri": "hf://org/small"}), ("spec.distillation.topK", 20)]
 
@@ -142,6 +143,26 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
                                                             "numAttentionHeads": 2}})], "student"),
     ("endpoint-classification", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.task", {
         "type": "sequence-classification", "labels": ["a", "b"]})], "endpoint"),
+    ("prompt-without-text", "DistillationJob", [*LLM_TEACHER, ("spec.teacher.prompt.user", "Topic: {labels}")],
+     "user"),
+    ("prompt-empty-labels", "DistillationJob", [*LLM_TEACHER, ("spec.task.labels", [])], "labels"),
+    ("prompt-blank-answer", "DistillationJob", [*LLM_TEACHER, ("spec.teacher.prompt.verbalizer", {"pos": " "})],
+     "verbalizer"),
+    ("prompt-verbalizer-key", "DistillationJob",
+     [*LLM_TEACHER, ("spec.teacher.prompt.verbalizer", {"nope": "x"})], "verbalizer"),
+    ("prompt-few-shot-label", "DistillationJob",
+     [*LLM_TEACHER, ("spec.teacher.prompt.fewShot", [{"text": "t", "label": "nope"}])], "fewShot"),
+    ("prompt-causal-lm", "DistillationJob", [*LLM_TEACHER, *CAUSAL], "prompt"),
+    ("prompt-student-architecture", "DistillationJob",
+     [*LLM_TEACHER, ("spec.student", {"architecture": {"numLayers": 2, "hiddenSize": 64, "numAttentionHeads": 2}})],
+     "student"),
+    ("prompt-online", "DistillationJob", [*LLM_TEACHER, ("spec.distillation.teacherMode", "online")], "teacherMode"),
+    ("chat-without-prompt", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.api", "chat")], "api"),
+    ("max-concurrency", "DistillationJob",
+     [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.maxConcurrency", 0)], "maxConcurrency"),
+    ("pricing", "DistillationJob",
+     [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.pricing", {"inputPerMillion": -1, "outputPerMillion": 1})],
+     "inputPerMillion"),
     ("endpoint-online", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.distillation.teacherMode", "online")],
      "teacherMode"),
     ("endpoint-top-k", "DistillationJob",
@@ -181,6 +202,19 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
 ]
+
+
+def test_an_endpoint_classifies_through_a_prompt():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    _set(doc, "spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big", "api": "chat",
+                                            "maxConcurrency": 8, "requestsPerMinute": 600,
+                                            "pricing": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}},
+                               "prompt": {"system": "You label news.", "verbalizer": {}}})
+    _set(doc, "spec.student", {"uri": "hf://org/small"})
+    _set(doc, "spec.distillation.requireSoftTargets", True)
+    assert schema_errors(doc) == []
+    job = parse_resource(doc, "endpoint-classifier")
+    assert job.spec.teacher.prompt.calibrate and "{text}" in job.spec.teacher.prompt.user
 
 
 def test_enough_invalid_cases():

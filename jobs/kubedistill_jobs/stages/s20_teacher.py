@@ -1,8 +1,11 @@
 """Make the teacher ready for the task and save it to `teacher/` (classification: adapt it to the labels;
-causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute."""
+causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute.
+A language-model teacher (`teacher.prompt`) labels both splits here (see kubedistill_jobs.prompt_teacher)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kubedistill.artifacts import Stage
@@ -12,13 +15,23 @@ NAME: Stage = "teacher"
 WEIGHT = 15
 UNIT = "rows"
 READS = ("data",)
-WRITES = ("teacher", "soft_targets")  # a fitted head's forward pass also caches the class logits
+WRITES = ("teacher", "soft_targets", "teacher_outputs")  # a fitted head's or an LLM's pass caches class logits
 
 
 def run(context: Context, progress: Progress) -> dict[str, Any]:
     from kubedistill_jobs import teacher
 
     spec = context.spec
+    if context.prompt_teacher:
+        from kubedistill_jobs import prompt_teacher
+
+        marker = prompt_teacher.prepare(spec, context.layout, context.split(), progress,
+                                        on_usage=_usage_reporter(context))
+        metrics = {k: round(marker[k], 4) for k in ("accuracy", "majority_baseline", "cost")
+                   if marker.get(k) is not None}
+        metrics.update({k: float(marker[k]) for k in ("prompt_tokens", "completion_tokens") if marker.get(k)})
+        context.on_status(metrics={f"teacher_{k}": v for k, v in metrics.items()})
+        return marker
     if context.endpoint_teacher:  # nothing to download: check it answers, with logprobs, before any compute
         from kubedistill_jobs import endpoint_teacher
 
@@ -36,7 +49,31 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     return {"method": outcome.method, "params": outcome.params, "accuracy": outcome.accuracy, **outcome.extra}
 
 
+def _usage_reporter(context: Context) -> Callable[[int, int], None]:
+    """Token usage and cost of an endpoint teacher into the job's live metrics, every few seconds at most."""
+    endpoint = context.spec.teacher.endpoint
+    pricing = endpoint.pricing if endpoint else None
+    last = [0.0]
+
+    def report(prompt_tokens: int, completion_tokens: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 5:
+            return
+        last[0] = now
+        metrics = {"teacher_prompt_tokens": float(prompt_tokens), "teacher_completion_tokens": float(completion_tokens)}
+        if pricing is not None:
+            metrics["teacher_cost"] = round((prompt_tokens * pricing.input_per_million
+                                             + completion_tokens * pricing.output_per_million) / 1e6, 6)
+        context.on_status(metrics=metrics)
+
+    return report
+
+
 def summary(marker: dict[str, Any]) -> str:
+    if marker.get("method") == "prompt":
+        from kubedistill_jobs import prompt_teacher
+
+        return prompt_teacher.summary(marker)
     if marker.get("method") == "endpoint":
         return f"endpoint {marker['url']} (model {marker['model']})"
     accuracy = marker.get("accuracy")

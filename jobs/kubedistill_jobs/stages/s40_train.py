@@ -40,7 +40,7 @@ def training_inputs(context: Context) -> TrainingInputs:
     tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
     split = context.split()
     # an endpoint teacher has no weights here: the student is pretrained (student.uri) and the cache complete
-    teacher_model = None if context.endpoint_teacher else models.load_saved_model(layout.teacher, spec.task.type)
+    teacher_model = models.load_saved_model(layout.teacher, spec.task.type) if context.teacher_has_graph else None
     student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student")
     student_params = models.count_parameters(student)
     del teacher_model, student
