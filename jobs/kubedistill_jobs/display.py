@@ -28,6 +28,8 @@ class RichDisplay:
         )
 
         self.console = console or Console(stderr=True)
+        if console is None and not self.console.is_terminal:  # a log file or CI: no 80-column wrap of tables
+            self.console.width = max(self.console.width, 160)
         self.progress = Progress(
             TextColumn("[bold]{task.description:<12}"),
             BarColumn(bar_width=24),

@@ -82,9 +82,10 @@ class Pipeline:
             previous = (yaml.safe_load(path.read_text()) or {}).get("spec", {})
             previous.pop("ray", None)
             if previous != wire:
+                changed = ", ".join(_differences(previous, wire)) or "its layout"
                 raise SpecChangedError(
-                    f"output.uri: {self.context.output.uri} holds a run of a different spec; use another output "
-                    "(--output) or delete the folder to start over"
+                    f"output.uri: {self.context.output.uri} holds a run of a different spec (it differs in {changed}); "
+                    "use another output (--output) or delete the folder to start over"
                 )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(job.to_wire(), sort_keys=False))
@@ -155,3 +156,12 @@ class Pipeline:
         if "export" in result.stages and self.layout.serving_manifest.is_file():
             result.manifest = ServingManifest.read(self.layout.model_repository)
         return result
+
+
+def _differences(old: Any, new: Any, path: str = "spec") -> list[str]:
+    """The dotted fields where two wire specs differ (a field only one has counts too), at most 8."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = [d for key in sorted(set(old) | set(new), key=str)
+                 for d in _differences(old.get(key), new.get(key), f"{path}.{key}")]
+        return found[:8]
+    return [] if old == new else [path]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kubedistill.api.base import (
     CONDITIONS_LIST,
@@ -66,6 +66,15 @@ class TaskSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     max_length: int = Field(default=128, description="Tokens per example; longer texts are truncated.", ge=8, le=8192)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_are_names(cls, labels: object) -> object:
+        # YAML reads [1, 2, 3] as numbers; one message with the fix instead of one per item.
+        if isinstance(labels, list) and any(not isinstance(label, str) for label in labels):
+            quoted = ", ".join(f'"{label}"' for label in labels)
+            raise ValueError(f"task.labels are class names (strings): quote numbers, e.g. [{quoted}]")
+        return labels
 
     @model_validator(mode="after")
     def _labels_fit_task(self) -> TaskSpec:

@@ -30,3 +30,16 @@ def test_metadata_beyond_the_models_fields_is_kept():
     wire = DistillationJob.model_validate(doc).to_wire()
     assert wire["metadata"]["labels"] == {"team": "ml"} and wire["metadata"]["annotations"] == {"a": "b"}
     assert wire["metadata"]["resourceVersion"] == "7"
+
+
+def test_numeric_labels_are_refused_once_with_the_quoted_fix():
+    import pydantic
+    import pytest
+
+    from kubedistill.api.distillationjob import TaskSpec
+
+    with pytest.raises(pydantic.ValidationError) as refused:
+        TaskSpec.model_validate({"type": "sequence-classification", "labels": [1, 2, 3, 4, 5]})
+    assert refused.value.error_count() == 1
+    assert '["1", "2", "3", "4", "5"]' in str(refused.value)
+    assert TaskSpec.model_validate({"type": "sequence-classification", "labels": ["1", "2"]}).labels == ["1", "2"]

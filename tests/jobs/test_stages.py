@@ -73,3 +73,12 @@ def test_every_input_error_is_an_input_error():
     for error in (DataError, ModelError, PreflightError, SpecChangedError, EndpointRefused, ManifestError, UriError):
         assert issubclass(error, InputError), error
     assert not issubclass(EndpointError, InputError)  # unreachable, or 429/5xx after retries: a retry may help
+
+
+def test_a_changed_spec_is_refused_naming_the_fields_that_differ():
+    from kubedistill_jobs.pipeline import _differences
+
+    old = {"task": {"maxLength": 128, "labels": ["a", "b"]}, "dataset": {"uri": "/d"}}
+    new = {"task": {"maxLength": 256, "labels": ["a", "b"]}, "dataset": {"uri": "/d", "maxDroppedFraction": 0.05}}
+    assert _differences(old, new) == ["spec.dataset.maxDroppedFraction", "spec.task.maxLength"]
+    assert _differences(old, old) == []

@@ -111,6 +111,20 @@ def test_router_refuses_a_bad_config_before_serving(model_repository, tmp_path):
     assert result.returncode == 2 and "serving.json is missing" in result.stderr
 
 
+def test_serve_refuses_bad_input_with_status_2_before_starting_anything(tmp_path):
+    """What to serve cannot work as given: exit 2 (as `kubedistill run`), one line naming the fix."""
+    manifest = tmp_path / "sd.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubedistill.io/v1alpha1", "kind": "StudentDeployment", "metadata": {"name": "news"},
+        "spec": {"source": {"jobRef": {"name": "news"}}}}))
+    for target, says in ((tmp_path / "missing", "no such folder or file"), (tmp_path, "holds no model repository"),
+                         (manifest, "source.jobRef needs a cluster")):
+        result = subprocess.run([sys.executable, "-m", "kubedistill.cli", "serve", str(target), "--port", "1"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert says in result.stderr
+
+
 def test_router_package_imports_nothing_heavy():
     code = ("import sys, kubedistill_router.app, kubedistill_router.fetch, kubedistill_router.local.serve; "
             "heavy = {'torch', 'transformers', 'ray', 'kubedistill_jobs', 'datasets'} & set(sys.modules); "

@@ -43,12 +43,12 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     context.set_split(split)
     progress(1, 1)
     if split.dropped:
-        log.warning("data: rows dropped: %s", split.dropped)
+        log.info("data: rows dropped: %s", ", ".join(f"{count} {why}" for why, count in split.dropped.items()))
     max_length = context.spec.task.max_length
     truncated = data.count_truncated(context.tokenizer, [r["text"] for r in split.train + split.eval], max_length)
     if truncated:
-        log.warning("data: %d texts are longer than task.maxLength (%d tokens) and are cut to it", truncated,
-                    max_length)
+        log.info("data: %d texts are longer than task.maxLength (%d tokens) and are cut to it", truncated,
+                 max_length)
     return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
             "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
 

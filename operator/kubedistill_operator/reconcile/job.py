@@ -125,9 +125,11 @@ def stop_retries(ctx: Context, body: dict[str, Any], ray_job: dict[str, Any]) ->
     never finishes, so its ttlSecondsAfterFinished never removes it. The job's status (phase Failed, written
     before this) is the record; the same generation is never run again (`reconcile_job`, `refresh_job`)."""
     meta = ray_job.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return  # already on its way out
     namespace = meta.get("namespace") or body["metadata"].get("namespace") or "default"
+    # An event may carry the RayJob as it was before an earlier delete: look at it as it is now.
+    current = ctx.api.get(RAY_JOBS, namespace, meta["name"]) if not meta.get("deletionTimestamp") else None
+    if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
+        return  # gone, or already on its way out
     if ctx.api.delete(RAY_JOBS, namespace, meta["name"]):
         ctx.event(body, "Normal", "RetriesStopped",
                   f"RayJob {meta['name']} deleted after an input error ({INVALID_INPUT}): a retry would fail the "

@@ -28,6 +28,7 @@ import yaml
 
 from kubedistill.api import ManifestError, StudentDeployment, load_manifest
 from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, OutputLayout, ServingManifest
+from kubedistill.errors import InputError
 from kubedistill.routerconfig import ROUTER_CONFIG_FILE, RouterConfig
 from kubedistill.uris import UriError, local_path, parse_uri
 from kubedistill_router.classification import resolve_threshold
@@ -37,6 +38,10 @@ from kubedistill_router.local.triton import TritonNotFound, TritonServer, Triton
 
 class ServeError(RuntimeError):
     """Something to tell the user, with the fix."""
+
+
+class ServeInputError(ServeError, InputError):
+    """What to serve, or how, cannot work as given (exit status 2, as `kubedistill run`'s bad input)."""
 
 
 @dataclass
@@ -49,8 +54,9 @@ def find_repository(folder: Path) -> Path:
     for candidate in (folder / MODEL_REPOSITORY, folder):
         if (candidate / SERVING_MANIFEST).is_file():
             return candidate
-    raise ServeError(f"{folder} holds no model repository ({MODEL_REPOSITORY}/{SERVING_MANIFEST}): pass the output "
-                     "folder of `kubedistill run job.yaml`, its model_repository, or a StudentDeployment manifest")
+    raise ServeInputError(f"{folder} holds no model repository ({MODEL_REPOSITORY}/{SERVING_MANIFEST}): pass the "
+                          "output folder of `kubedistill run job.yaml`, its model_repository, or a StudentDeployment "
+                          "manifest")
 
 
 def _job_name(output: Path) -> str | None:
@@ -72,15 +78,15 @@ def resolve_target(target: Path, workdir: Path) -> ServeTarget:
                               confidence_signal=manifest.confidence_signal)
         return ServeTarget(repository, config)
     if not target.is_file():
-        raise ServeError(f"{target}: no such folder or file")
+        raise ServeInputError(f"{target}: no such folder or file")
     try:
         deployment: StudentDeployment = load_manifest(target, StudentDeployment)
     except ManifestError as error:
-        raise ServeError(str(error)) from None
+        raise ServeInputError(str(error)) from None
     source = deployment.spec.source
     if source.model_repository_uri is None:
-        raise ServeError(f"{target}: source.jobRef needs a cluster to look the job up; locally, serve the job's "
-                         "output folder, or set source.modelRepositoryUri")
+        raise ServeInputError(f"{target}: source.jobRef needs a cluster to look the job up; locally, serve the "
+                              "job's output folder, or set source.modelRepositoryUri")
     uri = source.model_repository_uri
     if parse_uri(uri).scheme == "s3":
         from kubedistill_router.fetch import fetch
@@ -91,7 +97,7 @@ def resolve_target(target: Path, workdir: Path) -> ServeTarget:
         try:
             repository = find_repository(local_path(uri))
         except UriError as error:
-            raise ServeError(f"{target}: source.modelRepositoryUri: {error}") from None
+            raise ServeInputError(f"{target}: source.modelRepositoryUri: {error}") from None
     config = RouterConfig.from_spec(deployment.metadata.name, deployment.spec)
     return ServeTarget(repository, config.model_copy(update={"model_repository": str(repository)}))
 
@@ -104,7 +110,7 @@ def _check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError:
-            raise ServeError(f"port {port} on {host} is in use: pass another with --port") from None
+            raise ServeInputError(f"port {port} on {host} is in use: pass another with --port") from None
 
 
 def _http_ok(url: str) -> bool:
@@ -143,6 +149,7 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> Non
             process.wait()
 
 
+EXIT_BAD_INPUT = 2  # as `kubedistill run`
 EXIT_INTERRUPTED = 130  # Ctrl-C, as `kubedistill run` and a shell report it
 EXIT_TERMINATED = 143  # SIGTERM: 128 + its number
 
@@ -193,7 +200,10 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         print("stopping the router and Triton …", flush=True)
         return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
-    except (ServeError, TritonNotFound, TritonStartError, ValueError, OSError) as error:
+    except (ServeInputError, ValueError) as error:  # bad input: a refused config or target
+        print(f"kubedistill serve: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ServeError, TritonNotFound, TritonStartError, OSError) as error:
         print(f"kubedistill serve: {error}", file=sys.stderr)
         return 1
     finally:
