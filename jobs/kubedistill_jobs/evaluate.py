@@ -213,13 +213,8 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
     else:
         note = ("the endpoint did not score prompts (echo with logprobs): the teacher's metrics and retention "
                 "are null")
-    if progress:
-        progress(1, total)
     wanted = spec.evaluation.metrics
-    latency = (measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
-               if "latency" in wanted else None)
-    if progress:
-        progress(3, total)
+    latency = _students_latency(paths, tokenizer, texts, max_length, settings, wanted, progress, total)
     reports = {n: _model_report(result.student_params, paths[n], listed_metrics(metrics[n], wanted, "perplexity"),
                                 latency[n] if latency else None) for n in paths}
     teacher = ModelReport(params=None, size_bytes=None, metrics=teacher_metrics, latency_ms=None,
@@ -236,6 +231,20 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         eval_samples=len(texts), **_compression_fields(result),
     )
     return _finish(report, layout, progress, total)
+
+
+def _students_latency(paths: dict[str, Path], tokenizer: Any, texts: list[str], max_length: int,
+                      settings: LatencySettings, wanted: list[str], progress: Callable[[int, int], None] | None,
+                      total: int) -> dict[str, dict[str, dict[str, float]]] | None:
+    """The students' latency (no teacher graph to time here) when `evaluation.metrics` asks for it; progress
+    moves from the quality step (1) to the report step (3) around it."""
+    if progress:
+        progress(1, total)
+    latency = measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings) \
+        if "latency" in wanted else None
+    if progress:
+        progress(3, total)
+    return latency
 
 
 def _compression_fields(result: CompressionResult) -> dict[str, Any]:
@@ -274,13 +283,8 @@ def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, mode
     logits = {"teacher": recorded.astype(np.float32),
               **{n: classify(session(p, settings.threads), tokenizer, texts, max_length) for n, p in paths.items()}}
     quality = classification_quality(logits, gold, len(labels), spec.evaluation.routing_target)
-    if progress:
-        progress(1, total)
     wanted = spec.evaluation.metrics
-    latency = (measure_latency(paths, {n: tokenizer for n in paths}, texts, max_length, settings)
-               if "latency" in wanted else None)
-    if progress:
-        progress(3, total)
+    latency = _students_latency(paths, tokenizer, texts, max_length, settings, wanted, progress, total)
     primary = "accuracy" if quality.labelled else "agreement"
     reports = {n: _model_report(result.student_params, paths[n], listed_metrics(quality.metrics[n], wanted, primary),
                                 latency[n] if latency else None) for n in paths}

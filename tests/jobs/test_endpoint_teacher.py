@@ -450,7 +450,8 @@ def _spec(tmp_path, tiny_models, **overrides: Any) -> Any:
 
 def test_the_api_refuses_what_an_endpoint_cannot_teach(tmp_path, tiny_models):
     # Spec-only rules live in the models (and their CEL twins in the CRD): refused before any Ray cluster starts.
-    with pytest.raises(ValueError, match=r"teacher\.endpoint: .*causal-lm"):
+    # An endpoint classifies only through a prompt (teacher.prompt).
+    with pytest.raises(ValueError, match=r"teacher\.endpoint: .*set teacher\.prompt for task\.type"):
         _spec(tmp_path, tiny_models, task={"type": "sequence-classification", "labels": ["a", "b"]})
     architecture = {"architecture": {"numLayers": 1, "hiddenSize": 16, "numAttentionHeads": 2}}
     with pytest.raises(ValueError, match=r"student\.uri"):
