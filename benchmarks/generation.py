@@ -21,18 +21,15 @@ import argparse
 import asyncio
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+from router_process import start_router
 
 from kubedistill.artifacts import OutputLayout, ServingManifest
 from kubedistill.report import load_report
@@ -93,23 +90,8 @@ class Router:
         path = work / f"router-{mode}.yaml"
         path.write_text(config.to_yaml())
         self.log = work / f"router-{mode}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "kubedistill_router", "--config", str(path),
-                                             "--host", "127.0.0.1", "--log-level", "WARNING"],
-                                            stdout=log, stderr=subprocess.STDOUT)
+        self.process = start_router(path, self.log, self.port)
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"router did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def stop(self) -> None:
         self.process.terminate()

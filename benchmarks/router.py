@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import orjson
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonServer, free_port, start_triton
 from kubedistill_router.tokenizer import TextEncoder
+from router_process import start_router
 
 from kubedistill.artifacts import OutputLayout, ServingManifest
 from kubedistill.routerconfig import RouterConfig
@@ -188,23 +188,8 @@ class RouterProcess:
         path = workdir / f"router-{name}.yaml"
         path.write_text(config.to_yaml())
         self.log = path.with_suffix(".log")
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "kubedistill_router", "--config", str(path),
-                                             "--host", "127.0.0.1", "--log-level", "WARNING"],
-                                            stdout=log, stderr=subprocess.STDOUT)
+        self.process = start_router(path, self.log, self.port)
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"router did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def cpu_seconds(self) -> float:
         """CPU time the router process has used (user + system), from /proc: a figure that other load on

@@ -7,7 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-HELPERS = {
+HELPERS = {  # in load order: a helper may import those above it
+    "kubedistill_patches": "patches.py",  # JSON merge-patch, to replay status writes
     "kubedistill_processes": "processes.py",  # driving `kubedistill serve` and the router as processes
     "kubedistill_crdcheck": "api/crdcheck.py",  # the API server's checks of a manifest, emulated
     "kubedistill_validation": "operator/validation.py",  # created objects against the Kubernetes schemas

@@ -17,6 +17,7 @@ from kubedistill_jobs.reporting import (
     results_patch,
     status_patch,
 )
+from kubedistill_patches import merge_patch
 
 from kubedistill.api.distillationjob import DistillationJobStatus
 from kubedistill.api.load import ManifestError
@@ -65,19 +66,6 @@ def test_reporter_patches_the_status_subresource_and_throttles_progress():
     assert [b.get("progress", {}).get("percent") for b in bodies[:2]] == [10, 80]
     assert bodies[2] == {"metrics": {"train_loss": 0.5}}
     assert bodies[3] == {"results": {"gatePassed": True}}
-
-
-def merge_patch(base, patch):
-    """JSON merge-patch (RFC 7386), as the API server applies the reporter's patches."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def reported_status(api: RecordingApi) -> dict:

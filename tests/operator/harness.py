@@ -55,6 +55,7 @@ import yaml
 from kubedistill_operator.config import OperatorConfig
 from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.main import OperatorOptions, run_operator
+from kubedistill_patches import merge_patch
 
 HARNESS_AGENT = "kubedistill-test-harness"
 KEEP_REQUESTS = 64  # of kmock's own record of requests: more than are ever in flight at once
@@ -137,19 +138,6 @@ _VERBS = {
 }
 
 
-def _merge(base: Any, patch: Any) -> Any:
-    """JSON merge-patch (RFC 7386)."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge(out.get(key), value)
-    return out
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -222,7 +210,7 @@ class ApiServer(kmock.KubernetesEmulator):
         meta = data.setdefault("metadata", {})
         meta["resourceVersion"] = version
         if "spec" in data and request.subresource is None:
-            merged = _merge(stored.get("spec") or {}, data["spec"])
+            merged = merge_patch(stored.get("spec") or {}, data["spec"])
             if merged != (stored.get("spec") or {}):
                 meta["generation"] = int(stored.get("metadata", {}).get("generation") or 1) + 1
 

@@ -16,6 +16,7 @@ from kubedistill_operator.status.student import (
     source_status,
     waiting_status,
 )
+from kubedistill_patches import merge_patch
 
 NOW = "2026-11-23T12:00:00Z"
 
@@ -108,19 +109,6 @@ def test_finished_job_keeps_its_status_when_the_ray_job_is_gone():
     assert job_status(dj({"phase": "Succeeded"}), None, NOW) == StatusUpdate()
     pending = job_status(dj({"phase": "Running"}), None, NOW)
     assert pending.fields["phase"] == "Pending"
-
-
-def merge_patch(base: Any, patch: Any) -> Any:
-    """JSON merge-patch (RFC 7386), as the API server applies the status writes."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 # The pipeline's last progress patch before its end was throttled away: training step, ETA, 95 %.
