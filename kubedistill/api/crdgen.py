@@ -181,6 +181,7 @@ def build_crds() -> dict[str, dict[str, Any]]:
                 {"name": "Stage", "type": "string", "jsonPath": ".status.progress.stage", "priority": 1},
                 {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "priority": 1},
                 {"name": "Retention", "type": "number", "jsonPath": ".status.results.retention"},
+                {"name": "CostRatio", "type": "number", "jsonPath": ".status.results.costRatio"},
                 {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName"},
                 _age(),
             ],
