@@ -97,7 +97,7 @@ def _teacher_cost(spec: EconomicsSpec, report: Report, tokens: dict[str, float],
     if spec.teacher_price_per_million_input_tokens is not None:
         assert spec.teacher_price_per_million_output_tokens is not None  # the spec requires both
         inputs = ["teacherPricePerMillionInputTokens", "teacherPricePerMillionOutputTokens"]
-        used = [k for k in ("input_tokens_per_request", "output_tokens_per_request") if k in tokens]
+        used: list[str] = [k for k in ("input_tokens_per_request", "output_tokens_per_request") if k in tokens]
         if token_missing:
             return _Cost(None, inputs, used, token_missing)
         cost = (tokens["input_tokens_per_request"] * spec.teacher_price_per_million_input_tokens
@@ -220,7 +220,8 @@ def economics(spec: EconomicsSpec, report: Report, measured: Measured) -> Econom
     inputs = {k: v for k, v in spec.to_wire().items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return Economics(
         currency=spec.currency, inputs=inputs, measured=measured_values, throughput_batch=batch,
-        teacher_per_million_requests=teacher.per_million(per_m), student_per_million_requests=student.per_million(per_m),
+        teacher_per_million_requests=teacher.per_million(per_m),
+        student_per_million_requests=student.per_million(per_m),
         cascade_per_million_requests=cascade.per_million(per_m), cost_ratio=ratio, monthly_saving=monthly,
         job_cost=job, payback_days=payback, days_per_month=DAYS_PER_MONTH, frontier=frontier, notes=notes,
     )

@@ -192,6 +192,7 @@ def build_crds() -> dict[str, dict[str, Any]]:
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                 {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
                 {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+                {"name": "Escalated", "type": "number", "jsonPath": ".status.live.escalationShare"},
                 {"name": "Threshold", "type": "number", "jsonPath": ".status.threshold", "priority": 1},
                 {"name": "Version", "type": "string", "jsonPath": ".status.modelVersion", "priority": 1},
                 _age(),

@@ -105,7 +105,7 @@ def test_missing_inputs_are_named_not_guessed():
 
 
 def test_the_spec_refuses_two_teacher_prices_and_half_a_token_price():
-    with pytest.raises(ValidationError, match="per token .* or per hour"):
+    with pytest.raises(ValidationError, match=r"per token .* or per hour"):
         EconomicsSpec(teacher_price_per_hour=1.0, teacher_price_per_million_input_tokens=1.0,
                       teacher_price_per_million_output_tokens=1.0)
     with pytest.raises(ValidationError, match="teacherPricePerMillionOutputTokens"):
