@@ -463,6 +463,6 @@ def _resource_of(obj: dict[str, Any]) -> Resource:
         "DistillationJob": "distillationjobs", "StudentDeployment": "studentdeployments", "RayJob": "rayjobs",
         "Secret": "secrets", "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services",
         "ClusterKopfPeering": "clusterkopfpeerings", "PersistentVolumeClaim": "persistentvolumeclaims",
-        "ServiceAccount": "serviceaccounts",
+        "ServiceAccount": "serviceaccounts", "Pod": "pods",
     }[obj["kind"]]
     return Resource(group, version, plural)
