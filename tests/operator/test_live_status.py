@@ -116,6 +116,7 @@ class Traffic:
         self._stop.set()
         self._sender.join(5)
         self._server.shutdown()
+        self._server.server_close()
         self._thread.join(5)
 
 
