@@ -345,15 +345,26 @@ def with_economics(spec: DistillationJobSpec, layout: OutputLayout, report: Repo
     the student's `tokenizer` as the models see them (truncated at task.maxLength)."""
     from kubedistill_jobs.economics import Measured, economics
 
-    if spec.evaluation.economics is None:
+    prices = spec.evaluation.economics
+    if prices is None:
         return report
+    pricing = spec.teacher.endpoint.pricing if spec.teacher.endpoint else None
+    borrowed = pricing is not None and prices.teacher_price_per_hour is None \
+        and prices.teacher_price_per_million_input_tokens is None
+    if borrowed:
+        assert pricing is not None
+        prices = prices.model_copy(update={"teacher_price_per_million_input_tokens": pricing.input_per_million,
+                                           "teacher_price_per_million_output_tokens": pricing.output_per_million})
     max_length = spec.task.max_length
     lengths = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
     mean_tokens = float(np.mean(lengths)) if lengths else None
     elapsed = time.monotonic() - started if started is not None else 0.0
     measured = Measured(input_tokens_per_request=mean_tokens, job_seconds=job_seconds(layout, elapsed),
                         tokens_per_item=mean_tokens if spec.task.type == "causal-lm" else None)
-    return report.model_copy(update={"economics": economics(spec.evaluation.economics, report, measured)})
+    econ = economics(prices, report, measured)
+    if borrowed:
+        econ.notes.append("the teacher's per-token prices are teacher.endpoint.pricing's")
+    return report.model_copy(update={"economics": econ})
 
 
 def write_report(report: Report, layout: OutputLayout) -> None:

@@ -144,4 +144,13 @@ def test_a_classification_report_gets_its_section_plot_and_headline(evaluated, t
     results = job_results(econ_report, "file:///out")
     assert results.cost_ratio == round(econ.cost_ratio.value, 2)
     assert with_economics(spec, job, report, texts, tokenizer, started=None).economics is None  # not asked for
+    # An endpoint teacher's own pricing prices it when economics gives no teacher price.
+    endpoint = make_spec(teacher={"endpoint": {"url": "https://llm.example/v1", "model": "big", "api": "chat",
+                                               "pricing": {"inputPerMillion": 0.5, "outputPerMillion": 4.0}},
+                                  "prompt": {}},
+                         student={"uri": "/models/student"}, evaluation={"economics": {"studentPricePerHour": 0.5}})
+    borrowed = with_economics(endpoint, job, report, texts, tokenizer, started=None).economics
+    tokens = econ.measured["input_tokens_per_request"]
+    assert borrowed.teacher_per_million_requests.value == pytest.approx(tokens * 0.5)  # a label: no output tokens
+    assert any("teacher.endpoint.pricing" in note for note in borrowed.notes)
     assert "## Economics" not in render.markdown(report, {})
