@@ -8,10 +8,13 @@ import shutil
 
 import pytest
 from kubedistill_jobs import render
+from kubedistill_jobs.cli import print_summary
 from kubedistill_jobs.economics import Measured, economics
 from kubedistill_jobs.evaluate import job_seconds, with_economics, write_report
 from kubedistill_jobs.models import load_tokenizer
+from kubedistill_jobs.pipeline import RunResult
 from pydantic import ValidationError
+from rich.console import Console
 
 from kubedistill.api.distillationjob import EconomicsSpec
 from kubedistill.artifacts import OutputLayout
@@ -154,3 +157,6 @@ def test_a_classification_report_gets_its_section_plot_and_headline(evaluated, t
     assert borrowed.teacher_per_million_requests.value == pytest.approx(tokens * 0.5)  # a label: no output tokens
     assert any("teacher.endpoint.pricing" in note for note in borrowed.notes)
     assert "## Economics" not in render.markdown(report, {})
+    console = Console(record=True, width=200)
+    print_summary(console, RunResult(stages={}, report=econ_report), "/out")
+    assert f"cost ratio {econ.cost_ratio.value:.2f}x" in console.export_text()
