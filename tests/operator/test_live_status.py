@@ -205,3 +205,27 @@ def test_live_status_follows_a_router_whose_traffic_drifts(tmp_path):
             assert cluster.rbac_rules()[("", "pods")] == {"list"}
     finally:
         traffic.close()
+
+
+def test_what_the_job_expects_and_when_it_expects_nothing():
+    from kubedistill_operator.reconcile.live import expectations
+
+    from kubedistill.api import StudentDeployment
+
+    sd = StudentDeployment.model_validate(example("quickstart/studentdeployment.yaml"))
+    job = {"spec": {"task": {"type": "sequence-classification"}}, "status": {"results": {
+        "agreement": 0.95, "recommendedThreshold": 0.8, "escalationRate": 0.1}}}
+    escalation, agreement = expectations(sd, {"threshold": 0.8}, job)
+    assert (escalation.value, agreement.value) == (0.1, 0.95)
+    # Another threshold than the recommended one: the job reports no share escalated for it.
+    assert expectations(sd, {"threshold": 0.6}, job)[0].value is None
+    pinned = sd.model_copy(deep=True)
+    pinned.spec.router.threshold = 0.8
+    assert "not the job's recommended one" in expectations(pinned, {"threshold": 0.8}, job)[0].why
+    # A causal LM's agreement is per token; the router's shadow compares whole answers.
+    causal = {**job, "spec": {"task": {"type": "causal-lm"}}}
+    assert expectations(sd, {"threshold": 0.8}, causal)[1].value is None
+    doc = example("quickstart/studentdeployment.yaml")
+    doc["spec"]["source"] = {"modelRepositoryUri": "s3://models/m"}
+    served = StudentDeployment.model_validate(doc)
+    assert all(e.value is None and "modelRepositoryUri" in e.why for e in expectations(served, {}, None))

@@ -72,8 +72,14 @@ def expectations(sd: StudentDeployment, status: dict[str, Any],
                                        "is the only one the job reports (status.results.escalationRate)")
     else:
         escalation = Expectation(results.escalation_rate)
-    agreement = Expectation(results.agreement) if results.agreement is not None else Expectation(
-        None, f"DistillationJob {source.job_ref.name} measured no agreement")
+    task = (((job or {}).get("spec") or {}).get("task") or {}).get("type")
+    if task == "causal-lm":  # the job's agreement is per token, the router's shadow compares whole answers
+        agreement = Expectation(None, f"DistillationJob {source.job_ref.name} is causal-lm: its agreement is per "
+                                      "token, the router's shadow agreement is of whole answers")
+    elif results.agreement is None:
+        agreement = Expectation(None, f"DistillationJob {source.job_ref.name} measured no agreement")
+    else:
+        agreement = Expectation(results.agreement)
     return escalation, agreement
 
 
