@@ -54,11 +54,17 @@ MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
 CHECKPOINTS = "checkpoints"
 TEACHER_OUTPUTS = "teacher_outputs"
+STUDENT_FOLDER = "student"  # the trained fp32 student: the teacher of a job whose teacher.jobRef names this one
 
 
 def model_repository_uri(output_uri: str) -> str:
     """Where a job whose `output.uri` is `output_uri` leaves its Triton model repository."""
     return join_uri(output_uri, MODEL_REPOSITORY)
+
+
+def student_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves its trained fp32 student (a transformers folder)."""
+    return join_uri(output_uri, STUDENT_FOLDER)
 
 
 def report_uri(output_uri: str) -> str:
@@ -123,7 +129,7 @@ class OutputLayout:
 
     @property
     def student(self) -> Path:
-        return self.root / "student"
+        return self.root / STUDENT_FOLDER
 
     @property
     def train_report(self) -> Path:

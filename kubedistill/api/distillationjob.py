@@ -17,6 +17,7 @@ from kubedistill.api.base import (
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     Condition,
+    JobReference,
     ResourceRequirements,
     SecretKeyRef,
     Toleration,
@@ -186,11 +187,15 @@ class TeacherAdaptation(ApiModel):
 
 
 class TeacherSpec(ApiModel):
-    """The model that teaches: a model URI, or a remote endpoint."""
+    """The model that teaches: a model URI, a remote endpoint, or the student of another DistillationJob."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel_rules(
-            cel("has(self.uri) != has(self.endpoint)", "set exactly one of teacher.uri and teacher.endpoint"),
+            cel("(has(self.uri) ? 1 : 0) + (has(self.endpoint) ? 1 : 0) + (has(self.jobRef) ? 1 : 0) == 1",
+                "set exactly one of teacher.uri, teacher.endpoint and teacher.jobRef"),
+            cel("!has(self.jobRef) || (!has(self.prompt) && !has(self.ggufFile))",
+                "teacher.jobRef: the referenced job's student is a classifier or causal LM saved by the pipeline: "
+                "remove teacher.prompt and teacher.ggufFile", ".jobRef"),
         )
     }
 
@@ -201,6 +206,12 @@ class TeacherSpec(ApiModel):
     )
     gguf_file: str | None = Field(default=None, description="GGUF file inside `uri` to load (quantized checkpoints).")
     endpoint: TeacherEndpoint | None = Field(default=None, description="A remote OpenAI-compatible teacher.")
+    job_ref: JobReference | None = Field(
+        default=None,
+        description="A teacher assistant chain: the fp32 student of this DistillationJob (same namespace, same "
+        "task) teaches. The operator starts this job once that one has succeeded and passed its gate; "
+        "`kubedistill run --teacher-job` takes its output folder or manifest.",
+    )
     adapt: TeacherAdaptation = Field(
         default_factory=TeacherAdaptation, description="Adaptation of a classification teacher to the task."
     )
@@ -212,8 +223,16 @@ class TeacherSpec(ApiModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        if (self.uri is None) == (self.endpoint is None):
-            raise ValueError("teacher: set exactly one of teacher.uri (a model) and teacher.endpoint (a remote API)")
+        chosen = [n for n, v in (("uri", self.uri), ("endpoint", self.endpoint), ("jobRef", self.job_ref))
+                  if v is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "teacher: set exactly one of teacher.uri (a model), teacher.endpoint (a remote API) and "
+                "teacher.jobRef (another job's student)" + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        if self.job_ref is not None and (self.prompt is not None or self.gguf_file is not None):
+            raise ValueError("teacher.jobRef: the referenced job's student is a model the pipeline saved: remove "
+                             "teacher.prompt and teacher.ggufFile")
         return self
 
 
@@ -619,13 +638,13 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
-                "!has(self.student.fromTeacher) || has(self.teacher.uri)",
-                "student.fromTeacher needs teacher.uri (a model whose layers can be copied)",
+                "!has(self.student.fromTeacher) || has(self.teacher.uri) || has(self.teacher.jobRef)",
+                "student.fromTeacher needs teacher.uri or teacher.jobRef (a model whose layers can be copied)",
                 ".student.fromTeacher",
             ),
             cel(
-                "!has(self.student.architecture) || has(self.teacher.uri)",
-                "student.architecture shares the teacher's tokenizer: it needs teacher.uri",
+                "!has(self.student.architecture) || has(self.teacher.uri) || has(self.teacher.jobRef)",
+                "student.architecture shares the teacher's tokenizer: it needs teacher.uri or teacher.jobRef",
                 ".student.architecture",
             ),
         )
@@ -786,6 +805,10 @@ class DistillationJobStatus(ApiModel):
     metrics: dict[str, float] | None = Field(default=None, description="Live metrics (loss, eval accuracy, ...).")
     results: JobResults | None = Field(default=None, description="Results, once the job has finished.")
     failure: JobFailure | None = Field(default=None, description="The last failure the pipeline reported.")
+    teacher_uri: str | None = Field(
+        default=None, description="The teacher the run uses, resolved from spec.teacher.jobRef (that job's "
+        "student, under its spec.output.uri)."
+    )
 
 
 class DistillationJob(ApiModel):
@@ -797,3 +820,11 @@ class DistillationJob(ApiModel):
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: DistillationJobSpec = Field(description="Desired state.")
     status: DistillationJobStatus | None = Field(default=None, description="Observed state.")
+
+    @model_validator(mode="after")
+    def _not_its_own_teacher(self) -> DistillationJob:
+        ref = self.spec.teacher.job_ref
+        if ref is not None and ref.name == self.metadata.name:
+            raise ValueError(f"spec.teacher.jobRef.name: {ref.name!r} is this job itself; name the job whose "
+                             "student teaches this one")
+        return self

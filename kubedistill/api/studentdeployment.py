@@ -11,6 +11,7 @@ from kubedistill.api.base import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    JobReference,
     ResourceRequirements,
     SecretKeyRef,
     cel,
@@ -29,12 +30,6 @@ ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 # Triton's HTTP, gRPC and metrics ports, taken in every serving pod.
 TRITON_PORTS = (8000, 8001, 8002)
-
-
-class JobReference(ApiModel):
-    """A DistillationJob in the same namespace."""
-
-    name: str = Field(description="Name of the DistillationJob.", pattern=DNS_LABEL_PATTERN, max_length=63)
 
 
 class ModelSource(ApiModel):

@@ -201,6 +201,12 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
      [("spec.triton.dynamicBatching", {"preferredBatchSizes": [0, 8]})], "preferredBatchSizes"),
     ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
+    ("teacher-uri-and-job", "DistillationJob", [("spec.teacher.jobRef", {"name": "assistant"})], "teacher"),
+    ("teacher-job-name", "DistillationJob",
+     [("spec.teacher", {"jobRef": {"name": "Bad_Name"}})], "name"),
+    ("teacher-job-prompt", "DistillationJob",
+     [("spec.teacher", {"jobRef": {"name": "assistant"}, "prompt": {}}), ("spec.student", {"uri": "hf://org/s"})],
+     "jobRef"),
 ]
 
 
@@ -232,3 +238,14 @@ def test_invalid_manifest_is_refused_by_both_naming_the_field(case, kind, change
     with pytest.raises(ManifestError) as refused:
         parse_resource(doc, case)
     assert field in str(refused.value), f"{case}: the models' refusal does not name {field!r}: {refused.value}"
+
+
+def test_a_job_is_not_its_own_teacher():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    _set(doc, "spec.teacher", {"jobRef": {"name": doc["metadata"]["name"]}})
+    assert schema_errors(doc) == []  # a CRD rule cannot see metadata.name: the operator refuses it as a cycle
+    with pytest.raises(ManifestError, match=r"spec\.teacher\.jobRef\.name: 'bbc-news-topics' is this job itself"):
+        parse_resource(doc, "self-taught")
+    _set(doc, "spec.teacher", {"jobRef": {"name": "assistant"}})
+    assert schema_errors(doc) == []
+    assert parse_resource(doc, "chained").spec.teacher.job_ref.name == "assistant"
