@@ -11,6 +11,8 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
                                 reusable by another job (distillation.teacherOutputsUri)
       teacher_journal.jsonl     an endpoint teacher's answers as they arrive: a restarted run resumes from it
+      teachers/<i>/             each of several teachers (`teachers`): its own teacher/, teacher_outputs/, ...;
+                                teacher_outputs/ then holds their combination (meta.json: "ensemble")
       checkpoints/              training checkpoints (Ray Train)
       downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
@@ -113,6 +115,10 @@ class OutputLayout:
     @property
     def teacher_outputs(self) -> Path:
         return self.root / TEACHER_OUTPUTS
+
+    def teacher_member(self, index: int) -> OutputLayout:
+        """The working folders of the `index`-th of several teachers (`teachers/<index>/`)."""
+        return OutputLayout(self.root / "teachers" / str(index))
 
     @property
     def teacher_journal(self) -> Path:

@@ -34,7 +34,7 @@ def resolve_teacher_job(job: DistillationJob, teacher_job: str | None, manifest:
     """The job with `teacher.jobRef` replaced by the referenced job's fp32 student, found in `teacher_job`: its
     output folder, or its manifest (whose spec.output.uri is that folder). The referenced run must have
     finished with its gate passed. ValueError (naming the field or flag) otherwise."""
-    ref = job.spec.teacher.job_ref
+    ref = job.spec.teacher_job
     if ref is None:
         if teacher_job is not None:
             raise ValueError("--teacher-job: this job's teacher is not a teacher.jobRef; remove --teacher-job")

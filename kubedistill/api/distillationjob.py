@@ -236,6 +236,18 @@ class TeacherSpec(ApiModel):
         return self
 
 
+class EnsembleTeacher(TeacherSpec):
+    """One of several teachers (`teachers`): a classification model (`uri`) or a language model labelling
+    through `prompt` (a causal-LM `uri`, or an `endpoint`), and its weight in the combination."""
+
+    weight: float = Field(default=1.0, description="Weight of this teacher's distribution in the combination "
+                          "(normalised over the teachers; 0 leaves it out but still reports its quality).", ge=0,
+                          le=1000)
+
+
+EnsembleCombination = Literal["mean", "product"]
+
+
 class StudentArchitecture(ApiModel):
     """A fresh student of the teacher's family, sharing its tokenizer and vocabulary."""
 
@@ -374,6 +386,11 @@ class DistillationSpec(ApiModel):
         default=False,
         description="Refuse hard-label distillation: fail when the teacher returns answers without "
         "log-probabilities.",
+    )
+    ensemble: EnsembleCombination = Field(
+        default="mean",
+        description="How several `teachers` combine: `mean`, the weighted mean of their class probabilities; "
+        "`product`, the product of experts (the normalised weighted geometric mean).",
     )
     teacher_outputs_uri: str | None = Field(
         default=None,
@@ -548,102 +565,150 @@ class DistillationJobSpec(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel_rules(
+            cel("has(self.teacher) != has(self.teachers)",
+                "set exactly one of teacher (one teacher) and teachers (several, each with a weight)"),
+            cel("!has(self.teachers) || self.teachers.exists(t, t.weight > 0)",
+                "teachers: the weights must sum to a positive number: give at least one teacher a weight above 0",
+                ".teachers"),
+            cel("!has(self.teachers) || self.teachers.all(t, !has(t.jobRef))",
+                "teachers[].jobRef: a member of several teachers is a model or an endpoint; chain jobs through "
+                "teacher.jobRef", ".teachers"),
+            cel("!has(self.teachers) || self.teachers.all(t, !has(t.endpoint) || has(t.prompt))",
+                "teachers[].endpoint: an endpoint teacher classifies through a prompt: set its prompt", ".teachers"),
+            cel("!has(self.teachers) || (self.task.type == 'sequence-classification' && has(self.student.uri) && "
+                "self.distillation.teacherMode == 'cached' && !self.distillation.hiddenStates.enabled && "
+                "self.compression.pruning.method == 'none')",
+                "teachers: several teachers combine class distributions once: they need task.type "
+                "sequence-classification, a pretrained student.uri, distillation.teacherMode cached, no "
+                "distillation.hiddenStates and compression.pruning.method none", ".teachers"),
             cel(
                 "self.compression.quantization != 'int4' || self.task.type == 'causal-lm'",
                 "compression.quantization int4 is for causal-lm students; use int8 for sequence-classification",
                 ".compression.quantization",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "self.task.type != 'causal-lm' || self.distillation.teacherMode == 'online' || "
-                "!has(self.teacher.endpoint) || self.distillation.topK <= 20",
+                "!has(self.teacher.endpoint) || self.distillation.topK <= 20"
+                ")",
                 "an endpoint teacher exposes at most 20 logprobs: set distillation.topK <= 20",
                 ".distillation.topK",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm' || has(self.teacher.prompt)",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm' || has(self.teacher.prompt)"
+                ")",
                 "an endpoint teacher classifies through a prompt: set teacher.prompt for task.type "
                 "sequence-classification",
                 ".teacher.endpoint",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.task.type == 'sequence-classification'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.task.type == 'sequence-classification'"
+                ")",
                 "teacher.prompt labels texts for sequence-classification; a causal-lm task learns the "
                 "teacher's own answers",
                 ".teacher.prompt",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.prompt) || !has(self.teacher.prompt.verbalizer) || "
-                "self.teacher.prompt.verbalizer.all(k, has(self.task.labels) && k in self.task.labels)",
+                "self.teacher.prompt.verbalizer.all(k, has(self.task.labels) && k in self.task.labels)"
+                ")",
                 "teacher.prompt.verbalizer: every key must be one of task.labels",
                 ".teacher.prompt.verbalizer",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.prompt) || !has(self.teacher.prompt.fewShot) || "
-                "self.teacher.prompt.fewShot.all(e, has(self.task.labels) && e.label in self.task.labels)",
+                "self.teacher.prompt.fewShot.all(e, has(self.task.labels) && e.label in self.task.labels)"
+                ")",
                 "teacher.prompt.fewShot: every example's label must be one of task.labels",
                 ".teacher.prompt.fewShot",
             ),
             cel(
-                "!has(self.teacher.prompt) || has(self.student.uri)",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || has(self.student.uri)"
+                ")",
                 "a language-model teacher (teacher.prompt) has no classifier to copy: give a pretrained "
                 "student.uri",
                 ".student",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.distillation.teacherMode == 'cached'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.distillation.teacherMode == 'cached'"
+                ")",
                 "a language-model teacher (teacher.prompt) labels the data once: use distillation.teacherMode "
                 "cached",
                 ".distillation.teacherMode",
             ),
             cel(
-                "!has(self.teacher.prompt) || !self.distillation.hiddenStates.enabled",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || !self.distillation.hiddenStates.enabled"
+                ")",
                 "hidden-state distillation needs a classifier teacher's features, which teacher.prompt has not",
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.compression.pruning.method == 'none'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.compression.pruning.method == 'none'"
+                ")",
                 "pruning's recovery distillation runs a classifier teacher; with teacher.prompt use "
                 "compression.pruning.method none",
                 ".compression.pruning.method",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.endpoint) || !has(self.teacher.endpoint.api) || "
-                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)",
+                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)"
+                ")",
                 "teacher.endpoint.api chat is for classification with teacher.prompt; causal-lm distils "
                 "over completions",
                 ".teacher.endpoint.api",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'"
+                ")",
                 "an endpoint teacher can only be used in distillation.teacherMode cached",
                 ".distillation.teacherMode",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.endpoint) || self.task.type != 'causal-lm' || "
-                "self.distillation.loss == 'forward-kl'",
+                "self.distillation.loss == 'forward-kl'"
+                ")",
                 "an endpoint teacher leaves the student's targets sparse (one-hot on the prompt, fewer candidates "
                 "than topK), where reverse-kl and jsd, renormalised over the teacher's k tokens, are huge or "
                 "constant: use distillation.loss forward-kl",
                 ".distillation.loss",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'"
+                ")",
                 "pruning is followed by a recovery distillation that needs the teacher's weights, which an "
                 "endpoint teacher does not have: use compression.pruning.method none",
                 ".compression.pruning.method",
             ),
             cel(
-                "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)",
+                "!has(self.teacher) || ("
+                "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)"
+                ")",
                 "hidden-state distillation needs a teacher model, not an endpoint",
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
-                "!has(self.student.fromTeacher) || has(self.teacher.uri) || has(self.teacher.jobRef)",
+                "!has(self.teacher) || ("
+                "!has(self.student.fromTeacher) || has(self.teacher.uri) || has(self.teacher.jobRef)"
+                ")",
                 "student.fromTeacher needs teacher.uri or teacher.jobRef (a model whose layers can be copied)",
                 ".student.fromTeacher",
             ),
             cel(
-                "!has(self.student.architecture) || has(self.teacher.uri) || has(self.teacher.jobRef)",
+                "!has(self.teacher) || ("
+                "!has(self.student.architecture) || has(self.teacher.uri) || has(self.teacher.jobRef)"
+                ")",
                 "student.architecture shares the teacher's tokenizer: it needs teacher.uri or teacher.jobRef",
                 ".student.architecture",
             ),
@@ -651,7 +716,16 @@ class DistillationJobSpec(ApiModel):
     }
 
     task: TaskSpec = Field(description="What the student learns to do.")
-    teacher: TeacherSpec = Field(description="The model that teaches.")
+    teacher: TeacherSpec | None = Field(default=None, description="The model that teaches (one teacher; "
+                                        "`teachers` for several).")
+    teachers: list[EnsembleTeacher] | None = Field(
+        default=None,
+        description="Several teachers whose class distributions are combined into the soft targets "
+        "(distillation.ensemble), each with a weight: classification models and language models labelling "
+        "through a prompt, in any mix. Instead of `teacher`.",
+        min_length=2,
+        max_length=8,
+    )
     student: StudentSpec = Field(description="The model that learns.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
     distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="The distillation objective.")
@@ -661,12 +735,30 @@ class DistillationJobSpec(ApiModel):
     output: OutputSpec = Field(description="Where artifacts, checkpoints and the report are written.")
     ray: RayClusterSpec = Field(default_factory=RayClusterSpec, description="The Ray cluster that runs the job.")
 
+    @property
+    def teacher_job(self) -> JobReference | None:
+        """The job whose student teaches this one (teacher.jobRef), if any."""
+        return self.teacher.job_ref if self.teacher is not None else None
+
+    def all_teachers(self) -> list[tuple[str, TeacherSpec]]:
+        """Every teacher with the spec field that holds it: `teacher`, or `teachers[i]` of several."""
+        if self.teachers is not None:
+            return [(f"teachers[{i}]", t) for i, t in enumerate(self.teachers)]
+        return [("teacher", self.teacher)] if self.teacher is not None else []
+
     @model_validator(mode="after")
     def _cross_field(self) -> DistillationJobSpec:
         if self.compression.quantization == "int4" and self.task.type != "causal-lm":
             raise ValueError(
                 "compression.quantization: int4 is for causal-lm students; use int8 for sequence-classification"
             )
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("teachers: set teacher (one teacher) or teachers (several), not both")
+        if self.teachers is not None:
+            self._check_teachers(self.teachers)
+            return self
+        if self.teacher is None:
+            raise ValueError("teacher: set teacher (the model that teaches), or teachers for several")
         endpoint = self.teacher.endpoint is not None
         if endpoint and self.task.type != "causal-lm" and self.teacher.prompt is None:
             raise ValueError(
@@ -698,7 +790,47 @@ class DistillationJobSpec(ApiModel):
             )
         return self
 
+    def _check_teachers(self, teachers: list[EnsembleTeacher]) -> None:
+        """Several teachers: each classifies (a model, or a language model through a prompt) and the
+        combination is computed once, before training, over the task's labels."""
+        if sum(t.weight for t in teachers) <= 0:
+            raise ValueError("teachers: the weights must sum to a positive number: give at least one teacher a "
+                             "weight above 0")
+        needs = {"task.type": self.task.type == "sequence-classification",
+                 "student.uri": self.student.uri is not None,
+                 "distillation.teacherMode": self.distillation.teacher_mode == "cached",
+                 "distillation.hiddenStates.enabled": not self.distillation.hidden_states.enabled,
+                 "compression.pruning.method": self.compression.pruning.method == "none"}
+        unmet = [field for field, ok in needs.items() if not ok]
+        if unmet:
+            raise ValueError(f"teachers: several teachers combine class distributions once, which needs task.type "
+                             "sequence-classification, a pretrained student.uri, teacherMode cached, no hidden-state "
+                             f"distillation and no pruning; change {', '.join(unmet)}")
+        keyed = [i for i, t in enumerate(teachers) if t.endpoint is not None and t.endpoint.api_key_secret_ref]
+        if len(keyed) > 1:
+            raise ValueError(f"teachers[{keyed[1]}].endpoint.apiKeySecretRef: one endpoint teacher at most may "
+                             "carry an API key")
+        for i, member in enumerate(teachers):
+            where = f"teachers[{i}]"
+            if member.job_ref is not None:
+                raise ValueError(f"{where}.jobRef: a member of several teachers is a model or an endpoint; chain "
+                                 "jobs through teacher.jobRef")
+            if member.endpoint is not None and member.prompt is None:
+                raise ValueError(f"{where}.endpoint: an endpoint teacher classifies through a prompt: set "
+                                 f"{where}.prompt")
+            self._check_labels(member.prompt, where)
+
+    def _check_labels(self, prompt: TeacherPrompt | None, where: str) -> None:
+        labels = self.task.labels or []
+        unknown = sorted(set((prompt.verbalizer if prompt else None) or {}) - set(labels))
+        if unknown:
+            raise ValueError(f"{where}.prompt.verbalizer: {unknown} are not in task.labels {labels}")
+        strays = sorted({e.label for e in (prompt.few_shot if prompt else None) or []} - set(labels))
+        if strays:
+            raise ValueError(f"{where}.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+
     def _check_prompt(self) -> None:
+        assert self.teacher is not None
         prompt, endpoint = self.teacher.prompt, self.teacher.endpoint
         if endpoint is not None and endpoint.api == "chat" and prompt is None:
             raise ValueError("teacher.endpoint.api: chat is for classification with teacher.prompt; causal-lm "
@@ -708,13 +840,7 @@ class DistillationJobSpec(ApiModel):
         if self.task.type != "sequence-classification":
             raise ValueError("teacher.prompt: labels texts for sequence-classification; a causal-lm task learns "
                              "the teacher's own answers (remove teacher.prompt)")
-        labels = self.task.labels or []
-        unknown = sorted(set(prompt.verbalizer or {}) - set(labels))
-        if unknown:
-            raise ValueError(f"teacher.prompt.verbalizer: {unknown} are not in task.labels {labels}")
-        strays = sorted({e.label for e in prompt.few_shot or []} - set(labels))
-        if strays:
-            raise ValueError(f"teacher.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+        self._check_labels(prompt, "teacher")
         if self.student.uri is None:
             raise ValueError("student: a language-model teacher (teacher.prompt) has no classifier to copy: give a "
                              "pretrained student.uri")
@@ -823,7 +949,7 @@ class DistillationJob(ApiModel):
 
     @model_validator(mode="after")
     def _not_its_own_teacher(self) -> DistillationJob:
-        ref = self.spec.teacher.job_ref
+        ref = self.spec.teacher_job
         if ref is not None and ref.name == self.metadata.name:
             raise ValueError(f"spec.teacher.jobRef.name: {ref.name!r} is this job itself; name the job whose "
                              "student teaches this one")

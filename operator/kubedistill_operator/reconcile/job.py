@@ -51,7 +51,7 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     previous = status.get("rayJobName")
     teacher: list[dict[str, Any]] = []  # the WaitingForTeacher condition of a job taught by another's student
     teacher_uri = None
-    if job.spec.teacher.job_ref is not None:
+    if job.spec.teacher_job is not None:
         if previous == run and status.get("teacherUri"):
             teacher_uri = status["teacherUri"]  # this run started with it: the referenced job no longer matters
             job = chain.taught_by(job, teacher_uri)

@@ -31,7 +31,7 @@ def _reference(body: dict[str, Any] | None) -> str | None:
 
 def resolve_teacher(ctx: Context, body: dict[str, Any], namespace: str, job: DistillationJob) -> TeacherOutcome:
     """Where the referenced job stands, a cycle of references included (one GET per job along the chain)."""
-    assert job.spec.teacher.job_ref is not None
+    assert job.spec.teacher_job is not None
     bodies: dict[str, dict[str, Any] | None] = {job.metadata.name: body}
 
     def read(name: str) -> dict[str, Any] | None:
@@ -42,7 +42,7 @@ def resolve_teacher(ctx: Context, body: dict[str, Any], namespace: str, job: Dis
     cycle = chain.find_cycle(job.metadata.name, lambda name: _reference(read(name)))
     if cycle is not None:
         return cycle_outcome(cycle)
-    return teacher_outcome(job.spec, read(job.spec.teacher.job_ref.name))
+    return teacher_outcome(job.spec, read(job.spec.teacher_job.name))
 
 
 def await_teacher(ctx: Context, body: dict[str, Any], writer: StatusWriter, namespace: str,

@@ -47,8 +47,8 @@ def cycle_outcome(cycle: list[str]) -> TeacherOutcome:
 
 def teacher_outcome(spec: DistillationJobSpec, teacher: dict[str, Any] | None) -> TeacherOutcome:
     """What the job `spec` (with a teacher.jobRef) may do, given the referenced job's body (None: absent)."""
-    assert spec.teacher.job_ref is not None
-    name = spec.teacher.job_ref.name
+    assert spec.teacher_job is not None
+    name = spec.teacher_job.name
     if teacher is None:
         return TeacherOutcome("TeacherJobNotFound", f"{chain.FIELD}: DistillationJob {name} not found in this "
                               "namespace; create it (this job starts once it has succeeded) or fix the name")
