@@ -56,6 +56,8 @@ def _manifest(tmp_path, tiny_models, data, combination="mean"):
         student={"uri": str(tiny_models["bert"])},
         training={"epochs": 1, "batchSize": 16, "learningRate": 0.01, "checkpointEverySteps": 4},
         distillation={"ensemble": combination},
+        dataset={"maxSamples": 64},
+        evaluation={"gate": {"minRetention": None}, "metrics": ["accuracy", "agreement"]},  # no latency: seconds
         ray={"workers": {"replicas": 1}},
     )
     spec = manifest["spec"]
