@@ -64,6 +64,18 @@ def resolve_threshold(config: RouterConfig, manifest: ServingManifest) -> float 
     return manifest.recommended_threshold
 
 
+def check_tiers(tiers: list[RouterTier], threshold: float | None, repository: Path) -> None:
+    """Tiers whose thresholds fall along the cascade (the student's may come from serving.json, so it is checked
+    again here) and whose models are in the repository; ValueError naming the field otherwise."""
+    problem = tier_order_problem(tiers, threshold)
+    if problem is not None:
+        raise ValueError(problem)
+    for i, tier in enumerate(tiers):
+        if tier.model is not None and not (repository / tier.model / "config.pbtxt").is_file():
+            raise ValueError(f"router.tiers[{i}].model: the model repository {repository} has no model "
+                             f"{tier.model!r}; add it (taking the student's inputs) or fix the name")
+
+
 def encode_checked(encoder: TextEncoder, texts: list[str]) -> dict[str, np.ndarray]:
     """The texts as tensors; a text the tokenizer cannot take is a 400 naming it, not a 500 for the call."""
     try:
@@ -91,16 +103,14 @@ class ClassificationHandler:
         self.labels = manifest.labels
         self.signal = config.confidence_signal
         self.threshold = resolve_threshold(config, manifest)
+        check_tiers(config.tiers or [], self.threshold, repository)  # before any connection is opened
         self.triton = triton
         self.metrics = metrics
         self.student = manifest.student
         encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
         self.student_calls = self._model_calls("student", manifest.student, encoder, repository)
         self.teacher = self._teacher(config, manifest, repository)
-        self.tiers = [self._tier(i, tier, encoder, repository) for i, tier in enumerate(config.tiers or [])]
-        problem = tier_order_problem(config.tiers or [], self.threshold)
-        if problem is not None:  # the student's threshold may come from serving.json: checked again here
-            raise ValueError(problem)
+        self.tiers = [self._tier(tier, encoder, repository) for tier in config.tiers or []]
         self.breaker = CircuitBreaker()
         self._last_teacher_error: BaseException | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -118,14 +128,11 @@ class ClassificationHandler:
                              "router.teacher (a remote endpoint) or use mode student-only")
         return None
 
-    def _tier(self, index: int, tier: RouterTier, encoder: TextEncoder, repository: Path) -> Tier:
+    def _tier(self, tier: RouterTier, encoder: TextEncoder, repository: Path) -> Tier:
         """A model between the student and the teacher: in this Triton (fed like the student), or remote."""
         if tier.endpoint is not None:
             return Tier(tier.name, tier.threshold, remote_teacher(tier.endpoint, self.labels, self.signal, None))
         assert tier.model is not None
-        if not (repository / tier.model / "config.pbtxt").is_file():
-            raise ValueError(f"router.tiers[{index}].model: the model repository {repository} has no model "
-                             f"{tier.model!r}; add it (taking the student's inputs) or fix the name")
         served = self.student.model_copy(update={"name": tier.model})
         calls = self._model_calls(tier.name, served, encoder, repository)
         return Tier(tier.name, tier.threshold, ColocatedTeacher(calls, f"Triton model {tier.model!r}", self.labels,
