@@ -218,6 +218,20 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("teachers-endpoint-without-prompt", "DistillationJob",
      [*TEACHERS, ("spec.teachers", [TWO[0], {"endpoint": TWO[1]["endpoint"]}])], "endpoint"),
     ("teachers-combination", "DistillationJob", [*TEACHERS, ("spec.distillation.ensemble", "vote")], "ensemble"),
+    ("tiers-out-of-order", "StudentDeployment", [("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "threshold": 0.5}, {"name": "big", "model": "big", "threshold": 0.7}])],
+     "tiers"),
+    ("tier-above-student", "StudentDeployment", [("spec.router.threshold", 0.6),
+                                                 ("spec.router.tiers", [{"name": "mid", "model": "mid",
+                                                                         "threshold": 0.7}])], "tiers"),
+    ("tier-two-sources", "StudentDeployment", [("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "endpoint": {"url": "http://mid:8080"}, "threshold": 0.5}])], "tiers"),
+    ("tier-named-teacher", "StudentDeployment",
+     [("spec.router.tiers", [{"name": "teacher", "model": "mid", "threshold": 0.5}])], "tiers"),
+    ("tiers-in-shadow-mode", "StudentDeployment", [("spec.router.mode", "shadow"), ("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "threshold": 0.5}])], "tiers"),
+    ("tier-threshold", "StudentDeployment",
+     [("spec.router.tiers", [{"name": "mid", "model": "mid", "threshold": 1.5}])], "threshold"),
     ("teacher-uri-and-job", "DistillationJob", [("spec.teacher.jobRef", {"name": "assistant"})], "teacher"),
     ("teacher-job-name", "DistillationJob",
      [("spec.teacher", {"jobRef": {"name": "Bad_Name"}})], "name"),
@@ -277,3 +291,13 @@ def test_several_teachers_are_accepted_by_both():
     spec = parse_resource(doc, "two-teachers").spec
     assert spec.teacher is None and [t.weight for t in spec.teachers] == [2, 1]
     assert [field for field, _ in spec.all_teachers()] == ["teachers[0]", "teachers[1]"]
+
+
+def test_tiers_in_cascade_order_are_accepted_by_both():
+    doc = copy.deepcopy(_quickstart("StudentDeployment"))
+    tiers = [{"name": "mid", "model": "mid", "threshold": 0.7},
+             {"name": "big", "endpoint": {"url": "http://big:8080"}, "threshold": 0.7}]
+    _set(doc, "spec.router.threshold", 0.8)
+    _set(doc, "spec.router.tiers", tiers)
+    assert schema_errors(doc) == []
+    assert [t.name for t in parse_resource(doc, "tiers").spec.router.tiers] == ["mid", "big"]
