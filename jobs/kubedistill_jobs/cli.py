@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the manifest's spec.output.uri)")
     parser.add_argument("--teacher-job", metavar="FOLDER_OR_MANIFEST",
                         help="for a spec.teacher.jobRef: the output folder (or the manifest) of the job it names, "
-                        "whose fp32 student teaches")
+                        "whose fp32 student teaches (default: none; needed only with teacher.jobRef)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="Ray Train workers (default: spec.ray.workers.replicas, at most the CPU count)")
     parser.add_argument("--cpus", type=int, metavar="N", help="CPUs the embedded Ray may use (default: all)")
