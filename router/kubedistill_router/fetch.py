@@ -79,11 +79,13 @@ def copy_from_filesystem(fs: Any, root: str, staging: Path) -> None:
 
 
 def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT,
-          settings: TritonSettings | None = None, vllm_files: Path = Path(ROUTER_CONFIG_DIR)) -> ServingManifest:
+          settings: TritonSettings | None = None, vllm_files: Path = Path(ROUTER_CONFIG_DIR),
+          served_at: Path | None = None) -> ServingManifest:
     """Copy the repository at `source` into `dest`, verified and atomically; returns its manifest.
 
     `settings` (the deployment's spec.triton) are written into the models' config.pbtxt while staging; with
-    `backend: vllm` the generation models become vLLM models from the files in `vllm_files` (the operator's).
+    `backend: vllm` the generation models become vLLM models from the files in `vllm_files` (the operator's),
+    whose weights must lie under `served_at` (where Triton mounts the repository; default `dest`).
     """
     dest = Path(dest)
     dest_exists = dest.exists()
@@ -98,7 +100,7 @@ def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT,
         manifest = verify_repository(staging)
         if settings is not None and settings.backend == "vllm":
             try:
-                to_vllm(staging, manifest, vllm_files, dest)
+                to_vllm(staging, manifest, vllm_files, served_at or dest)
             except VllmRepositoryError as error:
                 raise FetchError(str(error)) from None
             manifest = verify_repository(staging)
