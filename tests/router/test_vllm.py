@@ -115,7 +115,7 @@ def test_fetch_refuses_what_vllm_cannot_serve(repository, tmp_path):
     with pytest.raises(FetchError, match="`model` must be"):
         fetch(str(repository), tmp_path / "a", settings=TritonSettings(backend="vllm"), vllm_files=files,
               served_at=POD_MODELS)
-    with pytest.raises(FetchError, match="vllm-config.pbtxt is missing"):
+    with pytest.raises(FetchError, match=r"vllm-config\.pbtxt is missing"):
         fetch(str(repository), tmp_path / "b", settings=TritonSettings(backend="vllm"), vllm_files=tmp_path / "none")
     old = tmp_path / "old"  # exported before the float16 weights were part of the export
     shutil.copytree(repository, old)
