@@ -39,6 +39,7 @@ from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from kubedistill_router.generation_models import OpenAITeacher, TritonGenerator
 from kubedistill_router.generation_stream import (
+    TRITON_WAIT,
     ClientGone,
     GenerationMetrics,
     StreamEnded,
@@ -193,6 +194,7 @@ class GenerationHandler:
             assert writer.response is not None
             return writer.response
         reason = outcome.escalation_reason or ("degraded" if outcome.degraded else "none")
+        self.gen_metrics.overhead.observe(max(0.0, time.perf_counter() - start - request.get(TRITON_WAIT, 0.0)))
         self.gen_metrics.requests.labels(outcome.served_by, reason).inc()
         self.metrics.count_instances(outcome.served_by, outcome.degraded)
         request[SERVED_BY] = outcome.served_by
@@ -207,15 +209,26 @@ class GenerationHandler:
         """Tokens from Triton, counted and timed; stops (cancelling Triton's request) when the client is gone."""
         counter = self.gen_metrics.tokens.labels(label)
         last = None
-        async for token in self.generators[model].stream(model, prompt, req):
-            now = time.perf_counter()
-            if last is not None:
-                self.gen_metrics.inter_token.observe(now - last)
-            last = now
-            counter.inc()
-            if request.transport is None or request.transport.is_closing():
-                raise ClientGone
-            yield token
+        tokens = self.generators[model].stream(model, prompt, req)
+        try:
+            while True:
+                asked = time.perf_counter()
+                try:
+                    token = await tokens.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:  # the wait on Triton, left out of the router's own overhead
+                    now = time.perf_counter()
+                    request[TRITON_WAIT] = request.get(TRITON_WAIT, 0.0) + now - asked
+                if last is not None:
+                    self.gen_metrics.inter_token.observe(now - last)
+                last = now
+                counter.inc()
+                if request.transport is None or request.transport.is_closing():
+                    raise ClientGone
+                yield token
+        finally:
+            await tokens.aclose()  # cancels Triton's request when the answer stopped early
 
     async def _draft(self, request: web.Request, req: GenerationRequest, prompt: list[int],
                      early_stop: bool) -> tuple[list[TokenOut], bool]:

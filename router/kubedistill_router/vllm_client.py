@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ class VllmGenerator:
             tensor("return_logprobs", True, "BOOL"),
         ]
 
-    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncIterator[TokenOut]:
+    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncGenerator[TokenOut, None]:
         """The tokens `model` generates for `prompt`, as they come; leaving early cancels the request in Triton
         (the backend then aborts it in vLLM)."""
         inputs = self.inputs(model, prompt, request)
