@@ -10,7 +10,7 @@ from kubedistill import __version__
 
 DEFAULT_JOB_IMAGE = f"ghcr.io/kubedistill/kubedistill-jobs:{__version__}"
 DEFAULT_ROUTER_IMAGE = f"ghcr.io/kubedistill/kubedistill-router:{__version__}"
-# triton/Dockerfile: NVIDIA's Triton with onnxruntime-genai in its python backend (causal-LM students).
+# triton-image/Dockerfile: NVIDIA's Triton with onnxruntime-genai in its python backend (causal-LM students).
 DEFAULT_TRITON_IMAGE = f"ghcr.io/kubedistill/kubedistill-triton:{__version__}"
 
 ENV_JOB_IMAGE = "KUBEDISTILL_JOB_IMAGE"

@@ -261,7 +261,10 @@ def test_triton_image_adds_onnxruntime_genai_within_its_lock():
     """The python backend of the cluster's Triton runs the causal-LM generation model (ONNX Runtime GenAI)."""
     from kubedistill_operator.config import DEFAULT_TRITON_IMAGE, OperatorConfig
 
-    dockerfile = ROOT / "triton" / "Dockerfile"
+    # Not a folder named `triton`: on sys.path (the repository root is, under pytest) it would shadow OpenAI's
+    # triton package, which torch imports.
+    dockerfile = ROOT / "triton-image" / "Dockerfile"
+    assert not (ROOT / "triton").exists()
     _, stages = _stages(dockerfile)
     assert len(stages) >= 2
     for stage in stages:
