@@ -174,10 +174,16 @@ def bucket_quantile(before: dict[str, float], after: dict[str, float], q: float)
     return lower
 
 
-async def paired_overhead(base: str, triton_url: str, repository: Path, pairs: int) -> dict[str, Any]:
+async def paired_overhead(base: str, router_pid: int, triton_url: str, repository: Path,
+                          pairs: int) -> dict[str, Any]:
     """The router's overhead with the noise cancelled: per pair, the same greedy request through the router
     (non-streamed /v1/completions) and straight to Triton (gRPC, tokenized ahead), back to back, the order
-    alternating; the p50 of the differences, and the router's own histogram over the same requests."""
+    alternating; the p50 of the differences, and the router's own histogram over the same requests.
+
+    CPU time, which a loaded machine stretches far less than wall time: the router process's CPU per request
+    (its HTTP, tokenizer, text and metrics work, and its gRPC client) against this process's CPU per direct
+    request (the same gRPC client work); the difference is the work the router adds."""
+    import psutil
     from kubedistill_router.chat import ChatTokenizer
     from kubedistill_router.generation_models import TritonGenerator
     from kubedistill_router.openai_api import parse_request
@@ -196,17 +202,23 @@ async def paired_overhead(base: str, triton_url: str, repository: Path, pairs: i
             await response.read()
         return time.perf_counter() - start
 
+    direct_cpu = 0.0
+
     async def to_triton(prompt: str) -> float:
+        nonlocal direct_cpu
         request = parse_request({"model": "bench", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0},
                                 chat=False, model_name="bench", max_tokens_cap=4096)
         ids = tokenizer.encode(prompt, special=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         async for _ in generator.stream("student", ids, request):
             pass
+        direct_cpu += time.process_time() - cpu
         return time.perf_counter() - start
 
     async with aiohttp.ClientSession() as session:
         before = await histogram(session, base, OVERHEAD_METRIC)
+        router_process = psutil.Process(router_pid)
+        router_cpu = sum(router_process.cpu_times()[:2])
         for index in range(pairs):
             prompt = PROMPTS[index % len(PROMPTS)]
             if index % 2:
@@ -215,6 +227,7 @@ async def paired_overhead(base: str, triton_url: str, repository: Path, pairs: i
             else:
                 routed.append(await via_router(session, prompt))
                 straight.append(await to_triton(prompt))
+        router_cpu = sum(router_process.cpu_times()[:2]) - router_cpu
         after = await histogram(session, base, OVERHEAD_METRIC)
     await generator.close()
     differences = [r - d for r, d in zip(routed, straight, strict=True)]
@@ -223,7 +236,10 @@ async def paired_overhead(base: str, triton_url: str, repository: Path, pairs: i
             "paired_difference_p50_ms": pct(differences, 50), "paired_difference_p25_ms": pct(differences, 25),
             "paired_difference_p75_ms": pct(differences, 75),
             "router_own_mean_ms": 1000 * (after["sum"] - before.get("sum", 0.0)) / count if count else None,
-            "router_own_p50_ms": 1000 * bucket_quantile(before, after, 0.5) if count else None}
+            "router_own_p50_ms": 1000 * bucket_quantile(before, after, 0.5) if count else None,
+            "router_cpu_per_request_ms": 1000 * router_cpu / pairs,
+            "direct_cpu_per_request_ms": 1000 * direct_cpu / pairs,
+            "added_cpu_per_request_ms": 1000 * (router_cpu - direct_cpu) / pairs}
 
 
 def cascade(output: Path | None) -> dict[str, Any] | None:
@@ -266,8 +282,8 @@ def main() -> int:
                 results[model] = {f"c{c}": asyncio.run(through_router(router.base, args.requests, c, True))
                                   for c in (1, 8)}
                 if model == "student":
-                    results["overhead"] = asyncio.run(paired_overhead(router.base, triton.grpc_url, local,
-                                                                      args.pairs))
+                    results["overhead"] = asyncio.run(paired_overhead(router.base, router.process.pid,
+                                                                      triton.grpc_url, local, args.pairs))
             finally:
                 router.stop()
     finally:
@@ -289,7 +305,8 @@ def main() -> int:
           f"{d['paired_difference_p50_ms']} ms (p25 {d['paired_difference_p25_ms']}, p75 "
           f"{d['paired_difference_p75_ms']}; router {d['router_p50_ms']} vs direct {d['direct_p50_ms']} ms at p50)")
     print(f"the router's own time per request (less the wait on Triton): mean {o['router_own_mean_ms']:.3f} ms, "
-          f"p50 {o['router_own_p50_ms']:.3f} ms")
+          f"p50 {o['router_own_p50_ms']:.3f} ms; CPU per request: router {d['router_cpu_per_request_ms']} ms, "
+          f"direct client {d['direct_cpu_per_request_ms']} ms, added {d['added_cpu_per_request_ms']} ms")
     print(f"cascade at the recommended threshold: {results['cascade']}")
     print(f"wrote {RESULTS}")
     return 0

@@ -207,8 +207,8 @@ class GenerationHandler:
     async def _tokens(self, request: web.Request, model: str, label: str, prompt: list[int],
                       req: GenerationRequest) -> AsyncIterator[TokenOut]:
         """Tokens from Triton, counted and timed; stops (cancelling Triton's request) when the client is gone."""
-        counter = self.gen_metrics.tokens.labels(label)
         last = None
+        count = 0
         tokens = self.generators[model].stream(model, prompt, req)
         try:
             while True:
@@ -223,11 +223,12 @@ class GenerationHandler:
                 if last is not None:
                     self.gen_metrics.inter_token.observe(now - last)
                 last = now
-                counter.inc()
+                count += 1
                 if request.transport is None or request.transport.is_closing():
                     raise ClientGone
                 yield token
         finally:
+            self.gen_metrics.tokens.labels(label).inc(count)  # once per answer: a token costs no lock
             await tokens.aclose()  # cancels Triton's request when the answer stopped early
 
     async def _draft(self, request: web.Request, req: GenerationRequest, prompt: list[int],

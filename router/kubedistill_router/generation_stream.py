@@ -31,8 +31,8 @@ from kubedistill_router.protocol import json_body
 log = logging.getLogger("kubedistill.router")
 # The router's own share of a request is well under a millisecond when all is well: finer buckets there.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1)
-# Per request (aiohttp's request mapping): seconds spent waiting for Triton's tokens.
-TRITON_WAIT = "kubedistill_triton_wait"
+# Per request (aiohttp's request storage): seconds spent waiting for Triton's tokens.
+TRITON_WAIT: Any = web.RequestKey("triton_wait", float) if hasattr(web, "RequestKey") else "triton_wait"
 
 
 class ClientGone(Exception):
