@@ -7,8 +7,10 @@ is measured so that the machine's noise cancels: the same greedy request is sent
 router (non-streamed) and to Triton directly over gRPC (prompt tokenized ahead of time), one right after
 the other, in alternating order, and the p50 of the per-pair differences is reported; next to it, the
 router's own account of the same requests (`kubedistill_router_generation_overhead_seconds`: its time less
-the wait on Triton's tokens). The cascade's quality against the share escalated at the recommended
-threshold comes from the job's report.json (`generation_routing`).
+the wait on Triton's tokens), and the router alone: the same router process with Triton's token stream
+replaced by 32 ready tokens (benchmarks/ready_tokens_router.py), timed per request and in CPU. The
+cascade's quality against the share escalated at the recommended threshold comes from the job's report.json
+(`generation_routing`).
 
     python benchmarks/generation.py [--output DIR] [--work DIR] [--requests 24]
 
@@ -242,6 +244,63 @@ async def paired_overhead(base: str, router_pid: int, triton_url: str, repositor
             "added_cpu_per_request_ms": 1000 * (router_cpu - direct_cpu) / pairs}
 
 
+async def _alone(base: str, pid: int, requests: int, stream: bool) -> dict[str, Any]:
+    import psutil
+
+    body = {"model": "bench", "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0, "stream": stream}
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):  # warm-up
+            async with session.post(f"{base}/v1/completions", json=body) as response:
+                await response.read()
+        process = psutil.Process(pid)
+        cpu = sum(process.cpu_times()[:2])
+        for _ in range(requests):
+            start = time.perf_counter()
+            async with session.post(f"{base}/v1/completions", json=body) as response:
+                assert response.status == 200, await response.text()
+                await response.read()
+            latencies.append(time.perf_counter() - start)
+        cpu = sum(process.cpu_times()[:2]) - cpu
+    return {"requests": requests, "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95),
+            "router_cpu_per_request_ms": 1000 * cpu / requests}
+
+
+def router_alone(repository: Path, work: Path, requests: int) -> dict[str, Any]:
+    """The router with Triton's stream replaced by MAX_TOKENS ready tokens: per request, wall time through it
+    (client and loopback included, so an upper bound) and its CPU, non-streamed and streamed."""
+    import subprocess
+    import sys
+
+    from kubedistill_router.chat import ChatTokenizer
+    from kubedistill_router.local.triton import free_port
+    from router_process import ready
+
+    manifest = ServingManifest.read(repository)
+    tokenizer = ChatTokenizer(repository / manifest.tokenizer, None)
+    tokens = (tokenizer.encode(" ".join(PROMPTS)) * MAX_TOKENS)[:MAX_TOKENS]
+    (work / "ready-tokens.json").write_text(json.dumps(tokens))
+    port = free_port()
+    config = work / "router-alone.yaml"
+    config.write_text(RouterConfig(model_name="bench", model_repository=str(repository), triton_url="127.0.0.1:1",
+                                   mode="student-only", port=port, timeout_seconds=60).to_yaml())
+    with open(work / "router-alone.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "ready_tokens_router.py"), str(config),
+                                    str(work / "ready-tokens.json")], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work / "router-alone.log").read_text()[-2000:])
+            time.sleep(0.1)
+        return {"json": asyncio.run(_alone(base, process.pid, requests, False)),
+                "stream": asyncio.run(_alone(base, process.pid, requests, True))}
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def cascade(output: Path | None) -> dict[str, Any] | None:
     if output is None or not OutputLayout(output).report_json.is_file():
         return None
@@ -261,6 +320,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where to build (default: a temporary folder)")
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--pairs", type=int, default=64, help="request pairs for the router's overhead")
+    parser.add_argument("--alone", type=int, default=400, help="requests to the router alone (ready tokens)")
     args = parser.parse_args()
     from kubedistill_router.local.repository import build_local_repository
     from kubedistill_router.local.triton import start_triton
@@ -288,6 +348,7 @@ def main() -> int:
                 router.stop()
     finally:
         triton.stop()
+    results["router_alone"] = router_alone(local, work, args.alone)
     results["speedup_tokens_per_second"] = (results["student"]["c1"]["tokens_per_second_per_request"]
                                             / results["teacher"]["c1"]["tokens_per_second_per_request"])
     results["cascade"] = cascade(args.output)
@@ -307,6 +368,9 @@ def main() -> int:
     print(f"the router's own time per request (less the wait on Triton): mean {o['router_own_mean_ms']:.3f} ms, "
           f"p50 {o['router_own_p50_ms']:.3f} ms; CPU per request: router {d['router_cpu_per_request_ms']} ms, "
           f"direct client {d['direct_cpu_per_request_ms']} ms, added {d['added_cpu_per_request_ms']} ms")
+    for kind, r in results["router_alone"].items():
+        print(f"router alone ({kind}, {MAX_TOKENS} ready tokens): p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms "
+              f"per request (client and loopback included), router CPU {r['router_cpu_per_request_ms']:.3f} ms")
     print(f"cascade at the recommended threshold: {results['cascade']}")
     print(f"wrote {RESULTS}")
     return 0
