@@ -168,3 +168,11 @@ def test_sampling_parameters_are_vllms():
     params = sampling_parameters(request)
     # vllm/sampling_params.py, SamplingParams fields.
     assert params == {"max_tokens": 12, "temperature": 0.0, "top_p": 0.9, "logprobs": 3, "seed": 5}
+
+
+def test_local_serving_leaves_the_vllm_weights_out(repository, tmp_path):
+    from kubedistill_router.local.repository import build_local_repository
+
+    local = build_local_repository(repository, tmp_path / "local")
+    assert (repository / "student" / "hf").is_dir() and not (local / "student" / "hf").exists()
+    assert (local / "student" / "1" / "model.py").is_file() and (local / "teacher" / "config.pbtxt").is_file()
