@@ -3,9 +3,14 @@
 Same local Triton (python backend running ONNX Runtime GenAI), same prompts, one run. Each model is asked
 through the router (`python -m kubedistill_router`, streamed `/v1/completions`, greedy, 32 tokens) at
 concurrency 1 and 8: tokens/s per request, time to first token, p50/p95 per request. The router's overhead
-is its p50 (non-streamed) minus the p50 of the same request sent to Triton directly over gRPC with the
-prompt tokenized ahead of time, at concurrency 1. The cascade's quality against the share escalated at
-the recommended threshold comes from the job's report.json (`generation_routing`).
+is measured so that the machine's noise cancels: the same greedy request is sent to the student through the
+router (non-streamed) and to Triton directly over gRPC (prompt tokenized ahead of time), one right after
+the other, in alternating order, and the p50 of the per-pair differences is reported; next to it, the
+router's own account of the same requests (`kubedistill_router_generation_overhead_seconds`: its time less
+the wait on Triton's tokens), and the router alone: the same router process with Triton's token stream
+replaced by 32 ready tokens (benchmarks/ready_tokens_router.py), timed per request and in CPU. The
+cascade's quality against the share escalated at the recommended threshold comes from the job's report.json
+(`generation_routing`).
 
     python benchmarks/generation.py [--output DIR] [--work DIR] [--requests 24]
 
@@ -140,8 +145,47 @@ async def through_router(base: str, requests: int, concurrency: int, stream: boo
             "tokens_per_second_total": sum(tokens) / wall}
 
 
-async def direct(triton_url: str, repository: Path, requests: int) -> dict[str, Any]:
-    """The same greedy requests to Triton directly (gRPC stream), tokenized ahead of time, concurrency 1."""
+OVERHEAD_METRIC = "kubedistill_router_generation_overhead_seconds"
+
+
+async def histogram(session: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
+    """The router's histogram `name` from /metrics: {"sum", "count", <le>: cumulative count}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            for sample in family.samples:
+                key = sample.labels["le"] if sample.name.endswith("_bucket") else sample.name.rsplit("_", 1)[-1]
+                out[key] = sample.value
+    return out
+
+
+def bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float:
+    """The q-quantile of the observations between two scrapes, interpolated within its bucket (seconds)."""
+    bounds = sorted((float(k), after[k] - before.get(k, 0.0)) for k in after if k not in ("sum", "count"))
+    total = bounds[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, cumulative in bounds:
+        if cumulative >= q * total and upper != float("inf"):
+            inside = cumulative - below
+            return lower + (upper - lower) * ((q * total - below) / inside if inside else 0.0)
+        lower, below = upper, cumulative
+    return lower
+
+
+async def paired_overhead(base: str, router_pid: int, triton_url: str, repository: Path,
+                          pairs: int) -> dict[str, Any]:
+    """The router's overhead with the noise cancelled: per pair, the same greedy request through the router
+    (non-streamed /v1/completions) and straight to Triton (gRPC, tokenized ahead), back to back, the order
+    alternating; the p50 of the differences, and the router's own histogram over the same requests.
+
+    CPU time, which a loaded machine stretches far less than wall time: the router process's CPU per request
+    (its HTTP, tokenizer, text and metrics work, and its gRPC client) against this process's CPU per direct
+    request (the same gRPC client work); the difference is the work the router adds."""
+    import psutil
     from kubedistill_router.chat import ChatTokenizer
     from kubedistill_router.generation_models import TritonGenerator
     from kubedistill_router.openai_api import parse_request
@@ -149,18 +193,112 @@ async def direct(triton_url: str, repository: Path, requests: int) -> dict[str, 
     manifest = ServingManifest.read(repository)
     tokenizer = ChatTokenizer(repository / manifest.tokenizer, None)
     generator = TritonGenerator(triton_url, 60)
-    latencies = []
-    for index in range(requests):
-        prompt = PROMPTS[index % len(PROMPTS)]
+    routed: list[float] = []
+    straight: list[float] = []
+
+    async def via_router(session: aiohttp.ClientSession, prompt: str) -> float:
+        body = {"model": "bench", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
+        start = time.perf_counter()
+        async with session.post(f"{base}/v1/completions", json=body) as response:
+            assert response.status == 200, await response.text()
+            await response.read()
+        return time.perf_counter() - start
+
+    direct_cpu = 0.0
+
+    async def to_triton(prompt: str) -> float:
+        nonlocal direct_cpu
         request = parse_request({"model": "bench", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0},
                                 chat=False, model_name="bench", max_tokens_cap=4096)
         ids = tokenizer.encode(prompt, special=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         async for _ in generator.stream("student", ids, request):
             pass
-        latencies.append(time.perf_counter() - start)
+        direct_cpu += time.process_time() - cpu
+        return time.perf_counter() - start
+
+    async with aiohttp.ClientSession() as session:
+        before = await histogram(session, base, OVERHEAD_METRIC)
+        router_process = psutil.Process(router_pid)
+        router_cpu = sum(router_process.cpu_times()[:2])
+        for index in range(pairs):
+            prompt = PROMPTS[index % len(PROMPTS)]
+            if index % 2:
+                straight.append(await to_triton(prompt))
+                routed.append(await via_router(session, prompt))
+            else:
+                routed.append(await via_router(session, prompt))
+                straight.append(await to_triton(prompt))
+        router_cpu = sum(router_process.cpu_times()[:2]) - router_cpu
+        after = await histogram(session, base, OVERHEAD_METRIC)
     await generator.close()
-    return {"requests": requests, "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95)}
+    differences = [r - d for r, d in zip(routed, straight, strict=True)]
+    count = after["count"] - before.get("count", 0.0)
+    return {"pairs": pairs, "router_p50_ms": pct(routed, 50), "direct_p50_ms": pct(straight, 50),
+            "paired_difference_p50_ms": pct(differences, 50), "paired_difference_p25_ms": pct(differences, 25),
+            "paired_difference_p75_ms": pct(differences, 75),
+            "router_own_mean_ms": 1000 * (after["sum"] - before.get("sum", 0.0)) / count if count else None,
+            "router_own_p50_ms": 1000 * bucket_quantile(before, after, 0.5) if count else None,
+            "router_cpu_per_request_ms": 1000 * router_cpu / pairs,
+            "direct_cpu_per_request_ms": 1000 * direct_cpu / pairs,
+            "added_cpu_per_request_ms": 1000 * (router_cpu - direct_cpu) / pairs}
+
+
+async def _alone(base: str, pid: int, requests: int, stream: bool) -> dict[str, Any]:
+    import psutil
+
+    body = {"model": "bench", "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0, "stream": stream}
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):  # warm-up
+            async with session.post(f"{base}/v1/completions", json=body) as response:
+                await response.read()
+        process = psutil.Process(pid)
+        cpu = sum(process.cpu_times()[:2])
+        for _ in range(requests):
+            start = time.perf_counter()
+            async with session.post(f"{base}/v1/completions", json=body) as response:
+                assert response.status == 200, await response.text()
+                await response.read()
+            latencies.append(time.perf_counter() - start)
+        cpu = sum(process.cpu_times()[:2]) - cpu
+    return {"requests": requests, "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95),
+            "router_cpu_per_request_ms": 1000 * cpu / requests}
+
+
+def router_alone(repository: Path, work: Path, requests: int) -> dict[str, Any]:
+    """The router with Triton's stream replaced by MAX_TOKENS ready tokens: per request, wall time through it
+    (client and loopback included, so an upper bound) and its CPU, non-streamed and streamed."""
+    import subprocess
+    import sys
+
+    from kubedistill_router.chat import ChatTokenizer
+    from kubedistill_router.local.triton import free_port
+    from router_process import ready
+
+    manifest = ServingManifest.read(repository)
+    tokenizer = ChatTokenizer(repository / manifest.tokenizer, None)
+    tokens = (tokenizer.encode(" ".join(PROMPTS)) * MAX_TOKENS)[:MAX_TOKENS]
+    (work / "ready-tokens.json").write_text(json.dumps(tokens))
+    port = free_port()
+    config = work / "router-alone.yaml"
+    config.write_text(RouterConfig(model_name="bench", model_repository=str(repository), triton_url="127.0.0.1:1",
+                                   mode="student-only", port=port, timeout_seconds=60).to_yaml())
+    with open(work / "router-alone.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "ready_tokens_router.py"), str(config),
+                                    str(work / "ready-tokens.json")], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work / "router-alone.log").read_text()[-2000:])
+            time.sleep(0.1)
+        return {"json": asyncio.run(_alone(base, process.pid, requests, False)),
+                "stream": asyncio.run(_alone(base, process.pid, requests, True))}
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def cascade(output: Path | None) -> dict[str, Any] | None:
@@ -181,6 +319,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=None, help="a finished causal-LM job's output folder")
     parser.add_argument("--work", type=Path, default=None, help="where to build (default: a temporary folder)")
     parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--pairs", type=int, default=64, help="request pairs for the router's overhead")
+    parser.add_argument("--alone", type=int, default=400, help="requests to the router alone (ready tokens)")
     args = parser.parse_args()
     from kubedistill_router.local.repository import build_local_repository
     from kubedistill_router.local.triton import start_triton
@@ -202,14 +342,13 @@ def main() -> int:
                 results[model] = {f"c{c}": asyncio.run(through_router(router.base, args.requests, c, True))
                                   for c in (1, 8)}
                 if model == "student":
-                    routed = asyncio.run(through_router(router.base, args.requests, 1, False))
-                    straight = asyncio.run(direct(triton.grpc_url, local, args.requests))
-                    results["overhead"] = {"router_p50_ms": routed["p50_ms"], "direct_p50_ms": straight["p50_ms"],
-                                           "added_p50_ms": routed["p50_ms"] - straight["p50_ms"]}
+                    results["overhead"] = asyncio.run(paired_overhead(router.base, router.process.pid,
+                                                                      triton.grpc_url, local, args.pairs))
             finally:
                 router.stop()
     finally:
         triton.stop()
+    results["router_alone"] = router_alone(local, work, args.alone)
     results["speedup_tokens_per_second"] = (results["student"]["c1"]["tokens_per_second_per_request"]
                                             / results["teacher"]["c1"]["tokens_per_second_per_request"])
     results["cascade"] = cascade(args.output)
@@ -221,8 +360,17 @@ def main() -> int:
             print(f"{model:8} {c[1:]:>4} {r['tokens_per_second_per_request']:10.1f} "
                   f"{r['tokens_per_second_total']:10.1f} {r['ttft_p50_ms']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
     o = results["overhead"]
-    print(f"student tokens/s over teacher's (c1): {results['speedup_tokens_per_second']:.2f}x; router adds "
-          f"{o['added_p50_ms']:.2f} ms at p50 ({o['router_p50_ms']:.1f} vs {o['direct_p50_ms']:.1f} ms direct)")
+    print(f"student tokens/s over teacher's (c1): {results['speedup_tokens_per_second']:.2f}x")
+    d = {k: f"{v:.2f}" for k, v in o.items() if k.endswith("_ms") and v is not None}
+    print(f"router overhead over {o['pairs']} interleaved pairs: p50 of the differences "
+          f"{d['paired_difference_p50_ms']} ms (p25 {d['paired_difference_p25_ms']}, p75 "
+          f"{d['paired_difference_p75_ms']}; router {d['router_p50_ms']} vs direct {d['direct_p50_ms']} ms at p50)")
+    print(f"the router's own time per request (less the wait on Triton): mean {o['router_own_mean_ms']:.3f} ms, "
+          f"p50 {o['router_own_p50_ms']:.3f} ms; CPU per request: router {d['router_cpu_per_request_ms']} ms, "
+          f"direct client {d['direct_cpu_per_request_ms']} ms, added {d['added_cpu_per_request_ms']} ms")
+    for kind, r in results["router_alone"].items():
+        print(f"router alone ({kind}, {MAX_TOKENS} ready tokens): p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms "
+              f"per request (client and loopback included), router CPU {r['router_cpu_per_request_ms']:.3f} ms")
     print(f"cascade at the recommended threshold: {results['cascade']}")
     print(f"wrote {RESULTS}")
     return 0

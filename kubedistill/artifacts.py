@@ -35,6 +35,12 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       student/1/model.py        runs ONNX Runtime GenAI (kubedistill_jobs/triton_models/generate.py)
       student/1/genai/          the ONNX Runtime GenAI model (KV cache; INT4/INT8/FP32 weights)
       student/chat_template.jinja, tokenizer files    what the router renders and tokenizes with
+      student/hf/               the model in float16 safetensors, with its config, tokenizer and chat template:
+                                what Triton's vLLM backend serves (a non-numeric folder: Triton skips it)
+
+    A StudentDeployment with `triton.backend: vllm` turns each generation model it serves into a vLLM model
+    while fetching (kind "vllm"): config.pbtxt with backend "vllm", 1/model.json (vLLM's engine arguments,
+    `model` pointing at <model>/hf), the tensors VLLM_INPUTS / VLLM_OUTPUTS.
 """
 
 from __future__ import annotations
@@ -178,18 +184,33 @@ class ServedModel(BaseModel):
     inputs: list[str] = Field(description="Input tensor names, in the order the tokenizer fills them (INT64).")
     output: str = Field(description="Output tensor name (logits, FP32; the token id per response for generation).")
     max_batch_size: int = Field(description="Triton max_batch_size.")
-    kind: Literal["logits", "generation"] = Field(
+    kind: Literal["logits", "generation", "vllm"] = Field(
         default="logits", description="logits: one call, one logits tensor; generation: a decoupled model that "
-        "streams one token (id, log-probability, top-k) per response (GENERATION_INPUTS/OUTPUTS).")
+        "streams one token (id, log-probability, top-k) per response (GENERATION_INPUTS/OUTPUTS); vllm: Triton's "
+        "vLLM backend, text in, text and log-probabilities (JSON) out (VLLM_INPUTS/OUTPUTS).")
     precision: str | None = Field(default=None, description="Weights of a generation model: int4, int8 or fp32.")
     context_length: int | None = Field(default=None, description="Prompt plus generated tokens, at most "
                                        "(generation models).")
+    weights: str | None = Field(default=None, description="Generation models: the folder, relative to the model "
+                                "repository, of the float16 safetensors, config and tokenizer (what vLLM loads).")
 
 
 # The tensors of a generation model (kind "generation"); the router and the Triton python model share them.
 GENERATION_INPUTS = ("input_ids", "max_tokens", "temperature", "top_p", "seed", "top_logprobs")
 GENERATION_OUTPUTS = ("token_id", "logprob", "top_ids", "top_logprobs_values")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# Inside a generation model's folder: the model as Hugging Face safetensors (float16), for the vLLM backend.
+HF_WEIGHTS_FOLDER = "hf"
+HF_WEIGHTS_DTYPE = "float16"
+# Triton's vLLM backend (triton-inference-server/vllm_backend, src/model.py `auto_complete_config`): the inputs the
+# router sets and the outputs it reads. `sampling_parameters` is vLLM's SamplingParams as JSON; `logprobs` is a
+# JSON list, per new token, of {token_id: {logprob, rank, decoded_token}}, the sampled token first;
+# `finish_reason` is "None" until the last response (which is how a client without Triton's empty final response
+# knows the stream is over).
+VLLM_INPUTS = ("text_input", "stream", "sampling_parameters", "exclude_input_in_output", "return_finish_reason",
+               "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
+VLLM_OUTPUTS = ("text_output", "finish_reason", "logprobs", "num_input_tokens", "num_output_tokens")
+VLLM_ENGINE_ARGS_FILE = "model.json"
 
 
 class ServingManifest(BaseModel):

@@ -94,3 +94,5 @@ class TritonEnv(EnvModel):
     dynamic_batching: bool | None = None
     max_queue_delay_us: int | None = Field(default=None, ge=0)
     preferred_batch_sizes: tuple[int, ...] = ()
+    # vllm: turn the generation models into vLLM models from the files the operator rendered (routerconfig).
+    backend: Literal["auto", "vllm"] | None = None

@@ -22,6 +22,15 @@ MODEL_REPOSITORY_DIR = "/models"
 TEACHER_API_KEY_FILE = "/var/run/secrets/kubedistill/teacher/api-key"
 # The router's own bearer token (router.auth.apiKeySecretRef), from the Secret into the router's environment.
 ROUTER_API_KEY_ENV = "KUBEDISTILL_ROUTER_API_KEY"
+# `triton.backend: vllm`: the operator renders the vLLM models' config.pbtxt and each model's engine arguments
+# (model.json) into the router's ConfigMap; the fetch init container reads them there and writes them into the
+# fetched repository. A model without its file is not served (a colocated teacher the router never calls).
+VLLM_CONFIG_FILE = "vllm-config.pbtxt"
+
+
+def vllm_engine_args_file(model: str) -> str:
+    """The ConfigMap key holding the vLLM engine arguments (model.json) of the Triton model `model`."""
+    return f"vllm-{model}.json"
 
 
 class RouterConfig(BaseModel):

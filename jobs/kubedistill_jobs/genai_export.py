@@ -14,7 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kubedistill.artifacts import CHAT_TEMPLATE_FILE, GENERATION_INPUTS, GENERATION_OUTPUTS, ServedModel
+from kubedistill.artifacts import (
+    CHAT_TEMPLATE_FILE,
+    GENERATION_INPUTS,
+    GENERATION_OUTPUTS,
+    HF_WEIGHTS_FOLDER,
+    ServedModel,
+)
 
 GENERATE_MODEL = Path(__file__).with_name("triton_models") / "generate.py"
 GENAI_FOLDER = "genai"
@@ -142,9 +148,14 @@ def ensure_build(hf_folder: Path, build: Path, precision: str) -> Path:
 
 def build_and_write(repo: Path, name: str, hf_folder: Path, precision: str, work: Path) -> ServedModel:
     """Build `hf_folder` at `precision` into `work/<name>` (kept: the benchmark and tests run it directly)
-    and write the Triton generation model `<repo>/<name>` from it."""
+    and write the Triton generation model `<repo>/<name>` from it, with the float16 safetensors beside it
+    (`<name>/hf/`, for a StudentDeployment with `triton.backend: vllm`)."""
+    from kubedistill_jobs.hf_weights import write_hf_weights
+
     genai = ensure_build(hf_folder, work / name, precision)
     template = chat_template(hf_folder)
     if template is not None and not (genai / CHAT_TEMPLATE_FILE).is_file():
         (genai / CHAT_TEMPLATE_FILE).write_text(template)
-    return write_generation_model(repo, name, genai)
+    served = write_generation_model(repo, name, genai)
+    write_hf_weights(hf_folder, repo / name / HF_WEIGHTS_FOLDER, template)
+    return served.model_copy(update={"weights": f"{name}/{HF_WEIGHTS_FOLDER}"})

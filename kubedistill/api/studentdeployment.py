@@ -26,9 +26,13 @@ RouterMode = Literal["route", "student-only", "teacher-only", "shadow"]
 TeacherProtocol = Literal["kserve-v1", "kserve-v2", "openai"]
 DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+TritonBackend = Literal["auto", "vllm"]
+VllmDType = Literal["auto", "float16", "bfloat16"]
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 MAX_TIERS = 8  # models between the student and the teacher, at most
+# Triton with its vLLM backend; the backend returns token log-probabilities (`return_logprobs`) from 25.x on.
+TRITON_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-vllm-python-py3"
 # Triton's HTTP, gRPC and metrics ports, taken in every serving pod.
 TRITON_PORTS = (8000, 8001, 8002)
 
@@ -95,6 +99,21 @@ class DynamicBatching(ApiModel):
                                                     max_length=16)
 
 
+class VllmSpec(ApiModel):
+    """vLLM engine settings of a causal-LM student served by Triton's vLLM backend (`triton.backend: vllm`)."""
+
+    gpu_memory_utilization: float = Field(
+        default=0.9, description="Share of each GPU's memory vLLM takes (weights and KV cache), for all the models "
+        "of the pod together: a colocated teacher gets three quarters of it, the student one quarter.", gt=0, le=1,
+    )
+    max_model_len: int | None = Field(default=None, description="Context length (prompt plus generated tokens); "
+                                      "unset: the model's own.", ge=16, le=1_048_576)
+    max_num_seqs: int | None = Field(default=None, description="Sequences vLLM batches per step; unset: vLLM's "
+                                     "default.", ge=1, le=65_536)
+    dtype: VllmDType = Field(default="auto", description="Weights and activations: `auto` (the export's float16), "
+                             "`float16` or `bfloat16`.")
+
+
 class TritonSpec(ApiModel):
     """The Triton Inference Server container."""
 
@@ -106,15 +125,31 @@ class TritonSpec(ApiModel):
                 "triton.dynamicBatching.preferredBatchSizes must each be between 1 and triton.maxBatchSize",
                 ".dynamicBatching.preferredBatchSizes",
             ),
+            cel("self.backend != 'vllm' || self.gpus >= 1",
+                "triton.backend vllm needs triton.gpus of at least 1 (vLLM serves on GPUs)", ".gpus"),
         )
     }
 
-    image: str = Field(default=TRITON_IMAGE, description="Triton image (ONNX Runtime backend).", min_length=1)
+    image: str = Field(default=TRITON_IMAGE, description="Triton image (ONNX Runtime and python backends); with "
+                       f"`backend: vllm` the default is `{TRITON_VLLM_IMAGE}`.", min_length=1)
+    backend: TritonBackend = Field(
+        default="auto", description="`auto`: what the job exported (ONNX Runtime for classification, the python "
+        "backend running ONNX Runtime GenAI for causal-lm). `vllm`: a causal-lm student (and its colocated teacher) "
+        "on Triton's vLLM backend, from the float16 safetensors the job exports; needs `gpus` of at least 1.",
+    )
+    vllm: VllmSpec = Field(default_factory=VllmSpec, description="vLLM engine settings (`backend: vllm`).")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="CPU and memory.")
     gpus: int = Field(default=0, description="GPUs (`nvidia.com/gpu`); 0 serves on CPU.", ge=0, le=16)
     max_batch_size: int = Field(default=32, description="Largest batch Triton forms.", ge=1, le=4096)
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching, description="Dynamic batching.")
     instance_count: int = Field(default=1, description="Model instances per replica.", ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _vllm_needs_gpus(self) -> TritonSpec:
+        if self.backend == "vllm" and self.gpus < 1:
+            raise ValueError("triton.gpus: triton.backend vllm serves on GPUs; set triton.gpus to 1 or more, or "
+                             "use backend auto (ONNX Runtime on CPU)")
+        return self
 
     @model_validator(mode="after")
     def _preferred_sizes_fit(self) -> TritonSpec:

@@ -10,6 +10,8 @@ from kubedistill import __version__
 
 DEFAULT_JOB_IMAGE = f"ghcr.io/kubedistill/kubedistill-jobs:{__version__}"
 DEFAULT_ROUTER_IMAGE = f"ghcr.io/kubedistill/kubedistill-router:{__version__}"
+# triton-image/Dockerfile: NVIDIA's Triton with onnxruntime-genai in its python backend (causal-LM students).
+DEFAULT_TRITON_IMAGE = f"ghcr.io/kubedistill/kubedistill-triton:{__version__}"
 
 ENV_JOB_IMAGE = "KUBEDISTILL_JOB_IMAGE"
 ENV_ROUTER_IMAGE = "KUBEDISTILL_ROUTER_IMAGE"
@@ -23,8 +25,8 @@ class OperatorConfig:
 
     job_image: str = DEFAULT_JOB_IMAGE
     router_image: str = DEFAULT_ROUTER_IMAGE
-    # Replaces the API's default Triton image (a spec that names its own image keeps it).
-    triton_image: str | None = None
+    # Replaces the API's default Triton image (a spec that names its own image keeps it); None keeps the API's.
+    triton_image: str | None = DEFAULT_TRITON_IMAGE
     image_pull_secrets: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -34,6 +36,6 @@ class OperatorConfig:
         return cls(
             job_image=env.get(ENV_JOB_IMAGE) or DEFAULT_JOB_IMAGE,
             router_image=env.get(ENV_ROUTER_IMAGE) or DEFAULT_ROUTER_IMAGE,
-            triton_image=env.get(ENV_TRITON_IMAGE) or None,
+            triton_image=env.get(ENV_TRITON_IMAGE) or DEFAULT_TRITON_IMAGE,
             image_pull_secrets=secrets,
         )

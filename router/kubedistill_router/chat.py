@@ -64,6 +64,10 @@ class ChatTokenizer:
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
+    def prompt_text(self, ids: list[int]) -> str:
+        """A prompt's ids back as text, special tokens kept (for a model that takes text: vLLM)."""
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
     def token_text(self, token_id: int) -> str:
         """One token as text (for logprobs), special tokens included."""
         return str(self.tokenizer.decode([token_id], skip_special_tokens=False))

@@ -70,6 +70,9 @@ def _check_model(repository: Path, manifest: ServingManifest, model: ServedModel
     if model.kind == "generation":  # one token per response: the vocabulary is the GenAI model's
         _check_generation(repository, model, tokenizer_dir, tokens)
         return
+    if model.kind == "vllm":
+        _check_vllm(repository, model, config.backend)
+        return
     width = outputs[model.output][-1] if outputs[model.output] else -1
     if width < 0:  # a dynamic width: only Triton's answer can tell
         return
@@ -98,6 +101,28 @@ def _check_generation(repository: Path, model: ServedModel, tokenizer_dir: Path,
     if vocab < tokens:
         raise RepositoryError(f"{configs[-1]}: vocab_size {vocab} is below the {tokens} tokens of the tokenizer "
                               f"in {tokenizer_dir.name}/")
+
+
+def _check_vllm(repository: Path, model: ServedModel, backend: str) -> None:
+    """A vLLM model: backend "vllm", engine arguments in 1/model.json, float16 safetensors where they point."""
+    import json
+
+    from kubedistill.artifacts import VLLM_ENGINE_ARGS_FILE
+
+    folder = repository / model.name
+    if backend != "vllm":
+        raise RepositoryError(f"{folder / 'config.pbtxt'}: backend {backend!r}, but {SERVING_MANIFEST} says a vllm "
+                              "model")
+    args_file = folder / "1" / VLLM_ENGINE_ARGS_FILE
+    try:
+        args = json.loads(args_file.read_text())
+    except (OSError, ValueError) as error:
+        raise RepositoryError(f"{args_file}: vLLM's engine arguments cannot be read ({error})") from None
+    if not isinstance(args, dict) or not isinstance(args.get("model"), str):
+        raise RepositoryError(f"{args_file}: no `model` (the weights' folder)")
+    weights = repository / (model.weights or "")
+    if model.weights is None or not (weights / "config.json").is_file() or not any(weights.glob("*.safetensors")):
+        raise RepositoryError(f"{weights}: a vllm model needs the safetensors and config.json there; export again")
 
 
 def _tokenizer_size(folder: Path) -> int:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.artifacts import SERVING_MANIFEST, ServingManifest
+from kubedistill.routerconfig import ROUTER_CONFIG_DIR
 from kubedistill.uris import PVC_MOUNT_ROOT, UriError, local_path, parse_uri
 from kubedistill_router.contract import RepositoryError, check_repository
 from kubedistill_router.triton_settings import TritonSettings, apply_to_repository
+from kubedistill_router.vllm_repository import VllmRepositoryError, to_vllm
 
 
 class FetchError(RuntimeError):
@@ -77,10 +79,13 @@ def copy_from_filesystem(fs: Any, root: str, staging: Path) -> None:
 
 
 def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT,
-          settings: TritonSettings | None = None) -> ServingManifest:
+          settings: TritonSettings | None = None, vllm_files: Path = Path(ROUTER_CONFIG_DIR),
+          served_at: Path | None = None) -> ServingManifest:
     """Copy the repository at `source` into `dest`, verified and atomically; returns its manifest.
 
-    `settings` (the deployment's spec.triton) are written into the models' config.pbtxt while staging.
+    `settings` (the deployment's spec.triton) are written into the models' config.pbtxt while staging; with
+    `backend: vllm` the generation models become vLLM models from the files in `vllm_files` (the operator's),
+    whose weights must lie under `served_at` (where Triton mounts the repository; default `dest`).
     """
     dest = Path(dest)
     dest_exists = dest.exists()
@@ -93,6 +98,12 @@ def fetch(source: str, dest: Path, pvc_root: Path = PVC_MOUNT_ROOT,
     try:
         _download(source, staging, pvc_root)
         manifest = verify_repository(staging)
+        if settings is not None and settings.backend == "vllm":
+            try:
+                to_vllm(staging, manifest, vllm_files, served_at or dest)
+            except VllmRepositoryError as error:
+                raise FetchError(str(error)) from None
+            manifest = verify_repository(staging)
         if settings is not None:
             apply_to_repository(staging, manifest, settings)
         if not dest_exists:

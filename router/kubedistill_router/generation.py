@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from kubedistill_router.generation_models import OpenAITeacher, TritonGenerator
 from kubedistill_router.generation_stream import (
+    TRITON_WAIT,
     ClientGone,
     GenerationMetrics,
     StreamEnded,
@@ -55,9 +56,11 @@ from kubedistill_router.openai_api import (
     parse_request,
 )
 from kubedistill_router.protocol import SERVED_BY, json_body, parse_json, read_body
+from kubedistill_router.vllm_client import VllmGenerator
 
 log = logging.getLogger("kubedistill.router")
 SHADOW_MAX_IN_FLIGHT = 4
+Generator = TritonGenerator | VllmGenerator
 
 
 class GenerationHandler:
@@ -65,7 +68,7 @@ class GenerationHandler:
 
     def __init__(self, config: RouterConfig, manifest: ServingManifest, repository: Path, triton: Any,
                  metrics: RouterMetrics):
-        if manifest.student.kind != "generation":
+        if manifest.student.kind not in ("generation", "vllm"):
             raise ValueError("serving.json: a causal-lm export needs a generation model for the student "
                              "(kind: generation); re-export the job")
         check_repository(repository)  # a repository that cannot serve fails here, never reports ready
@@ -73,7 +76,6 @@ class GenerationHandler:
         self.manifest = manifest
         self.metrics = metrics
         self.gen_metrics = GenerationMetrics(metrics)
-        self.generator = TritonGenerator(config.triton_url, config.timeout_seconds)
         template = repository / manifest.chat_template if manifest.chat_template else None
         self.tokenizer = ChatTokenizer(repository / manifest.tokenizer, template)
         self.signal: Signal = (config.confidence_signal if config.confidence_signal in GENERATION_SIGNALS
@@ -98,6 +100,16 @@ class GenerationHandler:
                              "router.teacher (an OpenAI-compatible endpoint) or use mode student-only")
         self.breaker = CircuitBreaker()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.generators = self._generators(config, manifest)
+
+    def _generators(self, config: RouterConfig, manifest: ServingManifest) -> dict[str, Generator]:
+        """Who streams each model's tokens: our python model, or Triton's vLLM backend (text in)."""
+        onnx = TritonGenerator(config.triton_url, config.timeout_seconds)
+        decoders: dict[str, Callable[[list[int]], str]] = {manifest.student.name: self.tokenizer.prompt_text}
+        if manifest.teacher is not None:
+            decoders[manifest.teacher.name] = self.teacher_tokenizer.prompt_text
+        vllm = VllmGenerator(config.triton_url, config.timeout_seconds, decoders)
+        return {m.name: vllm if m.kind == "vllm" else onnx for m in (manifest.student, manifest.teacher) if m}
 
     def _threshold(self) -> float | None:
         if self.config.mode != "route":
@@ -119,12 +131,13 @@ class GenerationHandler:
                 f"{self.threshold}, teacher {teacher}")
 
     async def ready(self) -> bool:
-        return await self.generator.is_ready(self.manifest.student.name)
+        return await self.generators[self.manifest.student.name].is_ready(self.manifest.student.name)
 
     async def close(self) -> None:
         for task in list(self._shadow_tasks):
             task.cancel()
-        await self.generator.close()
+        for generator in set(self.generators.values()):
+            await generator.close()
         if self.remote is not None:
             await self.remote.close()
 
@@ -181,6 +194,7 @@ class GenerationHandler:
             assert writer.response is not None
             return writer.response
         reason = outcome.escalation_reason or ("degraded" if outcome.degraded else "none")
+        self.gen_metrics.overhead.observe(max(0.0, time.perf_counter() - start - request.get(TRITON_WAIT, 0.0)))
         self.gen_metrics.requests.labels(outcome.served_by, reason).inc()
         self.metrics.count_instances(outcome.served_by, outcome.degraded)
         request[SERVED_BY] = outcome.served_by
@@ -193,17 +207,29 @@ class GenerationHandler:
     async def _tokens(self, request: web.Request, model: str, label: str, prompt: list[int],
                       req: GenerationRequest) -> AsyncIterator[TokenOut]:
         """Tokens from Triton, counted and timed; stops (cancelling Triton's request) when the client is gone."""
-        counter = self.gen_metrics.tokens.labels(label)
         last = None
-        async for token in self.generator.stream(model, prompt, req):
-            now = time.perf_counter()
-            if last is not None:
-                self.gen_metrics.inter_token.observe(now - last)
-            last = now
-            counter.inc()
-            if request.transport is None or request.transport.is_closing():
-                raise ClientGone
-            yield token
+        count = 0
+        tokens = self.generators[model].stream(model, prompt, req)
+        try:
+            while True:
+                asked = time.perf_counter()
+                try:
+                    token = await tokens.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:  # the wait on Triton, left out of the router's own overhead
+                    now = time.perf_counter()
+                    request[TRITON_WAIT] = request.get(TRITON_WAIT, 0.0) + now - asked
+                if last is not None:
+                    self.gen_metrics.inter_token.observe(now - last)
+                last = now
+                count += 1
+                if request.transport is None or request.transport.is_closing():
+                    raise ClientGone
+                yield token
+        finally:
+            self.gen_metrics.tokens.labels(label).inc(count)  # once per answer: a token costs no lock
+            await tokens.aclose()  # cancels Triton's request when the answer stopped early
 
     async def _draft(self, request: web.Request, req: GenerationRequest, prompt: list[int],
                      early_stop: bool) -> tuple[list[TokenOut], bool]:
@@ -334,7 +360,8 @@ class GenerationHandler:
                     assert self.manifest.teacher is not None
                     prompt = self._prompt(req, self.teacher_tokenizer)
                     stream = TextStream(self.teacher_tokenizer, req.stop)
-                    async for token in self.generator.stream(self.manifest.teacher.name, prompt, req):
+                    teacher = self.manifest.teacher.name
+                    async for token in self.generators[teacher].stream(teacher, prompt, req):
                         self.gen_metrics.tokens.labels("teacher").inc()
                         stream.push(token.id)
                         if stream.stopped:

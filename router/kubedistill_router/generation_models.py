@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ class TritonGenerator:
         except Exception:  # unreachable, timed out or refused: not ready
             return False
 
-    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncIterator[TokenOut]:
+    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncGenerator[TokenOut, None]:
         """The tokens `model` generates for `prompt`, as they come. Leaving the loop early (a stop sequence,
         a failed confidence bound, a client gone) cancels the request in Triton."""
         from tritonclient.grpc.aio import InferInput

@@ -22,7 +22,7 @@ class TritonSettings(TritonEnv):
 
     @property
     def empty(self) -> bool:
-        return self == TritonSettings()
+        return self.model_copy(update={"backend": None}) == TritonSettings()
 
     def apply(self, config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
         """A copy of `config` with these settings in it."""
@@ -73,7 +73,7 @@ def apply_to_repository(repository: Path, manifest: ServingManifest, settings: T
         return []
     changed = []
     for model in (manifest.student, manifest.teacher):
-        if model is None:
+        if model is None or model.kind == "vllm":  # vLLM batches and places itself: its config stays as rendered
             continue
         path = repository / model.name / "config.pbtxt"
         config = settings.apply(read_config(path))

@@ -249,3 +249,41 @@ def test_jobs_image_entrypoint_imports_with_only_its_extra(image_wheel, tmp_path
     assert not _installed(python, ("kopf", "tritonclient"), tmp_path), "no control-plane packages"
     result = _run([str(python.parent / "kubedistill"), "run", "--help"], tmp_path)
     assert result.returncode == 0 and "--output" in result.stdout, result.stderr
+
+
+# --- the Triton image -------------------------------------------------------------------------------------------
+
+def _lock(path: Path) -> dict[str, str]:
+    return dict(line.split("==") for line in path.read_text().splitlines() if "==" in line and not line.startswith("#"))
+
+
+def test_triton_image_adds_onnxruntime_genai_within_its_lock():
+    """The python backend of the cluster's Triton runs the causal-LM generation model (ONNX Runtime GenAI)."""
+    from kubedistill_operator.config import DEFAULT_TRITON_IMAGE, OperatorConfig
+
+    # Not a folder named `triton`: on sys.path (the repository root is, under pytest) it would shadow OpenAI's
+    # triton package, which torch imports.
+    dockerfile = ROOT / "triton-image" / "Dockerfile"
+    assert not (ROOT / "triton").exists()
+    _, stages = _stages(dockerfile)
+    assert len(stages) >= 2
+    for stage in stages:
+        name, _, tag = stage.base.rpartition(":")
+        assert name == "nvcr.io/nvidia/tritonserver" and re.fullmatch(r"\d{2}\.\d{2}-py3", tag), stage.base
+    # The lock is compiled for the base image's Python: 3.12 from Triton 24.12 on (Ubuntu 24.04).
+    assert stages[-1].base >= "nvcr.io/nvidia/tritonserver:24.12"
+    assert "--python-version 3.12" in (ROOT / "constraints" / "compile").read_text()
+    users = [line.split()[1] for line in stages[-1].lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) != 0
+    lines = [line for stage in stages for line in stage.lines]
+    copied = {line.split()[-1] for line in lines if line.startswith("COPY") and "constraints/triton.txt" in line}
+    installs = [c for line in lines if "pip " in line for c in line.split("&&") if "pip install" in c or
+                "pip download" in c]
+    assert installs and all(any(f"-c {lock}" in c for lock in copied) for c in installs), installs
+    pins = _lock(ROOT / "constraints" / "triton.txt")
+    assert "onnxruntime-genai" in pins and "onnxruntime" in pins
+    assert int(pins["numpy"].split(".")[0]) < 2  # Triton's python-backend stub (see ARCHITECTURE facts)
+    # What the generation model imports is what the image installs.
+    model = (ROOT / "jobs" / "kubedistill_jobs" / "triton_models" / "generate.py").read_text()
+    assert "import onnxruntime_genai" in model and "import numpy" in model
+    assert OperatorConfig().triton_image == OperatorConfig.from_env({}).triton_image == DEFAULT_TRITON_IMAGE

@@ -64,6 +64,11 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     assert manifest.recommended_threshold == generation.recommended_threshold
     assert not (layout.model_repository / "student" / "labels.txt").exists()
     assert (layout.model_repository / "teacher" / "1" / "genai" / "genai_config.json").is_file()
+    # The float16 safetensors beside each generation model, for Triton's vLLM backend.
+    for model in (manifest.student, manifest.teacher):
+        assert model is not None and model.weights == f"{model.name}/hf"
+        assert list((layout.model_repository / model.weights).glob("*.safetensors"))
+        assert json.loads((layout.model_repository / model.weights / "config.json").read_text())["dtype"] == "float16"
 
 
 @pytest.mark.slow

@@ -139,6 +139,15 @@ async def test_chat_and_completions_equal_genai_greedy(gen_export, gen_triton, s
                                                     stream=True)
             assert "".join([e.choices[0].text async for e in streamed if e.choices]) == done.choices[0].text
 
+        # The router's own time per request (its whole time less the wait on Triton) is recorded, and is a part
+        # of the request's time, not all of it.
+        async with ClientSession() as session, session.get(f"{base}/metrics") as response:
+            families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+        samples = {s.name: s.value for s in families["kubedistill_router_generation_overhead_seconds"].samples}
+        answered = 2 + 2 * len(PROMPTS)
+        assert samples["kubedistill_router_generation_overhead_seconds_count"] == answered
+        assert 0 < samples["kubedistill_router_generation_overhead_seconds_sum"] / answered < 0.5
+
 
 async def test_escalation_exactly_below_threshold(gen_export, gen_triton, student_ref, chat_tokenizer):
     ids = chat_tokenizer.encode(PROMPTS[0], special=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubedistill.api import StudentDeployment
-from kubedistill.api.studentdeployment import TRITON_IMAGE
+from kubedistill.api.studentdeployment import TRITON_IMAGE, TRITON_VLLM_IMAGE
 from kubedistill.env import TritonEnv
 from kubedistill.routerconfig import (
     MODEL_REPOSITORY_DIR,
@@ -19,7 +19,7 @@ from kubedistill.routerconfig import (
 )
 from kubedistill.uris import parse_uri, pvc_claim
 from kubedistill_operator import naming
-from kubedistill_operator.builders import common
+from kubedistill_operator.builders import common, vllm
 from kubedistill_operator.config import OperatorConfig
 
 KIND = "StudentDeployment"
@@ -54,18 +54,27 @@ def router_config(sd: StudentDeployment, source: ModelSourceInfo) -> RouterConfi
 
 
 def router_config_map(sd: StudentDeployment, source: ModelSourceInfo) -> dict[str, Any]:
+    """The router's config, and with `triton.backend: vllm` the vLLM models' files the fetch step writes."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(sd, naming.router_config_map_name(sd.metadata.name)),
-        "data": {ROUTER_CONFIG_FILE: router_config(sd, source).to_yaml()},
+        "data": {ROUTER_CONFIG_FILE: router_config(sd, source).to_yaml(), **_vllm_files(sd)},
     }
 
 
+def _vllm_files(sd: StudentDeployment) -> dict[str, str]:
+    return vllm.config_map_data(sd) if sd.spec.triton.backend == "vllm" else {}
+
+
 def triton_image(sd: StudentDeployment, config: OperatorConfig) -> str:
-    """The spec's image when it names one; else the operator's override, else the API default."""
-    if "image" in sd.spec.triton.model_fields_set and sd.spec.triton.image != TRITON_IMAGE:
+    """The spec's image when it names one; else the operator's override, else the API default. With
+    `backend: vllm` the default is Triton's vLLM image (the operator's override is for the other backends)."""
+    named = "image" in sd.spec.triton.model_fields_set and sd.spec.triton.image != TRITON_IMAGE
+    if named:
         return sd.spec.triton.image
+    if sd.spec.triton.backend == "vllm":
+        return TRITON_VLLM_IMAGE
     return config.triton_image or sd.spec.triton.image
 
 
@@ -74,15 +83,20 @@ def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorC
     """The serving Deployment. `include_replicas=False` leaves spec.replicas to an HPA on updates."""
     name = sd.metadata.name
     spec = sd.spec
-    config_text = router_config(sd, source).to_yaml()
+    on_vllm = spec.triton.backend == "vllm"
+    # The hash covers what the fetch step writes too: new engine arguments roll the pods.
+    config_text = router_config(sd, source).to_yaml() + "".join(_vllm_files(sd).values())
     volumes: list[dict[str, Any]] = [
         {"name": "models", "emptyDir": {}},
         {"name": "router-config", "configMap": {"name": naming.router_config_map_name(name)}},
         {"name": "tmp", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+        # vLLM's workers share tensors through /dev/shm (NCCL with several GPUs): more room than ONNX Runtime needs.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi" if on_vllm else "256Mi"}},
     ]
     fetch_mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_REPOSITORY_DIR},
                                           {"name": "tmp", "mountPath": "/tmp"}]
+    if on_vllm:  # the vLLM models' files, rendered above into the ConfigMap
+        fetch_mounts.append({"name": "router-config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True})
     claim = pvc_claim(source.model_repository_uri)
     if claim:
         volume, mount = common.pvc_volume(claim, True, 0)
@@ -135,6 +149,10 @@ def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorC
                          {"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": common.container_security_context(),
     }
+    if on_vllm:
+        # A read-only root: vLLM, torch and Triton's kernel caches go to /tmp; the weights are local (no hub).
+        triton["env"] = common.env_list({"HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "HF_HUB_OFFLINE": "1",
+                                         "VLLM_NO_USAGE_STATS": "1"})
     triton_resources = common.resources(spec.triton.resources, spec.triton.gpus)
     if triton_resources:
         triton["resources"] = triton_resources
@@ -247,6 +265,7 @@ def _triton_env(sd: StudentDeployment) -> list[dict[str, str]]:
         dynamic_batching=batching.enabled,
         max_queue_delay_us=batching.max_queue_delay_microseconds,
         preferred_batch_sizes=tuple(batching.preferred_batch_sizes or ()),
+        backend="vllm" if triton.backend == "vllm" else None,
     )
     return common.env_list(env.to_env())
 

@@ -38,7 +38,7 @@ def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | No
             s3_secret = output.get("s3CredentialsSecret")
     router = sd.spec.router
     outcome = resolve_job_source(sd.metadata.name, job, router.threshold, s3_secret, router.confidence_signal,
-                                 router.mode)
+                                 router.mode, sd.spec.triton.backend)
     if isinstance(outcome, ModelSourceInfo) and router.tiers:
         # The spec's own order is checked by the API; the job's recommended threshold only now.
         problem = tier_order_problem(router.tiers, outcome.threshold)
@@ -158,7 +158,8 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
     spec = sd_body.get("spec") or {}
     router = spec.get("router") or {}
     outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, router.get("threshold"), None,
-                                 router.get("confidenceSignal") or DEFAULT_SIGNAL, router.get("mode") or "route")
+                                 router.get("confidenceSignal") or DEFAULT_SIGNAL, router.get("mode") or "route",
+                                 (spec.get("triton") or {}).get("backend") or "auto")
     if isinstance(outcome, Waiting):
         current: dict[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})

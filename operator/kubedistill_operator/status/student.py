@@ -13,7 +13,7 @@ from kubedistill_operator.status.job import gate_message
 
 DEFAULT_SIGNAL = "max-probability"  # the signal a job's status.results.recommendedThreshold is for
 # Waiting reasons that only a change of the StudentDeployment or of its job can clear: no timed retry.
-REFUSALS = ("UnsupportedTask", "ThresholdRequired", "TiersOutOfOrder")
+REFUSALS = ("UnsupportedTask", "UnsupportedBackend", "ThresholdRequired", "TiersOutOfOrder")
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,16 @@ class Waiting:
 SERVED_TASKS = ("sequence-classification", "causal-lm")  # the router's handlers (KServe v1, OpenAI-compatible)
 
 
-def unsupported_task(job: dict[str, Any]) -> Waiting | None:
-    """A job whose task the router has no handler for: its router would exit at start."""
+def unsupported_task(job: dict[str, Any], backend: str = "auto") -> Waiting | None:
+    """A job whose task the router has no handler for (its router would exit at start), or that the Triton
+    backend cannot serve (vLLM serves causal-lm students only)."""
     task = (((job.get("spec") or {}).get("task")) or {}).get("type")
+    name = job["metadata"]["name"]
+    if backend == "vllm" and task is not None and task != "causal-lm":
+        return Waiting("UnsupportedBackend", f"spec.triton.backend: vllm serves causal-lm students, and "
+                       f"DistillationJob {name} is a {task} job; use triton.backend auto")
     if task is None or task in SERVED_TASKS:
         return None
-    name = job["metadata"]["name"]
     return Waiting("UnsupportedTask", f"spec.source.jobRef: DistillationJob {name} is a {task} job, and the router "
                    f"serves {' and '.join(SERVED_TASKS)} jobs only; point spec.source.jobRef at one of those")
 
@@ -65,13 +69,13 @@ def job_threshold(job: dict[str, Any], results: JobResults, threshold: float | N
 
 def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: float | None,
                        s3_secret: str | None, signal: str = DEFAULT_SIGNAL,
-                       mode: str = "route") -> ModelSourceInfo | Waiting:
+                       mode: str = "route", backend: str = "auto") -> ModelSourceInfo | Waiting:
     """What a deployment with `source.jobRef` serves: the job's artifact once it succeeded and passed its gate,
     with the threshold for the router's confidence signal. A job the router cannot serve is refused up front."""
     if job is None:
         return Waiting("JobNotFound", f"DistillationJob not found in this namespace (StudentDeployment {sd_name} "
                        "refers to it in spec.source.jobRef.name); create it or fix the name")
-    unsupported = unsupported_task(job)
+    unsupported = unsupported_task(job, backend)
     if unsupported is not None:
         return unsupported
     name = job["metadata"]["name"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from kubedistill.artifacts import HF_WEIGHTS_FOLDER
 from kubedistill_router.triton_settings import read_config
 
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -42,7 +43,12 @@ def build_local_repository(source: Path, dest: Path) -> Path:
     """Copy `source` into `dest` (replaced), wrapping each ONNX model in the python backend."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(source, dest, symlinks=False)
+
+    def vllm_weights(folder: str, names: list[str]) -> set[str]:
+        # A generation model's float16 safetensors are for the vLLM backend in a cluster: not copied here.
+        return {HF_WEIGHTS_FOLDER} & set(names) if Path(folder).parent == Path(source) else set()
+
+    shutil.copytree(source, dest, symlinks=False, ignore=vllm_weights)
     for config_path in sorted(dest.glob("*/config.pbtxt")):
         config = read_config(config_path)
         if not is_onnx(config):
