@@ -159,6 +159,11 @@ def check_student_layers(spec: DistillationJobSpec, configs: dict[str, tuple[str
             raise PreflightError(f"student.fromTeacher.layers: {bad} outside the teacher's layers "
                                  f"0..{teacher_layers - 1}")
         layers, heads = len(chosen), teacher_heads
+        width = getattr(configs["teacher"][1], "intermediate_size", None)
+        narrower = spec.student.from_teacher.intermediate_size
+        if narrower is not None and isinstance(width, int) and narrower > width:
+            raise PreflightError(f"student.fromTeacher.intermediateSize: {narrower} is wider than the teacher's "
+                                 f"feed-forward blocks ({width}); use at most {width}")
     elif spec.student.architecture is not None:
         layers, heads = spec.student.architecture.num_layers, spec.student.architecture.num_attention_heads
     elif "student" in configs:
