@@ -369,7 +369,7 @@ def derive_student(teacher: Any, layers: list[int] | None, intermediate_size: in
         kept = {new: importance[old].topk(intermediate_size).indices.sort().values for new, old in enumerate(layers)}
         state = _narrow_mlps(state, kept)
         config.intermediate_size = intermediate_size
-    student = auto.from_config(config)
+    student = auto.from_config(config) if hasattr(auto, "from_config") else auto(config)  # Auto or concrete class
     missing, _ = student.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _tied_head(student, k)]
     if missing:
