@@ -221,7 +221,7 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
             speedup=round(speed["student_quantized"] / max(speed["teacher"], 1e-9), 2),
             examples=[GenerationExample(prompt=tokenizer.decode(p, skip_special_tokens=True)[-200:], reference=r,
                                         answers={n: texts[n][i] for n in texts})
-                      for i, ((p, _), r) in enumerate(zip(prompts[:3], references, strict=False))])
+                      for i, ((p, _), r) in enumerate(zip(prompts[:3], references or [None] * 3, strict=False))])
     return routing, Answered(texts, references, report)
 
 
