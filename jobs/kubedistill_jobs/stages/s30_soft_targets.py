@@ -16,7 +16,7 @@ NAME: Stage = "soft-targets"
 WEIGHT = 10
 UNIT = "rows"
 READS = ("data", "teacher")
-WRITES = ("soft_targets",)
+WRITES = ("soft_targets", "teacher_outputs")  # a local teacher's answers (sequenceLevel) are recorded
 
 
 def run(context: Context, progress: Progress) -> dict[str, Any]:
