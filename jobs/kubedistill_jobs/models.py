@@ -393,6 +393,16 @@ def _gated_mlps(model: Any) -> list[Any]:
     return mlps if ok else []
 
 
+def narrowable(config: Any, task: str) -> bool:
+    """Whether a model of this config has Llama-style feed-forward blocks that derive_student can narrow: built
+    on the meta device (no weights, no memory) and looked at."""
+    import torch
+
+    _quiet_transformers()
+    with torch.device("meta"):
+        return bool(_gated_mlps(auto_model_class(task).from_config(config)))
+
+
 def feedforward_importance(model: Any, calibration: dict[str, Any] | None = None) -> list[Any]:
     """Importance of each feed-forward channel, per layer (a list of (I,) tensors): the L2 norm over the
     calibration tokens of the channel's activation (the input of down_proj), as Minitron ranks neurons; without

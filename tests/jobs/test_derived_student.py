@@ -99,3 +99,17 @@ def test_preflight_refuses_a_width_beyond_the_teacher(tmp_path):
         "dataset": {"uri": "/data/x.jsonl"}, "output": {"uri": str(tmp_path)}})
     with pytest.raises(PreflightError, match=r"student\.fromTeacher\.intermediateSize: 128 .* at most 64"):
         check_student_layers(spec, {"teacher": ("teacher.uri", _teacher().config)})
+
+
+def test_preflight_refuses_narrowing_a_teacher_without_llama_style_blocks(tmp_path):
+    from transformers import BertConfig
+
+    spec = DistillationJobSpec.model_validate({
+        "task": {"type": "causal-lm"}, "teacher": {"uri": "/models/t"},
+        "student": {"fromTeacher": {"layers": [0], "intermediateSize": 16}},
+        "dataset": {"uri": "/data/x.jsonl"}, "output": {"uri": str(tmp_path)}})
+    bert = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      is_decoder=True)
+    with pytest.raises(PreflightError, match=r"intermediateSize: narrowing .* bert has none"):
+        check_student_layers(spec, {"teacher": ("teacher.uri", bert)})
+    check_student_layers(spec, {"teacher": ("teacher.uri", _teacher().config)})  # a Llama: accepted
