@@ -140,4 +140,9 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
             + (f" · generation {_num(report.generation.speedup, 2)}x the teacher's tokens/s"
                if report.generation is not None else "")
         )
+        econ = report.economics
+        if econ is not None:
+            console.print(f"cost ratio {_num(econ.cost_ratio.value, 2)}x · monthly saving "
+                          f"{_num(econ.monthly_saving.value, 2)} {econ.currency} · payback "
+                          f"{_num(econ.payback_days.value, 3)} days (report.md, Economics)")
     console.print(f"output: {folder}")

@@ -219,6 +219,16 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("task-prompt-without-text", "DistillationJob",
      [*CAUSAL, ("spec.task.prompt", {"user": "Title:"}), ("spec.distillation.sequenceLevel", {})], "user"),
     ("rouge-for-classification", "DistillationJob", [("spec.evaluation.metrics", ["rouge_l"])], "metrics"),
+    ("economics-two-teacher-prices", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerHour": 1.0, "teacherPricePerMillionInputTokens": 1.0,
+                                     "teacherPricePerMillionOutputTokens": 2.0})], "teacherPricePerHour"),
+    ("economics-half-a-token-price", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerMillionInputTokens": 1.0})], "teacherPricePerMillionInputTokens"),
+    ("economics-utilization", "DistillationJob", [("spec.evaluation.economics", {"utilization": 0})], "utilization"),
+    ("economics-traffic", "DistillationJob", [("spec.evaluation.economics", {"requestsPerDay": 0})],
+     "requestsPerDay"),
+    ("live-margin", "StudentDeployment", [("spec.liveStatus", {"escalationMargin": 1.5})], "escalationMargin"),
+    ("live-min-instances", "StudentDeployment", [("spec.liveStatus", {"minInstances": 0})], "minInstances"),
 ]
 
 
