@@ -121,6 +121,31 @@ class TeacherGeneration(_Keys):
     reused_from: str | None = Field(default=None, description="distillation.teacherOutputsUri, when reused.")
 
 
+class GenerationExample(_Keys):
+    """One held-out prompt's answers, as the report shows them."""
+
+    prompt: str = Field(description="The prompt's last 200 characters.")
+    reference: str | None
+    answers: dict[str, str] = Field(description="Each model's answer: teacher, student, student_quantized.")
+
+
+class GenerationEval(_Keys):
+    """How the generation metrics (evaluation.metrics rouge_l, chrf, exact_match) were measured: every model
+    answered the same held-out prompts with the same settings."""
+
+    prompts: int = Field(description="Held-out prompts answered.")
+    max_new_tokens: int = Field(description="Tokens per answer, at most.")
+    decoding: str = Field(default="greedy", description="How each model chose its tokens.")
+    reference: str = Field(description="What the answers are scored against: the dataset's references "
+                                       "(dataset.referenceField), the texts' continuations, or the teacher's answers.")
+    runtime: str = Field(default="onnxruntime-genai", description="The builds that generated (the served ones).")
+    precision: dict[str, str] = Field(description="Weights of each model's build (fp32, int8, int4).")
+    tokens_per_second: dict[str, float] = Field(description="Answer tokens per second of each model, one prompt at "
+                                                            "a time (the load excluded).")
+    speedup: float | None = Field(default=None, description="The quantized student's tokens/s over the teacher's.")
+    examples: list[GenerationExample] = Field(default_factory=list, description="The first few prompts' answers.")
+
+
 class CostFigure(_Keys):
     """One economic figure and where it came from: `inputs` are evaluation.economics fields (camelCase, as in the
     spec), `measured` are what this job measured (names of Economics.measured). `value` is null when an input is
@@ -222,8 +247,16 @@ class Report(_Keys):
         "recommended threshold is the one serving.json and status carry.")
     economics: Economics | None = Field(default=None, description="Costs and savings (evaluation.economics).")
 
+    primary: str | None = Field(default=None, description="The metric retention and the gate use (evaluation."
+                                                       "metrics); None: the task's default.")
+    generation: GenerationEval | None = Field(
+        default=None, description="Causal LM with a generation metric: how the models' answers were produced and "
+        "how fast.")
+
     @property
     def primary_metric(self) -> str:
+        if self.primary is not None:
+            return self.primary
         return "perplexity" if self.task == "causal-lm" else "accuracy"
 
     def shortfall(self) -> float:

@@ -141,6 +141,8 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
             f"teacher {metric} {_num(report.teacher.metrics.get(metric))} · quantized student "
             f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
             f"speedup {_num(report.speedup, 2)}x · compression {_num(report.compression, 2)}x"
+            + (f" · generation {_num(report.generation.speedup, 2)}x the teacher's tokens/s"
+               if report.generation is not None else "")
         )
         econ = report.economics
         if econ is not None:

@@ -5,8 +5,12 @@ Sources (`dataset.uri`): a jsonl / json / csv / parquet / txt file, a folder of 
 (`conversations: [[prompt, reply, ...], ...]`, as chatterbot-corpus ships them), `pkg://`, `pvc://`,
 `s3://` (fsspec) and `hf://<dataset id>` where the cluster reaches the hub.
 
+Text documents (`.txt`, one per file) have the columns `text` (the whole document), `title` (its first line)
+and `body` (the rest), so that a headline and its article can be a prompt and its reference answer.
+
 The split is written as `data/train.jsonl` and `data/eval.jsonl`, one `{"text": str, "label": int}` per
-line (`label` indexes `task.labels`; absent for unlabelled data and causal-lm).
+line (`label` indexes `task.labels`; absent for unlabelled data and causal-lm), with `"reference": str`
+where dataset.referenceField gives one (causal-lm).
 """
 
 from __future__ import annotations
@@ -72,11 +76,17 @@ def _chat_rows(files: Iterable[Path], render: ChatRenderer) -> list[dict[str, An
     return rows
 
 
+def document_row(text: str) -> dict[str, Any]:
+    """A text document's columns: `text`, `title` (its first non-blank line) and `body` (what follows)."""
+    title, _, body = text.strip().partition("\n")
+    return {"text": text, "title": title.strip(), "body": body.strip()}
+
+
 def _label_folder_rows(root: Path) -> list[dict[str, Any]]:
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(folder.glob("*.txt")):
-            rows.append({"text": file.read_text(encoding="utf-8", errors="replace"), "label": folder.name})
+            rows.append({**document_row(file.read_text(encoding="utf-8", errors="replace")), "label": folder.name})
     return rows
 
 
@@ -126,7 +136,7 @@ def _folder_rows(root: Path, render: ChatRenderer) -> list[dict[str, Any]]:
         files = sorted(str(p) for p in root.rglob(f"*{suffix}"))
         if files:
             if fmt == "text":  # a folder of plain documents: one example per file
-                return [{"text": Path(f).read_text(encoding="utf-8", errors="replace")} for f in files]
+                return [document_row(Path(f).read_text(encoding="utf-8", errors="replace")) for f in files]
             return _load_table(files, fmt)
     raise DataError(
         f"dataset.uri: {root} holds no data: expected <label>/*.txt folders, chat YAML, or "
@@ -242,6 +252,9 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
             f"dataset.labelField: column {label_field!r}{default} not in the data (columns: {listed}); set "
             "labelField to the column that holds the labels, or labelField: null for unlabelled data"
         )
+    reference_field = dataset.reference_field
+    if reference_field is not None and reference_field not in columns:
+        raise DataError(f"dataset.referenceField: column {reference_field!r} not in the data (columns: {listed})")
     index = list(labels or [])
     unknown: dict[str, Any] = {}
     dropped: Counter[str] = Counter()
@@ -256,6 +269,8 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
                                  if k not in (text_field, label_field) and isinstance(v, str) and v.strip())
             continue
         item: dict[str, Any] = {"text": text}
+        if reference_field is not None and (reference := row_text(row.get(reference_field))[0]) is not None:
+            item["reference"] = reference
         value = row.get(label_field) if label_field is not None else None
         if label_field is not None and (value is None or (isinstance(value, float) and value != value)):
             unlabelled += 1  # null, or a CSV's empty cell (NaN): a row without a gold label

@@ -222,7 +222,25 @@ def build_row(prompt_ids: list[int], choice: dict[str, Any] | None, prompt: str,
         dropped += max(0, min(k, len(top or {})) - len(candidates))
         generated.append(tid)
         dists.append(candidates)
+    input_ids, mask, values, indices = place_row(prompt_ids, generated, dists, tokenizer.pad_token_id or 0,
+                                                 max_length, k)
     ids = prompt_ids + generated
+    text = prompt  # the prompt as given, and the completion as the student's tokenizer writes it
+    if generated:
+        text += tokenizer.decode(ids)[len(tokenizer.decode(prompt_ids)):]
+    if generated and len(generated) == len(tokens) and isinstance((choice or {}).get("text"), str):
+        text = prompt + choice["text"]  # the endpoint's own text, when every generated token was kept
+    return Row(input_ids, mask, values, indices, text, len(generated), dropped)
+
+
+def place_row(prompt_ids: list[int], generated: list[int], dists: list[list[tuple[int, float]]], pad_id: int,
+              max_length: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One cache row from a prompt and a teacher's answer: `input_ids (L,)` int32 and `attention_mask (L,)`
+    int8, right-padded; `topk_values (L, k)` float16 and `topk_indices (L, k)` int32, where position t predicts
+    ids[t + 1]: a one-hot target inside the prompt, the teacher's candidates `dists[i]` ((id, logprob) pairs,
+    best first; one-hot on the answer's token when empty) for answer token i. `prompt_ids + generated` must
+    fit in max_length."""
+    ids = list(prompt_ids) + list(generated)
     n, p = len(ids), len(prompt_ids)
     values = np.zeros((max_length, k), dtype=np.float32)
     indices = np.zeros((max_length, k), dtype=np.int32)
@@ -231,18 +249,13 @@ def build_row(prompt_ids: list[int], choice: dict[str, Any] | None, prompt: str,
         candidates = one_hot if t + 1 < p else dists[t + 1 - p] or one_hot
         values[t] = VERY_NEGATIVE
         indices[t] = candidates[0][0]
-        for slot, (tid, logprob) in enumerate(candidates):
+        for slot, (tid, logprob) in enumerate(candidates[:k]):
             values[t, slot], indices[t, slot] = logprob, tid
-    input_ids = np.full(max_length, tokenizer.pad_token_id or 0, dtype=np.int32)
+    input_ids = np.full(max_length, pad_id, dtype=np.int32)
     input_ids[:n] = ids
     mask = np.zeros(max_length, dtype=np.int8)
     mask[:n] = 1
-    text = prompt  # the prompt as given, and the completion as the student's tokenizer writes it
-    if generated:
-        text += tokenizer.decode(ids)[len(tokenizer.decode(prompt_ids)):]
-    if generated and len(generated) == len(tokens) and isinstance((choice or {}).get("text"), str):
-        text = prompt + choice["text"]  # the endpoint's own text, when every generated token was kept
-    return Row(input_ids, mask, values.astype(np.float16), indices, text, len(generated), dropped)
+    return input_ids, mask, values.astype(np.float16), indices
 
 
 class EndpointPredictor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -17,7 +18,17 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import STAGES, OutputLayout
-from kubedistill.report import Ensemble, Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
+from kubedistill.report import (
+    Ensemble,
+    Gate,
+    GenerationEval,
+    GenerationExample,
+    Latency,
+    ModelReport,
+    Report,
+    Routing,
+    TeacherGeneration,
+)
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -119,7 +130,10 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
                  for n, p in paths.items()}
         same_tokens = tokenizers["teacher"].get_vocab() == tokenizers["student"].get_vocab()
         quality = causal_quality(stats, same_tokens, target)
-        generation = _generation_routing(spec, layout, texts, tokenizers["student"], target) if same_tokens else None
+        generation = None
+        if same_tokens:
+            generation, answered = _generation(spec, layout, rows, tokenizers["student"], target)
+            _add_generation_metrics(spec, quality, answered)
     if progress:
         progress(1, total)
 
@@ -127,7 +141,8 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     latency = measure_latency(paths, tokenizers, texts, max_length, settings) if "latency" in wanted else None
     if progress:
         progress(3, total)
-    primary = "perplexity" if task == "causal-lm" else "accuracy" if quality.labelled else "agreement"
+    primary = (spec.evaluation.generation_metric() or "perplexity") if task == "causal-lm" else \
+        "accuracy" if quality.labelled else "agreement"
     reports = {n: _model_report(params[n], paths[n], listed_metrics(quality.metrics[n], wanted, primary),
                                 latency[n] if latency else None) for n in MODELS}
     report = Report(
@@ -151,29 +166,108 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         quantization_accuracy_drop=quality.quantization_accuracy_drop,
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
         generation_routing=generation,
+        primary=primary if task == "causal-lm" else None,
+        generation=answered.report if task == "causal-lm" and same_tokens else None,
     )
     report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
     return _finish(report, layout, progress, total)
 
 
-def _generation_routing(spec: DistillationJobSpec, layout: OutputLayout, texts: list[str], tokenizer: Any,
-                        target: float) -> Routing:
-    """The generation frontier (generation_eval) on the held-out texts, with the student and teacher built for
-    generation as the export serves them (the builds are kept in layout.genai for the export)."""
+@dataclass
+class Answered:
+    """What the models answered on the held-out prompts: their texts, the references, and how they were made
+    (`report` None: no generation metric was asked for, only the routing frontier's two models answered)."""
+
+    answers: dict[str, list[str]]
+    references: list[str] | None
+    report: GenerationEval | None
+
+
+def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict[str, Any]], tokenizer: Any,
+                target: float) -> tuple[Routing, Answered]:
+    """The generation frontier (generation_eval) on the held-out prompts, with the models built for generation
+    as the export serves them (the builds are kept in layout.genai for the export); with a generation metric in
+    evaluation.metrics, the fp32 student answers too, each model timed."""
     from kubedistill.artifacts import STUDENT_MODEL, TEACHER_MODEL
     from kubedistill_jobs.genai_export import ensure_build, precision_for
-    from kubedistill_jobs.generation_eval import generate, generation_routing, split_prompts
+    from kubedistill_jobs.generation_eval import ANSWER_TOKENS, generation_routing, timed_generate
 
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    pairs = split_prompts(ids, spec.task.max_length)
+    prompts, references = _eval_prompts(spec, rows, tokenizer)
+    scored = spec.evaluation.generation_metric() is not None
+    sequence_level = spec.distillation.sequence_level
+    max_tokens = sequence_level.max_new_tokens if sequence_level is not None else ANSWER_TOKENS
+    precision = {"teacher": "fp32", "student_quantized": precision_for(spec.compression.quantization)}
+    builds = {"teacher": ensure_build(layout.teacher, layout.genai / TEACHER_MODEL, "fp32"),
+              "student_quantized": ensure_build(layout.student, layout.genai / STUDENT_MODEL,
+                                                precision["student_quantized"])}
+    if scored:
+        precision["student"] = "fp32"
+        builds["student"] = builds["student_quantized"] if precision["student_quantized"] == "fp32" else \
+            ensure_build(layout.student, layout.genai / f"{STUDENT_MODEL}-fp32", "fp32")
+    answers, speed = {}, {}
+    for name, folder in builds.items():
+        answers[name], speed[name] = timed_generate(folder, [p for p, _ in prompts], max_tokens)
+    texts = {n: [tokenizer.decode(a.ids, skip_special_tokens=True).strip() for a in found]
+             for n, found in answers.items()}
+    if spec.task.prompt is None:  # the continuations of the texts are the references
+        references, source = [tokenizer.decode(r, skip_special_tokens=True).strip() for _, r in prompts], \
+            "the texts' continuations"
+    else:
+        source = "dataset.referenceField" if references is not None else "the teacher's answers"
+    reference_ids = None if spec.task.prompt is not None and references is None else [r for _, r in prompts]
+    routing, _ = generation_routing(answers["student_quantized"], answers["teacher"], reference_ids, target)
+    report = None
+    if scored:
+        report = GenerationEval(
+            prompts=len(prompts), max_new_tokens=max_tokens, precision=precision,
+            reference=source,
+            tokens_per_second={n: round(v, 2) for n, v in speed.items()},
+            speedup=round(speed["student_quantized"] / max(speed["teacher"], 1e-9), 2),
+            examples=[GenerationExample(prompt=tokenizer.decode(p, skip_special_tokens=True)[-200:], reference=r,
+                                        answers={n: texts[n][i] for n in texts})
+                      for i, ((p, _), r) in enumerate(zip(prompts[:3], references or [None] * 3, strict=False))])
+    return routing, Answered(texts, references, report)
+
+
+def _eval_prompts(spec: DistillationJobSpec, rows: list[dict[str, Any]],
+                  tokenizer: Any) -> tuple[list[tuple[list[int], list[int]]], list[str] | None]:
+    """(prompt ids, reference ids) per held-out row, and the reference texts where the data has them. With
+    task.prompt the rows are prompts (their references: dataset.referenceField); otherwise each text's first
+    half is the prompt and the rest the reference (generation_eval.split_prompts)."""
+    from kubedistill_jobs.generation_eval import split_prompts
+
+    if spec.task.prompt is not None:
+        references = [r.get("reference") for r in rows]
+        known = all(r is not None for r in references)
+        pairs = [(tokenizer(r["text"])["input_ids"],
+                  tokenizer(r["reference"], add_special_tokens=False)["input_ids"] if known else [])
+                 for r in rows]
+        return pairs, [str(r) for r in references] if known else None
+    pairs = split_prompts([tokenizer(r["text"], add_special_tokens=False)["input_ids"] for r in rows],
+                          spec.task.max_length)
     if not pairs:
         raise ValueError("eval.jsonl: no held-out text has 4 tokens or more to build the generation frontier from")
-    prompts = [p for p, _ in pairs]
-    student = generate(ensure_build(layout.student, layout.genai / STUDENT_MODEL,
-                                    precision_for(spec.compression.quantization)), prompts)
-    teacher = generate(ensure_build(layout.teacher, layout.genai / TEACHER_MODEL, "fp32"), prompts)
-    routing, _ = generation_routing(student, teacher, [r for _, r in pairs], target)
-    return routing
+    return pairs, None
+
+
+def _add_generation_metrics(spec: DistillationJobSpec, quality: Any, answered: Answered) -> None:
+    """rouge_l, chrf and exact_match of every model's answers (against the references, else the teacher's
+    answers), into quality.metrics; for the students also `teacher_rouge_l` (agreement with the teacher's
+    answers); the retention of the primary metric when it is one of them."""
+    from kubedistill_jobs.generation_eval import answer_scores, rouge_l
+
+    primary = spec.evaluation.generation_metric()
+    if primary is None or answered.report is None:
+        return
+    teacher = answered.answers["teacher"]
+    gold = answered.references if answered.references is not None else teacher
+    for name, texts in answered.answers.items():
+        quality.metrics[name].update(answer_scores(texts, gold))
+        if name != "teacher":
+            quality.metrics[name]["teacher_rouge_l"] = float(np.mean([rouge_l(a, t) for a, t in
+                                                                     zip(texts, teacher, strict=True)]))
+    quality.retention = quality.metrics["student_quantized"][primary] / max(quality.metrics["teacher"][primary], 1e-12)
+    quality.reference = f"generated answers against {answered.report.reference}"
 
 
 def _first_tokens(tokenizer: Any, text: str, max_length: int) -> str:

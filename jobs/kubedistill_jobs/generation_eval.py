@@ -6,14 +6,26 @@ reference continuation. Both models answer greedily with ONNX Runtime GenAI (the
 so the confidence here is exactly the router's (kubedistill.confidence.answer_confidence on the same
 log-probabilities). Quality of an answer: token-level F1 against the reference continuation (bag of
 token ids, as SQuAD's F1), or, without references, F1 against the teacher's answer (agreement).
+
+Generation metrics (`evaluation.metrics` rouge_l, chrf, exact_match), means over the prompts of per-answer
+scores in [0, 1]: ROUGE-L F-measure (`rouge-score`, its default tokenizer: lowercased alphanumeric words, no
+stemming), chrF (`sacrebleu`'s sentence chrF, character 6-grams, β = 2, divided by 100) and exact match (after
+lowercasing, dropping punctuation and collapsing whitespace). With `task.prompt` the prompts are the held-out
+rows' prompts and the references their dataset.referenceField; otherwise the prompts are the texts' first
+halves and the references the rest.
 """
 
 from __future__ import annotations
 
+import re
+import string
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +53,46 @@ def token_f1(answer: Sequence[int], reference: Sequence[int]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+@cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F-measure of one answer against one reference (longest common subsequence of words)."""
+    return float(_rouge_scorer().score(reference, answer)["rougeL"].fmeasure)
+
+
+def chrf(answer: str, reference: str) -> float:
+    """sacrebleu's sentence chrF of one answer against one reference, in [0, 1]."""
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().sentence_score(answer, [reference]).score) / 100
+
+
+def normalise(text: str) -> str:
+    """Lowercased, punctuation dropped, whitespace collapsed: what exact match compares."""
+    return re.sub(r"\s+", " ", text.lower().translate(str.maketrans("", "", string.punctuation))).strip()
+
+
+def exact_match(answer: str, reference: str) -> float:
+    return float(normalise(answer) == normalise(reference))
+
+
+SCORERS = {"rouge_l": rouge_l, "chrf": chrf, "exact_match": exact_match}
+
+
+def answer_scores(answers: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean rouge_l, chrf and exact_match of `answers` against `references` (one each, same order)."""
+    if len(answers) != len(references) or not answers:
+        raise ValueError(f"generation metrics: need as many (> 0) answers as references, got {len(answers)} and "
+                         f"{len(references)}")
+    return {name: float(np.mean([score(a, r) for a, r in zip(answers, references, strict=True)]))
+            for name, score in SCORERS.items()}
+
+
 def split_prompts(token_ids: list[list[int]], max_length: int) -> list[tuple[list[int], list[int]]]:
     """(prompt, reference) per text: the first half of its first `max_length` tokens and the rest; texts
     under 4 tokens are skipped."""
@@ -57,7 +109,13 @@ def generate(folder: Path, prompts: list[list[int]], max_tokens: int = ANSWER_TO
     """Greedy answers of the ONNX Runtime GenAI model in `folder`, with each token's log-probability."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
+    return generate_with(og.Model(str(folder)), prompts, max_tokens)
+
+
+def generate_with(model: Any, prompts: list[list[int]], max_tokens: int = ANSWER_TOKENS) -> list[Answer]:
+    """Greedy answers of a loaded `onnxruntime_genai.Model`, with each token's log-probability."""
+    import onnxruntime_genai as og
+
     answers = []
     for prompt in prompts:
         params = og.GeneratorParams(model)
@@ -75,6 +133,18 @@ def generate(folder: Path, prompts: list[list[int]], max_tokens: int = ANSWER_TO
             answer.logprobs.append(float(np.float32(logprobs[token])))
         answers.append(answer)
     return answers
+
+
+def timed_generate(folder: Path, prompts: list[list[int]], max_tokens: int) -> tuple[list[Answer], float]:
+    """generate(), and its tokens per second (answer tokens over the wall time, the model's load excluded)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    generate_with(model, prompts[:1], 2)  # untimed: the first run pays for the graph's optimisation
+    started = time.perf_counter()
+    answers = generate_with(model, prompts, max_tokens)
+    seconds = time.perf_counter() - started
+    return answers, sum(len(a.ids) for a in answers) / max(seconds, 1e-9)
 
 
 def generation_routing(student: list[Answer], teacher: list[Answer], references: list[list[int]] | None,

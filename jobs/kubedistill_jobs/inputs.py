@@ -44,9 +44,22 @@ def eval_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict]) -> 
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
 
 
-def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path) -> tuple[Any, dict[str, Any]]:
+CALIBRATION_ROWS = 64  # training rows whose activations rank the feed-forward channels of a derived student
+
+
+def calibration_rows(spec: DistillationJobSpec, train_data: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The first training rows' tokens, when the student keeps only the teacher's most active feed-forward
+    channels (student.fromTeacher.intermediateSize); else None."""
+    derived = spec.student.from_teacher
+    if derived is None or derived.intermediate_size is None:
+        return None
+    return {k: train_data[k][:CALIBRATION_ROWS] for k in ("input_ids", "attention_mask")}
+
+
+def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path,
+                 calibration: dict[str, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
     """The untrained student, and what workers rebuild it from (config + weights + hidden sizes)."""
-    student = models.build_student(spec, teacher, download_dir=download_dir)
+    student = models.build_student(spec, teacher, download_dir=download_dir, calibration=calibration)
     return student, {
         "config": student.config,
         "state": {k: v.detach().clone() for k, v in student.state_dict().items()},

@@ -303,9 +303,11 @@ def _project_embeddings(student: Any, teacher: Any) -> None:
                 module.weight.copy_((((rows - rows.mean(0, keepdim=True)) @ basis) * scale).to(module.weight.dtype))
 
 
-def build_student(spec: DistillationJobSpec, teacher: Any, *, download_dir: Path | None = None) -> Any:
+def build_student(spec: DistillationJobSpec, teacher: Any, *, download_dir: Path | None = None,
+                  calibration: dict[str, Any] | None = None) -> Any:
     """The untrained student: a fresh architecture (embeddings from the teacher's), a subset of the
-    teacher's layers, or a pretrained model; for classification with the task's labels."""
+    teacher's layers (derive_student; `calibration` token arrays rank feed-forward channels), or a pretrained
+    model; for classification with the task's labels."""
     import torch
 
     _quiet_transformers()
@@ -330,8 +332,22 @@ def build_student(spec: DistillationJobSpec, teacher: Any, *, download_dir: Path
         _project_embeddings(student, teacher)
         return student
     assert student_spec.from_teacher is not None
+    return derive_student(teacher, student_spec.from_teacher.layers, student_spec.from_teacher.intermediate_size,
+                          auto=auto, calibration=calibration)
+
+
+def derive_student(teacher: Any, layers: list[int] | None, intermediate_size: int | None = None, *,
+                   auto: Any = None, calibration: dict[str, Any] | None = None) -> Any:
+    """A student made of the teacher's embeddings, final norm, head and the chosen `layers` (default: every
+    other one), in order; with `intermediate_size`, each feed-forward block keeps only that many channels,
+    the most important ones (feedforward_importance). Tied input and output embeddings stay tied.
+
+    `calibration` ({"input_ids", "attention_mask"}, (N, L) arrays) measures activation importance; without it
+    the channels' weight norms decide. Raises ModelError (naming student.fromTeacher) for indices outside
+    the teacher or a width it cannot be cut to."""
+    auto = auto or type(teacher)
     n_teacher = teacher.config.num_hidden_layers
-    layers = student_spec.from_teacher.layers or default_layers(n_teacher)
+    layers = list(layers or default_layers(n_teacher))
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
         raise ModelError(f"student.fromTeacher.layers: {bad} outside the teacher's layers 0..{n_teacher - 1}")
@@ -339,11 +355,102 @@ def build_student(spec: DistillationJobSpec, teacher: Any, *, download_dir: Path
     config.num_hidden_layers = len(layers)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = [config.layer_types[i] for i in layers]
-    student = auto.from_config(config)
-    missing, _ = student.load_state_dict(_remap_layers(teacher.state_dict(), layers), strict=False)
+    state = _remap_layers(teacher.state_dict(), layers)
+    if intermediate_size is not None:
+        width = getattr(teacher.config, "intermediate_size", None)
+        if not isinstance(width, int) or not _gated_mlps(teacher):
+            raise ModelError("student.fromTeacher.intermediateSize: narrowing feed-forward blocks needs a Llama-style "
+                             f"teacher (mlp.gate_proj, up_proj, down_proj); {teacher.config.model_type} has none: "
+                             "remove intermediateSize")
+        if intermediate_size > width:
+            raise ModelError(f"student.fromTeacher.intermediateSize: {intermediate_size} is wider than the teacher's "
+                             f"feed-forward blocks ({width}); use at most {width}")
+        importance = feedforward_importance(teacher, calibration)
+        kept = {new: importance[old].topk(intermediate_size).indices.sort().values for new, old in enumerate(layers)}
+        state = _narrow_mlps(state, kept)
+        config.intermediate_size = intermediate_size
+    student = auto.from_config(config) if hasattr(auto, "from_config") else auto(config)  # Auto or concrete class
+    missing, _ = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _tied_head(student, k)]
     if missing:
         raise ModelError(f"student.fromTeacher: could not map teacher weights onto the student: {missing[:5]}")
     return student
+
+
+def _tied_head(model: Any, key: str) -> bool:
+    """Whether `key` is an output embedding tied to the input embedding (it is loaded through that one)."""
+    output = model.get_output_embeddings()
+    return output is not None and key.startswith("lm_head.") and \
+        output.weight is model.get_input_embeddings().weight
+
+
+def _gated_mlps(model: Any) -> list[Any]:
+    """The Llama-style feed-forward block of every layer (gate_proj, up_proj, down_proj), or [] when the model
+    has other blocks."""
+    layers = getattr(model.base_model, "layers", None)
+    mlps = [getattr(layer, "mlp", None) for layer in layers or []]
+    ok = mlps and all(all(hasattr(m, n) for n in ("gate_proj", "up_proj", "down_proj")) for m in mlps)
+    return mlps if ok else []
+
+
+def narrowable(config: Any, task: str) -> bool:
+    """Whether a model of this config has Llama-style feed-forward blocks that derive_student can narrow: built
+    on the meta device (no weights, no memory) and looked at."""
+    import torch
+
+    _quiet_transformers()
+    with torch.device("meta"):
+        return bool(_gated_mlps(auto_model_class(task).from_config(config)))
+
+
+def feedforward_importance(model: Any, calibration: dict[str, Any] | None = None) -> list[Any]:
+    """Importance of each feed-forward channel, per layer (a list of (I,) tensors): the L2 norm over the
+    calibration tokens of the channel's activation (the input of down_proj), as Minitron ranks neurons; without
+    calibration data, |gate_j| · |up_j| · |down_:,j|, the channel's weight norms."""
+    import torch
+
+    mlps = _gated_mlps(model)
+    if calibration is None:
+        with torch.no_grad():
+            return [m.gate_proj.weight.norm(dim=1) * m.up_proj.weight.norm(dim=1) * m.down_proj.weight.norm(dim=0)
+                    for m in mlps]
+    ids = torch.as_tensor(calibration["input_ids"], dtype=torch.long)
+    mask = torch.as_tensor(calibration["attention_mask"], dtype=torch.long)
+    sums = [torch.zeros(m.down_proj.in_features) for m in mlps]
+    current: dict[str, Any] = {}
+
+    def hook(index: int) -> Any:
+        def record(_module: Any, args: tuple[Any, ...]) -> None:
+            activation = args[0].float() * current["mask"]  # (B, L, I), padding zeroed
+            sums[index] += activation.pow(2).sum(dim=(0, 1))
+        return record
+
+    handles = [m.down_proj.register_forward_pre_hook(hook(i)) for i, m in enumerate(mlps)]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), 8):
+                batch_mask = mask[start:start + 8]
+                current["mask"] = batch_mask[..., None].float()
+                model(input_ids=ids[start:start + 8], attention_mask=batch_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [total.sqrt() for total in sums]
+
+
+def _narrow_mlps(state: dict[str, Any], kept: dict[int, Any]) -> dict[str, Any]:
+    """The state with each layer's feed-forward block cut to the `kept` channel indices of that layer."""
+    out = dict(state)
+    for key, value in state.items():
+        match = LAYER_KEY.search(key)
+        if match is None or ".mlp." not in key or int(match.group(2)) not in kept:
+            continue
+        index = kept[int(match.group(2))]
+        if key.endswith(("gate_proj.weight", "up_proj.weight", "gate_proj.bias", "up_proj.bias")):
+            out[key] = value[index].clone()
+        elif key.endswith("down_proj.weight"):
+            out[key] = value[:, index].clone()
+    return out
 
 
 def count_parameters(model: Any) -> int:

@@ -174,6 +174,15 @@ def check_student_layers(spec: DistillationJobSpec, configs: dict[str, tuple[str
             raise PreflightError(f"student.fromTeacher.layers: {bad} outside the teacher's layers "
                                  f"0..{teacher_layers - 1}")
         layers, heads = len(chosen), teacher_heads
+        width = getattr(configs["teacher"][1], "intermediate_size", None)
+        narrower = spec.student.from_teacher.intermediate_size
+        if narrower is not None and isinstance(width, int) and narrower > width:
+            raise PreflightError(f"student.fromTeacher.intermediateSize: {narrower} is wider than the teacher's "
+                                 f"feed-forward blocks ({width}); use at most {width}")
+        if narrower is not None and not models.narrowable(configs["teacher"][1], spec.task.type):
+            raise PreflightError("student.fromTeacher.intermediateSize: narrowing feed-forward blocks needs a "
+                                 "Llama-style teacher (mlp.gate_proj, up_proj, down_proj); "
+                                 f"{configs['teacher'][1].model_type} has none: remove intermediateSize")
     elif spec.student.architecture is not None:
         layers, heads = spec.student.architecture.num_layers, spec.student.architecture.num_attention_heads
     elif "student" in configs:

@@ -307,6 +307,7 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
               f"{settings.threads if settings else None} intra-op threads, {report.eval_samples} eval examples. "
               f"Retention is the quantized student's {metric} over the teacher's"
               + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
+    lines += _generation_lines(report)
     if report.routing is not None:
         r = report.routing
         rec = r.recommended
@@ -331,6 +332,25 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{name}]({path.as_posix()})" for name, path in plot_paths.items()] + [""]
     return "\n".join(lines)
+
+
+def _generation_lines(report: Report) -> list[str]:
+    """How the generation metrics were measured: settings, each model's tokens/s, a few answers side by side."""
+    found = report.generation
+    if found is None:
+        return []
+    speed = ", ".join(f"{MODEL_TITLES.get(n, n)} {v:.1f}" for n, v in found.tokens_per_second.items())
+    lines = ["## Generation", "",
+             f"{found.prompts} held-out prompts, {found.decoding}, at most {found.max_new_tokens} tokens, scored "
+             f"against {found.reference} ({found.runtime} builds: "
+             + ", ".join(f"{MODEL_TITLES.get(n, n)} {p}" for n, p in found.precision.items()) + "). "
+             f"Tokens/s, one prompt at a time: {speed}"
+             + (f"; the quantized student {found.speedup:.2f}× the teacher." if found.speedup is not None else "."),
+             ""]
+    for example in found.examples:
+        lines += [f"- reference: {example.reference or '–'}"]
+        lines += [f"  - {MODEL_TITLES.get(n, n)}: {text}" for n, text in example.answers.items()]
+    return [*lines, ""]
 
 
 def economics_markdown(econ: Economics) -> list[str]:

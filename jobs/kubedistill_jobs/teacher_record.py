@@ -9,6 +9,11 @@ another job (`distillation.teacherOutputsUri`), so teacher calls are paid for on
                                    sha256, sampling settings, calibration prior, token totals, source
 
 Rows are matched to a later job's data by the sha256 of their text, so a reuse need not keep row order.
+
+A causal-lm teacher that answers prompts (`distillation.sequenceLevel`) records its answers the same way
+(write_answers): one row per answer with split, text_sha256 (of the prompt), answer, prompt_tokens and
+completion_tokens; meta.json holds `kind: answers`, the model, the sampling settings and token totals. Its
+token-level soft targets are the training cache (`soft_targets/`).
 """
 
 from __future__ import annotations
@@ -104,3 +109,23 @@ def reuse(folder: Path, texts: list[str], labels: list[str], template_hash: str)
         raise ReuseError(f"distillation.teacherOutputsUri: {len(missing)} of {len(texts)} texts of this job are "
                          f"not in the record (first: {missing[0][:60]!r}); use the same dataset and split")
     return np.stack([by_hash[text_hash(t)] for t in texts]) if texts else np.zeros((0, len(labels))), meta
+
+
+def write_answers(folder: Path, prompts: list[str], answers: list[str], prompt_tokens: np.ndarray,
+                  completion_tokens: np.ndarray, meta: dict[str, Any]) -> None:
+    """Record a causal-lm teacher's answers to the training prompts (one row per answer), atomically."""
+    import shutil
+
+    from datasets import Dataset
+
+    rows = {"split": ["train"] * len(answers), "text_sha256": [text_hash(p) for p in prompts], "answer": answers,
+            "prompt_tokens": [int(n) for n in prompt_tokens], "completion_tokens": [int(n) for n in completion_tokens]}
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    Dataset.from_dict(rows).to_parquet(str(tmp / ROWS))
+    totals = {"kind": "answers", "rows": len(answers), "prompt_tokens": int(prompt_tokens.sum()),
+              "completion_tokens": int(completion_tokens.sum())}
+    (tmp / META).write_text(json.dumps({**meta, **totals}, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)

@@ -41,9 +41,37 @@ LabelEncoding = Literal["name", "index"]
 Quantization = Literal["none", "int8", "int4"]
 PruningMethod = Literal["none", "layers", "heads"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
-Metric = Literal["accuracy", "macro_f1", "agreement", "kl", "perplexity", "latency"]
+Metric = Literal["accuracy", "macro_f1", "agreement", "kl", "perplexity", "latency", "rouge_l", "chrf", "exact_match"]
 DEFAULT_METRICS: tuple[Metric, ...] = ("accuracy", "macro_f1", "agreement", "kl", "latency")
+# Scores of generated answers (causal-lm): the first one listed in evaluation.metrics is the primary metric.
+GENERATION_METRICS: tuple[Metric, ...] = ("rouge_l", "chrf", "exact_match")
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class TaskPrompt(ApiModel):
+    """How each text becomes a prompt (causal-lm): a chat turn rendered with the model's chat template, ending
+    where the assistant's answer starts."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("self.user.contains('{text}')", "task.prompt.user must contain {text}, where each row's text goes",
+                ".user"),
+        )
+    }
+
+    system: str | None = Field(default=None, description="System message (default: an empty one).")
+    user: str = Field(
+        default="{text}",
+        description="User message: `{text}` is replaced by the row's text, cut so that the prompt leaves room "
+        "for the answer within task.maxLength.",
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _template(self) -> TaskPrompt:
+        if "{text}" not in self.user:
+            raise ValueError("task.prompt.user: the template must contain {text}, where each row's text goes")
+        return self
 
 
 class TaskSpec(ApiModel):
@@ -56,6 +84,8 @@ class TaskSpec(ApiModel):
                 "sequence-classification needs at least two task.labels",
                 ".labels",
             ),
+            cel("!has(self.prompt) || self.type == 'causal-lm'",
+                "task.prompt is for causal-lm (a classification prompt is teacher.prompt)", ".prompt"),
         )
     }
 
@@ -67,6 +97,11 @@ class TaskSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     max_length: int = Field(default=128, description="Tokens per example; longer texts are truncated.", ge=8, le=8192)
+    prompt: TaskPrompt | None = Field(
+        default=None,
+        description="Causal-lm: each text is a prompt to answer, put into this chat turn; the answers come from "
+        "distillation.sequenceLevel (a local teacher) or teacher.endpoint.",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -83,6 +118,8 @@ class TaskSpec(ApiModel):
             raise ValueError("task.labels: sequence-classification needs at least two labels, e.g. [neg, pos]")
         if self.labels and len(set(self.labels)) != len(self.labels):
             raise ValueError("task.labels: labels must be unique")
+        if self.prompt is not None and self.type != "causal-lm":
+            raise ValueError("task.prompt: is for causal-lm; a classification prompt is teacher.prompt")
         return self
 
 
@@ -279,7 +316,15 @@ class StudentArchitecture(ApiModel):
 
 
 class StudentFromTeacher(ApiModel):
-    """A student made of a subset of the teacher's layers (DistilBERT-style initialisation)."""
+    """A student made of a subset of the teacher's layers (DistilBERT-style initialisation), optionally with
+    narrower feed-forward blocks (Minitron-style width pruning)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.layers) || self.layers.all(i, i >= 0)",
+                "student.fromTeacher.layers must be teacher layer indices (0 or more)", ".layers"),
+        )
+    }
 
     layers: list[int] | None = Field(
         default=None,
@@ -287,6 +332,20 @@ class StudentFromTeacher(ApiModel):
         min_length=1,
         max_length=128,
     )
+    intermediate_size: int | None = Field(
+        default=None,
+        description="Feed-forward channels kept in each layer (default: all of the teacher's): those with the "
+        "largest activation importance on training text, as Minitron does.",
+        ge=1,
+        le=65536,
+    )
+
+    @model_validator(mode="after")
+    def _layer_indices(self) -> StudentFromTeacher:
+        negative = [i for i in self.layers or [] if i < 0]
+        if negative:
+            raise ValueError(f"student.fromTeacher.layers: {negative} are not layer indices (0 or more)")
+        return self
 
 
 class StudentSpec(ApiModel):
@@ -350,6 +409,13 @@ class DatasetSpec(ApiModel):
         default=0.2, description="Share of rows held out for evaluation (split by `training.seed`).", gt=0, lt=1
     )
     max_samples: int | None = Field(default=None, description="Use at most this many rows (after shuffling).", ge=2)
+    reference_field: str | None = Field(
+        default=None,
+        description="Causal-lm: column holding each prompt's reference answer, the gold the generation metrics "
+        "(evaluation.metrics rouge_l, chrf, exact_match) score against. Text documents (`.txt`) have the columns "
+        "`title` (their first line) and `body` (the rest) besides `text`.",
+        min_length=1,
+    )
 
 
 class HiddenStateDistillation(ApiModel):
@@ -357,6 +423,32 @@ class HiddenStateDistillation(ApiModel):
 
     enabled: bool = Field(default=False, description="Add the hidden-state loss.")
     weight: float = Field(default=1.0, description="Weight of the hidden-state loss.", ge=0, le=100)
+
+
+class SequenceLevelSpec(ApiModel):
+    """Sequence-level KD from a local teacher (causal-lm): the teacher answers every training prompt once, and
+    the student learns those answers with the teacher's top-k soft targets on each answer token."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("self.n == 1 || self.temperature > 0.0",
+                "distillation.sequenceLevel.n above 1 needs temperature > 0 (greedy answers are all the same)",
+                ".n"),
+        )
+    }
+
+    n: int = Field(default=1, description="Answers per prompt (each one a training row).", ge=1, le=64)
+    temperature: float = Field(default=0.0, description="Sampling temperature; 0 answers greedily.", ge=0, le=10)
+    top_p: float = Field(default=1.0, description="Nucleus sampling: the smallest set of tokens whose "
+                         "probability reaches top_p (sampled answers).", gt=0, le=1)
+    max_new_tokens: int = Field(default=32, description="Tokens per answer, at most.", ge=1, le=8192)
+
+    @model_validator(mode="after")
+    def _sampling(self) -> SequenceLevelSpec:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"distillation.sequenceLevel.n: {self.n} greedy answers (temperature 0) are all the "
+                             "same; set temperature > 0 to sample them, or n: 1")
+        return self
 
 
 class DistillationSpec(ApiModel):
@@ -397,6 +489,11 @@ class DistillationSpec(ApiModel):
         description="A `teacher_outputs/` folder of an earlier job: reuse what its teacher produced instead of "
         "calling the teacher again.",
         pattern=DATA_URI_PATTERN,
+    )
+    sequence_level: SequenceLevelSpec | None = Field(
+        default=None,
+        description="Causal-lm with teacher.uri: the teacher answers the training prompts and the student learns "
+        "its answers (with its top-k soft targets) instead of the dataset's texts.",
     )
 
 
@@ -546,10 +643,13 @@ class EvaluationSpec(ApiModel):
 
     metrics: list[Metric] = Field(
         default_factory=lambda: list(DEFAULT_METRICS),
-        description="Metrics reported on the eval split. The primary one (accuracy, agreement without labels, "
-        "perplexity for causal-lm) is always reported; `latency` (p50/p95, throughput, speedup) is measured only "
-        "when listed; metrics that do not apply to the task are ignored.",
-        max_length=6,
+        description="Metrics reported on the eval split. The primary one (accuracy, agreement without labels; "
+        "for causal-lm the first of rouge_l, chrf and exact_match listed, else perplexity) drives retention and "
+        "the gate and is always reported; rouge_l, chrf and exact_match (causal-lm) score answers the teacher and "
+        "the students generate for the held-out prompts, against dataset.referenceField or, without it, the "
+        "teacher's answers; `latency` (p50/p95, throughput, speedup) is measured only when listed; other metrics "
+        "that do not apply to the task are ignored.",
+        max_length=9,
     )
     gate: GateSpec = Field(default_factory=GateSpec, description="The pass/fail gate.")
     routing_target: float = Field(
@@ -560,6 +660,10 @@ class EvaluationSpec(ApiModel):
     economics: EconomicsSpec | None = Field(
         default=None, description="Prices and traffic: the report adds the cost per 1M requests of teacher, student "
         "and cascade, the cost ratio, the monthly saving and the job's payback period.")
+
+    def generation_metric(self) -> Metric | None:
+        """The primary metric of a causal LM when it is a generation score: the first one listed."""
+        return next((m for m in self.metrics if m in GENERATION_METRICS), None)
 
 
 class OutputSpec(ApiModel):
@@ -769,6 +873,32 @@ class DistillationJobSpec(ApiModel):
                 "student.architecture shares the teacher's tokenizer: it needs teacher.uri or teacher.jobRef",
                 ".student.architecture",
             ),
+            cel(
+                "!has(self.distillation.sequenceLevel) || (self.task.type == 'causal-lm' && has(self.teacher.uri) "
+                "&& self.distillation.teacherMode == 'cached')",
+                "distillation.sequenceLevel needs task.type causal-lm, a local teacher.uri and teacherMode cached "
+                "(the teacher answers once; an endpoint teacher always answers the prompts)",
+                ".distillation.sequenceLevel",
+            ),
+            cel(
+                "!has(self.task.prompt) || has(self.distillation.sequenceLevel) || has(self.teacher.endpoint)",
+                "task.prompt makes each text a prompt to answer: set distillation.sequenceLevel (the teacher "
+                "answers them) or use teacher.endpoint",
+                ".task.prompt",
+            ),
+            cel(
+                "self.task.type == 'causal-lm' || !self.evaluation.metrics.exists(m, m in ['rouge_l', 'chrf', "
+                "'exact_match'])",
+                "evaluation.metrics rouge_l, chrf and exact_match score generated answers: they are for causal-lm",
+                ".evaluation.metrics",
+            ),
+            cel(
+                "!has(self.teacher.endpoint) || !self.evaluation.metrics.exists(m, m in ['rouge_l', 'chrf', "
+                "'exact_match'])",
+                "evaluation.metrics rouge_l, chrf and exact_match need a teacher that generates locally "
+                "(teacher.uri); with teacher.endpoint use perplexity",
+                ".evaluation.metrics",
+            ),
         )
     }
 
@@ -813,6 +943,7 @@ class DistillationJobSpec(ApiModel):
             raise ValueError("teachers: set teacher (one teacher) or teachers (several), not both")
         if self.teachers is not None:
             self._check_teachers(self.teachers)
+            self._check_generation()
             return self
         if self.teacher is None:
             raise ValueError("teacher: set teacher (the model that teaches), or teachers for several")
@@ -845,6 +976,7 @@ class DistillationJobSpec(ApiModel):
                 "student: fromTeacher and architecture derive the student from teacher.uri; "
                 "with an endpoint teacher give student.uri"
             )
+        self._check_generation()
         return self
 
     def _check_teachers(self, teachers: list[EnsembleTeacher]) -> None:
@@ -885,6 +1017,25 @@ class DistillationJobSpec(ApiModel):
         strays = sorted({e.label for e in (prompt.few_shot if prompt else None) or []} - set(labels))
         if strays:
             raise ValueError(f"{where}.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+
+    def _check_generation(self) -> None:
+        if self.distillation.sequence_level is not None and (
+                self.task.type != "causal-lm" or self.teacher is None or self.teacher.uri is None
+                or self.distillation.teacher_mode != "cached"):
+            raise ValueError("distillation.sequenceLevel: needs task.type causal-lm, a local teacher.uri and "
+                             "teacherMode cached (the teacher answers once; an endpoint teacher always answers "
+                             "the prompts)")
+        if self.task.prompt is not None and self.distillation.sequence_level is None and (
+                self.teacher is None or self.teacher.endpoint is None):
+            raise ValueError("task.prompt: makes each text a prompt to answer; set distillation.sequenceLevel (the "
+                             "teacher answers them) or use teacher.endpoint")
+        listed = [m for m in self.evaluation.metrics if m in GENERATION_METRICS]
+        if listed and self.task.type != "causal-lm":
+            raise ValueError(f"evaluation.metrics: {', '.join(listed)} score generated answers: they are for "
+                             "causal-lm")
+        if listed and self.teacher is not None and self.teacher.endpoint is not None:
+            raise ValueError(f"evaluation.metrics: {', '.join(listed)} need a teacher that generates locally "
+                             "(teacher.uri); with teacher.endpoint use perplexity")
 
     def _check_prompt(self) -> None:
         assert self.teacher is not None

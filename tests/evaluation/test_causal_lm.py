@@ -96,3 +96,39 @@ def test_a_student_padded_beyond_the_tokenizer_is_scored_over_the_tokenizers_ids
     report = evaluate(spec, layout, "lm-1", settings=fast_latency)
     # counted, the padded rows would take nearly all the mass: a perplexity far above the vocabulary's size
     assert report.student.metrics["perplexity"] < 2 * size
+
+
+@pytest.mark.slow
+def test_generation_metrics_against_references_drive_retention(tmp_path, fast_latency):
+    layout = OutputLayout(tmp_path)
+    tok = tokenizer()
+    teacher = tiny_llama(tok.vocab_size, seed=1)
+    teacher.save_pretrained(layout.teacher)
+    teacher.save_pretrained(layout.student)  # the fp32 student is the teacher: its answers are the teacher's
+    for folder in (layout.teacher, layout.student):
+        tok.save_pretrained(folder)
+    rng = random.Random(0)
+    words = " ".join(WORDS.values()).split()
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 12))),
+             "reference": " ".join(rng.choice(words) for _ in range(3))} for _ in range(16)]
+    write_jsonl(layout.data / "train.jsonl", rows[:8])
+    write_jsonl(layout.data / "eval.jsonl", rows[8:])
+    spec = make_spec(task={"type": "causal-lm", "maxLength": 32, "prompt": {"user": "{text}"}},
+                     dataset={"uri": "/data/train.jsonl", "referenceField": "reference", "labelField": None},
+                     distillation={"sequenceLevel": {"maxNewTokens": 6}}, compression={"quantization": "int4"},
+                     evaluation={"metrics": ["chrf", "rouge_l", "perplexity"], "gate": {"minRetention": None}})
+    compress(spec, layout)
+    report = evaluate(spec, layout, "lm-1", settings=fast_latency)
+    assert report.primary == report.primary_metric == "chrf"
+    teacher, student, quantized = report.teacher.metrics, report.student.metrics, report.student_quantized.metrics
+    for metrics in (teacher, student, quantized):
+        assert {"chrf", "rouge_l", "perplexity"} <= set(metrics) and 0 <= metrics["chrf"] <= 1
+    assert student["teacher_rouge_l"] == 1.0 and student["chrf"] == teacher["chrf"]
+    assert report.retention == pytest.approx(quantized["chrf"] / max(teacher["chrf"], 1e-12))
+    found = report.generation
+    assert found is not None and found.prompts == 8 and found.max_new_tokens == 6
+    assert found.reference == "dataset.referenceField" and found.precision["student_quantized"] == "int4"
+    assert set(found.tokens_per_second) == {"teacher", "student", "student_quantized"}
+    assert [e.reference for e in found.examples] == [r["reference"] for r in rows[8:11]]
+    assert found.examples[0].answers["student"] == found.examples[0].answers["teacher"]
+    assert "## Generation" in layout.report_md.read_text()

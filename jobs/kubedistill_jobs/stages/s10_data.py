@@ -38,6 +38,9 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     layout = context.layout
     (layout.data / GENERATED_TRAIN).unlink(missing_ok=True)  # an earlier run's generations follow the old split
     split = data.load_split(context.spec, chat_renderer(context))
+    prompts_cut = 0
+    if context.spec.task.prompt is not None:  # each text becomes the prompt the teacher and the student answer
+        split, prompts_cut = _prompted(context, split)
     data.write_jsonl(split.train, layout.data / "train.jsonl")
     data.write_jsonl(split.eval, layout.data / "eval.jsonl")
     context.set_split(split)
@@ -49,8 +52,28 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     if truncated:
         log.info("data: %d texts are longer than task.maxLength (%d tokens) and are cut to it", truncated,
                  max_length)
-    return {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
-            "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
+    if prompts_cut:
+        log.info("data: %d texts were cut to fit their prompt and answer in task.maxLength (%d tokens)", prompts_cut,
+                 max_length)
+    marker = {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
+              "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
+    return marker | ({"prompts_cut": prompts_cut} if prompts_cut else {})
+
+
+def _prompted(context: Context, split: data.Split) -> tuple[data.Split, int]:
+    """The split with each text rendered into its prompt (task.prompt), cut to leave room for the answer."""
+    from dataclasses import replace
+
+    from kubedistill_jobs import task_prompt
+
+    spec = context.spec
+    assert spec.task.prompt is not None
+    rows = split.train + split.eval
+    budget = spec.task.max_length - task_prompt.answer_tokens(spec)
+    texts, cut = task_prompt.render_all(context.tokenizer, spec.task.prompt, [r["text"] for r in rows], budget)
+    rendered = [{**row, "text": text} for row, text in zip(rows, texts, strict=True)]
+    n_train = len(split.train)
+    return replace(split, train=rendered[:n_train], eval=rendered[n_train:]), cut
 
 
 def summary(marker: dict[str, Any]) -> str:
@@ -58,6 +81,8 @@ def summary(marker: dict[str, Any]) -> str:
     notes += [f"{count} dropped: {why}" for why, count in (marker.get("dropped") or {}).items()]
     if marker.get("unlabelled"):
         notes.append(f"{marker['unlabelled']} without a label")
+    if marker.get("prompts_cut"):
+        notes.append(f"{marker['prompts_cut']} cut to fit their prompt and answer")
     if marker.get("truncated"):
         notes.append(f"{marker['truncated']} cut to task.maxLength")
     return f"{marker['train']} train / {marker['eval']} eval rows" + (f" ({'; '.join(notes)})" if notes else "")

@@ -1,6 +1,7 @@
 """Run the teacher once over the training split and cache its outputs in `soft_targets/`: class logits
-(classification) or the top-k logits per token (causal LM); from an endpoint teacher, its generations
-(the new training texts) and their top-k logprobs. Nothing to do in online mode."""
+(classification) or the top-k logits per token (causal LM); from an endpoint teacher, or a local one with
+distillation.sequenceLevel, its answers (the new training texts) and their top-k logprobs. Nothing to do in
+online mode."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ NAME: Stage = "soft-targets"
 WEIGHT = 10
 UNIT = "rows"
 READS = ("data", "teacher")
-WRITES = ("soft_targets",)
+WRITES = ("soft_targets", "teacher_outputs")  # a local teacher's answers (sequenceLevel) are recorded
 
 
 def run(context: Context, progress: Progress) -> dict[str, Any]:
@@ -32,6 +33,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
                 "summary": f"{meta['rows']} rows, class distributions (from the teacher stage's pass)"}
     if context.endpoint_teacher:
         return _from_endpoint(context, context.prompts(), progress)
+    if spec.distillation.sequence_level is not None:
+        return _from_local_answers(context, context.prompts(), progress)
     train = context.split().train
     texts = [r["text"] for r in train]
     if spec.task.type == "sequence-classification":
@@ -79,6 +82,39 @@ def _from_endpoint(context: Context, prompts: list[str], progress: Progress) -> 
             "dropped_candidates": dropped, "k": k,
             "summary": f"{len(prompts)} rows, {generated} generated tokens, top-{k} logprobs from the endpoint "
                        f"({rate:.0f} tokens/s)"}
+
+
+def _from_local_answers(context: Context, prompts: list[str], progress: Progress) -> dict[str, Any]:
+    """Sequence-level KD from the local teacher: its answers (n per prompt) become the training texts, its
+    top-k log-probabilities on them the cache (one-hot targets inside the prompts), as from an endpoint; the
+    answers are recorded in teacher_outputs/."""
+    from kubedistill_jobs import local_answers, teacher_record
+
+    spec, layout = context.spec, context.layout
+    settings = local_answers.AnswerSettings.from_spec(spec, str(layout.teacher), len(context.tokenizer))
+    started = time.monotonic()
+    out = local_answers.run_answers(settings, prompts, progress=progress)
+    seconds = max(1e-9, time.monotonic() - started)
+    arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
+    n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
+    answered = [prompt for prompt in prompts for _ in range(settings.n)]
+    data.write_jsonl([{"text": str(text), "prompt": prompt} for text, prompt in zip(out["text"], answered,
+                                                                                  strict=True)],
+                     layout.data / GENERATED_TRAIN)
+    rows = len(answered)
+    soft_targets.write(layout.soft_targets, arrays,
+                       {"kind": "topk", "rows": rows, "k": settings.top_k, "tokens": n_tokens,
+                        "source": "teacher answers", "generated_tokens": generated})
+    teacher_record.write_answers(layout.teacher_outputs, answered, [str(a) for a in out["answer"]],
+                                 out["prompt_tokens"], out["generated"],
+                                 {"model": spec.teacher.uri, "sampling": settings.sampling(), "top_k": settings.top_k})
+    context.set_split(None)  # the training texts are now the teacher's answers
+    empty = int((out["generated"] == 0).sum())
+    return {"mode": "cached", "rows": rows, "prompts": len(prompts), "tokens": n_tokens, "generated_tokens": generated,
+            "empty_answers": empty, "k": settings.top_k, "tokens_per_second": round(generated / seconds, 1),
+            "summary": f"{len(prompts)} prompts, {rows} teacher answers ({settings.sampling()['method']}), "
+                       f"{generated} generated tokens with top-{settings.top_k} logprobs "
+                       f"({generated / seconds:.0f} tokens/s)"}
 
 
 def summary(marker: dict[str, Any]) -> str:

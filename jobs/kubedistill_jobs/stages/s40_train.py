@@ -41,13 +41,15 @@ def training_inputs(context: Context) -> TrainingInputs:
     split = context.split()
     # an endpoint teacher has no weights here: the student is pretrained (student.uri) and the cache complete
     teacher_model = models.load_saved_model(layout.teacher, spec.task.type) if context.teacher_has_graph else None
-    student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student")
+    train_data = inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets)
+    student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student",
+                                        calibration=inputs.calibration_rows(spec, train_data))
     student_params = models.count_parameters(student)
     del teacher_model, student
     return TrainingInputs(
         loop=LoopConfig.from_spec(spec, str(layout.teacher),
                                   vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None),
-        train_data=inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets),
+        train_data=train_data,
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
         student_params=student_params,

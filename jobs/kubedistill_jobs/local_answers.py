@@ -1,0 +1,116 @@
+"""Sequence-level KD from a local teacher (`distillation.sequenceLevel`): the teacher (its fp32 copy in
+`teacher/`) answers every training prompt once, greedily or sampled, `n` answers per prompt, through Ray Data.
+
+Each answer becomes one training row of the cache the endpoint teachers write (endpoint_teacher.place_row):
+the prompt's tokens with one-hot targets, then the answer's tokens with the teacher's top-k log-probabilities
+(log-softmax over its whole vocabulary at temperature 1, taken from the same forward pass that chose the
+token). An answer ends with the end-of-sequence token when the teacher stopped, so the student learns to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill_jobs.endpoint_teacher import place_row
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """What the actors need: the teacher's folder, the cache's shape and the sampling settings."""
+
+    source: str
+    max_length: int
+    top_k: int
+    vocab_size: int
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: DistillationJobSpec, source: str, vocab_size: int) -> AnswerSettings:
+        sampling = spec.distillation.sequence_level
+        assert sampling is not None
+        return cls(source=source, max_length=spec.task.max_length, top_k=spec.distillation.top_k,
+                   vocab_size=vocab_size, n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                   max_new_tokens=sampling.max_new_tokens, seed=spec.training.seed)
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings as recorded in teacher_outputs/meta.json."""
+        return {"method": "sampled" if self.temperature > 0 else "greedy", "n": self.n,
+                "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
+
+class AnswerPredictor:
+    """A Ray Data callable class: loads the teacher once per actor, answers a batch of prompts."""
+
+    def __init__(self, settings: AnswerSettings) -> None:
+        from pathlib import Path
+
+        from kubedistill_jobs import models
+
+        self.settings = settings
+        self.model = models.load_saved_model(Path(settings.source), "causal-lm")
+        self.tokenizer = models.load_tokenizer(settings.source)
+        self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        cfg, tokenizer = self.settings, self.tokenizer
+        prompts = [str(t) for t in batch["text"]]
+        prompt_ids = [tokenizer(p, truncation=True, max_length=cfg.max_length - 1)["input_ids"] for p in prompts]
+        width = max(len(ids) for ids in prompt_ids)
+        pad = tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        room = min(cfg.max_new_tokens, cfg.max_length - width)
+        torch.manual_seed(cfg.seed + int(batch["idx"][0]))  # sampled answers are the same on a rerun
+        sampled = cfg.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=room, do_sample=sampled,
+                temperature=cfg.temperature if sampled else None, top_p=cfg.top_p if sampled else None, top_k=None,
+                num_return_sequences=cfg.n, output_logits=True, return_dict_in_generate=True,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            )
+        logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float()[..., :cfg.vocab_size], dim=-1)
+        values, indices = logprobs.topk(cfg.top_k, dim=-1)  # (B·n, T, k)
+        rows: list[dict[str, Any]] = []
+        for r in range(len(prompts) * cfg.n):
+            prompt = prompt_ids[r // cfg.n]
+            answer = [int(t) for t in out.sequences[r, width:]]
+            if tokenizer.eos_token_id in answer:  # keep the end-of-sequence token, drop the padding after it
+                answer = answer[:answer.index(tokenizer.eos_token_id) + 1]
+            answer = answer[:cfg.max_length - len(prompt)]
+            dists = [list(zip(indices[r, t].tolist(), values[r, t].tolist(), strict=True)) for t in range(len(answer))]
+            input_ids, attention, topk_values, topk_indices = place_row(prompt, answer, dists, pad, cfg.max_length,
+                                                                        cfg.top_k)
+            rows.append({"input_ids": input_ids, "attention_mask": attention, "topk_values": topk_values,
+                         "topk_indices": topk_indices, "generated": len(answer), "prompt_tokens": len(prompt),
+                         "text": prompts[r // cfg.n] + tokenizer.decode(answer),
+                         "answer": tokenizer.decode(answer, skip_special_tokens=True).strip()})
+        return {"idx": np.repeat(batch["idx"], cfg.n),
+                **{key: np.stack([row[key] for row in rows]) for key in rows[0] if key not in ("text", "answer")},
+                "text": np.asarray([row["text"] for row in rows], dtype=object),
+                "answer": np.asarray([row["answer"] for row in rows], dtype=object)}
+
+
+def run_answers(settings: AnswerSettings, prompts: list[str], *, progress: Progress | None = None,
+                batch_size: int = 8) -> dict[str, np.ndarray]:
+    """The cache arrays for every answer (`n` per prompt, prompt by prompt, in the prompts' order), with the
+    rows' `text` (prompt + answer), `answer`, `generated` and `prompt_tokens`."""
+    from kubedistill_jobs.teacher_outputs import actor_resources, map_rows
+
+    actors, resources = actor_resources()
+    per_prompt = (lambda done, total: progress(min(total, done // settings.n), total)) if progress else None
+    return map_rows(AnswerPredictor, {"settings": settings}, {"text": prompts}, batch_size=batch_size,
+                    actors=actors, resources=resources, progress=per_prompt)

@@ -1,0 +1,77 @@
+"""Sequence-level KD from a local teacher (distillation.sequenceLevel): the teacher answers the training
+prompts, its answers and token-level top-k log-probabilities are cached and recorded, the student trains on
+them. Tiny Llamas from configs, through the pipeline's data, teacher, soft-targets and train stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from kubedistill_jobs.pipeline import Pipeline
+from kubedistill_jobs.storage import resolve_output
+
+from kubedistill.api.distillationjob import DistillationJob
+from kubedistill.artifacts import OutputLayout
+
+from .conftest import FILLER, NEGATIVE, POSITIVE, job_manifest, write_jsonl
+from .test_pipeline import Recorder
+
+
+@pytest.mark.slow
+def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_path, tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rng = np.random.default_rng(0)
+    words = POSITIVE + NEGATIVE + FILLER
+    rows = [{"title": " ".join(rng.choice(words, 2)), "body": " ".join(rng.choice(words, 6))} for _ in range(40)]
+    data = write_jsonl(rows, tmp_path / "articles.jsonl")
+    manifest = job_manifest(
+        tmp_path, tiny_models["llama"], data,
+        task={"type": "causal-lm", "maxLength": 24, "prompt": {"user": "{text} the"}},
+        teacher={"adapt": {"method": "none"}},
+        dataset={"labelField": None, "textField": "body", "referenceField": "title"},
+        distillation={"topK": 4, "temperature": 1.0, "sequenceLevel": {"n": 2, "temperature": 1.0,
+                                                                       "maxNewTokens": 5}},
+        training={"maxSteps": 3, "epochs": None, "batchSize": 8},
+        compression={"quantization": "none"},
+        evaluation={"metrics": ["rouge_l", "perplexity"], "gate": {"minRetention": None}},
+    )
+    del manifest["spec"]["task"]["labels"]
+    job = DistillationJob.model_validate(manifest)
+    result = Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=Recorder()).run(
+        stop_after="train")
+    layout = OutputLayout(tmp_path / "out")
+
+    prompts = [json.loads(line) for line in (layout.data / "train.jsonl").read_text().splitlines()]
+    assert all(p["text"].endswith("\nAssistant:") and "reference" in p for p in prompts)
+    marker = result.stages["soft-targets"]
+    assert marker["prompts"] == len(prompts) == 30 and marker["rows"] == 60 and marker["k"] == 4
+    generated = [json.loads(line) for line in (layout.data / "train_generated.jsonl").read_text().splitlines()]
+    assert [g["prompt"] for g in generated] == [p["text"] for p in prompts for _ in range(2)]
+    assert all(g["text"].startswith(g["prompt"]) and len(g["text"]) > len(g["prompt"]) for g in generated)
+    meta = json.loads((layout.teacher_outputs / "meta.json").read_text())
+    assert meta["kind"] == "answers" and meta["rows"] == 60
+    assert meta["sampling"] == {"method": "sampled", "n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 5}
+
+    # the cache holds the teacher's own top-k log-probabilities on each answer token, one-hot in the prompt
+    ids, mask, values, indices = (np.load(layout.soft_targets / f"{name}.npy") for name in
+                                  ("input_ids", "attention_mask", "topk_values", "topk_indices"))
+    teacher = AutoModelForCausalLM.from_pretrained(layout.teacher).eval()
+    tokenizer = AutoTokenizer.from_pretrained(layout.teacher)
+    for row in (0, 1, 17):
+        n, p = int(mask[row].sum()), len(tokenizer(generated[row]["prompt"])["input_ids"])
+        assert n > p and ids[row, :p].tolist() == tokenizer(generated[row]["prompt"])["input_ids"]
+        with torch.no_grad():
+            logits = teacher(torch.as_tensor(ids[row:row + 1, :n], dtype=torch.long)).logits[0, :, :len(tokenizer)]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for t in range(p - 1, n - 1):  # position t's target is answer token t + 1
+            top = logprobs[t].topk(4)
+            assert indices[row, t].tolist() == top.indices.tolist(), (row, t)
+            assert np.allclose(values[row, t].astype(np.float32), top.values.numpy(), atol=2e-2)
+        assert (values[row, :p - 1, 0] == 0).all() and (values[row, :p - 1, 1:] < -1000).all()  # one-hot prompt
+        assert (indices[row, :p - 1, 0] == ids[row, 1:p]).all()
+    assert (ids[0] != ids[1]).any() or (ids[2] != ids[3]).any()  # two sampled answers per prompt differ somewhere
+    assert result.stages["train"]["steps"] == 3
+
