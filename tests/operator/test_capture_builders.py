@@ -1,0 +1,105 @@
+"""router.capture in the objects the operator writes: the claim mounted read-write for the router only, the
+s3 credentials by reference, the config passed through; every object schema-valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubedistill_operator.builders import ModelSourceInfo, build_student_children
+from kubedistill_operator.config import OperatorConfig
+from kubedistill_operator.reconcile.references import student_references
+from kubedistill_validation import validate_object
+
+from kubedistill.api import ManifestError, StudentDeployment, parse_resource
+from kubedistill.routerconfig import RouterConfig
+from kubedistill.uris import local_path
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = OperatorConfig(job_image="registry.example/jobs:1", router_image="registry.example/router:1")
+SOURCE = ModelSourceInfo("pvc://models/jobs/bbc/model_repository", "bbc-news-topics-g3", 0.82)
+
+
+def student(capture: dict[str, Any] | None) -> StudentDeployment:
+    doc = yaml.safe_load((ROOT / "examples/quickstart/studentdeployment.yaml").read_text())
+    doc["metadata"].update({"namespace": "ml", "uid": "0f5b8e3c-8d1e-4c52-9a38-2f6a7d2b1c11", "generation": 1})
+    doc["spec"].setdefault("router", {})["capture"] = capture
+    if capture is None:
+        del doc["spec"]["router"]["capture"]
+    parsed = parse_resource(doc)
+    assert isinstance(parsed, StudentDeployment)
+    return parsed
+
+
+def pod_of(sd: StudentDeployment) -> dict[str, Any]:
+    objects = {o["kind"]: o for o in build_student_children(sd, SOURCE, CONFIG)}
+    return objects["Deployment"]["spec"]["template"]["spec"]
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name)
+
+
+@pytest.mark.parametrize("uri", ["pvc://traffic/news", "pvc://models/capture/news", "s3://bucket/capture",
+                                 "file:///var/capture"])
+def test_capture_objects_validate_and_carry_the_config(uri):
+    sd = student({"uri": uri, "redact": [r"\b\d{4}-\d{4}\b"], "s3CredentialsSecret": "s3-creds"})
+    children = build_student_children(sd, SOURCE, CONFIG)
+    for obj in children:
+        validate_object(obj)
+    config_map = next(o for o in children if o["kind"] == "ConfigMap")
+    config = RouterConfig.model_validate(yaml.safe_load(config_map["data"]["router.yaml"]))
+    assert config.capture is not None and config.capture.uri == uri
+    assert config.capture.redact == [r"\b\d{4}-\d{4}\b"]
+
+
+def test_the_capture_claim_is_mounted_writable_for_the_router_where_the_uri_resolves():
+    pod = pod_of(student({"uri": "pvc://traffic/news"}))
+    router = container(pod, "router")
+    (mount,) = [m for m in router["volumeMounts"] if m["mountPath"] == "/mnt/pvc/traffic"]
+    assert mount["readOnly"] is False
+    assert str(local_path("pvc://traffic/news")).startswith(mount["mountPath"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": "traffic", "readOnly": False}
+    # Triton and the fetch step do not get it.
+    assert all(m["name"] != mount["name"] for m in container(pod, "tritonserver")["volumeMounts"])
+    assert all(m["name"] != mount["name"] for m in container(pod, "fetch-model")["volumeMounts"])
+
+
+def test_the_model_claim_reused_for_capture_is_one_volume_read_only_for_the_fetch_step():
+    pod = pod_of(student({"uri": "pvc://models/capture"}))
+    claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert len(claims) == 1 and claims[0]["persistentVolumeClaim"]["readOnly"] is False
+    fetch = [m for m in container(pod, "fetch-model")["volumeMounts"] if m["name"] == claims[0]["name"]]
+    router = [m for m in container(pod, "router")["volumeMounts"] if m["name"] == claims[0]["name"]]
+    assert fetch[0]["readOnly"] is True and router[0]["readOnly"] is False
+
+
+def test_s3_capture_gets_its_credentials_by_reference_and_they_are_checked_for():
+    sd = student({"uri": "s3://bucket/capture", "s3CredentialsSecret": "s3-creds"})
+    router = container(pod_of(sd), "router")
+    assert router["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    refs = {(r.kind, r.name): r.field for r in student_references(sd, SOURCE)}
+    assert any(name == "s3-creds" and "capture" in field for (_, name), field in refs.items())
+
+
+def test_without_capture_the_router_has_no_capture_mount():
+    pod = pod_of(student(None))
+    assert all("/mnt/pvc" not in m["mountPath"] for m in container(pod, "router")["volumeMounts"])
+    assert "capture" not in build_student_children(student(None), SOURCE, CONFIG)[0]["data"]["router.yaml"]
+
+
+@pytest.mark.parametrize(("capture", "field", "says"), [
+    ({"uri": "http://bucket/capture"}, "router.capture.uri", "file:///abs, pvc://"),
+    ({"uri": "gs://bucket/capture"}, "router.capture.uri", "s3://"),
+    ({"uri": "file:///c", "redact": ["ok", "(unclosed"]}, "router.capture.redact[1]", "not a valid regular"),
+    ({"uri": "file:///c", "shadowDisagreementRate": 1.5}, "router.capture.shadowDisagreementRate", "1"),
+    ({"uri": "file:///c", "maxFileBytes": 10}, "router.capture.maxFileBytes", "1024"),
+])
+def test_bad_capture_settings_are_refused_naming_the_field(capture, field, says):
+    with pytest.raises(ManifestError) as error:
+        student(capture)
+    message = str(error.value)
+    assert field in message and says in message
