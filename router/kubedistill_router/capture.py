@@ -272,14 +272,11 @@ class CaptureSink:
         if self._closed:
             return
         self._closed = True
-        while True:  # the sentinel must get in even when the queue is full: the oldest waiting records give way
-            try:
-                self.queue.put_nowait(None)
-                break
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self.queue.get_nowait()
-                    self._drop(CLOSED)
+        try:
+            self.queue.put(None, timeout=timeout)  # behind what is queued: the writer drains it first
+        except queue.Full:  # the writer is stuck (a hung volume): leave it, it is a daemon thread
+            log.warning("capture: the writer did not drain its queue within %g s at shutdown", timeout)
+            return
         self.thread.join(timeout)
 
 
