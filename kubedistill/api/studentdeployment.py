@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from kubedistill.api.base import (
+    CAPTURE_URI_PATTERN,
     CONDITIONS_LIST,
     DNS_LABEL_PATTERN,
     ApiModel,
@@ -15,6 +16,7 @@ from kubedistill.api.base import (
     SecretKeyRef,
     cel,
     cel_rules,
+    check_capture_uri,
 )
 from kubedistill.api.distillationjob import HTTP_URL_PATTERN, MODEL_URI_PATTERN
 from kubedistill.api.meta import ObjectMeta
@@ -164,19 +166,6 @@ class Coalescing(ApiModel):
     max_calls_in_flight: int | None = Field(
         default=None, description="Calls to one model at once; unset: twice triton.instanceCount.", ge=1, le=1024
     )
-
-
-# Where captured traffic goes: a folder on a volume (file://, pvc://) or object storage (s3://).
-CAPTURE_URI_PATTERN = r"^(file://|pvc://|s3://)\S+$|^/\S+$"
-CAPTURE_URI_PREFIXES = ("file://", "pvc://", "s3://", "/")
-
-
-def check_capture_uri(value: object, field: str) -> object:
-    """A capture URI names a folder the router can write: file://, pvc://, s3:// or an absolute path."""
-    if isinstance(value, str) and not value.startswith(CAPTURE_URI_PREFIXES):
-        raise ValueError(f"{field}: {value!r} is not a folder captured traffic can be written to; use file:///abs, "
-                         "pvc://<claim>/<path> (in a cluster) or s3://bucket/prefix")
-    return value
 
 
 class CaptureSpec(ApiModel):
