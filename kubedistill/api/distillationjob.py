@@ -800,6 +800,8 @@ class JobResults(ApiModel):
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+    capture_gain: float | None = Field(default=None, description="dataset.capture: the new student's agreement with "
+                                       "the teacher on held-out captured traffic minus the serving student's.")
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:

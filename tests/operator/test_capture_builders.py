@@ -103,3 +103,53 @@ def test_bad_capture_settings_are_refused_naming_the_field(capture, field, says)
         student(capture)
     message = str(error.value)
     assert field in message and says in message
+
+
+# dataset.capture on a DistillationJob.
+
+def job_with(capture: dict[str, Any]):
+    from kubedistill.api import DistillationJob
+
+    doc = yaml.safe_load((ROOT / "examples/quickstart/distillationjob.yaml").read_text())
+    doc["metadata"].update({"namespace": "ml", "uid": "1f5b8e3c-8d1e-4c52-9a38-2f6a7d2b1c11", "generation": 1})
+    doc["spec"]["dataset"]["capture"] = capture
+    doc["spec"]["output"]["uri"] = "pvc://models/jobs/news-v2"
+    parsed = parse_resource(doc)
+    assert isinstance(parsed, DistillationJob)
+    return parsed
+
+
+def test_a_deployment_reference_resolves_to_its_capture_uri_in_the_spec_the_pipeline_reads():
+    from kubedistill_operator.builders import build_job_children
+    from kubedistill_operator.kubeapi import STUDENT_DEPLOYMENTS
+    from kubedistill_operator.reconcile.job import resolve_capture
+
+    deployments = {("ml", "news"): {"spec": {"router": {"capture": {"uri": "pvc://traffic/news"}}}},
+                   ("ml", "quiet"): {"spec": {"router": {}}}}
+
+    def get(resource, namespace, name):
+        assert resource is STUDENT_DEPLOYMENTS
+        return deployments.get((namespace, name))
+
+    job = job_with({"studentDeploymentRef": {"name": "news"}, "ratio": 0.3})
+    resolved = resolve_capture(get, "ml", job)
+    assert not isinstance(resolved, str)
+    children = build_job_children(resolved, CONFIG, "news-v2-g1")
+    for obj in children:
+        validate_object(obj)
+    config_map = next(o for o in children if o["kind"] == "ConfigMap")
+    (text,) = config_map["data"].values()
+    capture = yaml.safe_load(text)["spec"]["dataset"]["capture"]
+    assert capture == {"uri": "pvc://traffic/news", "ratio": 0.3, "evalFraction": 0.3, "minGain": 0.0}
+    ray_job = next(o for o in children if o["kind"] == "RayJob")
+    head = ray_job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in head["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"traffic": True, "models": False}  # the capture is read, the output written
+
+    missing = resolve_capture(get, "ml", job_with({"studentDeploymentRef": {"name": "gone"}, "ratio": 0.3}))
+    assert isinstance(missing, str) and missing.startswith("spec.dataset.capture.studentDeploymentRef: ")
+    quiet = resolve_capture(get, "ml", job_with({"studentDeploymentRef": {"name": "quiet"}, "ratio": 0.3}))
+    assert isinstance(quiet, str) and "no spec.router.capture" in quiet
+    direct = job_with({"uri": "s3://bucket/capture", "ratio": 0.3})
+    assert resolve_capture(get, "ml", direct) is direct
