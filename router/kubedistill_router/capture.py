@@ -14,6 +14,7 @@ rotated; a failed upload is retried at the next rotation while the spool stays u
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -239,8 +240,7 @@ class CaptureSink:
             if record is None:
                 break
             try:
-                line = self.redacted(record).to_line().encode("utf-8")
-                self.files.write(line)
+                self.files.write(self.line(record))
             except Exception as error:
                 self._drop(WRITE_ERROR)
                 self._warn(error)
@@ -261,11 +261,12 @@ class CaptureSink:
             log.warning("capture: records are being dropped: cannot write to %s (%s: %s)", self.spec.uri,
                         type(error).__name__, error)
 
-    def redacted(self, record: CaptureRecord) -> CaptureRecord:
-        """The record with the user's patterns applied to every text it holds."""
+    def line(self, record: CaptureRecord) -> bytes:
+        """The record as a JSONL line, the user's patterns applied to every text it holds."""
         if not self.patterns:
-            return record
-        return CaptureRecord.model_validate(_redact_value(record.model_dump(), self.patterns))
+            return record.to_line().encode("utf-8")
+        value = _redact_value(record.model_dump(mode="json", exclude_none=True), self.patterns)
+        return (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close (and upload) the current file; records offered after this are dropped."""

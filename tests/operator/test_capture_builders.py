@@ -153,3 +153,22 @@ def test_a_deployment_reference_resolves_to_its_capture_uri_in_the_spec_the_pipe
     assert isinstance(quiet, str) and "no spec.router.capture" in quiet
     direct = job_with({"uri": "s3://bucket/capture", "ratio": 0.3})
     assert resolve_capture(get, "ml", direct) is direct
+
+
+def test_a_job_that_gains_too_little_on_captured_traffic_is_not_served_and_says_why():
+    from kubedistill_operator.status.student import resolve_job_source
+
+    def job(gain: float, passed: bool) -> dict[str, Any]:
+        results = {"gatePassed": passed, "retention": 0.97, "captureGain": gain, "modelVersion": "news-v2-run",
+                   "artifactUri": "pvc://m/news-v2/model_repository"}
+        return {"metadata": {"name": "news-v2", "generation": 1},
+                "spec": {"evaluation": {"gate": {"minRetention": 0.95}},
+                         "dataset": {"capture": {"uri": "pvc://traffic/news", "ratio": 0.3, "minGain": 0.01}}},
+                "status": {"phase": "Failed" if not passed else "Succeeded", "results": results,
+                           "observedGeneration": 1}}
+
+    waiting = resolve_job_source("news", job(-0.02, False), 0.8, None)
+    assert waiting.reason == "GateNotMet"
+    assert "captured traffic gains -0.0200" in waiting.message and "dataset.capture.minGain 0.01" in waiting.message
+    served = resolve_job_source("news", job(0.05, True), 0.8, None)
+    assert isinstance(served, ModelSourceInfo) and served.model_version == "news-v2-run"
