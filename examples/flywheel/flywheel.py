@@ -77,11 +77,13 @@ def serve_and_send(texts: list[str], port: int) -> dict[str, int]:
             answers = [p for batch in pool.map(lambda b: post(f"{base}/v1/models/news:predict", b), batches)
                        for p in batch]
         counts = {"requests": len(batches), "instances": len(answers),
-                  "escalated": sum(a["served_by"] == "teacher" for a in answers)}
+                  "escalated": sum(a["served_by"] == "teacher" for a in answers),
+                  "degraded": sum(bool(a.get("degraded")) for a in answers)}
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
             for line in response.read().decode().splitlines():
                 if line.startswith(("kubedistill_router_capture_records_total",
-                                    "kubedistill_router_capture_dropped_total")):
+                                    "kubedistill_router_capture_dropped_total",
+                                    "kubedistill_router_escalations_total", "kubedistill_router_teacher_errors_total")):
                     print("  " + line)
         return counts
     finally:
@@ -102,8 +104,11 @@ def main() -> None:
     files = sorted(CAPTURE.glob("capture-*.jsonl"))
     records = sum(len(p.read_text().splitlines()) for p in files)
     print(f"traffic: {counts['instances']} articles in {counts['requests']} requests, {counts['escalated']} "
-          f"escalated to the teacher; captured {records} records in {len(files)} file(s) under {CAPTURE}")
+          f"answered by the teacher, {counts['degraded']} by the student because the teacher could not (not "
+          f"captured); captured {records} records in {len(files)} file(s) under {CAPTURE}")
 
+    # The capture is new: news-v2 starts afresh (a resumed run would keep the data stage of the old capture).
+    shutil.rmtree(ROOT / "news-v2", ignore_errors=True)
     run_job("job-v2.yaml")
     report = json.loads((ROOT / "news-v2" / "report.json").read_text())
     first = json.loads((ROOT / "news-v1" / "report.json").read_text())
