@@ -37,6 +37,7 @@ log = logging.getLogger("kubedistill.router")
 QUEUE_FULL, WRITE_ERROR, UPLOAD_ERROR, CLOSED = "queue-full", "write-error", "upload-error", "closed"
 RETENTION_CHECK_SECONDS = 60.0  # listing the folder on every write would cost more than the write
 WARN_EVERY_SECONDS = 60.0  # a failing sink logs once a minute, not once a record
+CONTENT_FIELDS = ("text", "messages", "student", "teacher")  # what came from the client or the models
 
 
 class Remote:
@@ -262,10 +263,14 @@ class CaptureSink:
                         type(error).__name__, error)
 
     def line(self, record: CaptureRecord) -> bytes:
-        """The record as a JSONL line, the user's patterns applied to every text it holds."""
+        """The record as a JSONL line, the user's patterns applied to what the request and the answers hold
+        (not to the router's own fields: a version such as `news-v1-20261130121340` is no card number)."""
         if not self.patterns:
             return record.to_line().encode("utf-8")
-        value = _redact_value(record.model_dump(mode="json", exclude_none=True), self.patterns)
+        value = record.model_dump(mode="json", exclude_none=True)
+        for key in CONTENT_FIELDS:
+            if key in value:
+                value[key] = _redact_value(value[key], self.patterns)
         return (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
 
     def close(self, timeout: float = 10.0) -> None:

@@ -84,16 +84,18 @@ def test_files_past_retention_are_deleted_and_a_quiet_file_rotates_on_time(tmp_p
 
 
 def test_redaction_is_applied_before_anything_is_written(tmp_path):
-    spec = CaptureSpec(uri=f"file://{tmp_path}", redact=[CARD_PATTERN, r"(?i)secret\w*"])
+    spec = CaptureSpec(uri=f"file://{tmp_path}", redact=[CARD_PATTERN, r"(?i)secret\w*", r"\d{14}"])
     metrics = RouterMetrics()
     sink = CaptureSink(spec, metrics, writer="w")
-    sink.offer(record(f"my card is {SECRET_CARD}, SecretWord here", label="sport"))
+    sink.offer(record(f"my card is {SECRET_CARD}, SecretWord here", label="sport").model_copy(
+        update={"model_version": "news-v1-20261130121340"}))
     sink.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert SECRET_CARD.encode() not in raw and b"SecretWord" not in raw
     (kept,) = read_capture_folder(tmp_path).records
     assert kept.text == "my card is [redacted], [redacted] here"
     assert kept.teacher.label == "sport" and kept.student.confidence == 0.4
+    assert kept.model_version == "news-v1-20261130121340"  # the router's own fields are not the user's text
     assert written(metrics) == 1
 
 
