@@ -45,9 +45,13 @@ class Remote:
 
     def __init__(self, uri: str, fs: Any = None) -> None:
         if fs is None:
-            import fsspec
+            try:
+                import fsspec
 
-            fs, root = fsspec.core.url_to_fs(uri)
+                fs, root = fsspec.core.url_to_fs(uri)
+            except ImportError:  # s3fs (or fsspec) missing: refused at start-up, before any request
+                raise ValueError("router.capture.uri: s3:// needs fsspec and s3fs in the router image: "
+                                 "`pip install 'kubedistill[router-s3]'`") from None
         else:
             root = uri.split("://", 1)[-1]
         self.uri, self.fs, self.root = uri, fs, root.rstrip("/")

@@ -261,3 +261,12 @@ async def test_under_load_no_request_fails_when_the_sink_cannot_keep_up(triton, 
         assert kept == 0 and lost["write-error"] > 0
     else:
         assert lost["queue-full"] > 0 and kept > 0  # one slot for 120 concurrent requests' escalations
+
+
+def test_s3_capture_without_s3fs_is_refused_at_start_naming_the_field(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed here")
+    with pytest.raises(ValueError, match=r"router.capture.uri: s3:// needs fsspec and s3fs"):
+        CaptureSink(CaptureSpec(uri="s3://bucket/capture"), RouterMetrics(), writer="w")
