@@ -186,6 +186,22 @@ class Economics(_Keys):
     days_per_month: float
     frontier: list[CostPoint] = Field(default_factory=list, description="Cost and quality along the frontier.")
     notes: list[str] = Field(default_factory=list, description="Assumptions and what was left out.")
+class EnsembleMember(_Keys):
+    """One of several teachers, scored alone on the eval split."""
+
+    model: str | None = Field(description="What it is: a model URI, or a language model and its endpoint.")
+    method: str = Field(description="How it taught: a classifier's adaptation (head, finetune, none) or prompt.")
+    weight: float = Field(description="Its weight in the combination, normalised over the teachers.")
+    metrics: dict[str, float] = Field(description="accuracy against gold (labelled data) and agreement with the "
+                                      "combination's argmax.")
+
+
+class Ensemble(_Keys):
+    """Several teachers (`teachers`) and their combination, the soft targets the student learned from."""
+
+    combination: Literal["mean", "product"] = Field(description="distillation.ensemble as run.")
+    members: list[EnsembleMember]
+    metrics: dict[str, float] = Field(description="The combination's accuracy against gold (labelled data).")
 
 
 class Report(_Keys):
@@ -219,6 +235,8 @@ class Report(_Keys):
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
     capture: CaptureComparison | None = Field(
         default=None, description="dataset.capture: the new student against the serving one on captured traffic.")
+    ensemble: Ensemble | None = Field(default=None, description="Several teachers: each one's quality and the "
+                                      "combination's (the report's teacher is the combination).")
     generation_routing: Routing | None = Field(
         default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "
         "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "

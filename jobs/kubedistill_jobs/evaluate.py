@@ -17,7 +17,16 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import STAGES, OutputLayout
-from kubedistill.report import CaptureComparison, Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
+from kubedistill.report import (
+    CaptureComparison,
+    Ensemble,
+    Gate,
+    Latency,
+    ModelReport,
+    Report,
+    Routing,
+    TeacherGeneration,
+)
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -123,7 +132,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
     rows = read_jsonl(layout.data / "eval.jsonl")[: spec.evaluation.max_samples]
     if not rows:
         raise ValueError(f"{layout.data / 'eval.jsonl'} is empty: raise dataset.evalFraction or add data")
-    if spec.teacher.prompt is not None:
+    if spec.teacher is None or spec.teacher.prompt is not None:  # a labeller, or several teachers combined
         return evaluate_with_labeller(spec, layout, model_version, result, rows, progress=progress,
                                       settings=settings, started=started)
     if spec.teacher.endpoint is not None:
@@ -337,20 +346,28 @@ def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, mode
     teacher = ModelReport(params=None, size_bytes=None, latency_ms=None, model=meta.get("model"),
                           metrics=listed_metrics(quality.metrics["teacher"], wanted, primary))
     sampling = meta.get("sampling", {})
-    note = (f"a language model labelled the data ({sampling.get('method')}"
-            f"{', contextual calibration' if sampling.get('calibrated') else ''}); its predictions on the eval "
-            "split are those recorded in teacher_outputs/")
     marker = json.loads(layout.stage_marker("teacher").read_text())
-    generation = TeacherGeneration(
-        method=sampling.get("method", "unknown"), model=meta.get("model"), rows=marker["rows"],
-        hard_labels=bool(marker.get("hard_labels")), calibrated=bool(marker.get("calibrated")),
-        prior=marker.get("prior"), accuracy=marker.get("accuracy"),
-        accuracy_uncalibrated=marker.get("accuracy_uncalibrated"), majority_baseline=marker.get("majority_baseline"),
-        predicted_share=marker.get("predicted_share"), unmatched_answers=marker.get("unmatched_answers", 0),
-        prompt_tokens=marker.get("prompt_tokens"), completion_tokens=marker.get("completion_tokens"),
-        cost=marker.get("cost"), rows_per_second=marker.get("rows_per_second"), reused_from=marker.get("reused"))
+    ensemble, generation = None, None
+    if marker.get("method") == "ensemble":
+        ensemble = Ensemble.model_validate(marker["ensemble"])
+        note = (f"{len(ensemble.members)} teachers combined ({ensemble.combination}); the combination's predictions "
+                "on the eval split are those recorded in teacher_outputs/")
+    else:
+        note = (f"a language model labelled the data ({sampling.get('method')}"
+                f"{', contextual calibration' if sampling.get('calibrated') else ''}); its predictions on the eval "
+                "split are those recorded in teacher_outputs/")
+        generation = TeacherGeneration(
+            method=sampling.get("method", "unknown"), model=meta.get("model"), rows=marker["rows"],
+            hard_labels=bool(marker.get("hard_labels")), calibrated=bool(marker.get("calibrated")),
+            prior=marker.get("prior"), accuracy=marker.get("accuracy"),
+            accuracy_uncalibrated=marker.get("accuracy_uncalibrated"),
+            majority_baseline=marker.get("majority_baseline"),
+            predicted_share=marker.get("predicted_share"), unmatched_answers=marker.get("unmatched_answers", 0),
+            prompt_tokens=marker.get("prompt_tokens"), completion_tokens=marker.get("completion_tokens"),
+            cost=marker.get("cost"), rows_per_second=marker.get("rows_per_second"), reused_from=marker.get("reused"))
     report = Report(
         task=spec.task.type, teacher=teacher, student=reports["student"], teacher_generation=generation,
+        ensemble=ensemble,
         student_quantized=reports["student_quantized"], retention=float(quality.retention),
         agreement=quality.agreement, speedup=None, compression=None,
         routing=routing_report(quality.frontiers, spec.evaluation.routing_target, quality.reference)

@@ -267,6 +267,13 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     if report.teacher_note:
         who = f"the endpoint {report.teacher.endpoint}" if report.teacher.endpoint else report.teacher.model
         lines += [f"Teacher: {who}; {report.teacher_note}.", ""]
+    if report.ensemble is not None:
+        lines += ["| teacher | method | weight | accuracy | agreement with the combination |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {m.model} | {m.method} | {m.weight:.4f} | {_fmt(m.metrics.get('accuracy'))} | "
+                  f"{_fmt(m.metrics.get('agreement'))} |" for m in report.ensemble.members]
+        lines += [f"| combination ({report.ensemble.combination}) | | 1 | "
+                  f"{_fmt(report.ensemble.metrics.get('accuracy'))} | 1 |", ""]
     generation = report.teacher_generation
     if generation is not None:
         versus = (f"{_fmt(generation.accuracy)} accuracy against gold, majority class "

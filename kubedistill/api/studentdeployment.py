@@ -12,6 +12,7 @@ from kubedistill.api.base import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    JobReference,
     ResourceRequirements,
     SecretKeyRef,
     cel,
@@ -30,14 +31,9 @@ DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+MAX_TIERS = 8  # models between the student and the teacher, at most
 # Triton's HTTP, gRPC and metrics ports, taken in every serving pod.
 TRITON_PORTS = (8000, 8001, 8002)
-
-
-class JobReference(ApiModel):
-    """A DistillationJob in the same namespace."""
-
-    name: str = Field(description="Name of the DistillationJob.", pattern=DNS_LABEL_PATTERN, max_length=63)
 
 
 class ModelSource(ApiModel):
@@ -145,6 +141,55 @@ class TeacherEndpointRef(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key with the API key.")
 
 
+class RouterTier(ApiModel):
+    """A model between the student and the teacher: what the tier before it is unsure of comes here, and what
+    this one is unsure of (confidence below its threshold) goes on to the next tier, the teacher last."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("has(self.model) != has(self.endpoint)", "set exactly one of the tier's model and endpoint"),
+            cel("!has(self.endpoint) || !has(self.endpoint.apiKeySecretRef)",
+                "a tier's endpoint takes no apiKeySecretRef (only router.teacher does)", ".endpoint"),
+        )
+    }
+
+    name: str = Field(description="Name of the tier: `served_by` of its answers and the label of its metrics.",
+                      pattern=DNS_LABEL_PATTERN, max_length=63)
+    model: str | None = Field(default=None, description="A model in the same Triton model repository that takes the "
+                              "student's inputs (its tokenizer) and returns logits over the labels.",
+                              pattern=DNS_LABEL_PATTERN, max_length=63)
+    endpoint: TeacherEndpointRef | None = Field(default=None, description="A remote model instead (as "
+                                                "router.teacher).")
+    threshold: float = Field(description="Its answers below this confidence go on to the next tier; at most the "
+                             "threshold of the tier before it (the student's: router.threshold).", ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RouterTier:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError(f"router.tiers: tier {self.name!r}: set exactly one of model (in this Triton) and "
+                             "endpoint (remote)")
+        if self.endpoint is not None and self.endpoint.api_key_secret_ref is not None:
+            raise ValueError(f"router.tiers: tier {self.name!r}: endpoint.apiKeySecretRef is not supported for a "
+                             "tier; only router.teacher carries a key")
+        return self
+
+
+def tier_order_problem(tiers: list[RouterTier], student_threshold: float | None) -> str | None:
+    """Why the tiers' thresholds are out of order (None: they are not): along the cascade each threshold is at
+    most the one before it, the student's first (a bigger model is trusted at a lower confidence)."""
+    previous, before = student_threshold, "router.threshold (the student's)"
+    for i, tier in enumerate(tiers):
+        if previous is not None and tier.threshold > previous:
+            return (f"router.tiers[{i}].threshold: {tier.threshold} is above {previous}, the threshold of "
+                    f"{before}: thresholds must not increase along the tiers")
+        previous, before = tier.threshold, f"tier {tier.name!r}"
+    names = [t.name for t in tiers]
+    reserved = sorted({n for n in names if n in ("student", "teacher")} | {n for n in names if names.count(n) > 1})
+    if reserved:
+        return f"router.tiers: names {reserved} repeat or are taken (student, teacher): give each tier its own name"
+    return None
+
+
 class RouterAuth(ApiModel):
     """Clients of the router must present a bearer token of its own."""
 
@@ -223,6 +268,15 @@ class RouterSpec(ApiModel):
         "json_schema_extra": cel_rules(
             cel("self.mode != 'shadow' || self.shadowSampleRate > 0.0",
                 "mode shadow needs router.shadowSampleRate above 0", ".shadowSampleRate"),
+            cel("!has(self.tiers) || self.mode == 'route'", "router.tiers cascade in mode route only", ".tiers"),
+            cel("!has(self.tiers) || !has(self.threshold) || self.tiers.all(t, t.threshold <= self.threshold)",
+                "router.tiers: each tier's threshold must be at most router.threshold (the student's)", ".tiers"),
+            cel("!has(self.tiers) || (" + " && ".join(
+                f"(size(self.tiers) <= {i} || self.tiers[{i}].threshold <= self.tiers[{i - 1}].threshold)"
+                for i in range(1, MAX_TIERS)) + ")",  # standard CEL has no pairwise loop: one term per neighbour
+                "router.tiers: thresholds must not increase along the tiers", ".tiers"),
+            cel("!has(self.tiers) || self.tiers.all(t, t.name != 'student' && t.name != 'teacher')",
+                "router.tiers: the names student and teacher are taken", ".tiers"),
         )
     }
 
@@ -248,6 +302,11 @@ class RouterSpec(ApiModel):
     teacher: TeacherEndpointRef | None = Field(
         default=None, description="Remote teacher; unset escalates to the teacher colocated in Triton."
     )
+    tiers: list[RouterTier] | None = Field(
+        default=None, description="A tiered cascade (mode route): models between the student and the teacher, in "
+        "the order requests climb them, each with its own threshold.", max_length=MAX_TIERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     auth: RouterAuth | None = Field(
         default=None, description="A bearer token clients must send; unset: no authentication (keep the Service "
         "inside the cluster)."
@@ -265,6 +324,12 @@ class RouterSpec(ApiModel):
     def _shadow_rate(self) -> RouterSpec:
         if self.mode == "shadow" and self.shadow_sample_rate <= 0:
             raise ValueError("router.shadowSampleRate: mode shadow needs a sample rate above 0")
+        if self.tiers is not None:
+            if self.mode != "route":
+                raise ValueError(f"router.tiers: tiers cascade in mode route only, not {self.mode}")
+            problem = tier_order_problem(self.tiers, self.threshold)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 

@@ -15,7 +15,12 @@ from kubedistill.api import GROUP, VERSION
 from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
 from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, counted, reconciliation
-from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
+from kubedistill_operator.reconcile.job import (
+    failure_needs_action,
+    reconcile_dependents,
+    reconcile_job,
+    refresh_job,
+)
 from kubedistill_operator.reconcile.live import refresh_live
 from kubedistill_operator.reconcile.student import reconcile_student, reconcile_students_of_job, refresh_student
 
@@ -88,6 +93,25 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
             with counted(memo, JOB_KIND):
                 refresh_job(memo.ctx, _namespaced(namespace), name)
+
+    # Teacher assistant chains: the jobs each job teaches (their spec.teacher.jobRef names it).
+    @kopf.index(*JOBS, id="jobs_by_teacher", registry=registry)
+    def jobs_by_teacher(namespace: str | None, body: Any, spec: Any, **_: Any) -> dict[tuple[str, str], Any]:
+        teacher = ((spec.get("teacher") or {}).get("jobRef") or {}).get("name")
+        if not teacher:
+            return {}
+        job = {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}
+        return {(_namespaced(namespace), teacher): job}
+
+    # Async for the same reason as job_event below: the index is copied on the event loop.
+    @kopf.on.event(*JOBS, id="job-to-dependents", registry=registry)
+    async def teacher_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any,
+                            **kwargs: Any) -> None:
+        index: kopf.Index[tuple[str, str], Any] = kwargs["jobs_by_teacher"]
+        dependents = copy.deepcopy(list(index.get((_namespaced(namespace), name), [])))
+        if dependents:
+            teacher = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
+            await memo.ctx.in_thread(reconcile_dependents, memo.ctx, _namespaced(namespace), dependents, teacher)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)

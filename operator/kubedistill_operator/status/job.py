@@ -217,8 +217,10 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
     return StatusUpdate(fields=fields, conditions=conditions)
 
 
-def new_run_status(ray_job_name: str, config_map: str, account: str, generation: int | None) -> StatusUpdate:
-    """The status recorded before a run's RayJob is created: its name first, so a restart finds it.
+def new_run_status(ray_job_name: str, config_map: str, account: str, generation: int | None,
+                   teacher_uri: str | None = None) -> StatusUpdate:
+    """The status recorded before a run's RayJob is created: its name first, so a restart finds it, and the
+    teacher resolved from teacher.jobRef (None: the spec names its teacher itself).
 
     A new run clears the previous run's progress, metrics, results and times."""
     message = f"RayJob {ray_job_name} is being created"
@@ -236,6 +238,7 @@ def new_run_status(ray_job_name: str, config_map: str, account: str, generation:
             "metrics": None,
             "results": None,
             "failure": None,
+            "teacherUri": teacher_uri,
         },
         conditions=[condition("Running", False, "RayJobCreating", message, generation),
                     condition("Succeeded", None, "RayJobCreating", message, generation)],
