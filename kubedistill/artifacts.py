@@ -5,7 +5,8 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       distillationjob.yaml      the resolved spec the run used (defaults filled)
       pipeline.log              the run's log, kept next to the artifact
       stages/<stage>.json       a marker per finished stage: a rerun skips it (resume)
-      data/                     the split, as the pipeline saw it
+      data/                     the split, as the pipeline saw it (capture_eval.jsonl: the held-out
+                                captured traffic of dataset.capture)
       teacher/                  the task-adapted teacher (classification)
       soft_targets/             cached teacher outputs
       teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
@@ -109,6 +110,11 @@ class OutputLayout:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def capture_eval(self) -> Path:
+        """dataset.capture: the captured rows held out to compare the new student with the served one."""
+        return self.data / "capture_eval.jsonl"
 
     @property
     def teacher(self) -> Path:

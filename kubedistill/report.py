@@ -77,6 +77,25 @@ class Gate(_Keys):
     min_retention: float | None
     passed: bool
     shortfall: float = Field(default=0.0, description="How far retention fell below min_retention (0 when passed).")
+    capture_passed: bool | None = Field(default=None, description="dataset.capture.minGain: whether the new student "
+                                        "gained enough agreement on captured traffic (null: not gated).")
+
+
+class CaptureComparison(_Keys):
+    """dataset.capture: the new student against the one that was serving, on held-out captured traffic, both by
+    agreement with the teacher's answers. The serving student's answers are those the router recorded."""
+
+    uri: str | None = Field(description="Where the captured traffic was read.")
+    rows: int = Field(description="Held-out captured rows compared on.")
+    served_versions: list[str] = Field(description="Model versions that answered them while serving.")
+    served_agreement: float = Field(description="Share of the rows where the serving student's answer was the "
+                                    "teacher's.")
+    new_agreement: float = Field(description="The same for the new (quantized) student.")
+    gain: float = Field(description="new_agreement - served_agreement.")
+    min_gain: float | None = Field(description="dataset.capture.minGain (null: not gated).")
+    train_rows: int | None = Field(default=None, description="Captured rows in the training split (repeats "
+                                   "included).")
+    train_share: float | None = Field(default=None, description="Their share of the training rows.")
 
 
 class LatencyMethod(_Keys):
@@ -239,6 +258,8 @@ class Report(_Keys):
     teacher_generation: TeacherGeneration | None = Field(
         default=None, description="How a language-model teacher labelled the data (teacher.prompt).")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
+    capture: CaptureComparison | None = Field(
+        default=None, description="dataset.capture: the new student against the serving one on captured traffic.")
     ensemble: Ensemble | None = Field(default=None, description="Several teachers: each one's quality and the "
                                       "combination's (the report's teacher is the combination).")
     generation_routing: Routing | None = Field(
@@ -258,6 +279,22 @@ class Report(_Keys):
         if self.primary is not None:
             return self.primary
         return "perplexity" if self.task == "causal-lm" else "accuracy"
+
+    def gate_failure(self) -> str:
+        """Why the gate failed, for people (empty when it passed)."""
+        if self.gate.passed:
+            return ""
+        reasons = []
+        if self.gate.min_retention is not None and (self.retention is None
+                                                    or self.retention < self.gate.min_retention):
+            retention = "unknown" if self.retention is None else f"{self.retention:.4f}"
+            reasons.append(f"retention {retention} is {self.shortfall():.4f} below evaluation.gate.minRetention "
+                           f"{self.gate.min_retention}")
+        if self.gate.capture_passed is False and self.capture is not None:
+            reasons.append(f"agreement on captured traffic {self.capture.new_agreement:.4f} against the serving "
+                           f"student's {self.capture.served_agreement:.4f} gains {self.capture.gain:+.4f}, less "
+                           f"than dataset.capture.minGain {self.capture.min_gain:g}")
+        return "; ".join(reasons) or "the evaluation gate did not pass"
 
     def shortfall(self) -> float:
         """How far retention is below the gate (0 when it passed or there is no gate)."""
@@ -296,6 +333,7 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         artifact_uri=model_repository_uri(output_uri),
         report_uri=report_uri(output_uri),
         model_version=report.model_version,
+        capture_gain=None if report.capture is None else round(report.capture.gain, 4),
     )
 
 

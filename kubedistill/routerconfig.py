@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubedistill.api.studentdeployment import (
+    CaptureSpec,
     ConfidenceSignal,
     RouterMode,
     RouterTier,
@@ -64,6 +65,8 @@ class RouterConfig(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(default=1024, ge=1, description="Generation: the cap on a request's max_tokens "
                             "(over it: 400).")
+    capture: CaptureSpec | None = Field(default=None, description="Where escalated traffic is recorded; None: "
+                                        "nowhere.")
 
     @classmethod
     def from_spec(cls, name: str, spec: StudentDeploymentSpec, threshold: float | None = None) -> RouterConfig:
@@ -85,6 +88,7 @@ class RouterConfig(BaseModel):
             max_calls_in_flight=router.coalescing.max_calls_in_flight,
             timeout_seconds=router.timeout_seconds,
             max_instances=spec.triton.max_batch_size * 8,
+            capture=router.capture,
         )
 
     def to_yaml(self) -> str:

@@ -94,9 +94,7 @@ def run_command(args: argparse.Namespace) -> int:
     print_summary(display.console, result, output.local)
     report = result.report
     if report is not None and not report.gate.passed:
-        print(f"gate not met: retention {_num(report.retention)} is {report.shortfall():.4f} below "
-              f"evaluation.gate.minRetention {report.gate.min_retention} (artifacts kept in {output.local})",
-              file=sys.stderr)
+        print(f"gate not met: {report.gate_failure()} (artifacts kept in {output.local})", file=sys.stderr)
         return EXIT_GATE
     return 0
 

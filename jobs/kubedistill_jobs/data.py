@@ -44,6 +44,8 @@ class Split:
     duplicates: int = 0  # rows dropped because an earlier row had the same text
     dropped: dict[str, int] = field(default_factory=dict)  # rows dropped before the split, by reason
     unlabelled: int = 0  # labelled data: rows kept without a gold label (soft targets only)
+    capture_eval: list[dict[str, Any]] = field(default_factory=list)  # dataset.capture: held-out captured rows
+    capture: dict[str, Any] | None = None  # dataset.capture: what was read and mixed in
 
 
 @dataclass(frozen=True)
@@ -364,12 +366,40 @@ def load_split(spec: DistillationJobSpec, render: ChatRenderer = plain_chat) -> 
     split = split_rows(found.rows, spec.dataset, spec.training.seed)
     split = Split(train=split.train, eval=split.eval, duplicates=split.duplicates, dropped=found.dropped,
                   unlabelled=found.unlabelled)
+    if spec.dataset.capture is not None:
+        split = with_capture(split, spec, render)
     if spec.training.batch_size > len(split.train):
         raise DataError(
             f"training.batchSize: {spec.training.batch_size} is larger than the training split "
             f"({len(split.train)} rows); lower batchSize or add data"
         )
     return split
+
+
+def with_capture(split: Split, spec: DistillationJobSpec, render: ChatRenderer) -> Split:
+    """The split with captured traffic mixed into its training rows by dataset.capture.ratio, and the held-out
+    captured rows beside it. No text is both trained on and scored: captured texts in the eval split are not
+    trained on, original training rows whose text is held out from the capture are removed."""
+    from kubedistill_jobs import captured
+
+    capture = spec.dataset.capture
+    assert capture is not None
+    records, files, skipped = captured.read_records(capture)
+    found = captured.captured_rows(spec, records, render)
+    held_out = {r["text"] for r in found.eval}
+    scored = {r["text"] for r in split.eval} | held_out
+    usable = [r for r in found.train if r["text"] not in scored]
+    original = [r for r in split.train if r["text"] not in held_out]
+    if capture.ratio > 0 and not usable:
+        raise DataError(f"dataset.capture.uri: all {len(found.train)} captured training rows are also in the eval "
+                        "split; capture other traffic, or set dataset.capture.ratio: 0 to compare only")
+    train, used = captured.mix(original, usable, capture.ratio, spec.training.seed)
+    stats = {"uri": capture.uri, "files": files, "records": found.read, "unreadable_lines": skipped,
+             "dropped": found.dropped, "train_distinct": len(usable), "train_rows": used,
+             "share": round(used / len(train), 4) if train else 0.0, "eval": len(found.eval),
+             "in_eval_split": len(found.train) - len(usable), "original_removed": len(split.train) - len(original)}
+    return Split(train=train, eval=split.eval, duplicates=split.duplicates, dropped=split.dropped,
+                 unlabelled=split.unlabelled, capture_eval=found.eval, capture=stats)
 
 
 def count_truncated(tokenizer: Any, texts: list[str], max_length: int, batch: int = 1024) -> int:

@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     reporter.finished(results_patch(result.report, job.spec.output.uri) if result.report is not None else None)
     if result.report is not None and not result.report.gate.passed:
-        log.warning("gate not met: retention %s is %.4f below %s", result.report.retention,
-                    result.report.shortfall(), result.report.gate.min_retention)
+        log.warning("gate not met: %s", result.report.gate_failure())
     try:
         output.push()
     except Exception as error:

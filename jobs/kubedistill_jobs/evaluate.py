@@ -19,6 +19,7 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import STAGES, OutputLayout
 from kubedistill.report import (
+    CaptureComparison,
     Ensemble,
     Gate,
     GenerationEval,
@@ -85,10 +86,50 @@ def _size(path: Path) -> int:
 def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
              progress: Callable[[int, int], None] | None = None,
              settings: LatencySettings | None = None) -> Report:
-    """Evaluate the compressed student against the teacher; writes report.json, report.md and plots/."""
+    """Evaluate the compressed student against the teacher (and, with dataset.capture, against the serving
+    student on captured traffic); writes report.json, report.md and plots/."""
+    settings = settings or LatencySettings()
+    report = _evaluate(spec, layout, model_version, progress, settings)
+    if spec.dataset.capture is None or not layout.capture_eval.is_file():
+        return report
+    report.capture = capture_comparison(spec, layout, settings)
+    if report.capture is not None:
+        passed = report.capture.min_gain is None or report.capture.gain >= report.capture.min_gain
+        report.gate = report.gate.model_copy(update={"capture_passed": None if report.capture.min_gain is None
+                                                     else passed, "passed": report.gate.passed and passed})
+        write_report(report, layout)
+    return report
+
+
+def capture_comparison(spec: DistillationJobSpec, layout: OutputLayout,
+                       settings: LatencySettings) -> CaptureComparison | None:
+    """The new quantized student and the serving one (its answers as recorded) on the held-out captured rows,
+    by agreement with the teacher's answers. Classification only: None for a causal LM."""
     from kubedistill_jobs.onnx_export import session
 
-    settings = settings or LatencySettings()
+    capture = spec.dataset.capture
+    rows = read_jsonl(layout.capture_eval)
+    if capture is None or not rows or spec.task.type != "sequence-classification":
+        return None
+    result = CompressionResult.read(layout)
+    logits = classify(session(result.served_path(layout), settings.threads), load_tokenizer(str(layout.student)),
+                      [r["text"] for r in rows], spec.task.max_length)
+    teacher = np.asarray([r["label"] for r in rows])
+    served = np.asarray([-1 if r.get("served_label") is None else r["served_label"] for r in rows])
+    new_agreement = float((logits.argmax(axis=1) == teacher).mean())
+    served_agreement = float((served == teacher).mean())
+    marker = json.loads(layout.stage_marker("data").read_text()).get("capture") or {} \
+        if layout.stage_marker("data").is_file() else {}
+    return CaptureComparison(
+        uri=capture.uri, rows=len(rows), served_versions=sorted({str(r.get("served_version")) for r in rows}),
+        served_agreement=served_agreement, new_agreement=new_agreement, gain=new_agreement - served_agreement,
+        min_gain=capture.min_gain, train_rows=marker.get("train_rows"), train_share=marker.get("share"))
+
+
+def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
+              progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
+    from kubedistill_jobs.onnx_export import session
+
     started = time.monotonic()
     result = CompressionResult.read(layout)
     rows = read_jsonl(layout.data / "eval.jsonl")[: spec.evaluation.max_samples]

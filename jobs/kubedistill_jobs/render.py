@@ -244,8 +244,10 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     """A human summary: the decision first, then the table, the routing, the plots."""
     metric = report.primary_metric
     gate = report.gate
-    if gate.min_retention is None:
-        verdict = "no gate configured"
+    if not gate.passed and gate.capture_passed is False:
+        verdict = f"**gate not met**: {report.gate_failure()}"
+    elif gate.min_retention is None:
+        verdict = "no gate configured" if gate.capture_passed is None else "**gate passed**"
     elif report.retention is None:
         verdict = f"**gate not met**: retention unknown (evaluation.gate.minRetention {gate.min_retention})"
     elif gate.passed:
@@ -329,6 +331,14 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         lines += [f"Routing: {report.routing_note}.", ""]
     if report.economics is not None:
         lines += economics_markdown(report.economics)
+    if report.capture is not None:
+        c = report.capture
+        share = "" if c.train_share is None else f"; captured rows were {c.train_share:.1%} of the training rows"
+        lines += ["## Captured traffic", "",
+                  f"On {c.rows} held-out captured requests ({c.uri}), agreement with the teacher's answers: the "
+                  f"serving student ({', '.join(c.served_versions) or 'unknown version'}) {c.served_agreement:.4f}, "
+                  f"the new student {c.new_agreement:.4f} ({c.gain:+.4f}; dataset.capture.minGain "
+                  f"{'not set' if c.min_gain is None else f'{c.min_gain:g}'}){share}.", ""]
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{name}]({path.as_posix()})" for name, path in plot_paths.items()] + [""]
     return "\n".join(lines)

@@ -18,6 +18,19 @@ QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
+# Where captured traffic goes (router.capture) and is read back from (dataset.capture): a folder on a volume
+# (file://, pvc://) or object storage (s3://).
+CAPTURE_URI_PATTERN = r"^(file://|pvc://|s3://)\S+$|^/\S+$"
+CAPTURE_URI_PREFIXES = ("file://", "pvc://", "s3://", "/")
+
+
+def check_capture_uri(value: object, field: str) -> object:
+    """A capture URI names a folder: file://, pvc://, s3:// or an absolute path (ValueError naming `field`)."""
+    if isinstance(value, str) and not value.startswith(CAPTURE_URI_PREFIXES):
+        raise ValueError(f"{field}: {value!r} is not a folder of captured traffic; use file:///abs, "
+                         "pvc://<claim>/<path> (in a cluster) or s3://bucket/prefix")
+    return value
+
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One `x-kubernetes-validations` entry: a CEL rule the API server evaluates on every write."""

@@ -13,7 +13,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kubedistill.api.base import (
+    CAPTURE_URI_PATTERN,
     CONDITIONS_LIST,
+    DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     Condition,
@@ -23,6 +25,7 @@ from kubedistill.api.base import (
     Toleration,
     cel,
     cel_rules,
+    check_capture_uri,
 )
 from kubedistill.api.meta import ObjectMeta
 
@@ -380,6 +383,58 @@ class StudentSpec(ApiModel):
         return self
 
 
+class StudentDeploymentReference(ApiModel):
+    """A StudentDeployment in the same namespace."""
+
+    name: str = Field(description="Name of the StudentDeployment.", pattern=DNS_LABEL_PATTERN, max_length=63)
+
+
+class CaptureDataSpec(ApiModel):
+    """Traffic a StudentDeployment's router captured (`router.capture`), mixed into the training data.
+
+    Captured rows carry the teacher's answer from serving: for classification its label is the row's label
+    (the hard-label term and the comparison use it), and the job's own teacher gives the soft targets as for
+    every other row. A share is held out: the report compares the new student with the one that was serving
+    (its answers are in the records) on those rows, by agreement with the teacher's answers."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("has(self.studentDeploymentRef) != has(self.uri)",
+                "set exactly one of dataset.capture.studentDeploymentRef and dataset.capture.uri"),
+        )
+    }
+
+    student_deployment_ref: StudentDeploymentReference | None = Field(
+        default=None, description="Read what this StudentDeployment's router captures (its spec.router.capture.uri; "
+        "in a cluster only)."
+    )
+    uri: str | None = Field(default=None, description="The capture folder: `file://`, `pvc://` or `s3://`.",
+                            pattern=CAPTURE_URI_PATTERN)
+    ratio: float = Field(
+        description="Share of the training rows that are captured rows: the captured training rows are repeated or "
+        "subsampled (seeded) to make up this share next to every original training row; 1 trains on captured rows "
+        "only, 0 uses the capture for the comparison alone.", ge=0, le=1,
+    )
+    eval_fraction: float = Field(default=0.3, description="Share of captured rows held out for the comparison with "
+                                 "the served student (split by training.seed).", gt=0, lt=1)
+    min_gain: float | None = Field(
+        default=0.0, description="Gate: the new student's agreement with the teacher on held-out captured rows minus "
+        "the served student's must be at least this (0: not worse); null: compared and reported, not gated.",
+        ge=-1, le=1,
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri(cls, value: object) -> object:
+        return check_capture_uri(value, "dataset.capture.uri")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CaptureDataSpec:
+        if (self.student_deployment_ref is None) == (self.uri is None):
+            raise ValueError("dataset.capture: set exactly one of studentDeploymentRef and uri")
+        return self
+
+
 class DatasetSpec(ApiModel):
     """The data the teacher labels and the student learns from."""
 
@@ -415,6 +470,9 @@ class DatasetSpec(ApiModel):
         "(evaluation.metrics rouge_l, chrf, exact_match) score against. Text documents (`.txt`) have the columns "
         "`title` (their first line) and `body` (the rest) besides `text`.",
         min_length=1,
+    )
+    capture: CaptureDataSpec | None = Field(
+        default=None, description="Traffic captured by a StudentDeployment's router, mixed into the training rows."
     )
 
 
@@ -1100,6 +1158,8 @@ class JobResults(ApiModel):
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+    capture_gain: float | None = Field(default=None, description="dataset.capture: the new student's agreement with "
+                                       "the teacher on held-out captured traffic minus the serving student's.")
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:

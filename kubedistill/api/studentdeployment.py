@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kubedistill.api.base import (
+    CAPTURE_URI_PATTERN,
     CONDITIONS_LIST,
     DNS_LABEL_PATTERN,
     ApiModel,
@@ -16,9 +17,11 @@ from kubedistill.api.base import (
     SecretKeyRef,
     cel,
     cel_rules,
+    check_capture_uri,
 )
 from kubedistill.api.distillationjob import HTTP_URL_PATTERN, MODEL_URI_PATTERN
 from kubedistill.api.meta import ObjectMeta
+from kubedistill.redaction import compile_patterns
 
 ConfidenceSignal = Literal["max-probability", "margin", "entropy", "token-quantile", "min-token-probability",
                            "mean-logprob"]
@@ -245,6 +248,54 @@ class Coalescing(ApiModel):
     )
 
 
+class CaptureSpec(ApiModel):
+    """Traffic the router records for the next job: escalated requests with the teacher's answers, and a sampled
+    share of shadow disagreements, as rotated JSONL files. Never on a request's path: records wait in a bounded
+    queue for a writer thread; a full queue or a failing sink drops records (counted in
+    `kubedistill_router_capture_dropped_total`), and the request is unaffected."""
+
+    uri: str = Field(
+        description="Folder the records go to: `pvc://<claim>/<path>` (the operator mounts the claim read-write), "
+        "`file:///abs` (a path inside the router's container) or `s3://bucket/prefix` (files are written locally "
+        "and uploaded when rotated).",
+        pattern=CAPTURE_URI_PATTERN,
+    )
+    escalated: bool = Field(default=True, description="Record requests the teacher answered after an escalation.")
+    shadow_disagreement_rate: float = Field(
+        default=1.0, description="Mode shadow: share of the student-teacher disagreements recorded.", ge=0, le=1
+    )
+    redact: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Regular expressions (Python syntax); every match in a captured text or answer is replaced by "
+        "`[redacted]` before anything is written.",
+    )
+    max_file_bytes: int = Field(default=64 * 2**20, description="A file is closed and a new one started above this "
+                                "size, bytes.", ge=1024, le=2**40)
+    max_total_bytes: int = Field(default=2**30, description="Oldest files are deleted while the folder holds more "
+                                 "than this, bytes.", ge=1024, le=2**50)
+    retention_hours: float = Field(default=168.0, description="Files older than this are deleted, hours.",
+                                   gt=0, le=87600)
+    rotate_seconds: int = Field(default=600, description="A file is also closed (and uploaded, for s3://) after "
+                                "this many seconds.", ge=1, le=86400)
+    queue_size: int = Field(default=1024, description="Records waiting for the writer; beyond it records are "
+                            "dropped.", ge=1, le=1_000_000)
+    s3_credentials_secret: str | None = Field(
+        default=None, description="Secret with AWS credentials for an `s3://` uri (given to the router as env).",
+        pattern=DNS_LABEL_PATTERN,
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri(cls, value: object) -> object:
+        return check_capture_uri(value, "router.capture.uri")
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        compile_patterns(value, "router.capture.redact")
+        return value
+
+
 class RouterSpec(ApiModel):
     """The router sidecar: student first, teacher when the student is not confident."""
 
@@ -298,6 +349,10 @@ class RouterSpec(ApiModel):
     max_concurrency: int = Field(default=64, description="Requests in flight before 429.", ge=1, le=100000)
     timeout_seconds: float = Field(default=2.0, description="Timeout of a student call.", gt=0, le=600)
     coalescing: Coalescing = Field(default_factory=Coalescing, description="Requests sharing Triton calls.")
+    capture: CaptureSpec | None = Field(
+        default=None, description="Record escalated traffic (and shadow disagreements) for the next job's "
+        "`dataset.capture`; unset: nothing is recorded."
+    )
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="CPU and memory.")
 
     @model_validator(mode="after")

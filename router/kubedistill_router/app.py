@@ -6,6 +6,7 @@ slots in as one more handler with its own routes; limits, errors and metrics sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kubedistill.artifacts import SERVING_MANIFEST, ServingManifest
 from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.auth import auth_middlewares
+from kubedistill_router.capture import CaptureSink
 from kubedistill_router.classification import ClassificationHandler
 from kubedistill_router.errors import RouterError, TooManyRequests
 from kubedistill_router.generation import GenerationHandler
@@ -61,7 +63,8 @@ def build_app(config: RouterConfig) -> web.Application:
                          f"supported: {', '.join(HANDLERS)}")
     metrics = RouterMetrics()
     triton = TritonModels(config.triton_url, config.triton_protocol, config.timeout_seconds)
-    handler = HANDLERS[manifest.task](config, manifest, repository, triton, metrics)
+    capture = CaptureSink(config.capture, metrics) if config.capture is not None else None
+    handler = HANDLERS[manifest.task](config, manifest, repository, triton, metrics, capture)
 
     app = web.Application(client_max_size=config.max_body_bytes,
                           middlewares=[*auth_middlewares(config), limit_middleware(config.max_concurrency, metrics),
@@ -83,11 +86,14 @@ def build_app(config: RouterConfig) -> web.Application:
     async def close(app: web.Application) -> None:
         await handler.close()
         await triton.close()
+        if capture is not None:  # after the handler: its last shadow comparisons may still capture
+            await asyncio.to_thread(capture.close)
 
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view),
                     *handler.routes()])
     app.on_cleanup.append(close)
-    log.info("router: %s; Triton at %s (%s)", handler.describe(), config.triton_url, config.triton_protocol)
+    log.info("router: %s; Triton at %s (%s)%s", handler.describe(), config.triton_url, config.triton_protocol,
+             f"; {capture.description}" if capture is not None else "")
     return app
 
 

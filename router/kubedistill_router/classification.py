@@ -21,10 +21,12 @@ from aiohttp import web
 
 from kubedistill.api.studentdeployment import RouterTier, tier_order_problem
 from kubedistill.artifacts import ServedModel, ServingManifest
+from kubedistill.capture import CapturedAnswer, CaptureKind, CaptureRecord
 from kubedistill.confidence import escalate, softmax
 from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.batching import Coalescer
 from kubedistill_router.breaker import CircuitBreaker
+from kubedistill_router.capture import CaptureSink
 from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
 from kubedistill_router.metrics import RouterMetrics
@@ -94,7 +96,7 @@ class ClassificationHandler:
     """KServe v1 classification endpoints over one student (and optionally a teacher)."""
 
     def __init__(self, config: RouterConfig, manifest: ServingManifest, repository: Path, triton: TritonModels,
-                 metrics: RouterMetrics):
+                 metrics: RouterMetrics, capture: CaptureSink | None = None):
         check_repository(repository)  # a repository that cannot serve fails here, never reports ready
         if not manifest.labels:
             raise ValueError("serving.json: a sequence-classification export needs labels")
@@ -106,6 +108,7 @@ class ClassificationHandler:
         check_tiers(config.tiers or [], self.threshold, repository)  # before any connection is opened
         self.triton = triton
         self.metrics = metrics
+        self.capture = capture
         self.student = manifest.student
         encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
         self.student_calls = self._model_calls("student", manifest.student, encoder, repository)
@@ -215,8 +218,11 @@ class ClassificationHandler:
                     before = predictions[i]  # the last tier's answer stands, marked degraded
                     predictions[i] = (Prediction(a.label, a.confidence, "teacher") if a is not None
                                       else Prediction(before.label, before.confidence, before.served_by, True))
+                if answers is not None and self.capture is not None and self.capture.spec.escalated:
+                    for j, i in enumerate(below):  # the served student's answer: what the next student replaces
+                        self._capture("escalated", texts[i], student[i], answers[j])
         elif self.config.mode == "shadow":
-            self._maybe_shadow(texts, [a.label for a in student])
+            self._maybe_shadow(texts, student)
         return self._record(predictions)
 
     async def _climb(self, tier: Tier, texts: list[str], below: list[int], predictions: list[Prediction]) -> list[int]:
@@ -286,23 +292,36 @@ class ClassificationHandler:
         self.metrics.circuit_open.set(0)
         return answers
 
-    def _maybe_shadow(self, texts: list[str], student_labels: list[str]) -> None:
+    def _capture(self, kind: CaptureKind, text: str, student: Answer, teacher: Answer) -> None:
+        assert self.capture is not None
+        self.capture.offer(CaptureRecord(
+            time=time.time(), kind=kind, task="sequence-classification", model=self.config.model_name,
+            model_version=self.manifest.model_version, text=text,
+            student=CapturedAnswer(label=student.label, confidence=student.confidence),
+            teacher=CapturedAnswer(label=teacher.label, confidence=teacher.confidence)))
+
+    def _maybe_shadow(self, texts: list[str], student: list[Answer]) -> None:
         if random.random() >= self.config.shadow_sample_rate:
             return
         if len(self._shadow_tasks) >= SHADOW_MAX_IN_FLIGHT:
             self.metrics.shadow_dropped.inc()
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(texts, student_labels))
+        task = asyncio.get_running_loop().create_task(self._shadow(texts, student))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, texts: list[str], student_labels: list[str]) -> None:
+    async def _shadow(self, texts: list[str], student: list[Answer]) -> None:
         answers = await self._ask_teacher(texts)
         if answers is None:
             self.metrics.shadow_dropped.inc()
             return
-        agreed = sum(a.label == s for a, s in zip(answers, student_labels, strict=True))
+        agreed = sum(a.label == s.label for a, s in zip(answers, student, strict=True))
         self.metrics.record_shadow(len(texts), agreed)
+        if self.capture is not None and agreed < len(texts):
+            rate = self.capture.spec.shadow_disagreement_rate
+            for text, mine, theirs in zip(texts, student, answers, strict=True):
+                if mine.label != theirs.label and random.random() < rate:
+                    self._capture("shadow-disagreement", text, mine, theirs)
 
     async def close(self) -> None:
         for task in list(self._shadow_tasks):

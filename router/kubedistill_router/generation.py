@@ -31,9 +31,11 @@ from typing import Any
 from aiohttp import web
 
 from kubedistill.artifacts import ServingManifest
+from kubedistill.capture import CapturedAnswer, CaptureKind, CaptureRecord
 from kubedistill.confidence import GENERATION_SIGNALS, TOKEN_QUANTILE, Signal, answer_confidence
 from kubedistill.routerconfig import RouterConfig
 from kubedistill_router.breaker import CircuitBreaker
+from kubedistill_router.capture import CaptureSink
 from kubedistill_router.chat import ChatTokenizer, TextStream
 from kubedistill_router.contract import check_repository
 from kubedistill_router.errors import BadRequest, NotFound, Unavailable, UpstreamError
@@ -67,7 +69,7 @@ class GenerationHandler:
     """OpenAI-compatible endpoints over a student generation model (and optionally a teacher)."""
 
     def __init__(self, config: RouterConfig, manifest: ServingManifest, repository: Path, triton: Any,
-                 metrics: RouterMetrics):
+                 metrics: RouterMetrics, capture: CaptureSink | None = None):
         if manifest.student.kind not in ("generation", "vllm"):
             raise ValueError("serving.json: a causal-lm export needs a generation model for the student "
                              "(kind: generation); re-export the job")
@@ -75,6 +77,7 @@ class GenerationHandler:
         self.config = config
         self.manifest = manifest
         self.metrics = metrics
+        self.capture = capture
         self.gen_metrics = GenerationMetrics(metrics)
         template = repository / manifest.chat_template if manifest.chat_template else None
         self.tokenizer = ChatTokenizer(repository / manifest.tokenizer, template)
@@ -275,7 +278,11 @@ class GenerationHandler:
         self.metrics.record_routing(1, 1)
         outcome = Outcome("teacher", None if cut else confidence, self.signal, self.threshold,
                           escalation_reason="low-confidence")
-        if await self._teacher_answer(request, req, writer, outcome):
+        teacher_text = await self._teacher_answer(request, req, writer, outcome)
+        if teacher_text is not None:
+            if self.capture is not None and self.capture.spec.escalated:
+                draft = self.tokenizer.decode([t.id for t in tokens])
+                self._capture("escalated", req, draft, None if cut else confidence, teacher_text)
             return outcome
         if cut:  # the student's answer is needed after all: the whole of it
             tokens, _ = await self._draft(request, req, prompt, early_stop=False)
@@ -288,7 +295,7 @@ class GenerationHandler:
     async def _teacher_first(self, request: web.Request, req: GenerationRequest, prompt: list[int],
                              writer: Writer) -> Outcome:
         outcome = Outcome("teacher", None, self.signal, self.threshold, escalation_reason="teacher-only")
-        if await self._teacher_answer(request, req, writer, outcome):
+        if await self._teacher_answer(request, req, writer, outcome) is not None:
             return outcome
         tokens, _ = await self._draft(request, req, prompt, early_stop=False)
         fallback = Outcome("student", answer_confidence([t.logprob for t in tokens], self.signal), self.signal,
@@ -297,32 +304,43 @@ class GenerationHandler:
         return fallback
 
     async def _teacher_answer(self, request: web.Request, req: GenerationRequest, writer: Writer,
-                              outcome: Outcome) -> bool:
-        """The teacher answers through `writer`; False (nothing sent) when it cannot."""
+                              outcome: Outcome) -> str | None:
+        """The teacher answers through `writer`; returns its text, or None (nothing sent) when it cannot."""
         if not self.breaker.allow():
             self.metrics.teacher_errors.labels("circuit-open").inc()
-            return False
+            return None
         start = time.perf_counter()
         try:
             if self.remote is not None:
                 answer = await self.remote.answer(req)
                 await writer.text(answer, outcome)
+                text = answer.text
             else:
                 assert self.manifest.teacher is not None
                 teacher_prompt = self._prompt(req, self.teacher_tokenizer)
                 stream = self._tokens(request, self.manifest.teacher.name, "teacher", teacher_prompt, req)
                 first = await peek(stream)  # a teacher that fails before its first token falls back
-                await writer.tokens(prepend(first, stream), len(teacher_prompt), outcome, stop=req.stop,
-                                    tokenizer=self.teacher_tokenizer)
+                text = await writer.tokens(prepend(first, stream), len(teacher_prompt), outcome, stop=req.stop,
+                                           tokenizer=self.teacher_tokenizer)
         except UpstreamError as error:  # before anything was sent (a failure mid-stream ends the stream)
             self.breaker.record_failure()
             self.metrics.teacher_errors.labels(error.reason).inc()
             log.warning("teacher failed, the student answers: %s", error)
-            return False
+            return None
         finally:
             self.metrics.teacher_seconds.observe(time.perf_counter() - start)
         self.breaker.record_success()
-        return True
+        return text
+
+    def _capture(self, kind: CaptureKind, req: GenerationRequest, student_text: str, confidence: float | None,
+                 teacher_text: str) -> None:
+        assert self.capture is not None
+        self.capture.offer(CaptureRecord(
+            time=time.time(), kind=kind, task="causal-lm", model=self.config.model_name,
+            model_version=self.manifest.model_version, text=None if req.chat else req.prompt,
+            messages=req.messages if req.chat else None,
+            student=CapturedAnswer(text=student_text, confidence=confidence),
+            teacher=CapturedAnswer(text=teacher_text)))
 
     async def _student_live(self, request: web.Request, req: GenerationRequest, prompt: list[int],
                             writer: Writer) -> Outcome:
@@ -344,10 +362,11 @@ class GenerationHandler:
         first = await peek(stream)  # Triton down: a 503 before anything is sent
         text = await writer.tokens(prepend(first, stream), len(prompt), outcome, stop=req.stop, before_end=finish)
         if self.config.mode == "shadow" and random.random() < self.config.shadow_sample_rate:
-            self._shadow(request, req, text)
+            self._shadow(request, req, text, outcome.confidence)
         return outcome
 
-    def _shadow(self, request: web.Request, req: GenerationRequest, student_text: str) -> None:
+    def _shadow(self, request: web.Request, req: GenerationRequest, student_text: str,
+                confidence: float | None) -> None:
         if len(self._shadow_tasks) >= SHADOW_MAX_IN_FLIGHT:
             self.metrics.shadow_dropped.inc()
             return
@@ -371,7 +390,11 @@ class GenerationHandler:
                 self.metrics.teacher_errors.labels(error.reason).inc()
                 self.metrics.shadow_dropped.inc()
                 return
-            self.metrics.record_shadow(1, int(teacher_text.strip() == student_text.strip()))
+            agreed = teacher_text.strip() == student_text.strip()
+            self.metrics.record_shadow(1, int(agreed))
+            if not agreed and self.capture is not None \
+                    and random.random() < self.capture.spec.shadow_disagreement_rate:
+                self._capture("shadow-disagreement", req, student_text, confidence, teacher_text)
 
         task = asyncio.create_task(compare())
         self._shadow_tasks.add(task)

@@ -82,6 +82,11 @@ class RouterMetrics:
                                       lambda: (self._agreed, self._compared), registry=r)
         self.shadow_dropped = Counter("kubedistill_router_shadow_dropped", "Sampled shadow batches dropped (too "
                                       "many in flight, or the teacher failed).", registry=r)
+        self.capture_records = Counter("kubedistill_router_capture_records", "Captured records written "
+                                       "(router.capture).", registry=r)
+        self.capture_dropped = Counter("kubedistill_router_capture_dropped", "Captured records dropped, by reason "
+                                       "(queue-full, write-error, upload-error, closed); requests are unaffected.",
+                                       ["reason"], registry=r)
         self.in_flight_now = 0  # kept by the app's concurrency limit, read at scrape time
         self.in_flight.set_function(lambda: self.in_flight_now)
         self._routed = 0

@@ -283,3 +283,25 @@ def test_kubedistill_serve_on_a_causal_lm_output(gen_export, tmp_path, student_r
         if reply.model_extra["kubedistill"]["served_by"] == "student":
             assert reply.choices[0].message.content == chat_tokenizer.decode(student_ref.greedy(prompt_ids, 6).ids)
         assert terminate(process, 60) == 143  # SIGTERM, as a pod is stopped
+
+
+async def test_escalated_generations_are_captured_with_the_teachers_answer(gen_export, gen_triton, tmp_path):
+    from kubedistill.capture import read_capture_folder
+
+    folder = tmp_path / "capture"
+    cfg = config(gen_export, gen_triton.grpc_url, mode="route", threshold=1.0,  # every draft escalates
+                 capture={"uri": f"file://{folder}", "redact": [r"France"]})
+    async with running_router(cfg) as base:
+        chat = await client(base).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8,
+                                                          temperature=0)
+        completion = await client(base).completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=8,
+                                                           temperature=0)
+    assert chat.model_extra["kubedistill"]["served_by"] == "teacher"
+    records = {("chat" if r.messages else "completion"): r for r in read_capture_folder(folder).records}
+    assert set(records) == {"chat", "completion"}
+    assert records["chat"].messages == [{"role": "user", "content": "What is the capital of [redacted]?"}]
+    assert records["chat"].teacher.text == chat.choices[0].message.content.replace("France", "[redacted]")
+    assert records["completion"].text == PROMPTS[1]
+    assert records["completion"].teacher.text == completion.choices[0].text
+    assert all(r.kind == "escalated" and r.task == "causal-lm" and r.model_version == "gen-1"
+               and r.student.text is not None for r in records.values())

@@ -43,6 +43,13 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         split, prompts_cut = _prompted(context, split)
     data.write_jsonl(split.train, layout.data / "train.jsonl")
     data.write_jsonl(split.eval, layout.data / "eval.jsonl")
+    layout.capture_eval.unlink(missing_ok=True)
+    if split.capture is not None:
+        data.write_jsonl(split.capture_eval, layout.capture_eval)
+        c = split.capture
+        log.info("data: dataset.capture: %d records in %d files; %d distinct captured rows make %d of %d training "
+                 "rows (%.1f%%); %d held out to compare with the served student", c["records"], c["files"],
+                 c["train_distinct"], c["train_rows"], len(split.train), 100 * c["share"], c["eval"])
     context.set_split(split)
     progress(1, 1)
     if split.dropped:
@@ -56,7 +63,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         log.info("data: %d texts were cut to fit their prompt and answer in task.maxLength (%d tokens)", prompts_cut,
                  max_length)
     marker = {"train": len(split.train), "eval": len(split.eval), "duplicates": split.duplicates,
-              "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated}
+              "dropped": split.dropped, "unlabelled": split.unlabelled, "truncated": truncated,
+              "capture": split.capture}
     return marker | ({"prompts_cut": prompts_cut} if prompts_cut else {})
 
 
@@ -85,4 +93,7 @@ def summary(marker: dict[str, Any]) -> str:
         notes.append(f"{marker['prompts_cut']} cut to fit their prompt and answer")
     if marker.get("truncated"):
         notes.append(f"{marker['truncated']} cut to task.maxLength")
+    if marker.get("capture"):
+        c = marker["capture"]
+        notes.append(f"{c['train_rows']} captured rows ({c['share']:.0%}), {c['eval']} captured held out")
     return f"{marker['train']} train / {marker['eval']} eval rows" + (f" ({'; '.join(notes)})" if notes else "")

@@ -136,10 +136,13 @@ def _meta(job: DistillationJob, name: str) -> dict[str, Any]:
 
 
 def claim_fields(job: DistillationJob) -> list[tuple[str, str]]:
-    """(spec field, claim) for every pvc:// URI the job's pods mount: teacher, student, dataset and output."""
+    """(spec field, claim) for every pvc:// URI the job's pods mount: teacher, student, dataset (and its
+    captured traffic) and output."""
     spec = job.spec
+    capture = spec.dataset.capture.uri if spec.dataset.capture else None
     teachers = tuple((f"spec.{field}.uri", teacher.uri) for field, teacher in spec.all_teachers())
     uris = (*teachers, ("spec.student.uri", spec.student.uri), ("spec.dataset.uri", spec.dataset.uri),
+            ("spec.dataset.capture.uri", capture),
             ("spec.output.uri", spec.output.uri))
     return [(field, claim) for field, uri in uris if uri and (claim := pvc_claim(uri))]
 

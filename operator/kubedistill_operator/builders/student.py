@@ -107,6 +107,19 @@ def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorC
         {"name": "models", "mountPath": MODEL_REPOSITORY_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    router_env: list[dict[str, Any]] = []
+    router_env_from: list[dict[str, Any]] = []
+    capture = spec.router.capture
+    if capture is not None and (capture_claim := pvc_claim(capture.uri)):
+        if capture_claim == claim:  # one volume for one claim: writable, the fetch step's mount stays read-only
+            volumes[-1]["persistentVolumeClaim"]["readOnly"] = False
+            router_mounts.append({**fetch_mounts[-1], "readOnly": False})
+        else:
+            volume, mount = common.pvc_volume(capture_claim, False, 1)
+            volumes.append(volume)
+            router_mounts.append(mount)
+    if capture is not None and capture.s3_credentials_secret and parse_uri(capture.uri).scheme == "s3":
+        router_env_from.append({"secretRef": {"name": capture.s3_credentials_secret}})
     teacher = spec.router.teacher
     if teacher and teacher.api_key_secret_ref:
         key_dir, key_file = TEACHER_API_KEY_FILE.rsplit("/", 1)
@@ -170,7 +183,11 @@ def deployment(sd: StudentDeployment, source: ModelSourceInfo, config: OperatorC
     if spec.router.auth is not None:
         ref = spec.router.auth.api_key_secret_ref
         key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
-        router["env"] = [{"name": ROUTER_API_KEY_ENV, "valueFrom": key}]  # the value never enters the spec
+        router_env.append({"name": ROUTER_API_KEY_ENV, "valueFrom": key})  # the value never enters the spec
+    if router_env:
+        router["env"] = router_env
+    if router_env_from:
+        router["envFrom"] = router_env_from
     router_resources = common.resources(spec.router.resources)
     if router_resources:
         router["resources"] = router_resources

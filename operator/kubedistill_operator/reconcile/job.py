@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -11,11 +12,12 @@ from kubedistill import chain
 from kubedistill.api import DistillationJob
 from kubedistill_operator import naming
 from kubedistill_operator.builders import build_job_children
-from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
+from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS, STUDENT_DEPLOYMENTS
 from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
 from kubedistill_operator.reconcile.parsing import parse_or_refuse
 from kubedistill_operator.reconcile.references import job_references, require_references
 from kubedistill_operator.reconcile.teacher import await_teacher, teacher_change_matters
+from kubedistill_operator.status import conditions
 from kubedistill_operator.status.conditions import StatusUpdate
 from kubedistill_operator.status.job import (
     INVALID_INPUT,
@@ -24,6 +26,27 @@ from kubedistill_operator.status.job import (
     new_run_status,
     permanent_failure,
 )
+
+
+def resolve_capture(get: Callable[..., dict[str, Any] | None], namespace: str,
+                    job: DistillationJob) -> DistillationJob | str:
+    """The job with `dataset.capture.studentDeploymentRef` replaced by that deployment's `router.capture.uri`
+    (what the pipeline reads), or why it cannot be yet. `get` is the API's (resource, namespace, name) read."""
+    capture = job.spec.dataset.capture
+    if capture is None or capture.student_deployment_ref is None:
+        return job
+    name = capture.student_deployment_ref.name
+    field = "spec.dataset.capture.studentDeploymentRef"
+    deployment = get(STUDENT_DEPLOYMENTS, namespace, name)
+    if deployment is None:
+        return f"{field}: StudentDeployment {name} not found in this namespace; create it, or set dataset.capture.uri"
+    uri = ((((deployment.get("spec") or {}).get("router")) or {}).get("capture") or {}).get("uri")
+    if not uri:
+        return (f"{field}: StudentDeployment {name} captures nothing (no spec.router.capture); set its "
+                "router.capture.uri, or set dataset.capture.uri")
+    resolved = job.model_copy(deep=True)
+    resolved.spec.dataset.capture = capture.model_copy(update={"uri": uri, "student_deployment_ref": None})
+    return resolved
 
 
 def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
@@ -62,6 +85,12 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
             job, condition, teacher_uri = taught
             teacher.append(condition)
 
+    resolved = resolve_capture(ctx.api.get, namespace, job)
+    if isinstance(resolved, str):
+        writer.write(StatusUpdate(fields={"phase": "Pending", "observedGeneration": generation}, conditions=[
+            conditions.condition("ReferencesFound", False, "CaptureNotFound", resolved, generation)]))
+        raise kopf.TemporaryError(resolved, delay=ctx.wait_delay)
+    job = resolved
     found = require_references(ctx, body, writer, namespace, job_references(job), waiting={"phase": "Pending"})
 
     if previous != run:

@@ -75,6 +75,13 @@ def student_references(sd: StudentDeployment, source: ModelSourceInfo) -> list[R
         field = (f"spec.source.jobRef: the artifact of job {job_ref.name!r}, under its spec.output.uri" if job_ref
                  else "spec.source.modelRepositoryUri")
         found.append(Reference(CLAIM, claim, field))
+    capture = sd.spec.router.capture
+    if capture is not None:
+        if claim := pvc_claim(capture.uri):
+            found.append(Reference(CLAIM, claim, "spec.router.capture.uri"))
+        if capture.s3_credentials_secret and parse_uri(capture.uri).scheme == "s3":
+            found.append(Reference(SECRET, capture.s3_credentials_secret, "spec.router.capture.s3CredentialsSecret",
+                                   S3_KEYS))
     return found
 
 

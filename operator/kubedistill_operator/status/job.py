@@ -66,9 +66,14 @@ def gate_message(spec: dict[str, Any], results: JobResults | None) -> str:
     minimum = (((spec.get("evaluation") or {}).get("gate")) or {}).get("minRetention")
     retention = results.retention if results else None
     where = f"; artifacts are kept at {results.artifact_uri}" if results and results.artifact_uri else ""
-    if isinstance(minimum, int | float) and retention is not None:
+    if isinstance(minimum, int | float) and retention is not None and retention < minimum:
         return (f"retention {retention:.4f} is {minimum - retention:.4f} below evaluation.gate.minRetention "
                 f"{minimum:g}{where}")
+    min_gain = (((spec.get("dataset") or {}).get("capture")) or {}).get("minGain", 0.0)
+    gain = results.capture_gain if results else None
+    if isinstance(min_gain, int | float) and gain is not None and gain < min_gain:
+        return (f"the new student's agreement with the teacher on captured traffic gains {gain:+.4f} over the serving "
+                f"student's, less than dataset.capture.minGain {min_gain:g}{where}")
     return f"the evaluation gate did not pass{where}"
 
 
