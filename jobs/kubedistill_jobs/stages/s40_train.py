@@ -46,7 +46,8 @@ def training_inputs(context: Context) -> TrainingInputs:
     del teacher_model, student
     return TrainingInputs(
         loop=LoopConfig.from_spec(spec, str(layout.teacher),
-                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None),
+                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         train_data=inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets),
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
