@@ -121,6 +121,16 @@ class TeacherGeneration(_Keys):
     reused_from: str | None = Field(default=None, description="distillation.teacherOutputsUri, when reused.")
 
 
+class CrossTokenizer(_Keys):
+    """How a causal-LM student with another tokenizer than the teacher's was taught (no logit KD possible)."""
+
+    method: Literal["sequence-kd", "uld"] = Field(description="`sequence-kd`: the teacher's greedy answers as "
+                                                  "hard tokens; `uld`: plus Universal Logit Distillation.")
+    note: str = Field(description="What happened, in a sentence.")
+    teacher_vocabulary: int = Field(description="Tokens of the teacher's tokenizer.")
+    student_vocabulary: int = Field(description="Tokens of the student's tokenizer.")
+
+
 class Report(_Keys):
     task: Literal["sequence-classification", "causal-lm"]
     teacher: ModelReport
@@ -150,6 +160,9 @@ class Report(_Keys):
     teacher_generation: TeacherGeneration | None = Field(
         default=None, description="How a language-model teacher labelled the data (teacher.prompt).")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
+    cross_tokenizer: CrossTokenizer | None = Field(
+        default=None, description="Set when teacher and student tokenizers differ: the method used instead of "
+        "logit KD.")
     generation_routing: Routing | None = Field(
         default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "
         "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "
@@ -194,6 +207,7 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         artifact_uri=model_repository_uri(output_uri),
         report_uri=report_uri(output_uri),
         model_version=report.model_version,
+        cross_tokenizer=report.cross_tokenizer.method if report.cross_tokenizer else None,
     )
 
 

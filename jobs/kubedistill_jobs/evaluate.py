@@ -16,7 +16,7 @@ import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import OutputLayout
-from kubedistill.report import Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
+from kubedistill.report import CrossTokenizer, Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -148,9 +148,20 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         quality_reference=quality.reference,
         quantization_accuracy_drop=quality.quantization_accuracy_drop,
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
-        generation_routing=generation,
+        generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
     )
     return _finish(report, layout, progress, total)
+
+
+def _cross_tokenizer(layout: OutputLayout) -> CrossTokenizer | None:
+    """What the soft-targets stage recorded when the student's tokenizer is not the teacher's."""
+    from kubedistill_jobs import soft_targets
+
+    meta = soft_targets.read_meta(layout.soft_targets) or {}
+    if not meta.get("cross_tokenizer"):
+        return None
+    return CrossTokenizer(method=meta["cross_tokenizer"], note=meta["note"],
+                          teacher_vocabulary=meta["teacher_vocabulary"], student_vocabulary=meta["student_vocabulary"])
 
 
 def _generation_routing(spec: DistillationJobSpec, layout: OutputLayout, texts: list[str], tokenizer: Any,

@@ -10,6 +10,10 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill_jobs import losses, models, soft_targets
 
+# cross-tokenizer `uld`: the teacher's sorted probabilities per answer position, its answers' lengths in its own
+# tokens, and where each answer starts in the student's (see kubedistill_jobs.cross_tokenizer)
+ULD_KEYS = ("sorted_probs", "answer_tokens", "answer_start")
+
 
 def classification_arrays(tokenizer: Any, rows: list[dict], max_length: int) -> dict[str, np.ndarray]:
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length,
@@ -51,8 +55,15 @@ def _train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], c
             if spec.distillation.hidden_states.enabled:
                 arrays["features"] = stored["features"].astype(np.float32)
         return arrays
-    if cached:  # the exact tokens the teacher saw
-        stored, _ = soft_targets.read(cache)
+    if cached:
+        stored, meta = soft_targets.read(cache)
+        if meta.get("cross_tokenizer"):  # the teacher's answers, in the student's own tokens
+            arrays = soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
+            if meta["rows"] != len(rows):
+                raise ValueError(f"soft targets cache holds {meta['rows']} rows, the training split {len(rows)}")
+            arrays.update({k: stored[k] for k in ULD_KEYS if k in stored})
+            return arrays
+        # the exact tokens the teacher saw
         return {k: stored[k] for k in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
 

@@ -292,10 +292,14 @@ class DistillationRecipe:
                 teacher_logits = None
             if cfg.hidden_states:  # every token's state, (B, L, H)
                 student_h, teacher_h = out.hidden_states[-1], teacher_out.hidden_states[-1]
-        parts = losses.distillation_loss(
-            logits, teacher_logits, labels, loss=cfg.loss, temperature=cfg.temperature,
-            alpha=1.0 if sampled else cfg.alpha, beta=cfg.beta, teacher_topk_indices=topk_indices, mask=token_mask,
-        )
+        if "sorted_probs" in batch:  # another tokenizer than the teacher's: ULD on the aligned answer positions
+            parts = self.uld_parts(batch, logits, labels)
+        else:
+            parts = losses.distillation_loss(
+                logits, teacher_logits, labels, loss=cfg.loss, temperature=cfg.temperature,
+                alpha=1.0 if sampled else cfg.alpha, beta=cfg.beta, teacher_topk_indices=topk_indices,
+                mask=token_mask,
+            )
         del teacher_out, teacher_logits  # the teacher's (B, L, V) logits are not needed for the backward pass
         result = {"loss": parts.total, "soft_loss": parts.soft.detach(), "hard_loss": parts.hard.detach()}
         if cfg.on_policy > 0:  # epoch means: the share of on-policy batches, and the tokens sampled per batch
@@ -306,6 +310,29 @@ class DistillationRecipe:
             result["loss"] = result["loss"] + cfg.hidden_weight * hidden
             result["hidden_loss"] = hidden.detach()
         return result
+
+    def uld_parts(self, batch: dict[str, Any], logits: Any, labels: Any) -> Any:
+        """alpha · ULD + (1 − alpha) · CE for the teacher's answers in the student's tokens. The student's
+        prediction of its j-th answer token (position answer_start − 1 + j of `logits (B, L-1, V)`) is compared
+        with the teacher's distribution over its own j-th answer token (`sorted_probs (B, A, k)`), for j below
+        both answers' lengths (`answer_tokens (B,)` in the teacher's tokens, the labelled positions in the
+        student's)."""
+        import torch
+
+        from kubedistill_jobs import losses
+
+        cfg = self.cfg
+        teacher = batch["sorted_probs"]  # (B, A, k)
+        width = teacher.shape[1]
+        steps = torch.arange(width, device=logits.device)
+        positions = batch["answer_start"].long()[:, None] - 1 + steps[None, :]  # (B, A)
+        inside = (positions >= 0) & (positions < logits.shape[1]) & (steps[None, :] < batch["answer_tokens"][:, None])
+        positions = positions.clamp(0, logits.shape[1] - 1)
+        inside &= labels.gather(1, positions) != losses.IGNORE_INDEX  # the student's answer is that long too
+        aligned = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, A, V)
+        soft = losses.uld_loss(aligned, teacher, temperature=cfg.temperature, mask=inside)
+        hard = losses.hard_loss(logits, labels)
+        return losses.LossParts(cfg.alpha * soft + (1.0 - cfg.alpha) * hard, soft, hard)
 
     def optimizer_step(self, loss: Any) -> None:
         """Backward, clip the gradient norm to 1, step the optimiser and the schedule (a GradScaler for fp16)."""

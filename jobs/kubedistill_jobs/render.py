@@ -230,6 +230,8 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     if report.teacher_note:
         who = f"the endpoint {report.teacher.endpoint}" if report.teacher.endpoint else report.teacher.model
         lines += [f"Teacher: {who}; {report.teacher_note}.", ""]
+    if report.cross_tokenizer is not None:
+        lines += [f"Cross-tokenizer ({report.cross_tokenizer.method}): {report.cross_tokenizer.note}.", ""]
     generation = report.teacher_generation
     if generation is not None:
         versus = (f"{_fmt(generation.accuracy)} accuracy against gold, majority class "

@@ -811,6 +811,11 @@ class JobResults(ApiModel):
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
+    cross_tokenizer: CrossTokenizer | None = Field(
+        default=None, description="Set when the student's tokenizer differs from the teacher's: the method used "
+        "instead of logit KD (`sequence-kd`: the teacher's answers as text; `uld`: plus sorted-distribution "
+        "distillation).",
+    )
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:

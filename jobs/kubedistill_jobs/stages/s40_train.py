@@ -87,6 +87,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         "workers": context.workers,
         "teacher_mode": spec.distillation.teacher_mode,
         "loss": spec.distillation.loss,
+        "on_policy": spec.distillation.on_policy,
+        "cross_tokenizer": context.found.get("cross_tokenizer"),  # None: logit KD over a shared vocabulary
     }
     layout.train_report.write_text(json.dumps(report, indent=2) + "\n")
     return {"steps": report["steps"], "student_params": prepared.student_params, "history": outcome.history,
