@@ -272,7 +272,8 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=96, help="training questions")
     parser.add_argument("--eval", type=int, default=32, help="held-out questions")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kubedistill-trl-peer"))
-    parser.add_argument("--only", choices=["trl", "kubedistill"], default=None)
+    parser.add_argument("--only", choices=["trl", "kubedistill"], default=None,
+                        help="run one tool's rows; the other's from an earlier run with the same settings are kept")
     args = parser.parse_args()
     import ray
     import torch
@@ -284,7 +285,14 @@ def main() -> int:
     student_dir = student_folder(args.work, teacher_dir, args)
     print(f"{len(data['train'])} training and {len(data['eval'])} held-out questions; teacher {teacher_dir}",
           flush=True)
-    rows: list[dict[str, Any]] = []
+    # rows of earlier invocations with the same settings (`--only` runs one tool at a time) are kept
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "max_length", "top_k", "learning_rate",
+                                                "threads", "train", "eval")}
+    kept_path = args.work / "rows.json"
+    kept = json.loads(kept_path.read_text()) if kept_path.is_file() else {}
+    if kept.get("settings") != settings:
+        kept = {"settings": settings, "rows": []}
+    rows: list[dict[str, Any]] = [r for r in kept["rows"] if args.only and r["tool"] != args.only]
     if args.only != "kubedistill":
         rows.append(trl_row("off-policy, online", args.work, teacher_dir, student_dir, data, args, lmbda=0.0, beta=0.0))
         rows.append(trl_row("on-policy", args.work, teacher_dir, student_dir, data, args, lmbda=1.0, beta=1.0))
@@ -299,6 +307,7 @@ def main() -> int:
                                     teacherMode="online", loss="reverse-kl", onPolicy=1.0,
                                     sampling={"maxNewTokens": ANSWER_TOKENS, "temperature": 1.0}))
         ray.shutdown()
+    kept_path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads,
                     "note": "2 cores shared with other work: absolute figures are noisy, compare within one run"},
@@ -309,7 +318,7 @@ def main() -> int:
         "learning_rate": args.learning_rate, "train_questions": len(data["train"]),
         "eval_questions": len(data["eval"]), "answer_tokens": ANSWER_TOKENS, "rows": rows,
     }
-    if args.only is None:
+    if {r["tool"] for r in rows} == {"trl", "kubedistill"}:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)

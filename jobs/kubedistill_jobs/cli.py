@@ -138,4 +138,9 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
             f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
             f"speedup {_num(report.speedup, 2)}x · compression {_num(report.compression, 2)}x"
         )
+        econ = report.economics
+        if econ is not None:
+            console.print(f"cost ratio {_num(econ.cost_ratio.value, 2)}x · monthly saving "
+                          f"{_num(econ.monthly_saving.value, 2)} {econ.currency} · payback "
+                          f"{_num(econ.payback_days.value, 3)} days (report.md, Economics)")
     console.print(f"output: {folder}")

@@ -484,6 +484,60 @@ class GateSpec(ApiModel):
     )
 
 
+class EconomicsSpec(ApiModel):
+    """Prices and traffic for the report's cost figures (`report.json`, `economics`). Every field is optional;
+    a figure whose inputs are missing is left out and the report says which field it needs. Hourly prices are
+    for machines like the one the job evaluated on: the throughput that turns them into a cost per request is
+    measured there."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.teacherPricePerHour) || (!has(self.teacherPricePerMillionInputTokens) && "
+                "!has(self.teacherPricePerMillionOutputTokens))",
+                "economics: price the teacher per token (an API) or per hour (self-hosted), not both",
+                ".teacherPricePerHour"),
+            cel("has(self.teacherPricePerMillionInputTokens) == has(self.teacherPricePerMillionOutputTokens)",
+                "economics: set both teacherPricePerMillionInputTokens and teacherPricePerMillionOutputTokens",
+                ".teacherPricePerMillionInputTokens"),
+        )
+    }
+
+    currency: str = Field(default="USD", description="Currency of every price (a label: nothing is converted).",
+                          min_length=1, max_length=8)
+    teacher_price_per_million_input_tokens: float | None = Field(
+        default=None, description="API teacher: price of 1M prompt tokens.", ge=0)
+    teacher_price_per_million_output_tokens: float | None = Field(
+        default=None, description="API teacher: price of 1M completion tokens.", ge=0)
+    teacher_price_per_hour: float | None = Field(
+        default=None, description="Self-hosted teacher: price of one serving replica per hour.", ge=0)
+    student_price_per_hour: float | None = Field(
+        default=None, description="Price of one student serving replica per hour.", ge=0)
+    ray_cluster_price_per_hour: float | None = Field(
+        default=None, description="Price of the job's whole Ray cluster per hour (for the job's cost and payback).",
+        ge=0)
+    requests_per_day: float | None = Field(
+        default=None, description="Expected traffic, requests per day (for the monthly saving and payback).", gt=0)
+    input_tokens_per_request: float | None = Field(
+        default=None, description="Prompt tokens per request; unset: measured on the eval split.", gt=0)
+    output_tokens_per_request: float | None = Field(
+        default=None, description="Tokens the teacher answers with per request; unset: measured where the job "
+        "measured it (a language-model teacher's labelling), else 0 for classification.", ge=0)
+    utilization: float = Field(
+        default=1.0, description="Average share of its measured throughput a serving replica is busy (hourly "
+        "prices are divided by throughput × utilization).", gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_teacher_price(self) -> EconomicsSpec:
+        per_token = (self.teacher_price_per_million_input_tokens, self.teacher_price_per_million_output_tokens)
+        if self.teacher_price_per_hour is not None and any(p is not None for p in per_token):
+            raise ValueError("evaluation.economics: price the teacher per token (an API) or per hour (self-hosted), "
+                             "not both: drop teacherPricePerHour or the per-token prices")
+        if (per_token[0] is None) != (per_token[1] is None):
+            raise ValueError("evaluation.economics: set both teacherPricePerMillionInputTokens and "
+                             "teacherPricePerMillionOutputTokens (0 for a side that is free)")
+        return self
+
+
 class EvaluationSpec(ApiModel):
     """The student-vs-teacher gap evaluation."""
 
@@ -500,6 +554,9 @@ class EvaluationSpec(ApiModel):
         gt=0, le=1,
     )
     max_samples: int | None = Field(default=None, description="Evaluate on at most this many eval rows.", ge=1)
+    economics: EconomicsSpec | None = Field(
+        default=None, description="Prices and traffic: the report adds the cost per 1M requests of teacher, student "
+        "and cascade, the cost ratio, the monthly saving and the job's payback period.")
 
 
 class OutputSpec(ApiModel):
@@ -807,6 +864,11 @@ class JobResults(ApiModel):
         "for a StudentDeployment whose router uses another signal than max-probability.",
     )
     escalation_rate: float | None = Field(default=None, description="Share escalated at the recommended threshold.")
+    cost_ratio: float | None = Field(
+        default=None, description="Teacher-only cost per request over the cascade's at the recommended threshold "
+        "(evaluation.economics; e.g. 12 = twelve times cheaper).")
+    payback_days: float | None = Field(
+        default=None, description="Days of the stated traffic whose saving pays for the job (evaluation.economics).")
     gate_passed: bool | None = Field(default=None, description="Whether the evaluation gate passed.")
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")

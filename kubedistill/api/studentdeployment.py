@@ -235,6 +235,26 @@ class ServiceSpec(ApiModel):
         return self
 
 
+class LiveStatusSpec(ApiModel):
+    """What the routers see, in status.live: the operator reads each ready router pod's /metrics at an interval
+    (its `--live-status-seconds`) and compares the live figures with the job's evaluation."""
+
+    enabled: bool = Field(
+        default=True, description="Read the routers' metrics into status.live and set the conditions "
+        "EscalationAboveExpected and AgreementBelowExpected. kopf then keeps its finalizer on the resource (the "
+        "operator stops the refresh before deletion completes); false: neither.")
+    escalation_margin: float = Field(
+        default=0.05, description="EscalationAboveExpected turns True when the live share escalated exceeds the "
+        "job's expected share (its frontier at the recommended threshold) by more than this (absolute, 0-1).",
+        ge=0, le=1)
+    agreement_margin: float = Field(
+        default=0.05, description="AgreementBelowExpected turns True when the live shadow agreement falls below the "
+        "job's measured agreement by more than this (absolute, 0-1).", ge=0, le=1)
+    min_instances: int = Field(
+        default=50, description="Fewest routed (or shadow-compared) instances in a refresh window for a condition "
+        "to be decided from it; fewer leave it as it was.", ge=1, le=1_000_000)
+
+
 class StudentDeploymentSpec(ApiModel):
     """Serve a distilled student behind a confidence router."""
 
@@ -255,6 +275,8 @@ class StudentDeploymentSpec(ApiModel):
     triton: TritonSpec = Field(default_factory=TritonSpec, description="Triton Inference Server.")
     router: RouterSpec = Field(default_factory=RouterSpec, description="The confidence router sidecar.")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service.")
+    live_status: LiveStatusSpec = Field(default_factory=LiveStatusSpec,
+                                        description="The routers' live figures in status, and their conditions.")
 
     @model_validator(mode="after")
     def _replicas_in_bounds(self) -> StudentDeploymentSpec:
@@ -263,6 +285,27 @@ class StudentDeploymentSpec(ApiModel):
                 f"replicas ({self.replicas}) must not exceed autoscaling.maxReplicas ({self.autoscaling.max_replicas})"
             )
         return self
+
+
+class LiveFigures(ApiModel):
+    """What the routers saw in the last refresh window (all ready router pods together)."""
+
+    pods: int | None = Field(default=None, description="Router pods read in this window.", ge=0)
+    requests_per_second: float | None = Field(default=None, description="Predict requests per second.", ge=0)
+    escalation_share: float | None = Field(default=None, description="Share of routed instances escalated to the "
+                                           "teacher (null: none routed in the window).", ge=0, le=1)
+    shadow_agreement: float | None = Field(default=None, description="Share of shadow-compared instances where "
+                                           "student and teacher agreed (null: none compared).", ge=0, le=1)
+    p95_latency_ms: float | None = Field(default=None, description="95th percentile of the router's request "
+                                         "latency, milliseconds (from its histogram's buckets).", ge=0)
+    teacher_errors_per_second: float | None = Field(default=None, description="Failed teacher calls per second.",
+                                                    ge=0)
+    expected_escalation_share: float | None = Field(default=None, description="The job's frontier at the "
+                                                    "recommended threshold (status.results.escalationRate).")
+    expected_agreement: float | None = Field(default=None, description="The job's measured agreement "
+                                             "(status.results.agreement).")
+    unreachable: list[str] | None = Field(default=None, description="Ready router pods whose /metrics could not be "
+                                          "read, with why.", max_length=16)
 
 
 class StudentDeploymentStatus(ApiModel):
@@ -282,6 +325,7 @@ class StudentDeploymentStatus(ApiModel):
     threshold: float | None = Field(default=None, description="Routing threshold in use.")
     deployment_name: str | None = Field(default=None, description="Name of the Deployment.")
     service_name: str | None = Field(default=None, description="Name of the Service.")
+    live: LiveFigures | None = Field(default=None, description="What the routers see (spec.liveStatus).")
 
 
 class StudentDeployment(ApiModel):

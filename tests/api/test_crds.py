@@ -212,6 +212,16 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
      "maxNewTokens"),
     ("cross-tokenizer", "DistillationJob", [("spec.distillation.crossTokenizer", "byte-align")], "crossTokenizer"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
+    ("economics-two-teacher-prices", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerHour": 1.0, "teacherPricePerMillionInputTokens": 1.0,
+                                     "teacherPricePerMillionOutputTokens": 2.0})], "teacherPricePerHour"),
+    ("economics-half-a-token-price", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerMillionInputTokens": 1.0})], "teacherPricePerMillionInputTokens"),
+    ("economics-utilization", "DistillationJob", [("spec.evaluation.economics", {"utilization": 0})], "utilization"),
+    ("economics-traffic", "DistillationJob", [("spec.evaluation.economics", {"requestsPerDay": 0})],
+     "requestsPerDay"),
+    ("live-margin", "StudentDeployment", [("spec.liveStatus", {"escalationMargin": 1.5})], "escalationMargin"),
+    ("live-min-instances", "StudentDeployment", [("spec.liveStatus", {"minInstances": 0})], "minInstances"),
 ]
 
 

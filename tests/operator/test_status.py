@@ -78,6 +78,15 @@ def test_success_with_results_and_gate_passed():
     assert conditions["Succeeded"]["status"] == "True" and "0.9710" in conditions["Succeeded"]["message"]
     assert conditions["GatePassed"]["status"] == "True"
     assert conditions["Running"]["status"] == "False"
+    assert "cost ratio" not in conditions["Succeeded"]["message"]  # no evaluation.economics
+
+
+def test_success_message_carries_the_economics_headline():
+    results = {"gatePassed": True, "retention": 0.971, "artifactUri": "pvc://m/j/model_repository",
+               "costRatio": 11.62, "paybackDays": 0.35}
+    update = job_status(dj({"results": results}), ray_job("Complete", "SUCCEEDED"), NOW)
+    message = {c["type"]: c for c in update.conditions}["Succeeded"]["message"]
+    assert "cost ratio 11.62x" in message and "payback 0.35 days" in message
 
 
 def test_gate_not_met_fails_the_job_and_says_by_how_much():

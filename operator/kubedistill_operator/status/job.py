@@ -169,6 +169,8 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
         else:
             reason = "Succeeded"
             parts = [f"retention {results.retention:.4f}" if results.retention is not None else None,
+                     f"cost ratio {results.cost_ratio:g}x" if results.cost_ratio is not None else None,
+                     f"payback {results.payback_days:g} days" if results.payback_days is not None else None,
                      f"artifact {results.artifact_uri}" if results.artifact_uri else None]
             message = ", ".join(p for p in parts if p) or "the pipeline succeeded"
     elif phase == "Failed":
