@@ -15,6 +15,7 @@ from kubedistill_jobs.storage import resolve_output
 from kubedistill.api.distillationjob import DistillationJob
 from kubedistill.artifacts import OutputLayout
 from kubedistill.errors import InputError
+from kubedistill.report import job_results, load_report
 
 from .conftest import job_manifest
 
@@ -99,8 +100,6 @@ def test_teacher_answers_are_greedy_and_their_sorted_probabilities_line_up(tiny_
 @pytest.mark.slow
 def test_a_pipeline_with_another_tokenizer_distils_through_the_teachers_answers_and_says_so(
         ray_local, tmp_path, tiny_models):
-    from kubedistill_jobs.evaluate import _cross_tokenizer
-
     from .test_pipeline import Recorder
 
     words = ["good", "bad", "movie", "day", "was", "very", "the", "a"]
@@ -109,10 +108,10 @@ def test_a_pipeline_with_another_tokenizer_distils_through_the_teachers_answers_
     manifest = _lm_manifest(tmp_path, tiny_models, tmp_path / "lm.txt",
                             distillation={"topK": 4, "crossTokenizer": "uld", "alpha": 0.5,
                                           "sampling": {"maxNewTokens": 6}},
-                            training={"maxSteps": 4, "epochs": None, "batchSize": 8})
+                            training={"maxSteps": 4, "epochs": None, "batchSize": 8},
+                            evaluation={"metrics": ["perplexity"], "gate": {"minRetention": None}})
     job = DistillationJob.model_validate(manifest)
-    result = Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name),
-                      display=Recorder()).run(stop_after="train")
+    result = Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=Recorder()).run()
     layout = OutputLayout(tmp_path / "out")
     marker = result.stages["soft-targets"]
     assert marker["cross_tokenizer"] == "uld" and "tokenizers differ" in marker["summary"]
@@ -127,7 +126,10 @@ def test_a_pipeline_with_another_tokenizer_distils_through_the_teachers_answers_
     assert np.isfinite(history[-1]["train_loss"]) and history[-1]["soft_loss"] > 0  # the ULD term trained
     train_report = json.loads(layout.train_report.read_text())
     assert train_report["cross_tokenizer"] == "uld"
-    # what the evaluation puts into report.json, and from there into status.results
-    found = _cross_tokenizer(layout)
-    assert found is not None and found.method == "uld" and "logit KD needs a shared vocabulary" in found.note
-    assert found.student_vocabulary != found.teacher_vocabulary
+    # the evaluation's report.json and report.md say so, and from there status.results
+    report = load_report(layout.report_json.read_text())
+    assert report.cross_tokenizer is not None and report.cross_tokenizer.method == "uld"
+    assert "logit KD needs a shared vocabulary" in report.cross_tokenizer.note
+    assert report.cross_tokenizer.student_vocabulary != report.cross_tokenizer.teacher_vocabulary
+    assert "Cross-tokenizer (uld)" in layout.report_md.read_text()
+    assert job_results(report, "file:///tmp/out").cross_tokenizer == "uld"
