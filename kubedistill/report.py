@@ -165,6 +165,16 @@ class GenerationEval(_Keys):
     examples: list[GenerationExample] = Field(default_factory=list, description="The first few prompts' answers.")
 
 
+class CrossTokenizer(_Keys):
+    """How a causal-LM student with another tokenizer than the teacher's was taught (no logit KD possible)."""
+
+    method: Literal["sequence-kd", "uld"] = Field(description="`sequence-kd`: the teacher's greedy answers as "
+                                                  "hard tokens; `uld`: plus Universal Logit Distillation.")
+    note: str = Field(description="What happened, in a sentence.")
+    teacher_vocabulary: int = Field(description="Tokens of the teacher's tokenizer.")
+    student_vocabulary: int = Field(description="Tokens of the student's tokenizer.")
+
+
 class CostFigure(_Keys):
     """One economic figure and where it came from: `inputs` are evaluation.economics fields (camelCase, as in the
     spec), `measured` are what this job measured (names of Economics.measured). `value` is null when an input is
@@ -262,6 +272,9 @@ class Report(_Keys):
         default=None, description="dataset.capture: the new student against the serving one on captured traffic.")
     ensemble: Ensemble | None = Field(default=None, description="Several teachers: each one's quality and the "
                                       "combination's (the report's teacher is the combination).")
+    cross_tokenizer: CrossTokenizer | None = Field(
+        default=None, description="Set when teacher and student tokenizers differ: the method used instead of "
+        "logit KD.")
     generation_routing: Routing | None = Field(
         default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "
         "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "
@@ -334,6 +347,7 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         report_uri=report_uri(output_uri),
         model_version=report.model_version,
         capture_gain=None if report.capture is None else round(report.capture.gain, 4),
+        cross_tokenizer=report.cross_tokenizer.method if report.cross_tokenizer else None,
     )
 
 

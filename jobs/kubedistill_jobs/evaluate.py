@@ -20,6 +20,7 @@ from kubedistill.api.distillationjob import DistillationJobSpec, Metric
 from kubedistill.artifacts import STAGES, OutputLayout
 from kubedistill.report import (
     CaptureComparison,
+    CrossTokenizer,
     Ensemble,
     Gate,
     GenerationEval,
@@ -206,12 +207,23 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         quality_reference=quality.reference,
         quantization_accuracy_drop=quality.quantization_accuracy_drop,
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
-        generation_routing=generation,
+        generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
         primary=primary if task == "causal-lm" else None,
         generation=answered.report if task == "causal-lm" and same_tokens else None,
     )
     report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
     return _finish(report, layout, progress, total)
+
+
+def _cross_tokenizer(layout: OutputLayout) -> CrossTokenizer | None:
+    """What the soft-targets stage recorded when the student's tokenizer is not the teacher's."""
+    from kubedistill_jobs import soft_targets
+
+    meta = soft_targets.read_meta(layout.soft_targets) or {}
+    if not meta.get("cross_tokenizer"):
+        return None
+    return CrossTokenizer(method=meta["cross_tokenizer"], note=meta["note"],
+                          teacher_vocabulary=meta["teacher_vocabulary"], student_vocabulary=meta["student_vocabulary"])
 
 
 @dataclass

@@ -10,6 +10,10 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill_jobs import losses, models, soft_targets
 
+# cross-tokenizer `uld`: the teacher's sorted probabilities per answer position, its answers' lengths in its own
+# tokens, and where each answer starts in the student's (see kubedistill_jobs.cross_tokenizer)
+ULD_KEYS = ("sorted_probs", "answer_tokens", "answer_start")
+
 
 def classification_arrays(tokenizer: Any, rows: list[dict], max_length: int) -> dict[str, np.ndarray]:
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length,
@@ -19,8 +23,27 @@ def classification_arrays(tokenizer: Any, rows: list[dict], max_length: int) -> 
             "attention_mask": encoded["attention_mask"].astype(np.int8), "labels": labels}
 
 
+def prompt_arrays(tokenizer: Any, rows: list[dict], max_length: int, max_new_tokens: int) -> dict[str, np.ndarray]:
+    """What the student answers in on-policy batches: each row's `prompt` where it has one (rows a teacher
+    answered), else its text, cut to leave `max_new_tokens` of `max_length` for the answer (at least one token
+    of prompt). `prompt_ids`, `prompt_mask (N, max_length - max_new_tokens)`, right-padded."""
+    room = max(1, max_length - max_new_tokens)
+    encoded = tokenizer([r.get("prompt") or r["text"] for r in rows], truncation=True, max_length=room,
+                        padding="max_length", return_tensors="np")
+    return {"prompt_ids": encoded["input_ids"].astype(np.int32),
+            "prompt_mask": encoded["attention_mask"].astype(np.int8)}
+
+
 def train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
-    """Training split as arrays, with the cached teacher outputs aligned row by row (cached mode)."""
+    """Training split as arrays, with the cached teacher outputs aligned row by row (cached mode), and the
+    prompts on-policy batches answer (`prompt_arrays`, when distillation.onPolicy > 0)."""
+    arrays = _train_arrays(spec, tokenizer, rows, cache)
+    if spec.distillation.on_policy > 0:
+        arrays.update(prompt_arrays(tokenizer, rows, spec.task.max_length, spec.distillation.sampling.max_new_tokens))
+    return arrays
+
+
+def _train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
     cached = spec.distillation.teacher_mode == "cached" and soft_targets.exists(cache)
     if spec.task.type == "sequence-classification":
         arrays = classification_arrays(tokenizer, rows, spec.task.max_length)
@@ -32,8 +55,15 @@ def train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], ca
             if spec.distillation.hidden_states.enabled:
                 arrays["features"] = stored["features"].astype(np.float32)
         return arrays
-    if cached:  # the exact tokens the teacher saw
-        stored, _ = soft_targets.read(cache)
+    if cached:
+        stored, meta = soft_targets.read(cache)
+        if meta.get("cross_tokenizer"):  # the teacher's answers, in the student's own tokens
+            arrays = soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
+            if meta["rows"] != len(rows):
+                raise ValueError(f"soft targets cache holds {meta['rows']} rows, the training split {len(rows)}")
+            arrays.update({k: stored[k] for k in ULD_KEYS if k in stored})
+            return arrays
+        # the exact tokens the teacher saw
         return {k: stored[k] for k in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
 

@@ -139,6 +139,31 @@ def shared_vocab_logits(logits: Tensor, vocab_size: int | None) -> Tensor:
     return logits[..., :vocab_size]
 
 
+def uld_loss(student_logits: Tensor, teacher_sorted_probs: Tensor, *, temperature: float = 1.0,
+             mask: Tensor | None = None) -> Tensor:
+    """Universal Logit Distillation (Boizard et al., 2024): the L1 distance between the two token
+    distributions each sorted by probability, which needs no shared vocabulary. A scalar, the mean over the
+    positions in `mask (...)`.
+
+    student_logits `(..., V_s)`, taken at temperature T; teacher_sorted_probs `(..., k)`: the teacher's k
+    largest probabilities (at T) in decreasing order. The shorter side is padded with zeros: the teacher's
+    mass past its k cached tokens counts as 0 (exact when k covers its vocabulary), so with k < V_s the
+    distance is Σ_{i<k} |s_(i) − t_(i)| + Σ_{i≥k} s_(i), s_(i) the student's i-th largest probability.
+    """
+    k = teacher_sorted_probs.shape[-1]
+    student = F.softmax(student_logits.float() / temperature, dim=-1)
+    vocab = student.shape[-1]
+    teacher = teacher_sorted_probs.float()
+    if k >= vocab:
+        top = student.sort(dim=-1, descending=True).values
+        top = F.pad(top, (0, k - vocab))
+        per_position = (top - teacher).abs().sum(-1)
+    else:
+        top = student.topk(k, dim=-1).values
+        per_position = (top - teacher).abs().sum(-1) + (1.0 - top.sum(-1)).clamp_min(0.0)
+    return _masked_mean(per_position, mask)
+
+
 def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy with the gold labels: logits `(..., V)`, labels `(...)` (ignore_index skipped); 0 if none."""
     flat_labels = labels.reshape(-1)

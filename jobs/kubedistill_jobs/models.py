@@ -96,20 +96,6 @@ def load_tokenizer(source: str, gguf_file: str | None = None) -> Any:
     return tokenizer
 
 
-def check_shared_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any, field: str) -> None:
-    """Token-level distillation compares distributions over the vocabulary: both must use the same one."""
-    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if student_vocab == teacher_vocab:
-        return
-    differing = sum(1 for token, i in teacher_vocab.items() if student_vocab.get(token) != i)
-    raise ModelError(
-        f"{field}: the student's tokenizer differs from the teacher's (vocabulary {len(student_vocab)} vs "
-        f"{len(teacher_vocab)} tokens, {differing} teacher tokens missing or renumbered); distilling token "
-        "logits needs a shared vocabulary: use student.architecture or student.fromTeacher, or a pretrained "
-        "student of the teacher's family"
-    )
-
-
 # RoBERTa-style position tables start after the padding index: `pad_token_id + 1` rows are no positions.
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")

@@ -12,7 +12,7 @@ from typing import Any
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.artifacts import OutputLayout
 from kubedistill.errors import InputError
-from kubedistill_jobs import models
+from kubedistill_jobs import cross_tokenizer, models
 
 
 class PreflightError(InputError):
@@ -30,9 +30,10 @@ def check_spec(spec: DistillationJobSpec, workers: int) -> None:
 
 
 def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
-    """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary; and
-    what the models must agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the
-    student's, when it has its own) and where each model is."""
+    """Teacher and student exist; a causal-lm student with another tokenizer gets a method that needs no shared
+    vocabulary (`cross_tokenizer`, refused where the spec needs one); k ≤ vocabulary; and what the models must
+    agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the student's, when it has its
+    own), where each model is, and `cross_tokenizer` (None, or the method used instead of logit KD)."""
     if spec.teacher is None:
         return _check_teachers(spec, layout)
     if spec.teacher.endpoint is not None:
@@ -54,8 +55,8 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     if spec.student.uri is not None:
         found["student_source"], student_tokenizer = _student_tokenizer(spec.student.uri, layout)
         found["student_tokenizer"] = student_tokenizer
-        if spec.task.type == "causal-lm":
-            models.check_shared_vocabulary(student_tokenizer, teacher_tokenizer, "student.uri")
+        if spec.task.type == "causal-lm":  # another tokenizer: a method that needs no shared vocabulary
+            found["cross_tokenizer"] = cross_tokenizer.choose_method(spec, found)
     if spec.task.type == "causal-lm":
         vocab = len(teacher_tokenizer)
         if spec.distillation.top_k > vocab:
@@ -145,8 +146,9 @@ def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any], configs
     if spec.task.type != "causal-lm":
         return
     tokenizer = found.get("teacher_tokenizer") if "teacher_source" in found else found.get("student_tokenizer")
-    tokens = len(tokenizer)
     for role, (field, config) in configs.items():
+        # a student.uri reads its own tokenizer's ids (the same as the teacher's, or another: crossTokenizer)
+        tokens = len(found["student_tokenizer"] if role == "student" else tokenizer)
         rows = models.embedding_rows(config)
         if rows is not None and rows < tokens:
             raise PreflightError(

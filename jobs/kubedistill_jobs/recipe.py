@@ -53,9 +53,16 @@ class LoopConfig:
     # causal-lm: the tokenizer's size, the token range teacher and student share (their logits may be padded)
     vocab_size: int | None
     eval_batch_size: int = 64  # the per-epoch evaluation's batch (not in the spec: it changes no result)
+    # on-policy batches (causal-lm): their share, the student's sampling, and the tokens that end and pad a sample
+    on_policy: float = 0.0
+    max_new_tokens: int = 32
+    sample_temperature: float = 1.0
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
 
     @classmethod
-    def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None, vocab_size: int | None) -> LoopConfig:
+    def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None, vocab_size: int | None,
+                  eos_token_id: int | None = None, pad_token_id: int | None = None) -> LoopConfig:
         d, t = spec.distillation, spec.training
         return cls(
             task=spec.task.type, loss=d.loss, temperature=d.temperature, alpha=d.alpha, beta=d.beta,
@@ -63,8 +70,14 @@ class LoopConfig:
             epochs=t.resolved_epochs, max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
             weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed,
             checkpoint_every=t.checkpoint_every_steps, mixed_precision=t.mixed_precision, teacher_dir=teacher_dir,
-            vocab_size=vocab_size,
+            vocab_size=vocab_size, on_policy=d.on_policy, max_new_tokens=d.sampling.max_new_tokens,
+            sample_temperature=d.sampling.temperature, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         )
+
+    def on_policy_step(self, step: int) -> bool:
+        """Whether `step` is an on-policy batch: a draw seeded by (seed, step), so every worker agrees and a
+        resumed run repeats the same choices; on average `on_policy` of the steps."""
+        return self.on_policy > 0 and float(np.random.default_rng([self.seed, step]).random()) < self.on_policy
 
     def total_steps(self, n_train: int) -> int:
         return self.max_steps or (self.epochs or 1) * steps_per_epoch(n_train, self.batch_size)
@@ -176,7 +189,8 @@ class DistillationRecipe:
         self.projection = None
         if cfg.hidden_states:
             self.projection = losses.HiddenStateProjection(init["student_hidden"], init["teacher_hidden"]).to(device)
-        self.teacher = _load_teacher(cfg, device) if cfg.teacher_mode == "online" and cfg.alpha > 0 else None
+        online = cfg.teacher_mode == "online" and (cfg.alpha > 0 or cfg.on_policy > 0)
+        self.teacher = _load_teacher(cfg, device) if online else None
         if self.teacher is None and cfg.hidden_states and cfg.task != "sequence-classification":
             self.teacher = _load_teacher(cfg, device)  # token-level hidden states are never cached
 
@@ -224,14 +238,33 @@ class DistillationRecipe:
         per_worker = max(1, cfg.batch_size // self.world)
         return order[within * cfg.batch_size:(within + 1) * cfg.batch_size][self.rank::self.world][:per_worker]
 
+    def sample_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """An on-policy batch: the student's own answers to the batch's prompts (`prompt_ids`, `prompt_mask`
+        (B, P), right-padded), as `input_ids` / `attention_mask` (B, L) right-padded with `loss_mask` (B, L-1)
+        True where position t predicts a sampled token (the end-of-sequence token included, what follows it
+        not). See `sampling.sample_answers`."""
+        from kubedistill_jobs import sampling
+
+        cfg = self.cfg
+        if self.teacher is None:
+            raise RuntimeError("distillation.onPolicy: on-policy batches need the online teacher to score samples")
+        return sampling.sample_answers(
+            self.core, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.sample_temperature, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
+            vocab_size=cfg.vocab_size,
+        )
+
     def loss_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Forward the student (and an online teacher) on one batch; the loss and its parts (B batch rows,
-        L tokens, C classes, V vocabulary, K cached top-k, H hidden size)."""
+        L tokens, C classes, V vocabulary, K cached top-k, H hidden size). A batch with `loss_mask` is the
+        student's own samples (`sample_batch`): only the divergence from the teacher on the sampled tokens
+        counts there (GKD), no hard term."""
         import torch
 
         from kubedistill_jobs import losses
 
         cfg = self.cfg
+        sampled = "loss_mask" in batch
         ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()  # (B, L)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=cfg.hidden_states)
         teacher_out = None
@@ -249,6 +282,8 @@ class DistillationRecipe:
             logits = losses.shared_vocab_logits(out.logits[:, :-1], cfg.vocab_size)  # (B, L-1, V)
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, losses.IGNORE_INDEX)  # (B, L-1)
             token_mask = mask[:, 1:].bool()  # (B, L-1)
+            if sampled:  # the student's own tokens are no gold labels
+                labels, token_mask = None, batch["loss_mask"].bool()
             if teacher_out is not None:
                 teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, :-1], cfg.vocab_size)  # (B, L-1, V)
             elif "topk_values" in batch:  # (B, L-1, K) values and their vocabulary indices
@@ -257,17 +292,47 @@ class DistillationRecipe:
                 teacher_logits = None
             if cfg.hidden_states:  # every token's state, (B, L, H)
                 student_h, teacher_h = out.hidden_states[-1], teacher_out.hidden_states[-1]
-        parts = losses.distillation_loss(
-            logits, teacher_logits, labels, loss=cfg.loss, temperature=cfg.temperature, alpha=cfg.alpha,
-            beta=cfg.beta, teacher_topk_indices=topk_indices, mask=token_mask,
-        )
+        if "sorted_probs" in batch:  # another tokenizer than the teacher's: ULD on the aligned answer positions
+            parts = self.uld_parts(batch, logits, labels)
+        else:
+            parts = losses.distillation_loss(
+                logits, teacher_logits, labels, loss=cfg.loss, temperature=cfg.temperature,
+                alpha=1.0 if sampled else cfg.alpha, beta=cfg.beta, teacher_topk_indices=topk_indices,
+                mask=token_mask,
+            )
         del teacher_out, teacher_logits  # the teacher's (B, L, V) logits are not needed for the backward pass
         result = {"loss": parts.total, "soft_loss": parts.soft.detach(), "hard_loss": parts.hard.detach()}
+        if cfg.on_policy > 0:  # epoch means: the share of on-policy batches, and the tokens sampled per batch
+            result["on_policy"] = float(sampled)
+            result["sampled_tokens"] = float(token_mask.sum()) if sampled and token_mask is not None else 0.0
         if cfg.hidden_states and self.projection is not None:
             hidden = losses.hidden_state_loss(self.projection, student_h, teacher_h, token_mask)
             result["loss"] = result["loss"] + cfg.hidden_weight * hidden
             result["hidden_loss"] = hidden.detach()
         return result
+
+    def uld_parts(self, batch: dict[str, Any], logits: Any, labels: Any) -> Any:
+        """alpha · ULD + (1 − alpha) · CE for the teacher's answers in the student's tokens. The student's
+        prediction of its j-th answer token (position answer_start − 1 + j of `logits (B, L-1, V)`) is compared
+        with the teacher's distribution over its own j-th answer token (`sorted_probs (B, A, k)`), for j below
+        both answers' lengths (`answer_tokens (B,)` in the teacher's tokens, the labelled positions in the
+        student's)."""
+        import torch
+
+        from kubedistill_jobs import losses
+
+        cfg = self.cfg
+        teacher = batch["sorted_probs"]  # (B, A, k)
+        width = teacher.shape[1]
+        steps = torch.arange(width, device=logits.device)
+        positions = batch["answer_start"].long()[:, None] - 1 + steps[None, :]  # (B, A)
+        inside = (positions >= 0) & (positions < logits.shape[1]) & (steps[None, :] < batch["answer_tokens"][:, None])
+        positions = positions.clamp(0, logits.shape[1] - 1)
+        inside &= labels.gather(1, positions) != losses.IGNORE_INDEX  # the student's answer is that long too
+        aligned = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, A, V)
+        soft = losses.uld_loss(aligned, teacher, temperature=cfg.temperature, mask=inside)
+        hard = losses.hard_loss(logits, labels)
+        return losses.LossParts(cfg.alpha * soft + (1.0 - cfg.alpha) * hard, soft, hard)
 
     def optimizer_step(self, loss: Any) -> None:
         """Backward, clip the gradient norm to 1, step the optimiser and the schedule (a GradScaler for fp16)."""
@@ -322,6 +387,8 @@ class DistillationRecipe:
                 step_hook(self.step, self.rank, self.world)
             batch = _batch(train_data, self.batch_rows(), self.device)
             with self.autocast:
+                if cfg.on_policy_step(self.step):
+                    batch = self.sample_batch(batch)
                 parts = self.loss_step(batch)
             self.optimizer_step(parts["loss"])
             for key, value in parts.items():

@@ -274,6 +274,8 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
                   f"{_fmt(m.metrics.get('agreement'))} |" for m in report.ensemble.members]
         lines += [f"| combination ({report.ensemble.combination}) | | 1 | "
                   f"{_fmt(report.ensemble.metrics.get('accuracy'))} | 1 |", ""]
+    if report.cross_tokenizer is not None:
+        lines += [f"Cross-tokenizer ({report.cross_tokenizer.method}): {report.cross_tokenizer.note}.", ""]
     generation = report.teacher_generation
     if generation is not None:
         versus = (f"{_fmt(generation.accuracy)} accuracy against gold, majority class "

@@ -33,6 +33,11 @@ def exists(folder: Path) -> bool:
     return (folder / "meta.json").is_file()
 
 
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """`meta.json` alone (no arrays loaded), or None when there is no cache."""
+    return json.loads((folder / "meta.json").read_text()) if exists(folder) else None
+
+
 def read(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {p.stem: np.load(p) for p in folder.glob("*.npy")}

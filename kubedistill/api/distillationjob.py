@@ -39,6 +39,7 @@ HTTP_URL_PATTERN = r"^https?://\S+$"
 TaskType = Literal["sequence-classification", "causal-lm"]
 LossType = Literal["forward-kl", "reverse-kl", "jsd"]
 TeacherMode = Literal["cached", "online"]
+CrossTokenizer = Literal["sequence-kd", "uld"]
 EndpointApi = Literal["chat", "completions"]
 LabelEncoding = Literal["name", "index"]
 Quantization = Literal["none", "int8", "int4"]
@@ -509,6 +510,19 @@ class SequenceLevelSpec(ApiModel):
         return self
 
 
+class StudentSampling(ApiModel):
+    """How the student samples its own answers in on-policy batches (`distillation.onPolicy`)."""
+
+    max_new_tokens: int = Field(
+        default=32, description="Tokens the student generates per prompt (fewer when task.maxLength leaves less "
+        "room after the prompt).", ge=1, le=4096,
+    )
+    temperature: float = Field(
+        default=1.0, description="Sampling temperature; 0 is greedy. 1 samples the student's own distribution, "
+        "as GKD does.", ge=0, le=10,
+    )
+
+
 class DistillationSpec(ApiModel):
     """The distillation objective."""
 
@@ -552,6 +566,25 @@ class DistillationSpec(ApiModel):
         default=None,
         description="Causal-lm with teacher.uri: the teacher answers the training prompts and the student learns "
         "its answers (with its top-k soft targets) instead of the dataset's texts.",
+    )
+    on_policy: float = Field(
+        default=0.0,
+        description="Share of training batches that are on-policy (GKD's lambda, Agarwal et al. 2024): the "
+        "student samples answers to the batch's prompts, the teacher scores them token by token and the student "
+        "minimises `loss` on its own samples; the other batches are off-policy. causal-lm with a local teacher "
+        "(teacher.uri) in teacherMode online.",
+        ge=0,
+        le=1,
+    )
+    sampling: StudentSampling = Field(
+        default_factory=StudentSampling, description="How the student samples in on-policy batches."
+    )
+    cross_tokenizer: CrossTokenizer = Field(
+        default="sequence-kd",
+        description="causal-lm, when student.uri does not share the teacher's tokenizer (logit KD needs one "
+        "vocabulary): `sequence-kd` trains the student on the teacher's greedy answers to the training prompts "
+        "(hard tokens), `uld` adds Universal Logit Distillation (Boizard et al. 2024): the L1 distance between "
+        "the sorted token distributions of both, aligned by answer position, weighted by `alpha`.",
     )
 
 
@@ -918,6 +951,23 @@ class DistillationJobSpec(ApiModel):
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
+                "self.distillation.onPolicy == 0.0 || self.task.type == 'causal-lm'",
+                "distillation.onPolicy: on-policy batches sample answers, which needs task.type causal-lm",
+                ".distillation.onPolicy",
+            ),
+            cel(
+                "self.distillation.onPolicy == 0.0 || !has(self.teacher) || !has(self.teacher.endpoint)",
+                "distillation.onPolicy: the teacher must score the student's own samples token by token, which an "
+                "endpoint teacher (teacher.endpoint) cannot: use a local teacher.uri, or onPolicy 0",
+                ".distillation.onPolicy",
+            ),
+            cel(
+                "self.distillation.onPolicy == 0.0 || self.distillation.teacherMode == 'online'",
+                "distillation.onPolicy needs distillation.teacherMode online: the teacher scores the student's "
+                "samples in every step, which no cache holds",
+                ".distillation.teacherMode",
+            ),
+            cel(
                 "!has(self.teacher) || ("
                 "!has(self.student.fromTeacher) || has(self.teacher.uri) || has(self.teacher.jobRef)"
                 ")",
@@ -1012,6 +1062,7 @@ class DistillationJobSpec(ApiModel):
                 "task.type sequence-classification"
             )
         self._check_prompt()
+        self._check_on_policy()
         if endpoint and self.distillation.teacher_mode != "cached":
             raise ValueError("distillation.teacherMode: an endpoint teacher can only be used in cached mode")
         if endpoint and self.task.type == "causal-lm" and self.distillation.top_k > 20:
@@ -1095,6 +1146,24 @@ class DistillationJobSpec(ApiModel):
             raise ValueError(f"evaluation.metrics: {', '.join(listed)} need a teacher that generates locally "
                              "(teacher.uri); with teacher.endpoint use perplexity")
 
+    def _check_on_policy(self) -> None:
+        if self.distillation.on_policy == 0:
+            return
+        if self.task.type != "causal-lm":
+            raise ValueError("distillation.onPolicy: on-policy batches sample answers, which needs task.type "
+                             "causal-lm; set onPolicy 0")
+        if self.teacher is not None and self.teacher.endpoint is not None:
+            raise ValueError(
+                "distillation.onPolicy: the teacher must score the student's own samples token by token, which an "
+                "endpoint teacher (teacher.endpoint) cannot (it returns logprobs of its own answers only): use a "
+                "local teacher.uri, or onPolicy 0"
+            )
+        if self.distillation.teacher_mode != "online":
+            raise ValueError(
+                "distillation.teacherMode: on-policy batches (distillation.onPolicy > 0) need the teacher to score "
+                "the student's samples in every step, which no cache holds: use teacherMode online, or onPolicy 0"
+            )
+
     def _check_prompt(self) -> None:
         assert self.teacher is not None
         prompt, endpoint = self.teacher.prompt, self.teacher.endpoint
@@ -1160,6 +1229,11 @@ class JobResults(ApiModel):
     model_version: str | None = Field(default=None, description="Version of the exported model (a run id).")
     capture_gain: float | None = Field(default=None, description="dataset.capture: the new student's agreement with "
                                        "the teacher on held-out captured traffic minus the serving student's.")
+    cross_tokenizer: CrossTokenizer | None = Field(
+        default=None, description="Set when the student's tokenizer differs from the teacher's: the method used "
+        "instead of logit KD (`sequence-kd`: the teacher's answers as text; `uld`: plus sorted-distribution "
+        "distillation).",
+    )
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> JobResults | None:

@@ -208,6 +208,17 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("preferred-not-positive", "StudentDeployment",
      [("spec.triton.dynamicBatching", {"preferredBatchSizes": [0, 8]})], "preferredBatchSizes"),
     ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
+    ("on-policy-share", "DistillationJob", [*CAUSAL, ("spec.distillation.onPolicy", 1.5)], "onPolicy"),
+    ("on-policy-classification", "DistillationJob",
+     [("spec.distillation.onPolicy", 0.5), ("spec.distillation.teacherMode", "online")], "onPolicy"),
+    ("on-policy-endpoint", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.distillation.onPolicy", 0.5)], "onPolicy"),
+    ("on-policy-cached", "DistillationJob",
+     [*CAUSAL, ("spec.distillation.onPolicy", 0.5), ("spec.compression.quantization", "int4")], "teacherMode"),
+    ("sampling-temperature", "DistillationJob", [("spec.distillation.sampling", {"temperature": -0.5})],
+     "temperature"),
+    ("sampling-max-new-tokens", "DistillationJob", [("spec.distillation.sampling", {"maxNewTokens": 0})],
+     "maxNewTokens"),
+    ("cross-tokenizer", "DistillationJob", [("spec.distillation.crossTokenizer", "byte-align")], "crossTokenizer"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
     ("from-teacher-no-layers", "DistillationJob", [("spec.student", {"fromTeacher": {"layers": []}})], "layers"),
     ("from-teacher-negative-layer", "DistillationJob", [("spec.student", {"fromTeacher": {"layers": [0, -1]}})],
@@ -333,3 +344,15 @@ def test_tiers_in_cascade_order_are_accepted_by_both():
     _set(doc, "spec.router.tiers", tiers)
     assert schema_errors(doc) == []
     assert [t.name for t in parse_resource(doc, "tiers").spec.router.tiers] == ["mid", "big"]
+
+
+def test_an_on_policy_job_with_a_local_online_teacher_is_accepted():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    for path, value in [*CAUSAL, ("spec.compression.quantization", "int4"), ("spec.distillation.teacherMode", "online"),
+                        ("spec.distillation.onPolicy", 0.5), ("spec.distillation.loss", "reverse-kl"),
+                        ("spec.distillation.sampling", {"maxNewTokens": 16, "temperature": 0})]:
+        _set(doc, path, value)
+    assert schema_errors(doc) == []
+    job = parse_resource(doc, "on-policy")
+    assert job.spec.distillation.on_policy == 0.5 and job.spec.distillation.sampling.temperature == 0
+    assert job.spec.distillation.cross_tokenizer == "sequence-kd"

@@ -60,10 +60,10 @@ def test_unknown_student_path(tmp_path, tiny_models, sentiment_data):
         preflight.check_models(job.spec, OutputLayout(tmp_path))
 
 
-def test_tokenizer_mismatch_is_refused(tmp_path, tiny_models, sentiment_data):
-    job = _lm(tmp_path, tiny_models, sentiment_data, student={"uri": str(tiny_models["llama-other"])})
-    with pytest.raises(models.ModelError, match=r"student\.uri: the student's tokenizer differs"):
-        preflight.check_models(job.spec, OutputLayout(tmp_path))
+def test_tokenizer_mismatch_falls_back_to_the_teachers_answers(tmp_path, tiny_models, sentiment_data):
+    job = _lm(tmp_path, tiny_models, sentiment_data, student={"uri": str(tiny_models["llama-other"])},
+              distillation={"topK": 4})
+    assert preflight.check_models(job.spec, OutputLayout(tmp_path))["cross_tokenizer"] == "sequence-kd"
 
 
 def test_shared_tokenizer_passes(tmp_path, tiny_models, sentiment_data):

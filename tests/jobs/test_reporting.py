@@ -21,7 +21,7 @@ from kubedistill_patches import merge_patch
 
 from kubedistill.api.distillationjob import DistillationJobStatus
 from kubedistill.api.load import ManifestError
-from kubedistill.report import Report
+from kubedistill.report import CrossTokenizer, Report
 from kubedistill.uris import UriError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +145,20 @@ def test_results_carry_the_threshold_of_every_signal():
     DistillationJobStatus.model_validate({"results": wire})
     older = results_patch(_report(None), "pvc://models/bbc")  # a report without per-signal sweeps
     assert older["recommendedThresholds"] == {"max-probability": 0.8}
+
+
+def test_results_say_when_a_student_of_another_tokenizer_was_taught_without_logit_kd():
+    from kubedistill_jobs.render import markdown
+
+    report = _report(None)
+    assert "crossTokenizer" not in results_patch(report, "pvc://models/x")  # logit KD: nothing to say
+    report = report.model_copy(update={"cross_tokenizer": CrossTokenizer(
+        method="sequence-kd", note="teacher and student tokenizers differ", teacher_vocabulary=49152,
+        student_vocabulary=32000)})
+    wire = results_patch(report, "pvc://models/x")
+    assert wire["crossTokenizer"] == "sequence-kd"
+    assert DistillationJobStatus.model_validate({"results": wire}).results.cross_tokenizer == "sequence-kd"
+    assert "Cross-tokenizer (sequence-kd): teacher and student tokenizers differ." in markdown(report, {})
 
 
 def test_input_errors_are_permanent_and_name_the_run(monkeypatch):

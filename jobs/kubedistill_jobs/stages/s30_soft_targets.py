@@ -24,6 +24,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
 
     spec, layout = context.spec, context.layout
     cache = layout.soft_targets
+    if context.found.get("cross_tokenizer"):
+        return _cross_tokenizer(context, context.found["cross_tokenizer"], progress)
     if spec.distillation.teacher_mode == "online":
         return {"mode": "online", "summary": "online mode: the teacher runs in every training step"}
     if soft_targets.exists(cache):  # written by the teacher stage from the same forward pass
@@ -115,6 +117,47 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
             "summary": f"{len(prompts)} prompts, {rows} teacher answers ({settings.sampling()['method']}), "
                        f"{generated} generated tokens with top-{settings.top_k} logprobs "
                        f"({generated / seconds:.0f} tokens/s)"}
+
+
+def _cross_tokenizer(context: Context, method: str, progress: Progress) -> dict[str, Any]:
+    """Another tokenizer than the teacher's (see kubedistill_jobs.cross_tokenizer): the teacher's greedy answers
+    to the training prompts become the training texts; `uld` also caches the teacher's sorted top-k token
+    probabilities per answer position (`sorted_probs`, `answer_tokens`) and where each answer starts in the
+    student's tokens (`answer_start`)."""
+    import torch
+
+    from kubedistill_jobs import cross_tokenizer, models
+
+    spec, layout = context.spec, context.layout
+    student_tokenizer, teacher_tokenizer = context.found["student_tokenizer"], context.found["teacher_tokenizer"]
+    note = cross_tokenizer.describe(method, len(teacher_tokenizer), len(student_tokenizer))
+    context.display.message(note)
+    model = models.load_saved_model(layout.teacher, spec.task.type)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = context.prompts()
+    started = time.monotonic()
+    uld = method == "uld"
+    out = cross_tokenizer.teacher_answers(
+        model, teacher_tokenizer, prompts, max_length=spec.task.max_length,
+        max_new_tokens=spec.distillation.sampling.max_new_tokens, top_k=spec.distillation.top_k if uld else None,
+        temperature=spec.distillation.temperature, progress=progress)
+    del model
+    rows = [{"text": prompt + answer, "prompt": prompt} for prompt, answer in zip(out["prompt"], out["answer"],
+                                                                                   strict=True)]
+    data.write_jsonl(rows, layout.data / GENERATED_TRAIN)
+    context.set_split(None)  # the training texts are now the teacher's answers
+    meta: dict[str, Any] = {"kind": method, "rows": len(rows), "cross_tokenizer": method, "note": note,
+                            "teacher_vocabulary": len(teacher_tokenizer), "student_vocabulary": len(student_tokenizer)}
+    arrays: dict[str, Any] = {}
+    if uld:
+        arrays = {"sorted_probs": out["sorted_probs"], "answer_tokens": out["answer_tokens"],
+                  "answer_start": cross_tokenizer.answer_starts(student_tokenizer, out["prompt"],
+                                                                spec.task.max_length)}
+        meta.update(k=int(out["sorted_probs"].shape[-1]), tokens=int(out["answer_tokens"].sum()))
+    soft_targets.write(layout.soft_targets, arrays, meta)
+    seconds = time.monotonic() - started
+    return {"mode": "cached", "rows": len(rows), "cross_tokenizer": method, "note": note,
+            "summary": f"{len(rows)} teacher answers in {seconds:.0f} s; {note}"}
 
 
 def summary(marker: dict[str, Any]) -> str:

@@ -48,7 +48,8 @@ def training_inputs(context: Context) -> TrainingInputs:
     del teacher_model, student
     return TrainingInputs(
         loop=LoopConfig.from_spec(spec, str(layout.teacher),
-                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None),
+                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         train_data=train_data,
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
@@ -88,6 +89,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         "workers": context.workers,
         "teacher_mode": spec.distillation.teacher_mode,
         "loss": spec.distillation.loss,
+        "on_policy": spec.distillation.on_policy,
+        "cross_tokenizer": context.found.get("cross_tokenizer"),  # None: logit KD over a shared vocabulary
     }
     layout.train_report.write_text(json.dumps(report, indent=2) + "\n")
     return {"steps": report["steps"], "student_params": prepared.student_params, "history": outcome.history,
