@@ -59,15 +59,15 @@ TARGETS = {"steady_state_s": 60.0, "peak_rss_mb": 150.0}
 
 
 def _harness_module() -> Any:
-    """tests/operator/harness.py (kmock's emulator with the API server's bookkeeping), loaded by path, once."""
-    if "kubedistill_harness" in sys.modules:
-        return sys.modules["kubedistill_harness"]
-    path = ROOT / "tests" / "operator" / "harness.py"
-    spec = importlib.util.spec_from_file_location("kubedistill_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
+    """tests/operator/harness.py (kmock's emulator with the API server's bookkeeping), loaded by path once, after
+    the test helper it imports (as tests/conftest.py loads them)."""
+    for name, file in (("kubedistill_patches", "patches.py"), ("kubedistill_harness", "operator/harness.py")):
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / file)
+            assert spec is not None and spec.loader is not None
+            module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
+            spec.loader.exec_module(module)
+    return sys.modules["kubedistill_harness"]
 
 
 def job(name: str) -> dict[str, Any]:
@@ -323,6 +323,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     second = Batch("b", max(1, args.jobs // 2), max(1, args.jobs // 10))
     with harness_module.OperatorHarness(workdir) as harness:
         cluster = Cluster(harness)
+        harness.create(harness_module.volume_claim("models"))  # the claim every job's pvc:// output names
         operator = Operator(harness.kubeconfig, workdir / "operator.log")
         operator.wait_serving()
         results: dict[str, Any] = {"jobs": first.jobs, "students": first.students, "burst": args.burst}

@@ -58,7 +58,6 @@ from kubedistill_operator.main import OperatorOptions, run_operator
 from kubedistill_patches import merge_patch
 
 HARNESS_AGENT = "kubedistill-test-harness"
-KEEP_REQUESTS = 64  # of kmock's own record of requests: more than are ever in flight at once
 T = TypeVar("T")
 
 # The examples' objects, as the operator tests create them.
@@ -142,8 +141,23 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+class _MatchOnlyThisRequest(kmock.RawHandler):
+    """kmock records every request it serves and finds the reactions for a new one by filtering all of them
+    for that very request (by identity): a request costs time in proportion to the requests before it, so
+    thousands of objects make each one take seconds, and the emulator, not the operator, sets the pace.
+    Matching runs synchronously right here (the emulator's own locks are taken before): with only this
+    request in the record it costs the same for the first request and the millionth. Nothing in the harness
+    reads kmock's record (the operator's calls are in `ApiServer.calls`)."""
+
+    __slots__ = ()
+
+    async def _handle(self, request: Any) -> Any:
+        self._requests[:] = [request]
+        return await super()._handle(request)
+
+
 @attrs.define(kw_only=True)
-class ApiServer(kmock.KubernetesEmulator):
+class ApiServer(kmock.KubernetesEmulator, _MatchOnlyThisRequest):
     """kmock's emulator plus the API server's bookkeeping and a record of the operator's requests."""
 
     calls: list[ApiCall] = attrs.field(factory=list)
@@ -215,11 +229,6 @@ class ApiServer(kmock.KubernetesEmulator):
                 meta["generation"] = int(stored.get("metadata", {}).get("generation") or 1) + 1
 
     async def _handle(self, request: Any) -> Any:
-        # kmock keeps every request it served and matches each new one against all of them (by identity, for
-        # its reactions): the cost of a request grows with the number served, and thousands of objects make it
-        # seconds. Only requests still being matched need to be there: keep the latest (in flight or not).
-        if len(self._requests) > 2 * KEEP_REQUESTS:
-            del self._requests[:-KEEP_REQUESTS]
         self._record(request)
         try:
             if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
