@@ -282,6 +282,9 @@ class StudentDeploymentStatus(ApiModel):
     threshold: float | None = Field(default=None, description="Routing threshold in use.")
     deployment_name: str | None = Field(default=None, description="Name of the Deployment.")
     service_name: str | None = Field(default=None, description="Name of the Service.")
+    autoscaler_name: str | None = Field(
+        default=None, description="Name of the HorizontalPodAutoscaler (while `autoscaling` is set)."
+    )
 
 
 class StudentDeployment(ApiModel):

@@ -47,6 +47,11 @@ def on_spec(resource: tuple[str, str, str], prefix: str,
     return register
 
 
+def _fail_job(memo: Any, namespace: str, name: str) -> None:
+    with counted(memo, JOB_KIND):
+        refresh_job(memo.ctx, namespace, name)
+
+
 def _namespaced(namespace: str | None) -> str:
     """Both resources and every child the operator watches are namespaced: kopf always gives a namespace."""
     if namespace is None:
@@ -74,12 +79,15 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
         reconcile_job(memo.ctx, dict(body))
 
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
-    # Every event of every job comes here: only those that act are counted as reconciliations.
+    # Every event of every job comes here and nearly none needs anything: async, so that the check runs on the
+    # loop at once. A sync handler waits for a free worker thread on every event; behind busy reconciles that
+    # wait outlasts kopf's consistency window (settings.persistence.consistency_timeout), after which kopf takes
+    # an event older than its own annotations patch (the job's status write during the create handler) for a
+    # new creation and runs the create handler again. Only those that act are counted as reconciliations.
     @kopf.on.event(*JOBS, id="job-failure", registry=registry)
-    def job_failure(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    async def job_failure(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
-            with counted(memo, JOB_KIND):
-                refresh_job(memo.ctx, _namespaced(namespace), name)
+            await memo.ctx.in_thread(_fail_job, memo, _namespaced(namespace), name)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)

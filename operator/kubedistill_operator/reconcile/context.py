@@ -70,21 +70,30 @@ class StatusWriter(Protocol):
 
 
 class ApiStatusWriter:
-    """Status written at once, read-modify-write: the freshest status is read, the update merged into it
-    (conditions by type) and merge-patched through the status subresource; a no-op writes nothing.
+    """Status written at once, read-modify-write: the update is merged into the freshest status (conditions by
+    type) and merge-patched through the status subresource; a no-op writes nothing.
+
+    `body` is the object as just read by the caller (the reconcilers read it once, under the object's lock): the
+    first write starts from it instead of reading it again, and each write keeps the server's answer for the
+    next, so a reconcile that writes status twice reads the object once. Without `body` the object is read.
 
     Not kopf's `patch`: kopf applies it after the handler, and `patch.fns` that meet a conflict are carried
     to a later cycle, where conditions computed from an older RayJob would overwrite newer ones. The run's
     name must moreover be in status before its RayJob is created, not after the handler."""
 
-    def __init__(self, api: KubeApi, resource: Resource, namespace: str, name: str) -> None:
+    def __init__(self, api: KubeApi, resource: Resource, namespace: str, name: str,
+                 body: dict[str, Any] | None = None) -> None:
         self._api, self._resource, self._namespace, self._name = api, resource, namespace, name
+        self.body = body
 
     def write(self, update: StatusUpdate) -> None:
-        body = self._api.get(self._resource, self._namespace, self._name)
-        if body is None:
+        if self.body is None:
+            self.body = self._api.get(self._resource, self._namespace, self._name)
+        if self.body is None:
             return
-        status = body.get("status") or {}
+        status = self.body.get("status") or {}
         if update.is_noop(status):
             return
-        self._api.patch_status(self._resource, self._namespace, self._name, update.merged_into(status))
+        written = self._api.patch_status(self._resource, self._namespace, self._name, update.merged_into(status))
+        if written is not None:
+            self.body = written
