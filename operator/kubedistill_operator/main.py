@@ -98,6 +98,7 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
 
 
 def main(options: OperatorOptions) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's formatter: each line about an object starts with `[namespace/name]` (plain logging drops it).
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
     asyncio.run(run_operator(options))
     return 0

@@ -64,9 +64,12 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     *supporting, ray_job = build_job_children(job, ctx.config, run)
     for child in supporting:
         ctx.api.apply(child)
-    created = ctx.api.create(ray_job)
+    # A run already recorded (a resume, a retry) usually has its RayJob: look before creating, so that an operator
+    # restart reads each job's RayJob once instead of meeting a 409 for every one.
+    existing = ctx.api.get(RAY_JOBS, namespace, run) if previous == run else None
+    created = ctx.api.create(ray_job) if existing is None else None
     if created is None:
-        created = ctx.api.get(RAY_JOBS, namespace, run)
+        created = existing or ctx.api.get(RAY_JOBS, namespace, run)
         owners = [o.get("uid") for o in (created or {}).get("metadata", {}).get("ownerReferences") or []]
         if created is None or (meta.get("uid") and meta["uid"] not in owners):
             message = (f"RayJob {run} exists but belongs to an earlier DistillationJob named {name}; "
