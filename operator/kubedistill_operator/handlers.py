@@ -16,7 +16,12 @@ from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
 from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, counted, reconciliation
 from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
-from kubedistill_operator.reconcile.student import reconcile_student, reconcile_students_of_job, refresh_student
+from kubedistill_operator.reconcile.student import (
+    job_change_matters,
+    reconcile_student,
+    reconcile_students_of_job,
+    refresh_student,
+)
 
 JOBS = (GROUP, VERSION, "distillationjobs")
 STUDENTS = (GROUP, VERSION, "studentdeployments")
@@ -121,14 +126,17 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
             refresh_student(memo.ctx, _namespaced(namespace), owner, None if gone else dict(body))
 
     # Async, so that the index is read on the event loop, which edits it as StudentDeployments come and go (a
-    # bulk delete); the reconciling runs in a thread on copies.
+    # bulk delete). Which students a change concerns is decided here (cheap); their reconciling runs in a thread,
+    # on copies, without holding up the job's next events: awaiting a busy thread pool here kept a job's events
+    # waiting past kopf's consistency window, and kopf then ran the job's create handler a second time.
     @kopf.on.event(*JOBS, id="job-to-students", registry=registry)
     async def job_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
         students_by_job: kopf.Index[tuple[str, str], Any] = kwargs["students_by_job"]  # the index above
         # Copied here, on the event loop: the loop edits the index while a worker thread would iterate it.
         students = copy.deepcopy(list(students_by_job.get((_namespaced(namespace), name), [])))
-        if students:
-            job = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
-            await memo.ctx.in_thread(reconcile_students_of_job, memo.ctx, _namespaced(namespace), students, job)
+        job = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
+        affected = [student for student in students if job_change_matters(student, job)]
+        if affected:
+            memo.ctx.in_background(reconcile_students_of_job, memo.ctx, _namespaced(namespace), affected, job)
 
     return registry

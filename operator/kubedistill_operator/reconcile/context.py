@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from kubedistill_operator.kubeapi import KubeApi, Resource
 from kubedistill_operator.status.conditions import StatusUpdate
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # (object, type Normal|Warning, reason, message)
 EventFn = Callable[[dict[str, Any], str, str, str], None]
@@ -39,6 +41,7 @@ class Context:
     _locks: weakref.WeakValueDictionary[tuple[str, ...], threading.RLock] = field(
         default_factory=weakref.WeakValueDictionary, repr=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)  # kept until done
 
     def lock(self, *key: str) -> threading.RLock:
         """One lock per object: kopf runs the handlers of different objects at once (a job's own events and its
@@ -63,6 +66,20 @@ class Context:
         if cancelled is not None:
             raise cancelled
         return future.result()
+
+
+    def in_background(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From an async handler: `in_thread(fn, *args)` without waiting for it, so that the handler returns at
+        once and kopf goes on with the object's next events. What it raises is logged (an event handler's
+        exception is only logged by kopf too); stopping the operator cancels it like a handler."""
+        task = asyncio.get_running_loop().create_task(self.in_thread(fn, *args))
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("reconciling in the background failed: %s", error, exc_info=error)
 
 
 class StatusWriter(Protocol):
