@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from kubedistill_jobs import lifetime
 
 # A process that leaves a child behind when it dies, as Ray's raylet leaves its agents: the child is in a session
