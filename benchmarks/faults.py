@@ -13,9 +13,10 @@ What is checked, per scenario: no unhandled error (a 5xx other than the router's
 client timeout), no 503 while the student can answer, no request slower than its bound (2 × router
 timeoutSeconds, as a request may queue behind a shared call, plus the teacher's timeout, plus 1 s of slack for
 a shared machine), and for `triton-restart` readiness false while Triton is down and true within 5 s of its
-return. Figures: requests, answers by model, degraded answers, errors by kind, latency p50/p99/max.
+return. Figures: requests, answers by model, degraded answers (in all and by phase), the router's failed teacher
+calls by reason, errors by kind, latency p50/p99/max.
 
-    python benchmarks/faults.py [--repository DIR] [--seconds 60] [--concurrency 32]
+    python benchmarks/faults.py [--repository DIR] [--seconds 60] [--concurrency 32] [--scenarios NAME ...]
 
 `--seconds` is the length of each scenario (default 60). Without --repository it exports the router
 benchmark's BERT student and MiniLM teacher (untrained heads) and routes about half the traffic to the

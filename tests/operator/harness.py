@@ -38,6 +38,7 @@ import contextlib
 import copy
 import datetime
 import json
+import secrets
 import socket
 import threading
 import time
@@ -58,6 +59,7 @@ from kubedistill_operator.main import OperatorOptions, run_operator
 from kubedistill_patches import merge_patch
 
 HARNESS_AGENT = "kubedistill-test-harness"
+NAME_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"  # the API server's alphabet for generateName
 T = TypeVar("T")
 
 # The examples' objects, as the operator tests create them.
@@ -191,7 +193,9 @@ class ApiServer(kmock.KubernetesEmulator, _MatchOnlyThisRequest):
     def _prepare_create(self, request: Any) -> None:
         meta = request.data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # As the API server: 5 characters of its 27 (about 14 million names; 5 hex digits, a million, made
+            # a thousand jobs' Events collide).
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(NAME_SUFFIX) for _ in range(5))
         if request.namespace and not meta.get("namespace"):
             meta["namespace"] = request.namespace
         meta.setdefault("uid", str(uuid.uuid4()))
