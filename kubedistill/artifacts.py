@@ -11,6 +11,8 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
                                 reusable by another job (distillation.teacherOutputsUri)
       teacher_journal.jsonl     an endpoint teacher's answers as they arrive: a restarted run resumes from it
+      teachers/<i>/             each of several teachers (`teachers`): its own teacher/, teacher_outputs/, ...;
+                                teacher_outputs/ then holds their combination (meta.json: "ensemble")
       checkpoints/              training checkpoints (Ray Train)
       downloads/                remote models (s3://, hf://), fetched once
       student/                  the trained student: safetensors, config, tokenizer
@@ -54,11 +56,17 @@ MODEL_REPOSITORY = "model_repository"
 REPORT_JSON = "report.json"
 CHECKPOINTS = "checkpoints"
 TEACHER_OUTPUTS = "teacher_outputs"
+STUDENT_FOLDER = "student"  # the trained fp32 student: the teacher of a job whose teacher.jobRef names this one
 
 
 def model_repository_uri(output_uri: str) -> str:
     """Where a job whose `output.uri` is `output_uri` leaves its Triton model repository."""
     return join_uri(output_uri, MODEL_REPOSITORY)
+
+
+def student_uri(output_uri: str) -> str:
+    """Where a job whose `output.uri` is `output_uri` leaves its trained fp32 student (a transformers folder)."""
+    return join_uri(output_uri, STUDENT_FOLDER)
 
 
 def report_uri(output_uri: str) -> str:
@@ -108,6 +116,10 @@ class OutputLayout:
     def teacher_outputs(self) -> Path:
         return self.root / TEACHER_OUTPUTS
 
+    def teacher_member(self, index: int) -> OutputLayout:
+        """The working folders of the `index`-th of several teachers (`teachers/<index>/`)."""
+        return OutputLayout(self.root / "teachers" / str(index))
+
     @property
     def teacher_journal(self) -> Path:
         return self.root / "teacher_journal.jsonl"
@@ -123,7 +135,7 @@ class OutputLayout:
 
     @property
     def student(self) -> Path:
-        return self.root / "student"
+        return self.root / STUDENT_FOLDER
 
     @property
     def train_report(self) -> Path:

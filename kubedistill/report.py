@@ -121,6 +121,70 @@ class TeacherGeneration(_Keys):
     reused_from: str | None = Field(default=None, description="distillation.teacherOutputsUri, when reused.")
 
 
+class CostFigure(_Keys):
+    """One economic figure and where it came from: `inputs` are evaluation.economics fields (camelCase, as in the
+    spec), `measured` are what this job measured (names of Economics.measured). `value` is null when an input is
+    missing; `missing` names the fields to set."""
+
+    value: float | None
+    unit: str = Field(description="e.g. `USD per 1M requests`, `x`, `days`.")
+    inputs: list[str] = Field(default_factory=list)
+    measured: list[str] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list, description="evaluation.economics fields it needs.")
+
+
+class CostPoint(_Keys):
+    """A point of the routing frontier with its cost."""
+
+    threshold: float
+    escalation_rate: float
+    accuracy: float
+    cost_per_million_requests: float
+
+
+class Economics(_Keys):
+    """What the student saves (`evaluation.economics`): prices and traffic from the spec, throughput, tokens,
+    escalation and duration from the job. Cost per request of a model priced per hour: price / (3600 ×
+    throughput × utilization); of an API teacher: tokens × price per token. The cascade always runs the student
+    and adds the teacher for the share escalated."""
+
+    currency: str
+    inputs: dict[str, float] = Field(description="The evaluation.economics values used (camelCase).")
+    measured: dict[str, float] = Field(description="What the job measured, by name: student_items_per_second, "
+                                                   "teacher_items_per_second, input_tokens_per_request, "
+                                                   "output_tokens_per_request, escalation_rate, job_seconds, "
+                                                   "teacher_labelling_cost.")
+    throughput_batch: str | None = Field(default=None, description="Which measured throughput prices hourly "
+                                                                   "models: batch32 (batched serving) or batch1.")
+    teacher_per_million_requests: CostFigure
+    student_per_million_requests: CostFigure
+    cascade_per_million_requests: CostFigure
+    cost_ratio: CostFigure = Field(description="Teacher-only over the cascade (student-only without a frontier).")
+    monthly_saving: CostFigure = Field(description="(teacher-only − cascade) × requestsPerDay × days per month.")
+    job_cost: CostFigure = Field(description="Ray cluster price × the job's measured duration (+ an API "
+                                             "teacher's labelling cost).")
+    payback_days: CostFigure = Field(description="The job's cost over the daily saving (null: no saving).")
+    days_per_month: float
+    frontier: list[CostPoint] = Field(default_factory=list, description="Cost and quality along the frontier.")
+    notes: list[str] = Field(default_factory=list, description="Assumptions and what was left out.")
+class EnsembleMember(_Keys):
+    """One of several teachers, scored alone on the eval split."""
+
+    model: str | None = Field(description="What it is: a model URI, or a language model and its endpoint.")
+    method: str = Field(description="How it taught: a classifier's adaptation (head, finetune, none) or prompt.")
+    weight: float = Field(description="Its weight in the combination, normalised over the teachers.")
+    metrics: dict[str, float] = Field(description="accuracy against gold (labelled data) and agreement with the "
+                                      "combination's argmax.")
+
+
+class Ensemble(_Keys):
+    """Several teachers (`teachers`) and their combination, the soft targets the student learned from."""
+
+    combination: Literal["mean", "product"] = Field(description="distillation.ensemble as run.")
+    members: list[EnsembleMember]
+    metrics: dict[str, float] = Field(description="The combination's accuracy against gold (labelled data).")
+
+
 class Report(_Keys):
     task: Literal["sequence-classification", "causal-lm"]
     teacher: ModelReport
@@ -150,10 +214,13 @@ class Report(_Keys):
     teacher_generation: TeacherGeneration | None = Field(
         default=None, description="How a language-model teacher labelled the data (teacher.prompt).")
     routing_note: str | None = Field(default=None, description="Why there is no frontier, or what it measures.")
+    ensemble: Ensemble | None = Field(default=None, description="Several teachers: each one's quality and the "
+                                      "combination's (the report's teacher is the combination).")
     generation_routing: Routing | None = Field(
         default=None, description="Causal LM: the frontier of answers generated on held-out prompts (the "
         "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "
         "recommended threshold is the one serving.json and status carry.")
+    economics: Economics | None = Field(default=None, description="Costs and savings (evaluation.economics).")
 
     @property
     def primary_metric(self) -> str:
@@ -190,6 +257,8 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         recommended_threshold=threshold,
         recommended_thresholds=(routing.signal_thresholds() or None) if routing else None,
         escalation_rate=None if point is None else round(point.escalation_rate, 4),
+        cost_ratio=_rounded(report.economics.cost_ratio.value, 2) if report.economics else None,
+        payback_days=_rounded(report.economics.payback_days.value, 2) if report.economics else None,
         gate_passed=report.gate.passed,
         artifact_uri=model_repository_uri(output_uri),
         report_uri=report_uri(output_uri),

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kubedistill.api.studentdeployment import (
     ConfidenceSignal,
     RouterMode,
+    RouterTier,
     StudentDeploymentSpec,
     TeacherEndpointRef,
 )
@@ -40,6 +41,8 @@ class RouterConfig(BaseModel):
     confidence_signal: ConfidenceSignal = "max-probability"
     shadow_sample_rate: float = Field(default=0.1, ge=0, le=1)
     teacher: TeacherEndpointRef | None = Field(default=None, description="Remote teacher; None: colocated in Triton.")
+    tiers: list[RouterTier] | None = Field(default=None, description="Models between the student and the teacher "
+                                           "(mode route), in cascade order.")
     teacher_api_key_file: str | None = Field(default=None, description="Mounted Secret file with the teacher's key.")
     require_api_key: bool = Field(default=False, description=f"Model endpoints need `Authorization: Bearer` with "
                                   f"the token in ${ROUTER_API_KEY_ENV} (never in this file).")
@@ -65,6 +68,7 @@ class RouterConfig(BaseModel):
             confidence_signal=router.confidence_signal,
             shadow_sample_rate=router.shadow_sample_rate,
             teacher=router.teacher,
+            tiers=router.tiers,
             teacher_api_key_file=TEACHER_API_KEY_FILE if router.teacher and router.teacher.api_key_secret_ref else None,
             require_api_key=router.auth is not None,
             max_concurrency=router.max_concurrency,

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubedistill_processes import post, read_until, running, terminate
 
+from kubedistill import chain
 from kubedistill.api import DistillationJob, load_manifest, load_manifests
 from kubedistill.artifacts import STAGES, OutputLayout, ServingManifest
 from kubedistill.cli import main
@@ -210,10 +211,18 @@ def test_config_map_holds_the_spec_the_rayjob_entrypoint_loads(example, tmp_path
     loaded = load_job(tmp_path / mounted)
     (original,) = [r for r in load_manifests(example) if isinstance(r, DistillationJob)]
     assert loaded.metadata.name == original.metadata.name
+    chained = original.spec.teacher_job is not None
+    if chained:  # the operator hands the pipeline the referenced job's student as teacher.uri
+        assert loaded.spec.teacher_job is None and loaded.spec.teacher.uri.endswith("/student")
+        original = chain.taught_by(original, loaded.spec.teacher.uri)
     image = original.spec.ray.image or OperatorConfig.from_env().job_image  # the operator resolves the image
     assert loaded.spec.ray.image == image
     original.spec.ray.image = image
     assert loaded.spec.model_dump() == original.spec.model_dump()
+    if chained:  # locally the reference needs the referenced run's folder (tests/jobs/test_teacher_job.py)
+        with pytest.raises(ValueError, match=r"^teacher\.jobRef: .*--teacher-job"):
+            load_job(example)
+        return
     # `kubedistill run --output DIR` rewrites the output the same way, and keeps the rest
     moved = load_job(example, str(tmp_path / "elsewhere"))
     assert moved.spec.output.uri == str(tmp_path / "elsewhere")

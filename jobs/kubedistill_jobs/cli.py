@@ -1,4 +1,5 @@
-"""`kubedistill run MANIFEST [--output DIR] [--workers N]`: a DistillationJob on an embedded local Ray.
+"""`kubedistill run MANIFEST [--output DIR] [--teacher-job FOLDER] [--workers N]`: a DistillationJob on an
+embedded local Ray.
 
 Exit codes: 0 done, 2 bad input (one line naming the field), 3 the evaluation gate was not met
 (artifacts kept), 1 any other failure, 130 interrupted (rerun the same command to resume).
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("manifest", help="DistillationJob YAML (the same file `kubectl apply` takes)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the manifest's spec.output.uri)")
+    parser.add_argument("--teacher-job", metavar="FOLDER_OR_MANIFEST",
+                        help="for a spec.teacher.jobRef: the output folder (or the manifest) of the job it names, "
+                        "whose fp32 student teaches (default: none; needed only with teacher.jobRef)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="Ray Train workers (default: spec.ray.workers.replicas, at most the CPU count)")
     parser.add_argument("--cpus", type=int, metavar="N", help="CPUs the embedded Ray may use (default: all)")
@@ -46,7 +50,7 @@ def run_command(args: argparse.Namespace) -> int:
     from kubedistill_jobs import runner
 
     try:
-        job = runner.load_job(args.manifest, args.output)
+        job = runner.load_job(args.manifest, args.output, args.teacher_job)
         output = runner.prepare_output(job)
     except (ManifestError, ValueError) as error:
         return _fail("; ".join(str(error).splitlines()), EXIT_BAD_INPUT)
@@ -138,4 +142,9 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
             f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
             f"speedup {_num(report.speedup, 2)}x · compression {_num(report.compression, 2)}x"
         )
+        econ = report.economics
+        if econ is not None:
+            console.print(f"cost ratio {_num(econ.cost_ratio.value, 2)}x · monthly saving "
+                          f"{_num(econ.monthly_saving.value, 2)} {econ.currency} · payback "
+                          f"{_num(econ.payback_days.value, 3)} days (report.md, Economics)")
     console.print(f"output: {folder}")

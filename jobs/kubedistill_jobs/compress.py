@@ -110,7 +110,8 @@ def compress(
     quantization = spec.compression.quantization
     check_supported(quantization, task)  # before any model is loaded
     pruning = spec.compression.pruning
-    no_graph = spec.teacher.endpoint is not None or spec.teacher.prompt is not None
+    teacher = spec.teacher  # None: several teachers, combined into recorded outputs (no graph either)
+    no_graph = teacher is None or teacher.endpoint is not None or teacher.prompt is not None
     steps = 4 + (pruning.recovery_steps if pruning.method != "none" else 0) - no_graph
     done = 0
 

@@ -46,18 +46,23 @@ class Context:
 
     @property
     def endpoint_teacher(self) -> bool:
-        return self.spec.teacher.endpoint is not None
+        return self.spec.teacher is not None and self.spec.teacher.endpoint is not None
 
     @property
     def prompt_teacher(self) -> bool:
         """A language model labels the texts through `teacher.prompt` (no classifier weights to run later)."""
-        return self.spec.teacher.prompt is not None
+        return self.spec.teacher is not None and self.spec.teacher.prompt is not None
+
+    @property
+    def ensemble(self) -> bool:
+        """Several teachers (`teachers`): their combined distributions teach (see kubedistill_jobs.ensemble)."""
+        return self.spec.teachers is not None
 
     @property
     def teacher_has_graph(self) -> bool:
         """Whether later stages can run the teacher's weights as the task's model (not an endpoint, not an
-        LLM labeller)."""
-        return not (self.endpoint_teacher or self.prompt_teacher)
+        LLM labeller, not several teachers)."""
+        return not (self.endpoint_teacher or self.prompt_teacher or self.ensemble)
 
     @property
     def tokenizer(self) -> Any:

@@ -8,6 +8,7 @@ the gate, put together into the report. Writes report.json, report.md, plots/.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -15,8 +16,8 @@ from typing import Any, get_args
 import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec, Metric
-from kubedistill.artifacts import OutputLayout
-from kubedistill.report import Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
+from kubedistill.artifacts import STAGES, OutputLayout
+from kubedistill.report import Ensemble, Gate, Latency, ModelReport, Report, Routing, TeacherGeneration
 from kubedistill_jobs.compress import CompressionResult
 from kubedistill_jobs.data import read_jsonl
 from kubedistill_jobs.latency import LatencySettings, measure_latency
@@ -77,16 +78,17 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
     from kubedistill_jobs.onnx_export import session
 
     settings = settings or LatencySettings()
+    started = time.monotonic()
     result = CompressionResult.read(layout)
     rows = read_jsonl(layout.data / "eval.jsonl")[: spec.evaluation.max_samples]
     if not rows:
         raise ValueError(f"{layout.data / 'eval.jsonl'} is empty: raise dataset.evalFraction or add data")
-    if spec.teacher.prompt is not None:
+    if spec.teacher is None or spec.teacher.prompt is not None:  # a labeller, or several teachers combined
         return evaluate_with_labeller(spec, layout, model_version, result, rows, progress=progress,
-                                      settings=settings)
+                                      settings=settings, started=started)
     if spec.teacher.endpoint is not None:
         return evaluate_with_endpoint(spec, layout, model_version, result, [r["text"] for r in rows],
-                                      progress=progress, settings=settings)
+                                      progress=progress, settings=settings, started=started)
     teacher_path = result.teacher_path(layout)
     if teacher_path is None:
         raise FileNotFoundError("compress wrote no teacher ONNX graph; rerun the compress stage")
@@ -150,6 +152,7 @@ def evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: str
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
         generation_routing=generation,
     )
+    report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
     return _finish(report, layout, progress, total)
 
 
@@ -183,7 +186,8 @@ def _first_tokens(tokenizer: Any, text: str, max_length: int) -> str:
 
 def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
                            result: CompressionResult, texts: list[str], *,
-                           progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
+                           progress: Callable[[int, int], None] | None, settings: LatencySettings,
+                           started: float | None = None) -> Report:
     """A remote endpoint teacher (causal-lm): the students on held-out text; the teacher's perplexity on the
     same texts from the endpoint (`echo`), when it scores prompts. No teacher graph: speedup, compression,
     agreement and the routing frontier are null, and without the teacher's perplexity so is retention."""
@@ -230,6 +234,7 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
         eval_samples=len(texts), **_compression_fields(result),
     )
+    report = with_economics(spec, layout, report, texts, tokenizer, started)
     return _finish(report, layout, progress, total)
 
 
@@ -263,7 +268,8 @@ def _finish(report: Report, layout: OutputLayout, progress: Callable[[int, int],
 
 def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, model_version: str,
                            result: CompressionResult, rows: list[dict[str, Any]], *,
-                           progress: Callable[[int, int], None] | None, settings: LatencySettings) -> Report:
+                           progress: Callable[[int, int], None] | None, settings: LatencySettings,
+                           started: float | None = None) -> Report:
     """A language model labelled the data (`teacher.prompt`): its recorded eval-split distributions are the
     teacher's predictions; the students run as ONNX. No teacher graph: its size, latency, speedup and
     compression are null."""
@@ -291,20 +297,28 @@ def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, mode
     teacher = ModelReport(params=None, size_bytes=None, latency_ms=None, model=meta.get("model"),
                           metrics=listed_metrics(quality.metrics["teacher"], wanted, primary))
     sampling = meta.get("sampling", {})
-    note = (f"a language model labelled the data ({sampling.get('method')}"
-            f"{', contextual calibration' if sampling.get('calibrated') else ''}); its predictions on the eval "
-            "split are those recorded in teacher_outputs/")
     marker = json.loads(layout.stage_marker("teacher").read_text())
-    generation = TeacherGeneration(
-        method=sampling.get("method", "unknown"), model=meta.get("model"), rows=marker["rows"],
-        hard_labels=bool(marker.get("hard_labels")), calibrated=bool(marker.get("calibrated")),
-        prior=marker.get("prior"), accuracy=marker.get("accuracy"),
-        accuracy_uncalibrated=marker.get("accuracy_uncalibrated"), majority_baseline=marker.get("majority_baseline"),
-        predicted_share=marker.get("predicted_share"), unmatched_answers=marker.get("unmatched_answers", 0),
-        prompt_tokens=marker.get("prompt_tokens"), completion_tokens=marker.get("completion_tokens"),
-        cost=marker.get("cost"), rows_per_second=marker.get("rows_per_second"), reused_from=marker.get("reused"))
+    ensemble, generation = None, None
+    if marker.get("method") == "ensemble":
+        ensemble = Ensemble.model_validate(marker["ensemble"])
+        note = (f"{len(ensemble.members)} teachers combined ({ensemble.combination}); the combination's predictions "
+                "on the eval split are those recorded in teacher_outputs/")
+    else:
+        note = (f"a language model labelled the data ({sampling.get('method')}"
+                f"{', contextual calibration' if sampling.get('calibrated') else ''}); its predictions on the eval "
+                "split are those recorded in teacher_outputs/")
+        generation = TeacherGeneration(
+            method=sampling.get("method", "unknown"), model=meta.get("model"), rows=marker["rows"],
+            hard_labels=bool(marker.get("hard_labels")), calibrated=bool(marker.get("calibrated")),
+            prior=marker.get("prior"), accuracy=marker.get("accuracy"),
+            accuracy_uncalibrated=marker.get("accuracy_uncalibrated"),
+            majority_baseline=marker.get("majority_baseline"),
+            predicted_share=marker.get("predicted_share"), unmatched_answers=marker.get("unmatched_answers", 0),
+            prompt_tokens=marker.get("prompt_tokens"), completion_tokens=marker.get("completion_tokens"),
+            cost=marker.get("cost"), rows_per_second=marker.get("rows_per_second"), reused_from=marker.get("reused"))
     report = Report(
         task=spec.task.type, teacher=teacher, student=reports["student"], teacher_generation=generation,
+        ensemble=ensemble,
         student_quantized=reports["student_quantized"], retention=float(quality.retention),
         agreement=quality.agreement, speedup=None, compression=None,
         routing=routing_report(quality.frontiers, spec.evaluation.routing_target, quality.reference)
@@ -315,10 +329,50 @@ def evaluate_with_labeller(spec: DistillationJobSpec, layout: OutputLayout, mode
         routing_note=quality.routing_note, eval_samples=len(rows), quantization=result.quantization,
         onnx_max_abs_diff=result.max_abs_diff, pruning=result.pruning,
     )
+    report = with_economics(spec, layout, report, texts, tokenizer, started)
     write_report(report, layout)
     if progress:
         progress(4, total)
     return report
+
+
+def job_seconds(layout: OutputLayout, evaluation_seconds: float) -> float:
+    """The job's measured duration: the stages finished before the evaluation (their markers; a resumed run
+    counts the attempt that finished each) plus the evaluation so far."""
+    total = evaluation_seconds
+    for stage in STAGES[: STAGES.index("evaluate")]:
+        marker = layout.stage_marker(stage)
+        if marker.is_file():
+            total += float(json.loads(marker.read_text()).get("seconds") or 0.0)
+    return total
+
+
+def with_economics(spec: DistillationJobSpec, layout: OutputLayout, report: Report, texts: list[str],
+                   tokenizer: Any, started: float | None) -> Report:
+    """The report with `economics` when the spec asks for it (evaluation.economics), measured on `texts` with
+    the student's `tokenizer` as the models see them (truncated at task.maxLength)."""
+    from kubedistill_jobs.economics import Measured, economics
+
+    prices = spec.evaluation.economics
+    if prices is None:
+        return report
+    pricing = spec.teacher.endpoint.pricing if spec.teacher.endpoint else None
+    borrowed = pricing is not None and prices.teacher_price_per_hour is None \
+        and prices.teacher_price_per_million_input_tokens is None
+    if borrowed:
+        assert pricing is not None
+        prices = prices.model_copy(update={"teacher_price_per_million_input_tokens": pricing.input_per_million,
+                                           "teacher_price_per_million_output_tokens": pricing.output_per_million})
+    max_length = spec.task.max_length
+    lengths = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+    mean_tokens = float(np.mean(lengths)) if lengths else None
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    measured = Measured(input_tokens_per_request=mean_tokens, job_seconds=job_seconds(layout, elapsed),
+                        tokens_per_item=mean_tokens if spec.task.type == "causal-lm" else None)
+    econ = economics(prices, report, measured)
+    if borrowed:
+        econ.notes.append("the teacher's per-token prices are teacher.endpoint.pricing's")
+    return report.model_copy(update={"economics": econ})
 
 
 def write_report(report: Report, layout: OutputLayout) -> None:

@@ -7,6 +7,7 @@ under `kubedistill run`; they differ only in how progress is shown (`Display`) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from kubedistill.api.distillationjob import DistillationJob
+from kubedistill.api.distillationjob import DistillationJob, DistillationJobSpec
 from kubedistill.artifacts import STAGES, OutputLayout, ServingManifest, Stage
 from kubedistill.errors import InputError
 from kubedistill_jobs import preflight, stages
@@ -80,6 +81,8 @@ class Pipeline:
         path = layout.resolved_spec
         if path.is_file():
             previous = (yaml.safe_load(path.read_text()) or {}).get("spec", {})
+            with contextlib.suppress(ValueError):  # read as this version does: fields added since take defaults
+                previous = DistillationJobSpec.model_validate(previous).to_wire()
             previous.pop("ray", None)
             if previous != wire:
                 changed = ", ".join(_differences(previous, wire)) or "its layout"

@@ -33,6 +33,8 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     """Teacher and student exist; a causal-lm student shares the teacher's vocabulary; k ≤ vocabulary; and
     what the models must agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the
     student's, when it has its own) and where each model is."""
+    if spec.teacher is None:
+        return _check_teachers(spec, layout)
     if spec.teacher.endpoint is not None:
         if spec.teacher.prompt is not None:  # before any request: first-token logprobs must tell labels apart
             from kubedistill_jobs import chat_teacher, llm_teacher
@@ -89,12 +91,25 @@ def _check_endpoint_student(spec: DistillationJobSpec, layout: OutputLayout) -> 
     return found
 
 
+def _check_teachers(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, Any]:
+    """Several teachers: each is checked as if it were the only one (its errors name `teachers[i]`); the data
+    is then tokenised with the student's tokenizer, as with any teacher without a graph."""
+    from kubedistill_jobs import ensemble
+
+    for index, (field, _) in enumerate(spec.all_teachers()):
+        try:
+            check_models(ensemble.member_spec(spec, index), layout.teacher_member(index))
+        except (PreflightError, models.ModelError) as error:
+            raise type(error)(str(error).replace("teacher.", f"{field}.", 1)) from None
+    return _check_endpoint_student(spec, layout)
+
+
 def model_configs(spec: DistillationJobSpec, found: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     """{role: (the spec field naming it, config)} of every model the job trains with; a student derived
     from the teacher (student.architecture, student.fromTeacher) takes the teacher's positions and
     vocabulary (models.build_student copies its config), so it is checked as the teacher's."""
     configs: dict[str, tuple[str, Any]] = {}
-    if "teacher_source" in found:
+    if "teacher_source" in found and spec.teacher is not None:
         configs["teacher"] = ("teacher.uri", models.load_config(found["teacher_source"], "teacher.uri",
                                                                 spec.teacher.gguf_file))
         derived = "student.architecture" if spec.student.architecture is not None else "student.fromTeacher"
@@ -179,7 +194,8 @@ def check_student_layers(spec: DistillationJobSpec, configs: dict[str, tuple[str
 def check_teacher_head(spec: DistillationJobSpec, configs: dict[str, tuple[str, Any]]) -> None:
     """teacher.adapt.method none distils the teacher's own classifier: it must have one for task.labels, in
     their order (a missing head would be a random one, and the student would learn noise)."""
-    if spec.task.type != "sequence-classification" or spec.teacher.adapt.method != "none" or "teacher" not in configs:
+    if spec.task.type != "sequence-classification" or spec.teacher is None or spec.teacher.adapt.method != "none" \
+            or "teacher" not in configs:
         return
     config = configs["teacher"][1]
     head = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []

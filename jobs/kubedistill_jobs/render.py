@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubedistill.report import Report, SignalSweep
+from kubedistill.report import Economics, Report, SignalSweep
 
 MODEL_TITLES = {"teacher": "teacher (fp32)", "student": "student (fp32)", "student_quantized": "student (quantized)"}
 
@@ -188,9 +188,44 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def plot_cost_quality(report: Report, path: Path) -> Path | None:
+    """Cost per 1M requests against cascade quality along the frontier (evaluation.economics), with the
+    student alone (no escalation), the teacher alone and the recommended point."""
+    econ = report.economics
+    if econ is None or not econ.frontier:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    pts = sorted(econ.frontier, key=lambda p: p.cost_per_million_requests)
+    ax.plot([p.cost_per_million_requests for p in pts], [p.accuracy for p in pts], color="#1f77b4", marker="o",
+            ms=3, lw=1.5, label="cascade (frontier thresholds)")
+    teacher = econ.teacher_per_million_requests.value
+    routing = report.generation_routing or report.routing
+    if teacher is not None and routing is not None and routing.teacher_accuracy is not None:
+        ax.scatter([teacher], [routing.teacher_accuracy], color="black", marker="s", zorder=5,
+                   label=f"teacher only ({teacher:.4g})")
+    student = econ.student_per_million_requests.value
+    if student is not None and routing is not None and routing.student_accuracy is not None:
+        ax.scatter([student], [routing.student_accuracy], color="#55a868", marker="^", zorder=5,
+                   label=f"student only ({student:.4g})")
+    rec, cascade = (routing.recommended if routing else None), econ.cascade_per_million_requests.value
+    if rec is not None and cascade is not None:
+        ax.scatter([cascade], [rec.accuracy], color="red", s=45, zorder=6,
+                   label=f"recommended: {rec.escalation_rate:.1%} escalated ({cascade:.4g})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost ({econ.currency} per 1M requests, log scale)")
+    ax.set_ylabel(f"quality (vs {routing.reference if routing and routing.reference else 'gold labels'})")
+    ratio = econ.cost_ratio.value
+    ax.set_title("Cost against quality" + (f": cost ratio {ratio:.3g}x" if ratio is not None else ""), fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def plots(report: Report, history: list[dict[str, Any]] | None, folder: Path) -> dict[str, Path]:
     out = {
         "frontier": plot_frontier(report, folder / "routing_frontier.png"),
+        "cost": plot_cost_quality(report, folder / "cost_quality.png"),
         "training": plot_training(history, folder / "training_curves.png"),
         "comparison": plot_comparison(report, folder / "comparison.png"),
     }
@@ -230,6 +265,13 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     if report.teacher_note:
         who = f"the endpoint {report.teacher.endpoint}" if report.teacher.endpoint else report.teacher.model
         lines += [f"Teacher: {who}; {report.teacher_note}.", ""]
+    if report.ensemble is not None:
+        lines += ["| teacher | method | weight | accuracy | agreement with the combination |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {m.model} | {m.method} | {m.weight:.4f} | {_fmt(m.metrics.get('accuracy'))} | "
+                  f"{_fmt(m.metrics.get('agreement'))} |" for m in report.ensemble.members]
+        lines += [f"| combination ({report.ensemble.combination}) | | 1 | "
+                  f"{_fmt(report.ensemble.metrics.get('accuracy'))} | 1 |", ""]
     generation = report.teacher_generation
     if generation is not None:
         versus = (f"{_fmt(generation.accuracy)} accuracy against gold, majority class "
@@ -284,6 +326,25 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         lines.append("")
     if report.routing_note:
         lines += [f"Routing: {report.routing_note}.", ""]
+    if report.economics is not None:
+        lines += economics_markdown(report.economics)
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{name}]({path.as_posix()})" for name, path in plot_paths.items()] + [""]
     return "\n".join(lines)
+
+
+def economics_markdown(econ: Economics) -> list[str]:
+    """The economics section: each figure with the spec's inputs and the job's measurements it used."""
+    rows = [("teacher only", econ.teacher_per_million_requests), ("student only", econ.student_per_million_requests),
+            ("cascade (recommended threshold)", econ.cascade_per_million_requests), ("cost ratio", econ.cost_ratio),
+            ("monthly saving", econ.monthly_saving), ("job cost", econ.job_cost), ("payback", econ.payback_days)]
+    lines = ["## Economics", "", "| figure | value | unit | from the spec | measured |", "|---|---:|---|---|---|"]
+    for title, figure in rows:
+        value = _fmt(figure.value, 5) if figure.value is not None else f"– (set {', '.join(figure.missing)})"
+        lines.append(f"| {title} | {value} | {figure.unit} | {', '.join(figure.inputs) or '–'} | "
+                     f"{', '.join(figure.measured) or '–'} |")
+    measured = ", ".join(f"{k} {_fmt(v, 5)}" for k, v in econ.measured.items())
+    lines += ["", f"Measured: {measured}; throughput at {econ.throughput_batch or '–'}, "
+              f"{econ.days_per_month:.4g} days per month."]
+    lines += [f"Note: {note}." for note in econ.notes]
+    return [*lines, ""]

@@ -8,22 +8,76 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kubedistill import chain
 from kubedistill.api.distillationjob import DistillationJob
 from kubedistill.api.load import load_manifest
 from kubedistill.artifacts import OutputLayout
+from kubedistill.report import load_report
+from kubedistill.uris import UriError, local_path
 from kubedistill_jobs.storage import Output, resolve_output
 
 LOGGER = "kubedistill"
 
 
-def load_job(path: str | Path, output: str | None = None) -> DistillationJob:
-    """The DistillationJob in `path`; `output` (a folder) replaces spec.output.uri."""
+def load_job(path: str | Path, output: str | None = None, teacher_job: str | None = None) -> DistillationJob:
+    """The DistillationJob in `path`; `output` (a folder) replaces spec.output.uri; `teacher_job` (the output
+    folder or manifest of the job that `teacher.jobRef` names) resolves that reference."""
     job: DistillationJob = load_manifest(path, DistillationJob)
     if output is not None:
         wire = job.to_wire()
         wire["spec"]["output"]["uri"] = str(Path(output).expanduser().resolve())
         job = DistillationJob.model_validate(wire)
-    return job
+    return resolve_teacher_job(job, teacher_job, str(path))
+
+
+def resolve_teacher_job(job: DistillationJob, teacher_job: str | None, manifest: str = "MANIFEST") -> DistillationJob:
+    """The job with `teacher.jobRef` replaced by the referenced job's fp32 student, found in `teacher_job`: its
+    output folder, or its manifest (whose spec.output.uri is that folder). The referenced run must have
+    finished with its gate passed. ValueError (naming the field or flag) otherwise."""
+    ref = job.spec.teacher_job
+    if ref is None:
+        if teacher_job is not None:
+            raise ValueError("--teacher-job: this job's teacher is not a teacher.jobRef; remove --teacher-job")
+        return job
+    if teacher_job is None:
+        raise ValueError(f"teacher.jobRef: names DistillationJob {ref.name}, which a cluster's operator finds; "
+                         f"locally give its output folder or manifest: kubedistill run {manifest} --teacher-job "
+                         "<folder or manifest>")
+    folder = _teacher_output_folder(Path(teacher_job).expanduser())
+    layout = OutputLayout(folder)
+    if not layout.resolved_spec.is_file():
+        raise ValueError(f"--teacher-job: {folder} holds no distillationjob.yaml: not the output folder of a run; "
+                         f"run DistillationJob {ref.name} first (kubedistill run <its manifest>)")
+    teacher: DistillationJob = load_manifest(layout.resolved_spec, DistillationJob)
+    if teacher.metadata.name != ref.name:
+        raise ValueError(f"--teacher-job: {folder} is the output of DistillationJob {teacher.metadata.name}, but "
+                         f"teacher.jobRef.name is {ref.name}; give that job's folder or fix the reference")
+    problem = chain.mismatch(job.spec, ref.name, teacher.spec)
+    if problem is not None:
+        raise ValueError(problem.replace(chain.FIELD, "teacher.jobRef.name"))
+    if not layout.report_json.is_file() or not (layout.student / "config.json").is_file():
+        raise ValueError(f"--teacher-job: DistillationJob {ref.name} has not finished in {folder} (no report.json or "
+                         "student/): run it to the end first, then this one")
+    gate = load_report(layout.report_json.read_text()).gate
+    if not gate.passed:
+        raise ValueError(f"--teacher-job: DistillationJob {ref.name} did not pass its gate (retention "
+                         f"{gate.shortfall:.4f} below evaluation.gate.minRetention {gate.min_retention}): its student "
+                         "teaches nothing; improve it, or lower its gate knowingly")
+    return chain.taught_by(job, str(layout.student))
+
+
+def _teacher_output_folder(path: Path) -> Path:
+    if path.is_dir():
+        return path.resolve()
+    if not path.is_file():
+        raise ValueError(f"--teacher-job: {path}: no such folder or manifest")
+    teacher: DistillationJob = load_manifest(path, DistillationJob)
+    uri = teacher.spec.output.uri
+    try:
+        return local_path(uri)
+    except UriError:
+        raise ValueError(f"--teacher-job: {path}: its spec.output.uri {uri} is not a local folder; download that "
+                         "output and give the folder") from None
 
 
 def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output:

@@ -118,6 +118,12 @@ CONDITIONS_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernete
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
+class JobReference(ApiModel):
+    """A DistillationJob in the same namespace."""
+
+    name: str = Field(description="Name of the DistillationJob.", pattern=DNS_LABEL_PATTERN, max_length=63)
+
+
 class Condition(ApiModel):
     """A Kubernetes-style condition: one observed aspect of the resource's state."""
 

@@ -17,6 +17,7 @@ from kubedistill.api.base import (
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     Condition,
+    JobReference,
     ResourceRequirements,
     SecretKeyRef,
     Toleration,
@@ -186,11 +187,15 @@ class TeacherAdaptation(ApiModel):
 
 
 class TeacherSpec(ApiModel):
-    """The model that teaches: a model URI, or a remote endpoint."""
+    """The model that teaches: a model URI, a remote endpoint, or the student of another DistillationJob."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel_rules(
-            cel("has(self.uri) != has(self.endpoint)", "set exactly one of teacher.uri and teacher.endpoint"),
+            cel("(has(self.uri) ? 1 : 0) + (has(self.endpoint) ? 1 : 0) + (has(self.jobRef) ? 1 : 0) == 1",
+                "set exactly one of teacher.uri, teacher.endpoint and teacher.jobRef"),
+            cel("!has(self.jobRef) || (!has(self.prompt) && !has(self.ggufFile))",
+                "teacher.jobRef: the referenced job's student is a classifier or causal LM saved by the pipeline: "
+                "remove teacher.prompt and teacher.ggufFile", ".jobRef"),
         )
     }
 
@@ -201,6 +206,12 @@ class TeacherSpec(ApiModel):
     )
     gguf_file: str | None = Field(default=None, description="GGUF file inside `uri` to load (quantized checkpoints).")
     endpoint: TeacherEndpoint | None = Field(default=None, description="A remote OpenAI-compatible teacher.")
+    job_ref: JobReference | None = Field(
+        default=None,
+        description="A teacher assistant chain: the fp32 student of this DistillationJob (same namespace, same "
+        "task) teaches. The operator starts this job once that one has succeeded and passed its gate; "
+        "`kubedistill run --teacher-job` takes its output folder or manifest.",
+    )
     adapt: TeacherAdaptation = Field(
         default_factory=TeacherAdaptation, description="Adaptation of a classification teacher to the task."
     )
@@ -212,9 +223,29 @@ class TeacherSpec(ApiModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        if (self.uri is None) == (self.endpoint is None):
-            raise ValueError("teacher: set exactly one of teacher.uri (a model) and teacher.endpoint (a remote API)")
+        chosen = [n for n, v in (("uri", self.uri), ("endpoint", self.endpoint), ("jobRef", self.job_ref))
+                  if v is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "teacher: set exactly one of teacher.uri (a model), teacher.endpoint (a remote API) and "
+                "teacher.jobRef (another job's student)" + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        if self.job_ref is not None and (self.prompt is not None or self.gguf_file is not None):
+            raise ValueError("teacher.jobRef: the referenced job's student is a model the pipeline saved: remove "
+                             "teacher.prompt and teacher.ggufFile")
         return self
+
+
+class EnsembleTeacher(TeacherSpec):
+    """One of several teachers (`teachers`): a classification model (`uri`) or a language model labelling
+    through `prompt` (a causal-LM `uri`, or an `endpoint`), and its weight in the combination."""
+
+    weight: float = Field(default=1.0, description="Weight of this teacher's distribution in the combination "
+                          "(normalised over the teachers; 0 leaves it out but still reports its quality).", ge=0,
+                          le=1000)
+
+
+EnsembleCombination = Literal["mean", "product"]
 
 
 class StudentArchitecture(ApiModel):
@@ -356,6 +387,11 @@ class DistillationSpec(ApiModel):
         description="Refuse hard-label distillation: fail when the teacher returns answers without "
         "log-probabilities.",
     )
+    ensemble: EnsembleCombination = Field(
+        default="mean",
+        description="How several `teachers` combine: `mean`, the weighted mean of their class probabilities; "
+        "`product`, the product of experts (the normalised weighted geometric mean).",
+    )
     teacher_outputs_uri: str | None = Field(
         default=None,
         description="A `teacher_outputs/` folder of an earlier job: reuse what its teacher produced instead of "
@@ -451,6 +487,60 @@ class GateSpec(ApiModel):
     )
 
 
+class EconomicsSpec(ApiModel):
+    """Prices and traffic for the report's cost figures (`report.json`, `economics`). Every field is optional;
+    a figure whose inputs are missing is left out and the report says which field it needs. Hourly prices are
+    for machines like the one the job evaluated on: the throughput that turns them into a cost per request is
+    measured there."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.teacherPricePerHour) || (!has(self.teacherPricePerMillionInputTokens) && "
+                "!has(self.teacherPricePerMillionOutputTokens))",
+                "economics: price the teacher per token (an API) or per hour (self-hosted), not both",
+                ".teacherPricePerHour"),
+            cel("has(self.teacherPricePerMillionInputTokens) == has(self.teacherPricePerMillionOutputTokens)",
+                "economics: set both teacherPricePerMillionInputTokens and teacherPricePerMillionOutputTokens",
+                ".teacherPricePerMillionInputTokens"),
+        )
+    }
+
+    currency: str = Field(default="USD", description="Currency of every price (a label: nothing is converted).",
+                          min_length=1, max_length=8)
+    teacher_price_per_million_input_tokens: float | None = Field(
+        default=None, description="API teacher: price of 1M prompt tokens.", ge=0)
+    teacher_price_per_million_output_tokens: float | None = Field(
+        default=None, description="API teacher: price of 1M completion tokens.", ge=0)
+    teacher_price_per_hour: float | None = Field(
+        default=None, description="Self-hosted teacher: price of one serving replica per hour.", ge=0)
+    student_price_per_hour: float | None = Field(
+        default=None, description="Price of one student serving replica per hour.", ge=0)
+    ray_cluster_price_per_hour: float | None = Field(
+        default=None, description="Price of the job's whole Ray cluster per hour (for the job's cost and payback).",
+        ge=0)
+    requests_per_day: float | None = Field(
+        default=None, description="Expected traffic, requests per day (for the monthly saving and payback).", gt=0)
+    input_tokens_per_request: float | None = Field(
+        default=None, description="Prompt tokens per request; unset: measured on the eval split.", gt=0)
+    output_tokens_per_request: float | None = Field(
+        default=None, description="Tokens the teacher answers with per request; unset: measured where the job "
+        "measured it (a language-model teacher's labelling), else 0 for classification.", ge=0)
+    utilization: float = Field(
+        default=1.0, description="Average share of its measured throughput a serving replica is busy (hourly "
+        "prices are divided by throughput × utilization).", gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_teacher_price(self) -> EconomicsSpec:
+        per_token = (self.teacher_price_per_million_input_tokens, self.teacher_price_per_million_output_tokens)
+        if self.teacher_price_per_hour is not None and any(p is not None for p in per_token):
+            raise ValueError("evaluation.economics: price the teacher per token (an API) or per hour (self-hosted), "
+                             "not both: drop teacherPricePerHour or the per-token prices")
+        if (per_token[0] is None) != (per_token[1] is None):
+            raise ValueError("evaluation.economics: set both teacherPricePerMillionInputTokens and "
+                             "teacherPricePerMillionOutputTokens (0 for a side that is free)")
+        return self
+
+
 class EvaluationSpec(ApiModel):
     """The student-vs-teacher gap evaluation."""
 
@@ -467,6 +557,9 @@ class EvaluationSpec(ApiModel):
         gt=0, le=1,
     )
     max_samples: int | None = Field(default=None, description="Evaluate on at most this many eval rows.", ge=1)
+    economics: EconomicsSpec | None = Field(
+        default=None, description="Prices and traffic: the report adds the cost per 1M requests of teacher, student "
+        "and cascade, the cost ratio, the monthly saving and the job's payback period.")
 
 
 class OutputSpec(ApiModel):
@@ -529,110 +622,167 @@ class DistillationJobSpec(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel_rules(
+            cel("has(self.teacher) != has(self.teachers)",
+                "set exactly one of teacher (one teacher) and teachers (several, each with a weight)"),
+            cel("!has(self.teachers) || self.teachers.exists(t, t.weight > 0)",
+                "teachers: the weights must sum to a positive number: give at least one teacher a weight above 0",
+                ".teachers"),
+            cel("!has(self.teachers) || self.teachers.all(t, !has(t.jobRef))",
+                "teachers[].jobRef: a member of several teachers is a model or an endpoint; chain jobs through "
+                "teacher.jobRef", ".teachers"),
+            cel("!has(self.teachers) || self.teachers.all(t, !has(t.endpoint) || has(t.prompt))",
+                "teachers[].endpoint: an endpoint teacher classifies through a prompt: set its prompt", ".teachers"),
+            cel("!has(self.teachers) || (self.task.type == 'sequence-classification' && has(self.student.uri) && "
+                "self.distillation.teacherMode == 'cached' && !self.distillation.hiddenStates.enabled && "
+                "self.compression.pruning.method == 'none')",
+                "teachers: several teachers combine class distributions once: they need task.type "
+                "sequence-classification, a pretrained student.uri, distillation.teacherMode cached, no "
+                "distillation.hiddenStates and compression.pruning.method none", ".teachers"),
             cel(
                 "self.compression.quantization != 'int4' || self.task.type == 'causal-lm'",
                 "compression.quantization int4 is for causal-lm students; use int8 for sequence-classification",
                 ".compression.quantization",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "self.task.type != 'causal-lm' || self.distillation.teacherMode == 'online' || "
-                "!has(self.teacher.endpoint) || self.distillation.topK <= 20",
+                "!has(self.teacher.endpoint) || self.distillation.topK <= 20"
+                ")",
                 "an endpoint teacher exposes at most 20 logprobs: set distillation.topK <= 20",
                 ".distillation.topK",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm' || has(self.teacher.prompt)",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.task.type == 'causal-lm' || has(self.teacher.prompt)"
+                ")",
                 "an endpoint teacher classifies through a prompt: set teacher.prompt for task.type "
                 "sequence-classification",
                 ".teacher.endpoint",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.task.type == 'sequence-classification'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.task.type == 'sequence-classification'"
+                ")",
                 "teacher.prompt labels texts for sequence-classification; a causal-lm task learns the "
                 "teacher's own answers",
                 ".teacher.prompt",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.prompt) || !has(self.teacher.prompt.verbalizer) || "
-                "self.teacher.prompt.verbalizer.all(k, has(self.task.labels) && k in self.task.labels)",
+                "self.teacher.prompt.verbalizer.all(k, has(self.task.labels) && k in self.task.labels)"
+                ")",
                 "teacher.prompt.verbalizer: every key must be one of task.labels",
                 ".teacher.prompt.verbalizer",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.prompt) || !has(self.teacher.prompt.fewShot) || "
-                "self.teacher.prompt.fewShot.all(e, has(self.task.labels) && e.label in self.task.labels)",
+                "self.teacher.prompt.fewShot.all(e, has(self.task.labels) && e.label in self.task.labels)"
+                ")",
                 "teacher.prompt.fewShot: every example's label must be one of task.labels",
                 ".teacher.prompt.fewShot",
             ),
             cel(
-                "!has(self.teacher.prompt) || has(self.student.uri)",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || has(self.student.uri)"
+                ")",
                 "a language-model teacher (teacher.prompt) has no classifier to copy: give a pretrained "
                 "student.uri",
                 ".student",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.distillation.teacherMode == 'cached'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.distillation.teacherMode == 'cached'"
+                ")",
                 "a language-model teacher (teacher.prompt) labels the data once: use distillation.teacherMode "
                 "cached",
                 ".distillation.teacherMode",
             ),
             cel(
-                "!has(self.teacher.prompt) || !self.distillation.hiddenStates.enabled",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || !self.distillation.hiddenStates.enabled"
+                ")",
                 "hidden-state distillation needs a classifier teacher's features, which teacher.prompt has not",
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
-                "!has(self.teacher.prompt) || self.compression.pruning.method == 'none'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.prompt) || self.compression.pruning.method == 'none'"
+                ")",
                 "pruning's recovery distillation runs a classifier teacher; with teacher.prompt use "
                 "compression.pruning.method none",
                 ".compression.pruning.method",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.endpoint) || !has(self.teacher.endpoint.api) || "
-                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)",
+                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)"
+                ")",
                 "teacher.endpoint.api chat is for classification with teacher.prompt; causal-lm distils "
                 "over completions",
                 ".teacher.endpoint.api",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'"
+                ")",
                 "an endpoint teacher can only be used in distillation.teacherMode cached",
                 ".distillation.teacherMode",
             ),
             cel(
+                "!has(self.teacher) || ("
                 "!has(self.teacher.endpoint) || self.task.type != 'causal-lm' || "
-                "self.distillation.loss == 'forward-kl'",
+                "self.distillation.loss == 'forward-kl'"
+                ")",
                 "an endpoint teacher leaves the student's targets sparse (one-hot on the prompt, fewer candidates "
                 "than topK), where reverse-kl and jsd, renormalised over the teacher's k tokens, are huge or "
                 "constant: use distillation.loss forward-kl",
                 ".distillation.loss",
             ),
             cel(
-                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'",
+                "!has(self.teacher) || ("
+                "!has(self.teacher.endpoint) || self.compression.pruning.method == 'none'"
+                ")",
                 "pruning is followed by a recovery distillation that needs the teacher's weights, which an "
                 "endpoint teacher does not have: use compression.pruning.method none",
                 ".compression.pruning.method",
             ),
             cel(
-                "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)",
+                "!has(self.teacher) || ("
+                "!self.distillation.hiddenStates.enabled || !has(self.teacher.endpoint)"
+                ")",
                 "hidden-state distillation needs a teacher model, not an endpoint",
                 ".distillation.hiddenStates.enabled",
             ),
             cel(
-                "!has(self.student.fromTeacher) || has(self.teacher.uri)",
-                "student.fromTeacher needs teacher.uri (a model whose layers can be copied)",
+                "!has(self.teacher) || ("
+                "!has(self.student.fromTeacher) || has(self.teacher.uri) || has(self.teacher.jobRef)"
+                ")",
+                "student.fromTeacher needs teacher.uri or teacher.jobRef (a model whose layers can be copied)",
                 ".student.fromTeacher",
             ),
             cel(
-                "!has(self.student.architecture) || has(self.teacher.uri)",
-                "student.architecture shares the teacher's tokenizer: it needs teacher.uri",
+                "!has(self.teacher) || ("
+                "!has(self.student.architecture) || has(self.teacher.uri) || has(self.teacher.jobRef)"
+                ")",
+                "student.architecture shares the teacher's tokenizer: it needs teacher.uri or teacher.jobRef",
                 ".student.architecture",
             ),
         )
     }
 
     task: TaskSpec = Field(description="What the student learns to do.")
-    teacher: TeacherSpec = Field(description="The model that teaches.")
+    teacher: TeacherSpec | None = Field(default=None, description="The model that teaches (one teacher; "
+                                        "`teachers` for several).")
+    teachers: list[EnsembleTeacher] | None = Field(
+        default=None,
+        description="Several teachers whose class distributions are combined into the soft targets "
+        "(distillation.ensemble), each with a weight: classification models and language models labelling "
+        "through a prompt, in any mix. Instead of `teacher`.",
+        min_length=2,
+        max_length=8,
+    )
     student: StudentSpec = Field(description="The model that learns.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
     distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="The distillation objective.")
@@ -642,12 +792,30 @@ class DistillationJobSpec(ApiModel):
     output: OutputSpec = Field(description="Where artifacts, checkpoints and the report are written.")
     ray: RayClusterSpec = Field(default_factory=RayClusterSpec, description="The Ray cluster that runs the job.")
 
+    @property
+    def teacher_job(self) -> JobReference | None:
+        """The job whose student teaches this one (teacher.jobRef), if any."""
+        return self.teacher.job_ref if self.teacher is not None else None
+
+    def all_teachers(self) -> list[tuple[str, TeacherSpec]]:
+        """Every teacher with the spec field that holds it: `teacher`, or `teachers[i]` of several."""
+        if self.teachers is not None:
+            return [(f"teachers[{i}]", t) for i, t in enumerate(self.teachers)]
+        return [("teacher", self.teacher)] if self.teacher is not None else []
+
     @model_validator(mode="after")
     def _cross_field(self) -> DistillationJobSpec:
         if self.compression.quantization == "int4" and self.task.type != "causal-lm":
             raise ValueError(
                 "compression.quantization: int4 is for causal-lm students; use int8 for sequence-classification"
             )
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("teachers: set teacher (one teacher) or teachers (several), not both")
+        if self.teachers is not None:
+            self._check_teachers(self.teachers)
+            return self
+        if self.teacher is None:
+            raise ValueError("teacher: set teacher (the model that teaches), or teachers for several")
         endpoint = self.teacher.endpoint is not None
         if endpoint and self.task.type != "causal-lm" and self.teacher.prompt is None:
             raise ValueError(
@@ -679,7 +847,47 @@ class DistillationJobSpec(ApiModel):
             )
         return self
 
+    def _check_teachers(self, teachers: list[EnsembleTeacher]) -> None:
+        """Several teachers: each classifies (a model, or a language model through a prompt) and the
+        combination is computed once, before training, over the task's labels."""
+        if sum(t.weight for t in teachers) <= 0:
+            raise ValueError("teachers: the weights must sum to a positive number: give at least one teacher a "
+                             "weight above 0")
+        needs = {"task.type": self.task.type == "sequence-classification",
+                 "student.uri": self.student.uri is not None,
+                 "distillation.teacherMode": self.distillation.teacher_mode == "cached",
+                 "distillation.hiddenStates.enabled": not self.distillation.hidden_states.enabled,
+                 "compression.pruning.method": self.compression.pruning.method == "none"}
+        unmet = [field for field, ok in needs.items() if not ok]
+        if unmet:
+            raise ValueError(f"teachers: several teachers combine class distributions once, which needs task.type "
+                             "sequence-classification, a pretrained student.uri, teacherMode cached, no hidden-state "
+                             f"distillation and no pruning; change {', '.join(unmet)}")
+        keyed = [i for i, t in enumerate(teachers) if t.endpoint is not None and t.endpoint.api_key_secret_ref]
+        if len(keyed) > 1:
+            raise ValueError(f"teachers[{keyed[1]}].endpoint.apiKeySecretRef: one endpoint teacher at most may "
+                             "carry an API key")
+        for i, member in enumerate(teachers):
+            where = f"teachers[{i}]"
+            if member.job_ref is not None:
+                raise ValueError(f"{where}.jobRef: a member of several teachers is a model or an endpoint; chain "
+                                 "jobs through teacher.jobRef")
+            if member.endpoint is not None and member.prompt is None:
+                raise ValueError(f"{where}.endpoint: an endpoint teacher classifies through a prompt: set "
+                                 f"{where}.prompt")
+            self._check_labels(member.prompt, where)
+
+    def _check_labels(self, prompt: TeacherPrompt | None, where: str) -> None:
+        labels = self.task.labels or []
+        unknown = sorted(set((prompt.verbalizer if prompt else None) or {}) - set(labels))
+        if unknown:
+            raise ValueError(f"{where}.prompt.verbalizer: {unknown} are not in task.labels {labels}")
+        strays = sorted({e.label for e in (prompt.few_shot if prompt else None) or []} - set(labels))
+        if strays:
+            raise ValueError(f"{where}.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+
     def _check_prompt(self) -> None:
+        assert self.teacher is not None
         prompt, endpoint = self.teacher.prompt, self.teacher.endpoint
         if endpoint is not None and endpoint.api == "chat" and prompt is None:
             raise ValueError("teacher.endpoint.api: chat is for classification with teacher.prompt; causal-lm "
@@ -689,13 +897,7 @@ class DistillationJobSpec(ApiModel):
         if self.task.type != "sequence-classification":
             raise ValueError("teacher.prompt: labels texts for sequence-classification; a causal-lm task learns "
                              "the teacher's own answers (remove teacher.prompt)")
-        labels = self.task.labels or []
-        unknown = sorted(set(prompt.verbalizer or {}) - set(labels))
-        if unknown:
-            raise ValueError(f"teacher.prompt.verbalizer: {unknown} are not in task.labels {labels}")
-        strays = sorted({e.label for e in prompt.few_shot or []} - set(labels))
-        if strays:
-            raise ValueError(f"teacher.prompt.fewShot: labels {strays} are not in task.labels {labels}")
+        self._check_labels(prompt, "teacher")
         if self.student.uri is None:
             raise ValueError("student: a language-model teacher (teacher.prompt) has no classifier to copy: give a "
                              "pretrained student.uri")
@@ -738,6 +940,11 @@ class JobResults(ApiModel):
         "for a StudentDeployment whose router uses another signal than max-probability.",
     )
     escalation_rate: float | None = Field(default=None, description="Share escalated at the recommended threshold.")
+    cost_ratio: float | None = Field(
+        default=None, description="Teacher-only cost per request over the cascade's at the recommended threshold "
+        "(evaluation.economics; e.g. 12 = twelve times cheaper).")
+    payback_days: float | None = Field(
+        default=None, description="Days of the stated traffic whose saving pays for the job (evaluation.economics).")
     gate_passed: bool | None = Field(default=None, description="Whether the evaluation gate passed.")
     artifact_uri: str | None = Field(default=None, description="URI of the Triton model repository.")
     report_uri: str | None = Field(default=None, description="URI of report.json.")
@@ -786,6 +993,10 @@ class DistillationJobStatus(ApiModel):
     metrics: dict[str, float] | None = Field(default=None, description="Live metrics (loss, eval accuracy, ...).")
     results: JobResults | None = Field(default=None, description="Results, once the job has finished.")
     failure: JobFailure | None = Field(default=None, description="The last failure the pipeline reported.")
+    teacher_uri: str | None = Field(
+        default=None, description="The teacher the run uses, resolved from spec.teacher.jobRef (that job's "
+        "student, under its spec.output.uri)."
+    )
 
 
 class DistillationJob(ApiModel):
@@ -797,3 +1008,11 @@ class DistillationJob(ApiModel):
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: DistillationJobSpec = Field(description="Desired state.")
     status: DistillationJobStatus | None = Field(default=None, description="Observed state.")
+
+    @model_validator(mode="after")
+    def _not_its_own_teacher(self) -> DistillationJob:
+        ref = self.spec.teacher_job
+        if ref is not None and ref.name == self.metadata.name:
+            raise ValueError(f"spec.teacher.jobRef.name: {ref.name!r} is this job itself; name the job whose "
+                             "student teaches this one")
+        return self

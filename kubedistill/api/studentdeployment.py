@@ -11,6 +11,7 @@ from kubedistill.api.base import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    JobReference,
     ResourceRequirements,
     SecretKeyRef,
     cel,
@@ -27,14 +28,9 @@ DeploymentPhase = Literal["Waiting", "Progressing", "Ready", "Degraded"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+MAX_TIERS = 8  # models between the student and the teacher, at most
 # Triton's HTTP, gRPC and metrics ports, taken in every serving pod.
 TRITON_PORTS = (8000, 8001, 8002)
-
-
-class JobReference(ApiModel):
-    """A DistillationJob in the same namespace."""
-
-    name: str = Field(description="Name of the DistillationJob.", pattern=DNS_LABEL_PATTERN, max_length=63)
 
 
 class ModelSource(ApiModel):
@@ -142,6 +138,55 @@ class TeacherEndpointRef(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key with the API key.")
 
 
+class RouterTier(ApiModel):
+    """A model between the student and the teacher: what the tier before it is unsure of comes here, and what
+    this one is unsure of (confidence below its threshold) goes on to the next tier, the teacher last."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("has(self.model) != has(self.endpoint)", "set exactly one of the tier's model and endpoint"),
+            cel("!has(self.endpoint) || !has(self.endpoint.apiKeySecretRef)",
+                "a tier's endpoint takes no apiKeySecretRef (only router.teacher does)", ".endpoint"),
+        )
+    }
+
+    name: str = Field(description="Name of the tier: `served_by` of its answers and the label of its metrics.",
+                      pattern=DNS_LABEL_PATTERN, max_length=63)
+    model: str | None = Field(default=None, description="A model in the same Triton model repository that takes the "
+                              "student's inputs (its tokenizer) and returns logits over the labels.",
+                              pattern=DNS_LABEL_PATTERN, max_length=63)
+    endpoint: TeacherEndpointRef | None = Field(default=None, description="A remote model instead (as "
+                                                "router.teacher).")
+    threshold: float = Field(description="Its answers below this confidence go on to the next tier; at most the "
+                             "threshold of the tier before it (the student's: router.threshold).", ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RouterTier:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError(f"router.tiers: tier {self.name!r}: set exactly one of model (in this Triton) and "
+                             "endpoint (remote)")
+        if self.endpoint is not None and self.endpoint.api_key_secret_ref is not None:
+            raise ValueError(f"router.tiers: tier {self.name!r}: endpoint.apiKeySecretRef is not supported for a "
+                             "tier; only router.teacher carries a key")
+        return self
+
+
+def tier_order_problem(tiers: list[RouterTier], student_threshold: float | None) -> str | None:
+    """Why the tiers' thresholds are out of order (None: they are not): along the cascade each threshold is at
+    most the one before it, the student's first (a bigger model is trusted at a lower confidence)."""
+    previous, before = student_threshold, "router.threshold (the student's)"
+    for i, tier in enumerate(tiers):
+        if previous is not None and tier.threshold > previous:
+            return (f"router.tiers[{i}].threshold: {tier.threshold} is above {previous}, the threshold of "
+                    f"{before}: thresholds must not increase along the tiers")
+        previous, before = tier.threshold, f"tier {tier.name!r}"
+    names = [t.name for t in tiers]
+    reserved = sorted({n for n in names if n in ("student", "teacher")} | {n for n in names if names.count(n) > 1})
+    if reserved:
+        return f"router.tiers: names {reserved} repeat or are taken (student, teacher): give each tier its own name"
+    return None
+
+
 class RouterAuth(ApiModel):
     """Clients of the router must present a bearer token of its own."""
 
@@ -172,6 +217,15 @@ class RouterSpec(ApiModel):
         "json_schema_extra": cel_rules(
             cel("self.mode != 'shadow' || self.shadowSampleRate > 0.0",
                 "mode shadow needs router.shadowSampleRate above 0", ".shadowSampleRate"),
+            cel("!has(self.tiers) || self.mode == 'route'", "router.tiers cascade in mode route only", ".tiers"),
+            cel("!has(self.tiers) || !has(self.threshold) || self.tiers.all(t, t.threshold <= self.threshold)",
+                "router.tiers: each tier's threshold must be at most router.threshold (the student's)", ".tiers"),
+            cel("!has(self.tiers) || (" + " && ".join(
+                f"(size(self.tiers) <= {i} || self.tiers[{i}].threshold <= self.tiers[{i - 1}].threshold)"
+                for i in range(1, MAX_TIERS)) + ")",  # standard CEL has no pairwise loop: one term per neighbour
+                "router.tiers: thresholds must not increase along the tiers", ".tiers"),
+            cel("!has(self.tiers) || self.tiers.all(t, t.name != 'student' && t.name != 'teacher')",
+                "router.tiers: the names student and teacher are taken", ".tiers"),
         )
     }
 
@@ -197,6 +251,11 @@ class RouterSpec(ApiModel):
     teacher: TeacherEndpointRef | None = Field(
         default=None, description="Remote teacher; unset escalates to the teacher colocated in Triton."
     )
+    tiers: list[RouterTier] | None = Field(
+        default=None, description="A tiered cascade (mode route): models between the student and the teacher, in "
+        "the order requests climb them, each with its own threshold.", max_length=MAX_TIERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     auth: RouterAuth | None = Field(
         default=None, description="A bearer token clients must send; unset: no authentication (keep the Service "
         "inside the cluster)."
@@ -210,6 +269,12 @@ class RouterSpec(ApiModel):
     def _shadow_rate(self) -> RouterSpec:
         if self.mode == "shadow" and self.shadow_sample_rate <= 0:
             raise ValueError("router.shadowSampleRate: mode shadow needs a sample rate above 0")
+        if self.tiers is not None:
+            if self.mode != "route":
+                raise ValueError(f"router.tiers: tiers cascade in mode route only, not {self.mode}")
+            problem = tier_order_problem(self.tiers, self.threshold)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -235,6 +300,26 @@ class ServiceSpec(ApiModel):
         return self
 
 
+class LiveStatusSpec(ApiModel):
+    """What the routers see, in status.live: the operator reads each ready router pod's /metrics at an interval
+    (its `--live-status-seconds`) and compares the live figures with the job's evaluation."""
+
+    enabled: bool = Field(
+        default=True, description="Read the routers' metrics into status.live and set the conditions "
+        "EscalationAboveExpected and AgreementBelowExpected. kopf then keeps its finalizer on the resource (the "
+        "operator stops the refresh before deletion completes); false: neither.")
+    escalation_margin: float = Field(
+        default=0.05, description="EscalationAboveExpected turns True when the live share escalated exceeds the "
+        "job's expected share (its frontier at the recommended threshold) by more than this (absolute, 0-1).",
+        ge=0, le=1)
+    agreement_margin: float = Field(
+        default=0.05, description="AgreementBelowExpected turns True when the live shadow agreement falls below the "
+        "job's measured agreement by more than this (absolute, 0-1).", ge=0, le=1)
+    min_instances: int = Field(
+        default=50, description="Fewest routed (or shadow-compared) instances in a refresh window for a condition "
+        "to be decided from it; fewer leave it as it was.", ge=1, le=1_000_000)
+
+
 class StudentDeploymentSpec(ApiModel):
     """Serve a distilled student behind a confidence router."""
 
@@ -255,6 +340,8 @@ class StudentDeploymentSpec(ApiModel):
     triton: TritonSpec = Field(default_factory=TritonSpec, description="Triton Inference Server.")
     router: RouterSpec = Field(default_factory=RouterSpec, description="The confidence router sidecar.")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service.")
+    live_status: LiveStatusSpec = Field(default_factory=LiveStatusSpec,
+                                        description="The routers' live figures in status, and their conditions.")
 
     @model_validator(mode="after")
     def _replicas_in_bounds(self) -> StudentDeploymentSpec:
@@ -263,6 +350,27 @@ class StudentDeploymentSpec(ApiModel):
                 f"replicas ({self.replicas}) must not exceed autoscaling.maxReplicas ({self.autoscaling.max_replicas})"
             )
         return self
+
+
+class LiveFigures(ApiModel):
+    """What the routers saw in the last refresh window (all ready router pods together)."""
+
+    pods: int | None = Field(default=None, description="Router pods read in this window.", ge=0)
+    requests_per_second: float | None = Field(default=None, description="Predict requests per second.", ge=0)
+    escalation_share: float | None = Field(default=None, description="Share of routed instances escalated to the "
+                                           "teacher (null: none routed in the window).", ge=0, le=1)
+    shadow_agreement: float | None = Field(default=None, description="Share of shadow-compared instances where "
+                                           "student and teacher agreed (null: none compared).", ge=0, le=1)
+    p95_latency_ms: float | None = Field(default=None, description="95th percentile of the router's request "
+                                         "latency, milliseconds (from its histogram's buckets).", ge=0)
+    teacher_errors_per_second: float | None = Field(default=None, description="Failed teacher calls per second.",
+                                                    ge=0)
+    expected_escalation_share: float | None = Field(default=None, description="The job's frontier at the "
+                                                    "recommended threshold (status.results.escalationRate).")
+    expected_agreement: float | None = Field(default=None, description="The job's measured agreement "
+                                             "(status.results.agreement).")
+    unreachable: list[str] | None = Field(default=None, description="Ready router pods whose /metrics could not be "
+                                          "read, with why.", max_length=16)
 
 
 class StudentDeploymentStatus(ApiModel):
@@ -285,6 +393,7 @@ class StudentDeploymentStatus(ApiModel):
     autoscaler_name: str | None = Field(
         default=None, description="Name of the HorizontalPodAutoscaler (while `autoscaling` is set)."
     )
+    live: LiveFigures | None = Field(default=None, description="What the routers see (spec.liveStatus).")
 
 
 class StudentDeployment(ApiModel):

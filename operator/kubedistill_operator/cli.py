@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     operator.add_argument("--resync-seconds", type=float, default=600.0, metavar="SECONDS",
                           help="seconds between full re-lists of the watched resources (a level-based resync; "
                           "default: 600)")
+    operator.add_argument("--live-status-seconds", type=float, default=30.0, metavar="SECONDS",
+                          help="seconds between two reads of a StudentDeployment's router metrics into status.live "
+                          "(the window its figures cover; default: 30)")
     operator.set_defaults(func=_operator)
 
 
@@ -69,6 +72,7 @@ def options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         metrics_port=_metrics_port(args.metrics_port) or None,
         kubeconfig=args.kubeconfig,
         resync_seconds=args.resync_seconds,
+        live_status_seconds=args.live_status_seconds,
         config=OperatorConfig.from_env(),
     )
 

@@ -15,7 +15,13 @@ from kubedistill.api import GROUP, VERSION
 from kubedistill_operator import naming
 from kubedistill_operator.kubeapi import KubeApi
 from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, counted, reconciliation
-from kubedistill_operator.reconcile.job import failure_needs_action, reconcile_job, refresh_job
+from kubedistill_operator.reconcile.job import (
+    failure_needs_action,
+    reconcile_dependents,
+    reconcile_job,
+    refresh_job,
+)
+from kubedistill_operator.reconcile.live import refresh_live
 from kubedistill_operator.reconcile.student import (
     job_change_matters,
     reconcile_student,
@@ -64,13 +70,20 @@ def _namespaced(namespace: str | None) -> str:
     return namespace
 
 
-def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
+def _live_wanted(spec: Any, status: Any, **_: Any) -> bool:
+    """A deployed StudentDeployment whose spec.liveStatus is enabled (the default)."""
+    return (spec.get("liveStatus") or {}).get("enabled", True) is not False and bool(status.get("deploymentName"))
+
+
+def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorRegistry:
     """Every handler of the operator, in a registry of its own (so tests can run several operators).
 
     The level-based safety net is the event handlers on the children: every event of a RayJob or a
     Deployment (including the ADDED events of each periodic re-list) copies its whole state into the
-    parent's status, and a child deleted under a running parent is recreated. No timers: kopf would put
-    a finalizer on every resource for them, and a stopped operator would then block their deletion."""
+    parent's status, and a child deleted under a running parent is recreated. Only one timer: the live status
+    of a deployed StudentDeployment (`live_seconds` apart). kopf puts its finalizer on the resources it runs
+    for, so that it stops the timer before they go; `spec.liveStatus.enabled: false` does without both (a
+    stopped operator would otherwise hold their deletion until it runs again)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(id="login", registry=registry)
@@ -94,6 +107,26 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
             await memo.ctx.in_thread(_fail_job, memo, _namespaced(namespace), name)
 
+    # Teacher assistant chains: the jobs each job teaches (their spec.teacher.jobRef names it).
+    @kopf.index(*JOBS, id="jobs_by_teacher", registry=registry)
+    def jobs_by_teacher(namespace: str | None, body: Any, spec: Any, **_: Any) -> dict[tuple[str, str], Any]:
+        teacher = ((spec.get("teacher") or {}).get("jobRef") or {}).get("name")
+        if not teacher:
+            return {}
+        job = {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}
+        return {(_namespaced(namespace), teacher): job}
+
+    # Async for the same reasons as job_event below: the index is copied on the event loop, and the reconciling
+    # goes on in a thread without holding up this job's next events.
+    @kopf.on.event(*JOBS, id="job-to-dependents", registry=registry)
+    async def teacher_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any,
+                            **kwargs: Any) -> None:
+        index: kopf.Index[tuple[str, str], Any] = kwargs["jobs_by_teacher"]
+        dependents = copy.deepcopy(list(index.get((_namespaced(namespace), name), [])))
+        if dependents:
+            teacher = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
+            memo.ctx.in_background(reconcile_dependents, memo.ctx, _namespaced(namespace), dependents, teacher)
+
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)
     def ray_job_event(event: Any, body: Any, namespace: str | None, labels: Any, memo: Any, **_: Any) -> None:
@@ -115,6 +148,13 @@ def build_registry(api: KubeApi) -> kopf.OperatorRegistry:
     @reconciliation(STUDENT_KIND)
     def student_changed(body: Any, memo: Any, **_: Any) -> None:
         reconcile_student(memo.ctx, dict(body))
+
+    # The routers' metrics into status.live. kopf's timer runs it in its thread pool, never twice at once for one
+    # object, and pauses it on an operator that is not the peering's active one; `memo` is this object's own.
+    @kopf.timer(*STUDENTS, id="live-status", interval=live_seconds, initial_delay=live_seconds, when=_live_wanted,
+                registry=registry)
+    def live_status(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+        refresh_live(memo.ctx, _namespaced(namespace), name, memo.setdefault("live_samples", {}))
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
                    labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)

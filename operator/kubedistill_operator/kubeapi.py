@@ -69,6 +69,7 @@ ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
+PODS = Resource("", "v1", "pods")
 
 _BY_KIND = {
     ("kubedistill.io/v1alpha1", "DistillationJob"): DISTILLATION_JOBS,
@@ -168,6 +169,12 @@ class KubeApi:
     def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         return self._request("GET", resource.path(namespace, name))
+
+    def list(self, resource: Resource, namespace: str | None, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The objects whose labels include `labels`."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        found = self._request("GET", resource.path(namespace), query={"labelSelector": selector})
+        return list((found or {}).get("items") or [])
 
     def create(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create; None when an object of that name already exists."""

@@ -36,6 +36,8 @@ class OperatorOptions:
     metrics_port: int | None = None
     kubeconfig: str | None = None
     resync_seconds: float = 600.0
+    # Seconds between two reads of a StudentDeployment's routers (status.live): the window its figures cover.
+    live_status_seconds: float = 30.0
     wait_delay: float = 30.0
     config: OperatorConfig = field(default_factory=OperatorConfig.from_env)
 
@@ -76,7 +78,7 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
                        stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run until `stop_flag` is set (or a signal arrives, in the main thread)."""
     api = api or KubeApi.from_environment(options.kubeconfig)
-    registry = build_registry(api)
+    registry = build_registry(api, options.live_status_seconds)
     metrics: OperatorMetrics | None = None
     serving: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if options.metrics_port is not None:

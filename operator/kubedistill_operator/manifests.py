@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
+from kubedistill import chain
 from kubedistill.api import DistillationJob, StudentDeployment
-from kubedistill.artifacts import model_repository_uri
+from kubedistill.artifacts import model_repository_uri, student_uri
 from kubedistill.uris import join_uri
 from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_job_children, build_student_children
@@ -24,12 +25,18 @@ UNKNOWN_REPOSITORY = "file:///unknown-job-output"
 
 
 def missing_jobs(resources: list[Any]) -> list[str]:
-    """A note for each StudentDeployment whose DistillationJob is not among `resources`."""
+    """A note for each StudentDeployment, or job taught by another job's student, whose DistillationJob is not
+    among `resources`."""
     jobs = {r.metadata.name for r in resources if isinstance(r, DistillationJob)}
-    return [f"StudentDeployment {r.metadata.name}: DistillationJob {r.spec.source.job_ref.name} is not among the "
-            f"files, so its model repository shows as {UNKNOWN_REPOSITORY}/...; give its manifest too"
-            for r in resources if isinstance(r, StudentDeployment) and r.spec.source.job_ref is not None
-            and r.spec.source.job_ref.name not in jobs]
+    notes = [f"StudentDeployment {r.metadata.name}: DistillationJob {r.spec.source.job_ref.name} is not among the "
+             f"files, so its model repository shows as {UNKNOWN_REPOSITORY}/...; give its manifest too"
+             for r in resources if isinstance(r, StudentDeployment) and r.spec.source.job_ref is not None
+             and r.spec.source.job_ref.name not in jobs]
+    notes += [f"DistillationJob {r.metadata.name}: DistillationJob {r.spec.teacher_job.name} (teacher.jobRef) is "
+              f"not among the files, so its teacher shows as {UNKNOWN_REPOSITORY}/...; give its manifest too"
+              for r in resources if isinstance(r, DistillationJob) and r.spec.teacher_job is not None
+              and r.spec.teacher_job.name not in jobs]
+    return notes
 
 
 def _with_defaults(resource: Any) -> Any:
@@ -51,10 +58,20 @@ def render(resources: list[Any], config: OperatorConfig) -> list[dict[str, Any]]
     for resource in resources:
         resource = _with_defaults(resource)
         if isinstance(resource, DistillationJob):
-            objects.extend(build_job_children(resource, config))
+            objects.extend(build_job_children(_taught(resource, jobs), config))
         elif isinstance(resource, StudentDeployment):
             objects.extend(build_student_children(resource, _source(resource, jobs), config))
     return objects
+
+
+def _taught(job: DistillationJob, jobs: dict[str, DistillationJob]) -> DistillationJob:
+    """A job taught by another job's student, as the operator runs it once that job has succeeded."""
+    ref = job.spec.teacher_job
+    if ref is None:
+        return job
+    teacher = jobs.get(ref.name)
+    output = teacher.spec.output.uri if teacher is not None else join_uri(UNKNOWN_REPOSITORY, ref.name)
+    return chain.taught_by(job, student_uri(output))
 
 
 def _source(sd: StudentDeployment, jobs: dict[str, DistillationJob]) -> ModelSourceInfo:

@@ -1,4 +1,5 @@
-"""Sequence classification: student first, teacher for the items below the confidence threshold.
+"""Sequence classification: student first, teacher for the items below the confidence threshold; with
+router.tiers, a cascade: each tier answers what the one before it was unsure of, the teacher last.
 
 Modes: `route` (escalate what the student is unsure of), `student-only`, `teacher-only` (the student
 answers, marked degraded, when the teacher cannot), and `shadow` (the student answers; a sampled share
@@ -12,11 +13,13 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from aiohttp import web
 
+from kubedistill.api.studentdeployment import RouterTier, tier_order_problem
 from kubedistill.artifacts import ServedModel, ServingManifest
 from kubedistill.confidence import escalate, softmax
 from kubedistill.routerconfig import RouterConfig
@@ -36,6 +39,15 @@ log = logging.getLogger("kubedistill.router")
 SHADOW_MAX_IN_FLIGHT = 16  # shadow work never queues up behind a slow teacher
 
 
+@dataclass(frozen=True)
+class Tier:
+    """A model of the cascade between the student and the teacher (router.tiers)."""
+
+    name: str  # served_by of its answers
+    threshold: float
+    model: Teacher
+
+
 def resolve_threshold(config: RouterConfig, manifest: ServingManifest) -> float | None:
     """The threshold in use: the router's own, else the export's recommended one (for its signal)."""
     if config.mode not in ("route",):
@@ -50,6 +62,18 @@ def resolve_threshold(config: RouterConfig, manifest: ServingManifest) -> float 
                          f"{manifest.confidence_signal} signal, not {config.confidence_signal}; set "
                          f"router.threshold or use confidenceSignal {manifest.confidence_signal}")
     return manifest.recommended_threshold
+
+
+def check_tiers(tiers: list[RouterTier], threshold: float | None, repository: Path) -> None:
+    """Tiers whose thresholds fall along the cascade (the student's may come from serving.json, so it is checked
+    again here) and whose models are in the repository; ValueError naming the field otherwise."""
+    problem = tier_order_problem(tiers, threshold)
+    if problem is not None:
+        raise ValueError(problem)
+    for i, tier in enumerate(tiers):
+        if tier.model is not None and not (repository / tier.model / "config.pbtxt").is_file():
+            raise ValueError(f"router.tiers[{i}].model: the model repository {repository} has no model "
+                             f"{tier.model!r}; add it (taking the student's inputs) or fix the name")
 
 
 def encode_checked(encoder: TextEncoder, texts: list[str]) -> dict[str, np.ndarray]:
@@ -79,12 +103,14 @@ class ClassificationHandler:
         self.labels = manifest.labels
         self.signal = config.confidence_signal
         self.threshold = resolve_threshold(config, manifest)
+        check_tiers(config.tiers or [], self.threshold, repository)  # before any connection is opened
         self.triton = triton
         self.metrics = metrics
         self.student = manifest.student
         encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
         self.student_calls = self._model_calls("student", manifest.student, encoder, repository)
         self.teacher = self._teacher(config, manifest, repository)
+        self.tiers = [self._tier(tier, encoder, repository) for tier in config.tiers or []]
         self.breaker = CircuitBreaker()
         self._last_teacher_error: BaseException | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -101,6 +127,16 @@ class ClassificationHandler:
             raise ValueError(f"router.mode {config.mode} needs a teacher: the model repository has none; set "
                              "router.teacher (a remote endpoint) or use mode student-only")
         return None
+
+    def _tier(self, tier: RouterTier, encoder: TextEncoder, repository: Path) -> Tier:
+        """A model between the student and the teacher: in this Triton (fed like the student), or remote."""
+        if tier.endpoint is not None:
+            return Tier(tier.name, tier.threshold, remote_teacher(tier.endpoint, self.labels, self.signal, None))
+        assert tier.model is not None
+        served = self.student.model_copy(update={"name": tier.model})
+        calls = self._model_calls(tier.name, served, encoder, repository)
+        return Tier(tier.name, tier.threshold, ColocatedTeacher(calls, f"Triton model {tier.model!r}", self.labels,
+                                                                self.signal))
 
     def _model_calls(self, role: str, served: ServedModel, encoder: TextEncoder, repository: Path) -> Coalescer:
         """Tokenize-and-infer calls to one model in Triton, coalesced as the config says."""
@@ -166,17 +202,45 @@ class ClassificationHandler:
         predictions = [Prediction(a.label, a.confidence, "student", degraded) for a in student]
         if self.config.mode == "route":
             assert self.threshold is not None
-            below = np.flatnonzero(escalate(probs, self.signal, self.threshold))
+            below = [int(i) for i in np.flatnonzero(escalate(probs, self.signal, self.threshold))]
             self.metrics.record_routing(len(texts), len(below))
-            if len(below):
+            for tier in self.tiers:  # each answers what the tier before it was unsure of
+                if not below:
+                    break
+                below = await self._climb(tier, texts, below, predictions)
+            if below:
                 answers = await self._ask_teacher([texts[i] for i in below])
                 for j, i in enumerate(below):
                     a = answers[j] if answers is not None else None
+                    before = predictions[i]  # the last tier's answer stands, marked degraded
                     predictions[i] = (Prediction(a.label, a.confidence, "teacher") if a is not None
-                                      else Prediction(student[i].label, student[i].confidence, "student", True))
+                                      else Prediction(before.label, before.confidence, before.served_by, True))
         elif self.config.mode == "shadow":
             self._maybe_shadow(texts, [a.label for a in student])
         return self._record(predictions)
+
+    async def _climb(self, tier: Tier, texts: list[str], below: list[int], predictions: list[Prediction]) -> list[int]:
+        """Ask `tier` for the items `below` the previous tier's threshold; its answers replace theirs, and the
+        items it is unsure of (or cannot answer) go on. A tier that fails passes every item on."""
+        start = time.perf_counter()
+        try:
+            answers = await tier.model.classify([texts[i] for i in below])
+        except BadRequest as error:
+            log.warning("tier %s refused the request's texts: %s", tier.name, error.message)
+            return below
+        except Exception as error:  # the next tier (the teacher last) still answers
+            reason = error.reason if isinstance(error, UpstreamError) else "error"
+            self.metrics.teacher_errors.labels(f"{tier.name}:{reason}").inc()
+            log.warning("tier %s failed (%d items): %s: %s", tier.name, len(below), type(error).__name__, error)
+            return below
+        finally:
+            self.metrics.tier_seconds.labels(tier.name).observe(time.perf_counter() - start)
+        unsure = []
+        for a, i in zip(answers, below, strict=True):
+            predictions[i] = Prediction(a.label, a.confidence, tier.name)
+            if a.confidence is None or a.confidence < tier.threshold:
+                unsure.append(i)
+        return unsure
 
     def _record(self, predictions: list[Prediction]) -> list[Prediction]:
         counts = Counter((p.served_by, p.degraded) for p in predictions)
@@ -245,5 +309,7 @@ class ClassificationHandler:
             task.cancel()
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         await self.student_calls.close()
+        for tier in self.tiers:
+            await tier.model.close()
         if self.teacher is not None:
             await self.teacher.close()

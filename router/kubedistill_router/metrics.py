@@ -43,9 +43,9 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("kubedistill_router_requests", "Predict requests by HTTP code and by who served "
                                 "them (student, teacher, mixed; none for errors).", ["code", "served_by"], registry=r)
-        self.instances = Counter("kubedistill_router_instances", "Instances answered, by who served them; degraded: "
-                                 "the student answered because the teacher could not.", ["served_by", "degraded"],
-                                 registry=r)
+        self.instances = Counter("kubedistill_router_instances", "Instances answered, by who served them (student, "
+                                 "a tier of router.tiers, teacher); degraded: the student (or a tier) answered "
+                                 "because the teacher could not.", ["served_by", "degraded"], registry=r)
         self.escalations = Counter("kubedistill_router_escalations", "Instances below the confidence threshold, "
                                    "sent to the teacher.", registry=r)
         self.routed = Counter("kubedistill_router_routed_instances", "Instances the route mode decided on.",
@@ -60,7 +60,11 @@ class RouterMetrics:
         self.teacher_seconds = Histogram("kubedistill_router_teacher_seconds", "Teacher call latency.",
                                          buckets=BUCKETS, registry=r)
         self.teacher_errors = Counter("kubedistill_router_teacher_errors", "Teacher calls that failed, by reason "
-                                      "(timeout, error, circuit-open).", ["reason"], registry=r)
+                                      "(timeout, error, circuit-open; `<tier>:<reason>` for a tier of "
+                                      "router.tiers).", ["reason"], registry=r)
+        self.tier_seconds = Histogram("kubedistill_router_tier_seconds", "Call latency of each tier between the "
+                                      "student and the teacher (router.tiers).", ["tier"], buckets=BUCKETS,
+                                      registry=r)
         self.circuit_open = Gauge("kubedistill_router_teacher_circuit_open", "1 while the teacher's circuit "
                                   "breaker is open.", registry=r)
         self.call_instances = Histogram("kubedistill_router_triton_call_instances", "Instances per Triton call, "

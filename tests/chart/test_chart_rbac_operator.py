@@ -99,6 +99,9 @@ def _play_student_lifecycle(cluster: Any, kubeapi: Any) -> None:
     cluster.delete(kubeapi.DEPLOYMENTS, NAMESPACE, SD)
     cluster.wait_for(lambda: (cluster.get(kubeapi.DEPLOYMENTS, NAMESPACE, SD) or {"metadata": {"uid": uid}})
                      ["metadata"]["uid"] != uid, what="the Deployment recreated")
+    # The live status: the operator lists the router pods whose metrics it reads.
+    cluster.wait_for(lambda: any(c.resource == "pods" and c.verb == "list" for c in cluster.operator_calls),
+                     what="the router pods listed for status.live")
 
 
 def _play_spec_change_and_deletion(cluster: Any, kubeapi: Any) -> None:
@@ -124,7 +127,7 @@ def recorded(tmp_path_factory) -> dict[str, Any]:
     """Run the operator through the scenario once; return its API requests and the pipeline's RBAC."""
     import kubedistill_harness as harness
     kubeapi = pytest.importorskip("kubedistill_operator.kubeapi")
-    with harness.OperatorHarness(tmp_path_factory.mktemp("rbac")) as cluster:
+    with harness.OperatorHarness(tmp_path_factory.mktemp("rbac"), live_status_seconds=0.5) as cluster:
         cluster.start_operator()
         _play_job_lifecycle(cluster, kubeapi)
         roles = cluster.list(kubeapi.ROLES, NAMESPACE)

@@ -142,7 +142,7 @@ def test_default_operator_is_one_hardened_replica_watching_the_cluster(render):
     assert spec["strategy"] == {"type": "Recreate"}
     assert container["command"] == ["kubedistill"]
     assert container["args"] == ["operator", "--all-namespaces", "--standalone", "--liveness-port=8080",
-                                 "--metrics-port=8081"]
+                                 "--metrics-port=8081", "--live-status-seconds=30"]
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert container["ports"] == [{"name": probe["port"], "containerPort": 8080, "protocol": "TCP"},
@@ -357,6 +357,15 @@ def test_operator_service_monitor_reaches_the_operators_endpoint():
     args = build_parser().parse_args(["operator", f"--metrics-port={values['metrics']['port']}"])
     options = cli.options_from_args(args)
     assert options.metrics_port == values["metrics"]["port"] != values["livenessProbe"]["port"]
+
+
+def test_live_status_interval_reaches_the_operator(render):
+    cli = pytest.importorskip("kubedistill_operator.cli")
+    from kubedistill.cli import build_parser
+
+    _, container = _container(render({"liveStatusSeconds": 12.5}))
+    (flag,) = [a for a in container["args"] if a.startswith("--live-status-seconds=")]
+    assert cli.options_from_args(build_parser().parse_args(["operator", flag])).live_status_seconds == 12.5
 
 
 def test_metrics_names_stay_within_63_characters(render):

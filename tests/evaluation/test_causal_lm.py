@@ -29,7 +29,10 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     write_jsonl(layout.data / "train.jsonl", rows[:12])
     write_jsonl(layout.data / "eval.jsonl", rows[12:])
     spec = make_spec(task={"type": "causal-lm", "maxLength": 32}, compression={"quantization": "int4"},
-                     evaluation={"gate": {"minRetention": 0.5}})
+                     evaluation={"gate": {"minRetention": 0.5},
+                                 "economics": {"teacherPricePerMillionInputTokens": 1.0,
+                                               "teacherPricePerMillionOutputTokens": 2.0,
+                                               "outputTokensPerRequest": 16, "studentPricePerHour": 0.5}})
     compress(spec, layout)
     assert (layout.onnx / "student.int4.onnx").is_file()
     report = evaluate(spec, layout, "lm-1", settings=fast_latency)
@@ -45,6 +48,15 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     assert set(generation.signals) == {"token-quantile", "min-token-probability", "mean-logprob"}
     rates = [p.escalation_rate for p in generation.frontier]
     assert rates == sorted(rates) and rates[0] == 0.0 and rates[-1] == 1.0
+    econ = report.economics  # an API-priced teacher: its cost is the tokens, the student's is its throughput
+    assert econ is not None
+    tokens = econ.measured["input_tokens_per_request"]
+    assert econ.teacher_per_million_requests.value == pytest.approx(tokens * 1.0 + 16 * 2.0)
+    student_rate = report.student_quantized.throughput["batch32"]
+    assert econ.student_per_million_requests.value == pytest.approx(
+        0.5 / (3600 * student_rate) * (tokens + 16) / tokens * 1e6)
+    assert econ.measured["escalation_rate"] == generation.recommended.escalation_rate
+    assert econ.cost_ratio.value is not None and econ.payback_days.missing
     manifest = export(spec, layout, report)
     assert manifest.task == "causal-lm" and manifest.labels is None
     assert manifest.student.kind == "generation" and manifest.student.precision == "int4"

@@ -152,3 +152,19 @@ def test_cli_refuses_bad_data_before_starting_ray(tmp_path, tiny_models):
     done = _cli(str(tmp_path / "job.yaml"), "--output", str(tmp_path / "o"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.labelField: labels in the data")
+
+
+def test_a_spec_written_before_a_field_was_added_still_resumes(tmp_path):
+    """A run recorded by an earlier version lacks fields added since (their defaults); it still resumes, and a
+    real change is still refused."""
+    manifest = job_manifest(tmp_path, tmp_path / "teacher", tmp_path / "data.jsonl")
+    pipeline = _pipeline(manifest, Recorder())
+    older = pipeline.context.job.to_wire()
+    del older["spec"]["distillation"]["ensemble"]  # a field with a default, added after that run
+    pipeline.layout.resolved_spec.parent.mkdir(parents=True, exist_ok=True)
+    pipeline.layout.resolved_spec.write_text(yaml.safe_dump(older))
+    pipeline._check_resolved_spec()
+    older["spec"]["training"]["learningRate"] = 0.5
+    pipeline.layout.resolved_spec.write_text(yaml.safe_dump(older))
+    with pytest.raises(SpecChangedError, match=r"differs in spec\.training\.learningRate|learningRate"):
+        pipeline._check_resolved_spec()

@@ -94,6 +94,7 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "kubedistill.io/v1alpha1/studentdeployments": _info("StudentDeployment", status=True, short="sd"),
     "ray.io/v1/rayjobs": _info("RayJob", status=True),
     "v1/configmaps": _info("ConfigMap"),
+    "v1/pods": _info("Pod", status=True),
     "v1/secrets": _info("Secret"),
     "v1/persistentvolumeclaims": _info("PersistentVolumeClaim", status=True),
     "v1/services": _info("Service", status=True),
@@ -297,6 +298,7 @@ class OperatorHarness:
     tmp_path: Path
     config: OperatorConfig = field(default_factory=OperatorConfig)
     wait_delay: float = 1.0
+    live_status_seconds: float = 30.0
     server: ApiServer | None = None
     url: str = ""
     kubeconfig: Path | None = None
@@ -355,7 +357,8 @@ class OperatorHarness:
         self.liveness_port = free_port()
         options = OperatorOptions(standalone=peering is None, peering=peering, liveness_host="127.0.0.1",
                                   liveness_port=self.liveness_port, kubeconfig=str(self.kubeconfig),
-                                  wait_delay=self.wait_delay, config=self.config)
+                                  wait_delay=self.wait_delay, config=self.config,
+                                  live_status_seconds=self.live_status_seconds)
         ready = threading.Event()
         self._stop = threading.Event()
         failure: list[BaseException] = []
@@ -507,6 +510,6 @@ def _resource_of(obj: dict[str, Any]) -> Resource:
         "DistillationJob": "distillationjobs", "StudentDeployment": "studentdeployments", "RayJob": "rayjobs",
         "Secret": "secrets", "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services",
         "ClusterKopfPeering": "clusterkopfpeerings", "PersistentVolumeClaim": "persistentvolumeclaims",
-        "ServiceAccount": "serviceaccounts",
+        "ServiceAccount": "serviceaccounts", "Pod": "pods",
     }[obj["kind"]]
     return Resource(group, version, plural)

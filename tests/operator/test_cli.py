@@ -43,6 +43,20 @@ def test_manifests_of_a_job_and_its_deployment_serve_the_jobs_output(capsys):
     assert fetch["command"][3] == "file:///tmp/kubedistill/bbc-news-topics/model_repository"
 
 
+def test_manifests_of_a_chain_show_the_assistants_student_as_teacher(capsys):
+    chain = ROOT / "examples" / "teacher-assistant"
+    assert main(["manifests", str(chain / "assistant.yaml"), str(chain / "tiny.yaml")]) == 0
+    out = capsys.readouterr()
+    objects = [d for d in yaml.safe_load_all(out.out) if d]
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "bbc-news-tiny-spec"]
+    teacher = yaml.safe_load(config_map["data"]["distillationjob.yaml"])["spec"]["teacher"]
+    assert teacher["uri"] == "file:///tmp/kubedistill/bbc-news-assistant/student" and "jobRef" not in teacher
+    assert "not among the files" not in out.err
+
+    assert main(["manifests", str(chain / "tiny.yaml")]) == 0
+    assert "DistillationJob bbc-news-assistant (teacher.jobRef) is not among the files" in capsys.readouterr().err
+
+
 def test_manifests_refuses_a_bad_file_with_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     doc = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())

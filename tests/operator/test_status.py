@@ -78,6 +78,15 @@ def test_success_with_results_and_gate_passed():
     assert conditions["Succeeded"]["status"] == "True" and "0.9710" in conditions["Succeeded"]["message"]
     assert conditions["GatePassed"]["status"] == "True"
     assert conditions["Running"]["status"] == "False"
+    assert "cost ratio" not in conditions["Succeeded"]["message"]  # no evaluation.economics
+
+
+def test_success_message_carries_the_economics_headline():
+    results = {"gatePassed": True, "retention": 0.971, "artifactUri": "pvc://m/j/model_repository",
+               "costRatio": 11.62, "paybackDays": 0.35}
+    update = job_status(dj({"results": results}), ray_job("Complete", "SUCCEEDED"), NOW)
+    message = {c["type"]: c for c in update.conditions}["Succeeded"]["message"]
+    assert "cost ratio 11.62x" in message and "payback 0.35 days" in message
 
 
 def test_gate_not_met_fails_the_job_and_says_by_how_much():
@@ -285,3 +294,18 @@ def test_serving_status_reports_ready_counts_and_model_version():
     assert update.fields == {"phase": "Progressing", "replicas": 3, "readyReplicas": 1, "ready": "1/3",
                              "modelVersion": "run-7"}
     assert update.conditions[0]["type"] == "Ready" and update.conditions[0]["status"] == "False"
+
+
+def test_tiers_above_the_jobs_recommended_threshold_are_refused():
+    from kubedistill_operator.reconcile.student import resolve_source
+
+    from kubedistill.api import StudentDeployment
+
+    sd = StudentDeployment.model_validate({"metadata": {"name": "sd"}, "spec": {
+        "source": {"jobRef": {"name": "bbc"}},
+        "router": {"tiers": [{"name": "mid", "model": "mid", "threshold": 0.85}]}}})
+    refused = resolve_source(None, sd, job_body("Succeeded", GOOD))  # no API call: ctx unused
+    assert refused.reason == "TiersOutOfOrder" and refused.refused
+    assert refused.message.startswith("router.tiers[0].threshold: 0.85 is above 0.8")
+    sd.spec.router.tiers[0].threshold = 0.7
+    assert resolve_source(None, sd, job_body("Succeeded", GOOD)).threshold == 0.8

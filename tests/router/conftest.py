@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,14 +62,14 @@ def _write_repository(repo: Path, student_onnx: Path, teacher_onnx: Path, tokeni
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> dict[str, Path]:
-    """Student and teacher ONNX files exported with the project's exporter."""
+    """Student, teacher and a mid-size model (a tier of router.tiers) exported with the project's exporter."""
     from kubedistill_jobs.onnx_export import export_onnx
     from transformers import AutoTokenizer
 
     out = tmp_path_factory.mktemp("onnx")
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir())
     paths = {}
-    for name, seed, hidden, layers in (("student", 0, 32, 1), ("teacher", 1, 64, 2)):
+    for name, seed, hidden, layers in (("student", 0, 32, 1), ("mid", 2, 48, 1), ("teacher", 1, 64, 2)):
         path = out / f"{name}.onnx"
         export_onnx(_tiny_classifier(seed, hidden, layers), tokenizer, path, task="sequence-classification",
                     max_length=MAX_LENGTH)
@@ -116,7 +117,16 @@ def model_repository(tmp_path_factory, exported, threshold) -> Path:
     repo = tmp_path_factory.mktemp("export") / "model_repository"
     _write_repository(repo, exported["student"], exported["teacher"], minilm_tokenizer_dir(), threshold)
     assert (repo / SERVING_MANIFEST).exists()
+    add_model(repo, "mid", exported["mid"])
     return repo
+
+
+def add_model(repo: Path, name: str, onnx: Path) -> None:
+    """Another model in the repository, served like the student (its inputs and batching): a tier of a cascade."""
+    (repo / name / "1").mkdir(parents=True)
+    shutil.copy2(onnx, repo / name / "1" / "model.onnx")
+    config = (repo / "student" / "config.pbtxt").read_text()
+    (repo / name / "config.pbtxt").write_text(config.replace('name: "student"', f'name: "{name}"', 1))
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,10 @@ ClusterRole or per watched namespace through Roles. Explicit verbs and resources
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The router pods' IPs, whose /metrics the operator reads into a StudentDeployment's status.live.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # A StudentDeployment's autoscaler: applied, and deleted when autoscaling is switched off.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]

@@ -1,6 +1,7 @@
 """Make the teacher ready for the task and save it to `teacher/` (classification: adapt it to the labels;
 causal LM: an fp32 copy), or check that an endpoint teacher answers with logprobs before any compute.
-A language-model teacher (`teacher.prompt`) labels both splits here (see kubedistill_jobs.prompt_teacher)."""
+A language-model teacher (`teacher.prompt`) labels both splits here (see kubedistill_jobs.prompt_teacher), and
+several teachers (`teachers`) each label them and are combined (kubedistill_jobs.ensemble)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     from kubedistill_jobs import teacher
 
     spec = context.spec
+    if context.ensemble:
+        from kubedistill_jobs import ensemble
+
+        marker = ensemble.prepare(spec, context.layout, context.split(), progress, on_usage=_usage_reporter(context))
+        if marker.get("accuracy") is not None:
+            context.on_status(metrics={"teacher_accuracy": round(marker["accuracy"], 4)})
+        return marker
     if context.prompt_teacher:
         from kubedistill_jobs import prompt_teacher
 
@@ -51,7 +59,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
 
 def _usage_reporter(context: Context) -> Callable[[int, int], None]:
     """Token usage and cost of an endpoint teacher into the job's live metrics, every few seconds at most."""
-    endpoint = context.spec.teacher.endpoint
+    endpoint = next((t.endpoint for _, t in context.spec.all_teachers() if t.endpoint is not None), None)
     pricing = endpoint.pricing if endpoint else None
     last = [0.0]
 
@@ -70,6 +78,10 @@ def _usage_reporter(context: Context) -> Callable[[int, int], None]:
 
 
 def summary(marker: dict[str, Any]) -> str:
+    if marker.get("method") == "ensemble":
+        from kubedistill_jobs import ensemble
+
+        return ensemble.summary(marker)
     if marker.get("method") == "prompt":
         from kubedistill_jobs import prompt_teacher
 

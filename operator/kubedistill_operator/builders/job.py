@@ -138,8 +138,9 @@ def _meta(job: DistillationJob, name: str) -> dict[str, Any]:
 def claim_fields(job: DistillationJob) -> list[tuple[str, str]]:
     """(spec field, claim) for every pvc:// URI the job's pods mount: teacher, student, dataset and output."""
     spec = job.spec
-    uris = (("spec.teacher.uri", spec.teacher.uri), ("spec.student.uri", spec.student.uri),
-            ("spec.dataset.uri", spec.dataset.uri), ("spec.output.uri", spec.output.uri))
+    teachers = tuple((f"spec.{field}.uri", teacher.uri) for field, teacher in spec.all_teachers())
+    uris = (*teachers, ("spec.student.uri", spec.student.uri), ("spec.dataset.uri", spec.dataset.uri),
+            ("spec.output.uri", spec.output.uri))
     return [(field, claim) for field, uri in uris if uri and (claim := pvc_claim(uri))]
 
 
@@ -175,11 +176,12 @@ def _env(job: DistillationJob, run_name: str) -> list[dict[str, Any]]:
     pipeline = PipelineEnv(job_name=job.metadata.name, job_namespace=job.metadata.namespace or "default",
                            run_id=run_name)
     env: list[dict[str, Any]] = [*common.env_list(pipeline.to_env())]
-    endpoint = job.spec.teacher.endpoint
-    if endpoint and endpoint.api_key_secret_ref:
-        ref = endpoint.api_key_secret_ref
-        env.append({"name": PipelineEnv.env_name("teacher_api_key"),
-                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    for _, teacher in job.spec.all_teachers():  # one at most has a key (the API refuses more)
+        endpoint = teacher.endpoint
+        if endpoint and endpoint.api_key_secret_ref:
+            ref = endpoint.api_key_secret_ref
+            env.append({"name": PipelineEnv.env_name("teacher_api_key"),
+                        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from kubedistill import chain
 from kubedistill.api import DistillationJob
 from kubedistill_operator import naming
 from kubedistill_operator.builders import build_job_children
@@ -14,6 +15,7 @@ from kubedistill_operator.kubeapi import DISTILLATION_JOBS, RAY_JOBS
 from kubedistill_operator.reconcile.context import ApiStatusWriter, Context
 from kubedistill_operator.reconcile.parsing import parse_or_refuse
 from kubedistill_operator.reconcile.references import job_references, require_references
+from kubedistill_operator.reconcile.teacher import await_teacher, teacher_change_matters
 from kubedistill_operator.status.conditions import StatusUpdate
 from kubedistill_operator.status.job import (
     INVALID_INPUT,
@@ -46,20 +48,33 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     if status.get("rayJobName") == run and status.get("phase") in TERMINAL_PHASES:
         return  # this generation has run; only a spec change starts another run
 
+    previous = status.get("rayJobName")
+    teacher: list[dict[str, Any]] = []  # the WaitingForTeacher condition of a job taught by another's student
+    teacher_uri = None
+    if job.spec.teacher_job is not None:
+        if previous == run and status.get("teacherUri"):
+            teacher_uri = status["teacherUri"]  # this run started with it: the referenced job no longer matters
+            job = chain.taught_by(job, teacher_uri)
+        else:
+            taught = await_teacher(ctx, body, writer, namespace, job)
+            if taught is None:
+                return  # refused; a change of this job or of the referenced one re-reconciles it
+            job, condition, teacher_uri = taught
+            teacher.append(condition)
+
     found = require_references(ctx, body, writer, namespace, job_references(job), waiting={"phase": "Pending"})
 
-    previous = status.get("rayJobName")
     if previous != run:
         # Recorded before the RayJob exists: an operator restarted at any point finds this name, never a new one.
         update = new_run_status(run, naming.spec_config_map_name(name), naming.pipeline_account_name(name),
-                                generation)
-        update.conditions.append(found)
+                                generation, teacher_uri)
+        update.conditions += [found, *teacher]
         writer.write(update)
         if previous and ctx.api.delete(RAY_JOBS, namespace, previous):
             ctx.event(body, "Normal", "RayJobReplaced",
                       f"the spec changed: RayJob {previous} deleted, {run} replaces it")
     else:
-        writer.write(StatusUpdate(conditions=[found]))
+        writer.write(StatusUpdate(conditions=[found, *teacher]))
 
     *supporting, ray_job = build_job_children(job, ctx.config, run)
     for child in supporting:
@@ -148,3 +163,13 @@ def failure_needs_action(body: dict[str, Any]) -> bool:
     (cheap: read from the event's body, so the job's own status writes never loop back into API calls)."""
     status = body.get("status") or {}
     return permanent_failure(status) is not None and status.get("phase") != "Failed"
+
+
+def reconcile_dependents(ctx: Context, namespace: str, dependents: list[dict[str, Any]],
+                         teacher: dict[str, Any] | None) -> None:
+    """After an event of a job (None: deleted): reconcile the jobs it teaches (bodies as last indexed) that have
+    not started their run and whose wait the change affects (waiting is not an error here)."""
+    for dependent in dependents:
+        if teacher_change_matters(dependent, teacher):
+            with contextlib.suppress(kopf.TemporaryError):  # still waiting: its own handler retries it
+                reconcile_job(ctx, dependent)

@@ -42,10 +42,11 @@ def job_references(job: DistillationJob) -> list[Reference]:
     """What a job's RayJob pods need: the teacher endpoint's key, S3 credentials, claims, a named account."""
     spec = job.spec
     found: list[Reference] = []
-    endpoint = spec.teacher.endpoint
-    if endpoint and endpoint.api_key_secret_ref:
-        ref = endpoint.api_key_secret_ref
-        found.append(Reference(SECRET, ref.name, "spec.teacher.endpoint.apiKeySecretRef", (ref.key,)))
+    for field, teacher in spec.all_teachers():
+        endpoint = teacher.endpoint
+        if endpoint and endpoint.api_key_secret_ref:
+            ref = endpoint.api_key_secret_ref
+            found.append(Reference(SECRET, ref.name, f"spec.{field}.endpoint.apiKeySecretRef", (ref.key,)))
     if spec.output.s3_credentials_secret and parse_uri(spec.output.uri).scheme == "s3":
         found.append(Reference(SECRET, spec.output.s3_credentials_secret, "spec.output.s3CredentialsSecret", S3_KEYS))
     found += [Reference(CLAIM, claim, field) for field, claim in claim_fields(job)]

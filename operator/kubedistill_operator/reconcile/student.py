@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from kubedistill.api import StudentDeployment
+from kubedistill.api.studentdeployment import tier_order_problem
 from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_student_children
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, HPAS, STUDENT_DEPLOYMENTS
@@ -36,8 +37,15 @@ def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | No
         if str(output.get("uri", "")).startswith("s3://"):
             s3_secret = output.get("s3CredentialsSecret")
     router = sd.spec.router
-    return resolve_job_source(sd.metadata.name, job, router.threshold, s3_secret, router.confidence_signal,
-                              router.mode)
+    outcome = resolve_job_source(sd.metadata.name, job, router.threshold, s3_secret, router.confidence_signal,
+                                 router.mode)
+    if isinstance(outcome, ModelSourceInfo) and router.tiers:
+        # The spec's own order is checked by the API; the job's recommended threshold only now.
+        problem = tier_order_problem(router.tiers, outcome.threshold)
+        if problem is not None:
+            return Waiting("TiersOutOfOrder", f"{problem} (the job recommends {outcome.threshold} for the student): "
+                           "lower the tiers' thresholds or set spec.router.threshold")
+    return outcome
 
 
 def _served(sd: StudentDeployment, status: dict[str, Any]) -> ModelSourceInfo | None:

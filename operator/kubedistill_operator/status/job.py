@@ -169,6 +169,8 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
         else:
             reason = "Succeeded"
             parts = [f"retention {results.retention:.4f}" if results.retention is not None else None,
+                     f"cost ratio {results.cost_ratio:g}x" if results.cost_ratio is not None else None,
+                     f"payback {results.payback_days:g} days" if results.payback_days is not None else None,
                      f"artifact {results.artifact_uri}" if results.artifact_uri else None]
             message = ", ".join(p for p in parts if p) or "the pipeline succeeded"
     elif phase == "Failed":
@@ -210,8 +212,10 @@ def job_status(job: dict[str, Any], ray_job: dict[str, Any] | None, now: str | N
     return StatusUpdate(fields=fields, conditions=conditions)
 
 
-def new_run_status(ray_job_name: str, config_map: str, account: str, generation: int | None) -> StatusUpdate:
-    """The status recorded before a run's RayJob is created: its name first, so a restart finds it.
+def new_run_status(ray_job_name: str, config_map: str, account: str, generation: int | None,
+                   teacher_uri: str | None = None) -> StatusUpdate:
+    """The status recorded before a run's RayJob is created: its name first, so a restart finds it, and the
+    teacher resolved from teacher.jobRef (None: the spec names its teacher itself).
 
     A new run clears the previous run's progress, metrics, results and times."""
     message = f"RayJob {ray_job_name} is being created"
@@ -229,6 +233,7 @@ def new_run_status(ray_job_name: str, config_map: str, account: str, generation:
             "metrics": None,
             "results": None,
             "failure": None,
+            "teacherUri": teacher_uri,
         },
         conditions=[condition("Running", False, "RayJobCreating", message, generation),
                     condition("Succeeded", None, "RayJobCreating", message, generation)],

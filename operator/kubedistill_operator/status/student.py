@@ -13,7 +13,7 @@ from kubedistill_operator.status.job import gate_message
 
 DEFAULT_SIGNAL = "max-probability"  # the signal a job's status.results.recommendedThreshold is for
 # Waiting reasons that only a change of the StudentDeployment or of its job can clear: no timed retry.
-REFUSALS = ("UnsupportedTask", "ThresholdRequired")
+REFUSALS = ("UnsupportedTask", "ThresholdRequired", "TiersOutOfOrder")
 
 
 @dataclass(frozen=True)
