@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,13 +25,15 @@ INTERVAL = 0.5  # seconds between looks at the run's processes
 PROC = Path("/proc")
 
 
-def watch_this_process() -> subprocess.Popen[bytes] | None:
-    """Start the watchdog of this process (None where /proc is missing). It stops by itself after this process
-    ends, having killed what this process left running; nothing needs to be done with it."""
+def watch_this_process() -> int | None:
+    """Start the watchdog of this process; its pid (None where /proc is missing). It stops by itself after this
+    process ends, having killed what this process left running; nothing needs to be done with it. Spawned, not a
+    `subprocess.Popen`: it outlives this process by design, which Popen would warn about."""
     if not (PROC / str(os.getpid()) / "stat").exists():
         return None
-    return subprocess.Popen([sys.executable, "-m", "kubedistill_jobs.lifetime", str(os.getpid())],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    return os.posix_spawn(sys.executable, [sys.executable, "-m", "kubedistill_jobs.lifetime", str(os.getpid())],
+                          os.environ, file_actions=quiet)
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
