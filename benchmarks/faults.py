@@ -13,9 +13,10 @@ What is checked, per scenario: no unhandled error (a 5xx other than the router's
 client timeout), no 503 while the student can answer, no request slower than its bound (2 × router
 timeoutSeconds, as a request may queue behind a shared call, plus the teacher's timeout, plus 1 s of slack for
 a shared machine), and for `triton-restart` readiness false while Triton is down and true within 5 s of its
-return. Figures: requests, answers by model, degraded answers, errors by kind, latency p50/p99/max.
+return. Figures: requests, answers by model, degraded answers (in all and by phase), the router's failed teacher
+calls by reason, errors by kind, latency p50/p99/max.
 
-    python benchmarks/faults.py [--repository DIR] [--seconds 60] [--concurrency 32]
+    python benchmarks/faults.py [--repository DIR] [--seconds 60] [--concurrency 32] [--scenarios NAME ...]
 
 `--seconds` is the length of each scenario (default 60). Without --repository it exports the router
 benchmark's BERT student and MiniLM teacher (untrained heads) and routes about half the traffic to the
@@ -185,6 +186,7 @@ class Run:
     fault: tuple[float, float] = (0.0, 0.0)  # when the fault was applied and lifted
     triton_back: float | None = None  # first moment Triton was ready again
     unexpected_errors: int = 0
+    teacher_errors: Counter[str] = field(default_factory=Counter)  # the router's failed teacher calls, by reason
 
 
 async def load(session: aiohttp.ClientSession, url: str, texts: list[str], concurrency: int,
@@ -275,6 +277,7 @@ async def scenario(stack: Stack, session: aiohttp.ClientSession, name: str, seco
     await settle(session, url, texts)
     run = Run(name)
     logged_before = stack.router.unexpected_errors()
+    teacher_errors_before = await teacher_errors(session, stack.router.base)
     phase = seconds / 3
     end = time.monotonic() + seconds
     faulting = True
@@ -308,7 +311,22 @@ async def scenario(stack: Stack, session: aiohttp.ClientSession, name: str, seco
 
     await asyncio.gather(fault(), load(session, url, texts, concurrency, done, run), probe(session, stack, done, run))
     run.unexpected_errors = stack.router.unexpected_errors() - logged_before
+    run.teacher_errors = await teacher_errors(session, stack.router.base) - teacher_errors_before
     return run
+
+
+async def teacher_errors(session: aiohttp.ClientSession, base: str) -> Counter[str]:
+    """The router's count of teacher calls that failed, by reason (timeout, error, circuit-open: skipped)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    found: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kubedistill_router_teacher_errors_total":
+                found[sample.labels["reason"]] += int(sample.value)
+    return found
 
 
 async def settle(session: aiohttp.ClientSession, url: str, texts: list[str], timeout: float = 60.0) -> None:
@@ -356,6 +374,13 @@ def summarise(run: Run) -> dict[str, Any]:
         "p50_ms": _ms(latencies, 50), "p99_ms": _ms(latencies, 99), "max_ms": _ms(latencies, 100),
         "bound_ms": BOUND * 1000, "over_bound": over_bound,
         "error_examples": sorted({r.error for r in run.requests if r.error})[:3],
+        # Degraded answers by phase: before the fault, while it lasts (for Triton: until it is ready again), after.
+        "degraded_by_phase": {
+            "healthy": sum(r.degraded for r in run.requests if r.started < fault_on),
+            "fault": sum(r.degraded for r in run.requests if fault_on <= r.started < (run.triton_back or fault_off)),
+            "recovered": sum(r.degraded for r in run.requests if r.started >= (run.triton_back or fault_off)),
+        },
+        "teacher_errors": dict(sorted(run.teacher_errors.items())),
     }
     checks = {"no unhandled 5xx": figures["unhandled_5xx"] == 0,
               "no 503 while the student can answer": wrong_503 == 0,
@@ -416,7 +441,8 @@ async def run_scenarios(repository: Path, workdir: Path, seconds: float, concurr
 def line(r: dict[str, Any]) -> str:
     failed = [name for name, ok in r["checks"].items() if not ok]
     return (f"  {r['scenario']:<17} {r['requests']:6d} requests, student {r['served_by_student']}, teacher "
-            f"{r['served_by_teacher']}, degraded {r['degraded']}, errors {r['errors']} {r['codes']}, max "
+            f"{r['served_by_teacher']}, degraded {r['degraded']} {r['degraded_by_phase']}, teacher errors "
+            f"{r['teacher_errors']}, errors {r['errors']} {r['codes']}, max "
             f"{r['max_ms']:.0f} ms" + (f"  FAILED: {', '.join(failed)}" if failed else "  ok"))
 
 
@@ -462,6 +488,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each scenario (three phases)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--threshold", type=float, help="route-mode threshold (default: escalate about half)")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     bench = _router_benchmark()
@@ -472,7 +499,8 @@ def main() -> int:
         threshold = args.threshold
         if threshold is None and ServingManifest.read(repo).recommended_threshold is None:
             threshold = asyncio.run(_median_confidence(repo, workdir, texts))
-        results = asyncio.run(run_scenarios(repo, workdir, args.seconds, args.concurrency, threshold, texts))
+        results = asyncio.run(run_scenarios(repo, workdir, args.seconds, args.concurrency, threshold, texts,
+                                            tuple(args.scenarios)))
     results["threshold"] = threshold
     results["command"] = " ".join(["python", "benchmarks/faults.py", *sys.argv[1:]])
     results["date"] = datetime.now(UTC).isoformat(timespec="seconds")

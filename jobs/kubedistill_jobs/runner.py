@@ -100,8 +100,13 @@ def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
-    """An embedded Ray on this machine: no cluster, no dashboard, worker output kept out of the terminal."""
+    """An embedded Ray on this machine: no cluster, no dashboard, worker output kept out of the terminal; its
+    processes end with this one, however it ends (`lifetime`)."""
     import ray
+
+    from kubedistill_jobs.lifetime import watch_this_process
+
+    watch_this_process()
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")

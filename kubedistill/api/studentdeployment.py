@@ -480,6 +480,9 @@ class StudentDeploymentStatus(ApiModel):
     threshold: float | None = Field(default=None, description="Routing threshold in use.")
     deployment_name: str | None = Field(default=None, description="Name of the Deployment.")
     service_name: str | None = Field(default=None, description="Name of the Service.")
+    autoscaler_name: str | None = Field(
+        default=None, description="Name of the HorizontalPodAutoscaler (while `autoscaling` is set)."
+    )
     live: LiveFigures | None = Field(default=None, description="What the routers see (spec.liveStatus).")
 
 

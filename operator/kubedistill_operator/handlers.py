@@ -22,7 +22,12 @@ from kubedistill_operator.reconcile.job import (
     refresh_job,
 )
 from kubedistill_operator.reconcile.live import refresh_live
-from kubedistill_operator.reconcile.student import reconcile_student, reconcile_students_of_job, refresh_student
+from kubedistill_operator.reconcile.student import (
+    job_change_matters,
+    reconcile_student,
+    reconcile_students_of_job,
+    refresh_student,
+)
 
 JOBS = (GROUP, VERSION, "distillationjobs")
 STUDENTS = (GROUP, VERSION, "studentdeployments")
@@ -51,6 +56,11 @@ def on_spec(resource: tuple[str, str, str], prefix: str,
         return handler
 
     return register
+
+
+def _fail_job(memo: Any, namespace: str, name: str) -> None:
+    with counted(memo, JOB_KIND):
+        refresh_job(memo.ctx, namespace, name)
 
 
 def _namespaced(namespace: str | None) -> str:
@@ -87,12 +97,15 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
         reconcile_job(memo.ctx, dict(body))
 
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
-    # Every event of every job comes here: only those that act are counted as reconciliations.
+    # Every event of every job comes here and nearly none needs anything: async, so that the check runs on the
+    # loop at once. A sync handler waits for a free worker thread on every event; behind busy reconciles that
+    # wait outlasts kopf's consistency window (settings.persistence.consistency_timeout), after which kopf takes
+    # an event older than its own annotations patch (the job's status write during the create handler) for a
+    # new creation and runs the create handler again. Only those that act are counted as reconciliations.
     @kopf.on.event(*JOBS, id="job-failure", registry=registry)
-    def job_failure(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    async def job_failure(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
         if event.get("type") != "DELETED" and failure_needs_action(dict(body)):
-            with counted(memo, JOB_KIND):
-                refresh_job(memo.ctx, _namespaced(namespace), name)
+            await memo.ctx.in_thread(_fail_job, memo, _namespaced(namespace), name)
 
     # Teacher assistant chains: the jobs each job teaches (their spec.teacher.jobRef names it).
     @kopf.index(*JOBS, id="jobs_by_teacher", registry=registry)
@@ -103,7 +116,8 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
         job = {"metadata": dict(body["metadata"]), "spec": dict(spec), "status": _status(body)}
         return {(_namespaced(namespace), teacher): job}
 
-    # Async for the same reason as job_event below: the index is copied on the event loop.
+    # Async for the same reasons as job_event below: the index is copied on the event loop, and the reconciling
+    # goes on in a thread without holding up this job's next events.
     @kopf.on.event(*JOBS, id="job-to-dependents", registry=registry)
     async def teacher_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any,
                             **kwargs: Any) -> None:
@@ -111,7 +125,7 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
         dependents = copy.deepcopy(list(index.get((_namespaced(namespace), name), [])))
         if dependents:
             teacher = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
-            await memo.ctx.in_thread(reconcile_dependents, memo.ctx, _namespaced(namespace), dependents, teacher)
+            memo.ctx.in_background(reconcile_dependents, memo.ctx, _namespaced(namespace), dependents, teacher)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", id="rayjob-status", labels=OURS, registry=registry)
     @reconciliation(JOB_KIND)
@@ -152,14 +166,17 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
             refresh_student(memo.ctx, _namespaced(namespace), owner, None if gone else dict(body))
 
     # Async, so that the index is read on the event loop, which edits it as StudentDeployments come and go (a
-    # bulk delete); the reconciling runs in a thread on copies.
+    # bulk delete). Which students a change concerns is decided here (cheap); their reconciling runs in a thread,
+    # on copies, without holding up the job's next events: awaiting a busy thread pool here kept a job's events
+    # waiting past kopf's consistency window, and kopf then ran the job's create handler a second time.
     @kopf.on.event(*JOBS, id="job-to-students", registry=registry)
     async def job_event(event: Any, body: Any, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
         students_by_job: kopf.Index[tuple[str, str], Any] = kwargs["students_by_job"]  # the index above
         # Copied here, on the event loop: the loop edits the index while a worker thread would iterate it.
         students = copy.deepcopy(list(students_by_job.get((_namespaced(namespace), name), [])))
-        if students:
-            job = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
-            await memo.ctx.in_thread(reconcile_students_of_job, memo.ctx, _namespaced(namespace), students, job)
+        job = None if event.get("type") == "DELETED" else copy.deepcopy(dict(body))
+        affected = [student for student in students if job_change_matters(student, job)]
+        if affected:
+            memo.ctx.in_background(reconcile_students_of_job, memo.ctx, _namespaced(namespace), affected, job)
 
     return registry

@@ -63,6 +63,11 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     # Events come from the reconcilers with their own reasons; kopf's log lines become events only on warnings.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    # After its own patch kopf waits this long for the patched version to come back on the watch before it takes
+    # older events (the handlers' status writes) as the object's state. In a burst of a thousand jobs on a busy
+    # machine that took over kopf's default 5 s for 49 of them, and kopf ran their create handlers a second time.
+    # Only the rare patch whose version never comes back (a re-list after a newer write) waits this long.
+    settings.persistence.consistency_timeout = 30.0
     # Watches end and re-list this often: every object is seen again (a level-based resync).
     settings.watching.server_timeout = options.resync_seconds
     settings.watching.client_timeout = options.resync_seconds + 60
@@ -100,6 +105,7 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
 
 
 def main(options: OperatorOptions) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's formatter: each line about an object starts with `[namespace/name]` (plain logging drops it).
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
     asyncio.run(run_operator(options))
     return 0

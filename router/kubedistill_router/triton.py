@@ -17,6 +17,10 @@ import numpy as np
 from kubedistill_router.errors import UpstreamError
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient's own gRPC client: large batches of long texts fit
+# gRPC waits longer between reconnect attempts the longer a server stays away (1 s, then ×1.6 up to 120 s): after
+# Triton was down for 15 s, the channel tried again only 6.6 s after Triton's return, and the router stayed unready
+# (503) that long. Triton runs in the same pod: trying again every second at most costs nothing.
+RECONNECT_BACKOFF_MS = 1000
 
 
 class TritonModels:
@@ -60,7 +64,10 @@ class TritonModels:
             self._pb = service_pb2
             self._client = grpc.aio.insecure_channel(self.url, options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)])
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._client)
             self._deadline_exceeded = grpc.StatusCode.DEADLINE_EXCEEDED
         return self._stub

@@ -103,6 +103,11 @@ def test_bulk_create_of_related_objects_in_any_order(cluster, errors):
     assert len(cluster.list(RAY_JOBS, NS)) == JOBS
     assert len(cluster.list(DEPLOYMENTS, NS)) == JOBS * STUDENTS_PER_JOB
     assert errors.lines() == []
+    # Each run created once: the job's own status writes during its create handler never pass for a new creation.
+    assert len([c for c in cluster.operator_calls if c.verb == "create" and c.resource == "rayjobs"]) == JOBS
+    assert not [key for key in cluster.server.errors if key[2] == 409]
+    # No HPA asked for: none of them autoscales.
+    assert not [c for c in cluster.operator_calls if c.resource == "horizontalpodautoscalers"]
 
 
 def test_bulk_delete_of_jobs_with_their_students(cluster, errors):

@@ -39,6 +39,11 @@ def creates(cluster: Any, resource: str) -> list[Any]:
     return [c for c in cluster.operator_calls if c.verb == "create" and c.resource == resource]
 
 
+def conflicts_met(cluster: Any) -> int:
+    """Creates the operator made of objects that already existed (answered 409)."""
+    return sum(n for (_, _, code), n in cluster.server.errors.items() if code == 409)
+
+
 def run_job_to(cluster: Any, run: str, deployment: str, job: str, results: dict[str, Any] | None = None) -> None:
     """KubeRay's part, and the pipeline's results before its RayJob completes."""
     if results is not None:
@@ -116,15 +121,16 @@ def test_distillation_job_life(cluster):
     assert failed["completionTime"]
     assert "the entrypoint exited with 1" in condition(cluster, DISTILLATION_JOBS, JOB, "Succeeded")["message"]
 
-    # A restart at this point creates nothing new.
+    # A restart at this point creates nothing new, and tries to: the resumed handler finds the run's RayJob.
     before = len(creates(cluster, "rayjobs"))
+    conflicts = conflicts_met(cluster)
     cluster.restart_operator()
     cluster.wait_for(lambda: [c for c in cluster.operator_calls[-50:] if c.verb == "watch"], TIMEOUT, "the watches")
     cluster.patch_status(RAY_JOBS, NS, f"{JOB}-g2", {"message": "seen after the restart"})
     cluster.wait_for(lambda: "seen after the restart" in condition(cluster, DISTILLATION_JOBS, JOB,
                                                                    "Succeeded").get("message", ""),
                      TIMEOUT, "the restarted operator following the RayJob")
-    assert len(creates(cluster, "rayjobs")) == before
+    assert len(creates(cluster, "rayjobs")) == before and conflicts_met(cluster) == conflicts
     assert [r["metadata"]["name"] for r in cluster.list(RAY_JOBS, NS)] == [f"{JOB}-g2"]
 
     # Deletion: nothing holds the job (no finalizer); its children go with it through ownerReferences.
@@ -140,8 +146,9 @@ def test_restart_in_the_middle_never_duplicates(cluster):
         cluster.restart_operator()
     run_job_to(cluster, f"{JOB}-g1", "Running", "RUNNING")
     wait_phase(cluster, DISTILLATION_JOBS, JOB, "Running")
-    # A restart can land before kopf recorded the handler as done: the handler then runs again and its
-    # create is answered 409 and adopted. Never a second RayJob, never a replaced one.
+    # A restart can land before kopf recorded the handler as done: the handler then runs again, finds the run's
+    # RayJob (or, from a handler of the stopped operator still finishing, meets a 409 and adopts it). Never a
+    # second RayJob, never a replaced one.
     assert len(cluster.list(RAY_JOBS, NS)) == 1
     assert cluster.get(RAY_JOBS, NS, f"{JOB}-g1")["metadata"]["uid"] == first["metadata"]["uid"]
     assert len(creates(cluster, "rayjobs")) <= 3
@@ -243,14 +250,20 @@ def test_student_deployment_life(cluster):
     cluster.wait_for(lambda: status(cluster, STUDENT_DEPLOYMENTS, SD).get("modelVersion") == "run-2"
                      and status(cluster, STUDENT_DEPLOYMENTS, SD).get("phase") == "Ready", TIMEOUT, "run-2 ready")
 
-    # A spec change: scaled and autoscaled, then the HPA removed again.
+    # Never autoscaled so far, reconciled many times: no HPA to delete, and none asked for.
+    assert not [c for c in cluster.operator_calls if c.resource == "horizontalpodautoscalers"]
+
+    # A spec change: scaled and autoscaled, then the HPA removed again (once: the operator deletes what it created).
     cluster.patch(STUDENT_DEPLOYMENTS, NS, SD, {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}})
     hpa = cluster.wait_for(lambda: cluster.get(HPAS, NS, SD), TIMEOUT, "the HPA")
     validate_object({k: v for k, v in hpa.items() if k != "status"} | {"metadata": {"name": SD}})
+    cluster.wait_for(lambda: status(cluster, STUDENT_DEPLOYMENTS, SD).get("autoscalerName") == SD, TIMEOUT,
+                     "the HPA recorded in status")
     cluster.patch(STUDENT_DEPLOYMENTS, NS, SD, {"spec": {"autoscaling": None, "replicas": 3}})
     cluster.wait_for(lambda: cluster.get(HPAS, NS, SD) is None, TIMEOUT, "the HPA removed")
     cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, NS, SD)["spec"]["replicas"] == 3, TIMEOUT, "3 replicas")
     cluster.wait_for(lambda: status(cluster, STUDENT_DEPLOYMENTS, SD).get("ready") == "2/3", TIMEOUT, "2/3 ready")
+    assert "autoscalerName" not in status(cluster, STUDENT_DEPLOYMENTS, SD)
 
     # A lost replica after the rollout: Degraded; back again: Ready.
     ready(cluster)
@@ -259,6 +272,8 @@ def test_student_deployment_life(cluster):
     wait_phase(cluster, STUDENT_DEPLOYMENTS, SD, "Degraded")
     ready(cluster)
     wait_phase(cluster, STUDENT_DEPLOYMENTS, SD, "Ready")
+    hpa_deletes = [c for c in cluster.operator_calls if c.verb == "delete" and c.resource == "horizontalpodautoscalers"]
+    assert len(hpa_deletes) == 1
 
     # A restart creates nothing; a deleted Deployment is recreated.
     deployments_created = len(creates(cluster, "deployments"))

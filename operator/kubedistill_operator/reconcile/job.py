@@ -63,7 +63,7 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     if fresh is None:
         return
     body, meta = fresh, fresh["metadata"]
-    writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name)
+    writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name, body)
     status = body.get("status") or {}
     job = parse_or_refuse(ctx, body, writer, DistillationJob, phase="Failed", condition_type="Succeeded")
     generation = meta.get("generation")
@@ -108,9 +108,12 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
     *supporting, ray_job = build_job_children(job, ctx.config, run)
     for child in supporting:
         ctx.api.apply(child)
-    created = ctx.api.create(ray_job)
+    # A run already recorded (a resume, a retry) usually has its RayJob: look before creating, so that an operator
+    # restart reads each job's RayJob once instead of meeting a 409 for every one.
+    existing = ctx.api.get(RAY_JOBS, namespace, run) if previous == run else None
+    created = ctx.api.create(ray_job) if existing is None else None
     if created is None:
-        created = ctx.api.get(RAY_JOBS, namespace, run)
+        created = existing or ctx.api.get(RAY_JOBS, namespace, run)
         owners = [o.get("uid") for o in (created or {}).get("metadata", {}).get("ownerReferences") or []]
         if created is None or (meta.get("uid") and meta["uid"] not in owners):
             message = (f"RayJob {run} exists but belongs to an earlier DistillationJob named {name}; "
@@ -118,20 +121,24 @@ def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
             raise kopf.TemporaryError(message, delay=ctx.wait_delay)
     else:
         ctx.event(body, "Normal", "RayJobCreated", f"RayJob {run} created (generation {generation})")
-    refresh_job(ctx, namespace, name, ray_job=created)
+    _refresh_job(ctx, namespace, name, created, writer)
 
 
 def refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None = None) -> bool:
     """Copy the run's state into the job's status (level-based), from a fresh read of the job (its results
     may have just arrived). False when the run's RayJob is missing."""
     with ctx.lock(DISTILLATION_JOBS.plural, namespace, name):
-        return _refresh_job(ctx, namespace, name, ray_job)
+        writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name)
+        return _refresh_job(ctx, namespace, name, ray_job, writer)
 
 
-def _refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None) -> bool:
-    body = ctx.api.get(DISTILLATION_JOBS, namespace, name)
+def _refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any] | None,
+                 writer: ApiStatusWriter) -> bool:
+    """`writer` holds the job as its caller last read or wrote it (under the job's lock), or reads it now."""
+    body = writer.body or ctx.api.get(DISTILLATION_JOBS, namespace, name)
     if body is None:
         return True  # the job is gone; its children follow through their ownerReferences
+    writer.body = body
     status = body.get("status") or {}
     run = status.get("rayJobName")
     if not run:
@@ -139,7 +146,7 @@ def _refresh_job(ctx: Context, namespace: str, name: str, ray_job: dict[str, Any
     if ray_job is None or ray_job.get("metadata", {}).get("name") != run:
         ray_job = ctx.api.get(RAY_JOBS, namespace, run)
     update = job_status(body, ray_job)
-    ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name).write(update)
+    writer.write(update)
     old_phase, new_phase = status.get("phase"), update.fields.get("phase")
     if new_phase and new_phase != old_phase:
         succeeded = next(c for c in update.conditions if c["type"] == "Succeeded")

@@ -68,7 +68,7 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
     if fresh is None:
         return
     body = fresh
-    writer = ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name)
+    writer = ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name, body)
     status = body.get("status") or {}
     sd = parse_or_refuse(ctx, body, writer, StudentDeployment, phase="Degraded", condition_type="Ready")
     job = None
@@ -103,8 +103,11 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
         applied = ctx.api.apply(child)
         if child["kind"] == "Deployment":
             deployment = applied
-    if sd.spec.autoscaling is None:
-        ctx.api.delete(HPAS, namespace, naming.hpa_name(name))
+    # Only an HPA the operator created (recorded in status) is deleted when autoscaling is turned off: a delete
+    # on every reconcile would cost a call (a 404) per deployment that never had one.
+    autoscaler = naming.hpa_name(name) if sd.spec.autoscaling is not None else None
+    if autoscaler is None and status.get("autoscalerName"):
+        ctx.api.delete(HPAS, namespace, status["autoscalerName"])
     assert deployment is not None
 
     if status.get("modelVersion") != source.model_version:
@@ -121,6 +124,7 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
         merged.conditions.extend(update.conditions)
     if not isinstance(outcome, Waiting):
         merged.fields["modelVersion"] = source.model_version
+    merged.fields["autoscalerName"] = autoscaler
     writer.write(merged)
 
 
@@ -144,7 +148,7 @@ def _refresh_student(ctx: Context, namespace: str, name: str, deployment: dict[s
             reconcile_student(ctx, body)
         return
     update = serving_status(body, deployment)
-    ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name).write(update)
+    ApiStatusWriter(ctx.api, STUDENT_DEPLOYMENTS, namespace, name, body).write(update)
     old, new = status.get("phase"), update.fields["phase"]
     if new != old:
         ready = update.conditions[0]
@@ -169,12 +173,10 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
 
 
 def reconcile_student_by_name(ctx: Context, namespace: str, name: str) -> None:
-    """From a change of the job: re-read the deployment and reconcile it (waiting is not an error here)."""
-    body = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)
-    if body is None:
-        return
-    with contextlib.suppress(kopf.TemporaryError):  # still waiting: the deployment's own handler retries
-        reconcile_student(ctx, body)
+    """From a change of the job: reconcile the deployment (it reads itself; waiting is not an error here)."""
+    # Still waiting (kopf.TemporaryError) is left to the deployment's own handler, which retries it.
+    with contextlib.suppress(kopf.TemporaryError), ctx.lock(STUDENT_DEPLOYMENTS.plural, namespace, name):
+        _reconcile_student(ctx, namespace, name)
 
 
 def reconcile_students_of_job(ctx: Context, namespace: str, students: list[dict[str, Any]],
