@@ -82,6 +82,7 @@ class EndpointConfig:
     retries: int = 4
     backoff_seconds: float = 0.5
     api: str = "completions"  # or "chat"
+    require_soft_targets: bool = False
 
     @classmethod
     def from_spec(cls, spec: DistillationJobSpec) -> EndpointConfig:
@@ -89,7 +90,8 @@ class EndpointConfig:
         assert endpoint is not None
         return cls(url=endpoint.url.rstrip("/"), model=endpoint.model, top_k=spec.distillation.top_k,
                    max_new_tokens=endpoint.max_new_tokens, timeout_seconds=endpoint.timeout_seconds,
-                   api_key=PipelineEnv.from_env().teacher_api_key, api=endpoint.api or "completions")
+                   api_key=PipelineEnv.from_env().teacher_api_key, api=endpoint.api or "completions",
+                   require_soft_targets=spec.distillation.require_soft_targets)
 
 
 class EndpointClient:
@@ -151,21 +153,28 @@ class EndpointClient:
 
     def chat(self, messages: list[chats.Message], max_tokens: int, top_logprobs: int) -> dict[str, Any]:
         """Greedy answer to `messages` with per-token top candidates, as a completions choice: `text` (the
-        answer), `finish_reason`, `logprobs` with `tokens` and `top_logprobs` ({token: logprob} per token)."""
+        answer), `finish_reason`, `logprobs` with `tokens` and `top_logprobs` ({token: logprob} per token).
+        An answer without logprobs (`transformers serve`, for one) is one token of text with no candidates,
+        `hard: true`: the student learns its text (one-hot), unless distillation.requireSoftTargets."""
         path = "chat/completions"
         choice = self.post({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "logprobs": True,
                             "top_logprobs": max(1, min(top_logprobs, CHAT_TOP_LOGPROBS))}, path)
+        text = str((choice.get("message") or {}).get("content") or "")
         content = (choice.get("logprobs") or {}).get("content")
         if not isinstance(content, list):
-            raise self._fail("answered without logprobs (logprobs.content); the teacher must be an OpenAI-compatible "
-                             "server that returns logprobs, such as vLLM", path=path)
+            if self.config.require_soft_targets:
+                raise EndpointRefused(
+                    f"distillation.requireSoftTargets: {self.config.url}/{path} answered without logprobs (hard "
+                    "labels only); use an endpoint that returns logprobs, or set requireSoftTargets false to learn "
+                    "its answers' text")
+            return {"text": text, "finish_reason": choice.get("finish_reason"), "hard": True,
+                    "logprobs": {"tokens": [text] if text else [], "top_logprobs": [{}] if text else []}}
         tops = []
         for step in content:
             top = {c["token"]: c["logprob"] for c in step.get("top_logprobs") or [] if "token" in c}
             top.setdefault(str(step.get("token")), step.get("logprob"))
             tops.append(top)
-        return {"text": (choice.get("message") or {}).get("content") or "",
-                "finish_reason": choice.get("finish_reason"),
+        return {"text": text, "finish_reason": choice.get("finish_reason"),
                 "logprobs": {"tokens": [str(step.get("token")) for step in content], "top_logprobs": tops}}
 
     def echo(self, text: str) -> dict[str, Any] | None:
@@ -236,6 +245,7 @@ class Row:
     text: str
     generated: int  # generated tokens kept
     dropped: int  # candidates the student's tokenizer could not name
+    hard: bool = False  # the endpoint gave no logprobs: the answer's text only (one-hot)
 
 
 def _overlap(ids: Sequence[int], tail: Sequence[int]) -> int:
@@ -332,6 +342,11 @@ class EndpointPredictor:
             tail = self.tokenizer.encode(end, add_special_tokens=False) if end else []
         row = build_row(prompt_ids, choice, prompt, self.tokenizer, self.max_length, cfg.top_k, tail=tail,
                         rest_as_text=messages is not None and cfg.api == "chat")
+        if messages is not None and choice is not None and choice.get("finish_reason") == "stop":
+            # the answer as the student's template writes a finished assistant turn
+            answer = {"role": "assistant", "content": str(choice.get("text") or "")}
+            row.text = chats.render(self.tokenizer, [*messages, answer])
+        row.hard = bool(choice and choice.get("hard"))
         return row, prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -347,6 +362,7 @@ class EndpointPredictor:
             "topk_indices": np.stack([r.topk_indices for r in rows]),
             "generated": np.asarray([r.generated for r in rows], dtype=np.int32),
             "dropped": np.asarray([r.dropped for r in rows], dtype=np.int32),
+            "hard": np.asarray([r.hard for r in rows], dtype=bool),
             "text": np.asarray([r.text for r in rows], dtype=object),
             "prompt": np.asarray([prompt for _, prompt in done], dtype=object),
         }
@@ -373,8 +389,9 @@ def probe(config: EndpointConfig, prompt: str, tokenizer: Any | None = None) -> 
     is learnt as text), so its tokenizer is not compared."""
     client = EndpointClient(dataclasses.replace(config, retries=min(config.retries, 1)))
     found: dict[str, Any] = {"url": config.url, "model": config.model, "api": config.api}
-    if config.api == "chat":
-        client.chat([{"role": "user", "content": prompt or "Hello"}], 1, config.top_k)
+    if config.api == "chat":  # refuses here, before any compute, an endpoint without logprobs that must have them
+        found["logprobs"] = not client.chat([{"role": "user", "content": prompt or "Hello"}], 1, config.top_k).get(
+            "hard")
         return found
     client.complete(prompt or "Hello", 1, config.top_k)
     if tokenizer is not None:

@@ -166,7 +166,81 @@ def test_the_pipeline_trains_on_the_teachers_answers_in_the_students_template(ra
     train = data.read_jsonl(layout.data / "train.jsonl")
     generated = data.read_jsonl(layout.data / GENERATED_TRAIN)
     assert len(server.stats()["chats"]) == 1 + 9  # the probe, then each training row once
-    for row, new in zip(train, generated, strict=True):
+    mask = np.load(layout.soft_targets / "attention_mask.npy")
+    for row, new, taught in zip(train, generated, mask.sum(1), strict=True):
         assert "old reply" in row["text"] and "old reply" not in new["text"]
         assert new["prompt"] == chats.render_prompt(tokenizer, row["messages"][:1])
-        assert new["text"].startswith(new["prompt"]) and len(new["text"]) > len(new["prompt"])
+        assert new["text"].startswith(new["prompt"]) and taught > len(tokenizer(new["prompt"])["input_ids"])
+
+
+def test_a_chat_endpoint_without_logprobs_teaches_its_answers_text_unless_soft_targets_are_required(chat_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_llama)
+    served = Server(chat_llama, "--no-logprobs")
+    try:
+        config = et.EndpointConfig(url=served.url, model="tiny", top_k=3, max_new_tokens=6, api="chat")
+        batch = {"idx": np.arange(1), "text": np.asarray(["the day was good"], dtype=object)}  # one user turn
+        out = et.EndpointPredictor(config, tokenizer, 40, concurrency=1)(batch)
+        assert out["hard"].tolist() == [True]
+        prompt = chats.render_prompt(tokenizer, [{"role": "user", "content": "the day was good"}])
+        answer = out["text"][0]  # the student's template around the endpoint's answer
+        assert answer.startswith(prompt)
+        ids = out["input_ids"][0][out["attention_mask"][0].astype(bool)]
+        p = len(tokenizer(prompt)["input_ids"])
+        assert (out["topk_values"][0][p - 1:len(ids) - 1, 1:] == et.VERY_NEGATIVE).all()  # one-hot: the text only
+        assert (out["topk_indices"][0][p - 1:len(ids) - 1, 0] == ids[p:]).all()
+        with pytest.raises(et.EndpointRefused, match=r"distillation\.requireSoftTargets"):
+            et.probe(et.EndpointConfig(url=served.url, model="tiny", top_k=3, api="chat", require_soft_targets=True),
+                     "the day")
+        assert et.probe(config, "the day")["logprobs"] is False
+    finally:
+        served.stop()
+
+
+@pytest.mark.slow
+def test_transformers_serve_answers_without_logprobs_and_still_teaches(chat_llama, tmp_path):
+    """`transformers serve` (a server that is not ours) around the same tiny model: it ignores logprobs, so a
+    classification teacher gets hard labels and a causal-lm teacher the answers' text."""
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from kubedistill_jobs import chat_teacher
+    from transformers import AutoTokenizer
+
+    from .test_chat_teacher import PROMPT, TEXTS
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["transformers", "serve", str(chat_llama), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until it answers /v1/models
+            assert process.poll() is None, "transformers serve exited"
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "transformers serve did not start"
+                time.sleep(0.5)
+        config = et.EndpointConfig(url=url, model=str(chat_llama), top_k=3, max_new_tokens=4, api="chat")
+        tokenizer = AutoTokenizer.from_pretrained(chat_llama)
+        out = et.EndpointPredictor(config, tokenizer, 40, concurrency=1)(
+            {"idx": np.arange(1), "text": np.asarray([chats.render(tokenizer, CHAT)], dtype=object),
+             "chat": np.asarray([json.dumps(CHAT)], dtype=object)})
+        assert out["hard"].tolist() == [True] and out["prompt"][0] == chats.render_prompt(tokenizer, CHAT[:3])
+        teacher = chat_teacher.ChatTeacher(chat_teacher.ChatConfig(url=url, model=str(chat_llama), max_tokens=4),
+                                           PROMPT)
+        labelled = chat_teacher.label_texts(teacher, TEXTS[:2], tmp_path / "journal.jsonl")
+        assert set(labelled.kinds) <= {"hard", "unmatched"} and labelled.sent == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -79,11 +79,15 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
                         "generated_tokens": generated, "dropped_candidates": dropped})
     context.set_split(None)  # the training texts are now the generations
     rate = generated / max(1e-9, time.monotonic() - started)
-    answered = sum(c is not None for c in conversations)
+    answered, hard = sum(c is not None for c in conversations), int(out["hard"].sum())
     what = f", {answered} conversations answered afresh" if answered else ""
+    how = f"top-{k} logprobs" if not hard else (
+        "hard-label distillation (no logprobs from the teacher)" if hard == len(rows)
+        else f"top-{k} logprobs ({hard} answers without: their text only)")
     return {"mode": "cached", "rows": len(rows), "tokens": n_tokens, "generated_tokens": generated,
             "dropped_candidates": dropped, "k": k, "api": config.api, "conversations": answered,
-            "summary": f"{len(rows)} rows, {generated} generated tokens, top-{k} logprobs from the endpoint "
+            "hard_rows": hard, "hard_labels": hard == len(rows) and hard > 0,
+            "summary": f"{len(rows)} rows, {generated} generated tokens, {how} from the endpoint "
                        f"({config.api}{what}, {rate:.0f} tokens/s)"}
 
 
