@@ -1,7 +1,8 @@
 """Teacher generation by a language model: throughput (rows/s) against concurrency, for the local teacher
-(full-answer scoring, torch threads) and for an endpoint teacher (the loopback OpenAI-compatible test
-server around the same model, with a per-request delay standing in for a remote API's latency); then the
-soft-label vs the hard-label student on the same teacher outputs.
+(full-answer scoring: rows scored at once on the shared prompt prefix's cache, torch threads; with the CPU
+seconds per row, which a loaded machine disturbs less than the wall clock) and for an endpoint teacher (the
+loopback OpenAI-compatible test server around the same model, with a per-request delay standing in for a
+remote API's latency); then the soft-label vs the hard-label student on the same teacher outputs.
 
     python benchmarks/llm_teacher.py --job /tmp/kubedistill/llm-teacher-bbc [--rows 16] [--students]
 
@@ -29,7 +30,8 @@ def _texts(job: Path, n: int) -> list[str]:
     return [r["text"] for r in rows[:n]]
 
 
-def local_throughput(job: Path, texts: list[str], threads: list[int]) -> dict[str, float]:
+def local_throughput(job: Path, texts: list[str], settings: list[tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """{"threads=T batch=B": {"rows_per_second", "cpu_seconds_per_row"}} for each (threads, batch size)."""
     import torch
     from kubedistill_jobs import llm_teacher, models
 
@@ -41,11 +43,14 @@ def local_throughput(job: Path, texts: list[str], threads: list[int]) -> dict[st
     model = models.load_causal_teacher(str(job / "teacher"), None).eval()
     tokenizer = models.load_tokenizer(str(job / "teacher"))
     out = {}
-    for n in threads:
-        torch.set_num_threads(n)
-        started = time.monotonic()
-        llm_teacher.label_texts(model, tokenizer, prompt, texts, max_tokens=spec.task.max_length, calibrated=False)
-        out[f"threads={n}"] = len(texts) / (time.monotonic() - started)
+    for threads, batch in settings:
+        torch.set_num_threads(threads)
+        started, cpu = time.monotonic(), time.process_time()
+        llm_teacher.label_texts(model, tokenizer, prompt, texts, max_tokens=spec.task.max_length, calibrated=False,
+                                batch_size=batch)
+        out[f"threads={threads} batch={batch}"] = {
+            "rows_per_second": round(len(texts) / (time.monotonic() - started), 4),
+            "cpu_seconds_per_row": round((time.process_time() - cpu) / len(texts), 3)}
     return out
 
 
@@ -120,9 +125,13 @@ def main() -> None:
     parser.add_argument("--students", action="store_true", help="also train the soft- and hard-label students")
     args = parser.parse_args()
     texts = _texts(args.job, args.rows)
-    results = {"rows": len(texts), "local_rows_per_second": local_throughput(args.job, texts, [1, 2]),
+    import os
+
+    results = {"rows": len(texts), "load_average_before": os.getloadavg()[0],
+               "local": local_throughput(args.job, texts, [(1, 1), (1, 8), (2, 8)]),
                "endpoint_delay_seconds": args.delay,
                "endpoint_rows_per_second": endpoint_throughput(args.job, texts, [1, 2, 4, 8], args.delay)}
+    results["load_average_after"] = os.getloadavg()[0]
     if args.students:
         results["students"] = soft_vs_hard(args.job)
     print(json.dumps(results, indent=2))
