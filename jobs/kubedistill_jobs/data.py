@@ -235,9 +235,10 @@ def chat_text(value: Any, render: ChatRenderer) -> tuple[str | None, list[dict[s
 
 def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[str] | None,
                render: ChatRenderer = plain_chat) -> Rows:
-    """Rows as {"text", "label"?, "messages"?}, with what was dropped and why. A text column holding a list of
-    messages is a conversation: rendered by `render`, its messages kept. Raises DataError for a text or label
-    column that no row has, and for label values that are not classes of task.labels."""
+    """Rows as {"text", "label"?, "messages"?}, with what was dropped and why. For a causal LM (`labels` None)
+    a text column holding a list of messages is a conversation: rendered by `render`, its messages kept.
+    Raises DataError for a text or label column that no row has, and for label values that are not classes
+    of task.labels."""
     if not rows:
         raise DataError(f"dataset.uri: {dataset.uri} has no rows")
     columns = set().union(*(row.keys() for row in rows if isinstance(row, dict)))
@@ -260,7 +261,7 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
     for row in rows:
         raw = row.get(text_field) if isinstance(row, dict) else None
         messages = row.get("messages") if isinstance(row, dict) and text_field == "text" else None
-        if isinstance(raw, list):
+        if isinstance(raw, list) and labels is None:  # a causal LM's conversation
             text, messages, why = chat_text(raw, render)
         else:
             text, why = row_text(raw) if isinstance(row, dict) else (None, NOT_TEXT)
