@@ -51,6 +51,8 @@ def local_throughput(job: Path, texts: list[str], settings: list[tuple[int, int]
         out[f"threads={threads} batch={batch}"] = {
             "rows_per_second": round(len(texts) / (time.monotonic() - started), 4),
             "cpu_seconds_per_row": round((time.process_time() - cpu) / len(texts), 3)}
+        print(f"local threads={threads} batch={batch}: {out[f'threads={threads} batch={batch}']}", file=sys.stderr,
+              flush=True)
     return out
 
 
@@ -68,12 +70,14 @@ def endpoint_throughput(job: Path, texts: list[str], concurrency: list[int], del
         url = f"http://127.0.0.1:{server.stdout.readline().strip().split('=')[1]}/v1"
         out = {}
         for n in concurrency:
-            config = chat_teacher.ChatConfig(url=url, model="smollm2", max_tokens=4, max_concurrency=n)
+            config = chat_teacher.ChatConfig(url=url, model="smollm2", max_tokens=2, max_concurrency=n,
+                                             timeout_seconds=600)
             journal = job / f"bench_journal_{n}.jsonl"
             journal.unlink(missing_ok=True)
             started = time.monotonic()
             chat_teacher.label_texts(chat_teacher.ChatTeacher(config, prompt), texts, journal)
-            out[f"concurrency={n}"] = len(texts) / (time.monotonic() - started)
+            out[f"concurrency={n}"] = round(len(texts) / (time.monotonic() - started), 4)
+            print(f"endpoint concurrency={n}: {out[f'concurrency={n}']} rows/s", file=sys.stderr, flush=True)
             journal.unlink(missing_ok=True)
         return out
     finally:
@@ -128,7 +132,7 @@ def main() -> None:
     import os
 
     results = {"rows": len(texts), "load_average_before": os.getloadavg()[0],
-               "local": local_throughput(args.job, texts, [(1, 1), (1, 8), (2, 8)]),
+               "local": local_throughput(args.job, texts, [(2, 1), (2, 8)]),
                "endpoint_delay_seconds": args.delay,
                "endpoint_rows_per_second": endpoint_throughput(args.job, texts, [1, 2, 4, 8], args.delay)}
     results["load_average_after"] = os.getloadavg()[0]

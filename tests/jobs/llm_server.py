@@ -40,15 +40,19 @@ class Model:
         """Greedy tokens, each with its logprob and the `top` most likely candidates; prompt token count."""
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         n_prompt, out = len(ids), []
+        cache, fed = None, ids  # the prompt once, then one token at a time on its KV cache
         with self.lock, torch.inference_mode():
             for _ in range(max_tokens):
-                logp = torch.log_softmax(self.model(input_ids=torch.as_tensor([ids])).logits[0, -1].double(), -1)
+                step = self.model(input_ids=torch.as_tensor([fed]), cache=cache, use_cache=True)
+                cache = step.cache
+                logp = torch.log_softmax(step.logits[0, -1].double(), -1)
                 values, indices = logp.topk(top)
                 token = int(indices[0])
                 top_tokens = [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices, strict=True)]
                 out.append({"id": token, "token": self.tokenizer.decode([token]), "logprob": float(values[0]),
                             "top": top_tokens})
                 ids.append(token)
+                fed = [token]
                 if token == self.tokenizer.eos_token_id:
                     break
         return out, n_prompt
