@@ -91,22 +91,22 @@ def _student(job: Path, record: Path, name: str) -> dict[str, float | None]:
     manifest = yaml.safe_load(MANIFEST.read_text())
     manifest["metadata"]["name"] = name
     manifest["spec"]["distillation"]["teacherOutputsUri"] = str(record)
-    manifest["spec"]["output"]["uri"] = f"file:///tmp/kubedistill/{name}"
+    manifest["spec"]["output"]["uri"] = f"file://{job.parent / name}"
     path = job.parent / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     subprocess.run(["kubedistill", "run", str(path)], check=True)
-    report = json.loads(Path(f"/tmp/kubedistill/{name}/report.json").read_text())
+    report = json.loads((job.parent / name / "report.json").read_text())
     metrics = report["student_quantized"]["metrics"]
     return {"accuracy": metrics.get("accuracy"), "agreement": metrics.get("agreement")}
 
 
-def soft_vs_hard(job: Path) -> dict[str, dict[str, float | None]]:
-    """The same teacher outputs, as recorded (soft) and as one-hot argmax labels (hard)."""
+def hard_outputs(job: Path) -> Path:
+    """A copy of the job's teacher outputs with each row's distribution made one-hot on its argmax."""
     import shutil
 
     from datasets import Dataset
 
-    hard = job.parent / "llm-teacher-bbc-hard-outputs"
+    hard = job.parent / f"{job.name}-hard-outputs"
     shutil.rmtree(hard, ignore_errors=True)
     shutil.copytree(job / "teacher_outputs", hard)
     rows = Dataset.from_parquet(str(hard / "rows.parquet")).to_dict()
@@ -117,8 +117,15 @@ def soft_vs_hard(job: Path) -> dict[str, dict[str, float | None]]:
         onehot.append(target.tolist())
     rows["logprobs"] = onehot
     Dataset.from_dict(rows).to_parquet(str(hard / "rows.parquet"))
-    return {"soft": _student(job, job / "teacher_outputs", "llm-teacher-bbc-soft"),
-            "hard": _student(job, hard, "llm-teacher-bbc-hard")}
+    return hard
+
+
+def soft_vs_hard(job: Path) -> dict[str, dict[str, float | None]]:
+    """The same teacher outputs, as recorded (soft: the example job's own student, `job`'s report) and as
+    one-hot argmax labels (hard: a job that reuses them, trained like the example's)."""
+    metrics = json.loads((job / "report.json").read_text())["student_quantized"]["metrics"]
+    soft = {"accuracy": metrics.get("accuracy"), "agreement": metrics.get("agreement")}
+    return {"soft": soft, "hard": _student(job, hard_outputs(job), f"{job.name}-hard")}
 
 
 def main() -> None:
