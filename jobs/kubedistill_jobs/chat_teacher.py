@@ -10,10 +10,10 @@ logprobs still teaches: its answer, matched to a label's answer, becomes a hard 
 uniform target, never mapped to a class.
 
 The client: at most `maxConcurrency` requests in flight; client-side `requestsPerMinute` and
-`tokensPerMinute` (a sliding one-minute window); retries with backoff on 429/5xx and lost connections,
-waiting `Retry-After` when the server gives it; a 401/403 is permanent and names
-`teacher.endpoint.apiKeySecretRef`. Every answered row is appended to a journal before the next is
-counted done, so a restarted run sends no answered row again.
+`tokensPerMinute` (a sliding one-minute window, a request counted until a minute after its answer);
+retries with backoff on 429/5xx and lost connections, waiting `Retry-After` when the server gives it; a
+401/403 is permanent and names `teacher.endpoint.apiKeySecretRef`. Every answered row is appended to a
+journal before the next is counted done, so a restarted run sends no answered row again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ class ChatConfig:
     api_key: str | None = field(default=None, repr=False)
     retries: int = 5
     backoff_seconds: float = 0.5
+    rate_window_seconds: float = 60.0  # the window the per-minute limits count over
 
     @classmethod
     def from_spec(cls, spec: DistillationJobSpec) -> ChatConfig:
@@ -99,29 +99,49 @@ def check_first_characters(answers: Sequence[str]) -> None:
         firsts[first] = answer
 
 
+def estimate_tokens(messages: Sequence[dict[str, str]], max_tokens: int) -> int:
+    """What a request counts against tokensPerMinute before it is sent: its prompt at ~4 characters per token,
+    plus the most it may generate."""
+    return sum(len(m["content"]) for m in messages) // 4 + max_tokens
+
+
 class RateLimiter:
-    """Requests and tokens per minute, over a sliding one-minute window (client side)."""
+    """Requests and tokens per minute, over a sliding window (client side): a request waits until the
+    requests and estimated tokens counted in the last `window` seconds leave room for it (a lone request is
+    always let through, however many tokens it counts).
+
+    A request counts from when it is let through until `window` seconds after its answer came back (`release`):
+    the server received it somewhere in between, so however late it arrived, no window of the server's clock
+    sees more than the limits."""
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rpm, self.tpm, self.clock = requests_per_minute, tokens_per_minute, clock
-        self.sent: deque[tuple[float, int]] = deque()
-        self.lock = threading.Lock()
+                 clock: Callable[[], float] = time.monotonic, window: float = 60.0) -> None:
+        self.rpm, self.tpm, self.clock, self.window = requests_per_minute, tokens_per_minute, clock, window
+        self.sent: list[list[float]] = []  # [answered at (inf while in flight), tokens]
+        self.changed = threading.Condition()
 
-    def acquire(self, tokens: int) -> None:
-        while True:
-            with self.lock:
+    def acquire(self, tokens: int) -> list[float]:
+        """Wait for room, count the request in flight; give what it returns to `release` once answered."""
+        with self.changed:
+            while True:
                 now = self.clock()
-                while self.sent and now - self.sent[0][0] >= 60:
-                    self.sent.popleft()
+                self.sent = [entry for entry in self.sent if now - entry[0] < self.window]
                 used = sum(n for _, n in self.sent)
                 fits = ((self.rpm is None or len(self.sent) < self.rpm)
                         and (self.tpm is None or not self.sent or used + tokens <= self.tpm))
                 if fits:
-                    self.sent.append((now, tokens))
-                    return
-                wait = 60 - (now - self.sent[0][0])
-            time.sleep(max(0.01, wait))
+                    entry = [math.inf, float(tokens)]
+                    self.sent.append(entry)
+                    return entry
+                answered = [at for at, _ in self.sent if at != math.inf]
+                # room comes when the oldest answered request leaves the window, or when one in flight returns
+                self.changed.wait(self.window - (now - min(answered)) if answered else None)
+
+    def release(self, entry: list[float]) -> None:
+        """The request `entry` stands for was answered (or failed): it counts for one more window from now."""
+        with self.changed:
+            entry[0] = self.clock()
+            self.changed.notify_all()
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -141,7 +161,8 @@ class ChatTeacher:
         # retries are ours (Retry-After honoured, counted, the error worded for the spec's fields)
         self.client = OpenAI(base_url=config.url, api_key=config.api_key or "none", max_retries=0,
                              timeout=config.timeout_seconds)
-        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute,
+                                   window=config.rate_window_seconds)
         self.retried = 0
 
     def _call(self, text: str) -> Any:
@@ -149,9 +170,9 @@ class ChatTeacher:
 
         cfg = self.config
         messages = self.prompt.messages(text)
-        estimate = sum(len(m["content"]) for m in messages) // 4 + cfg.max_tokens  # ~4 characters per token
+        estimate = estimate_tokens(messages, cfg.max_tokens)
         for attempt in range(cfg.retries + 1):
-            self.limiter.acquire(estimate)
+            slot = self.limiter.acquire(estimate)
             try:
                 if cfg.api == "chat":
                     return self.client.chat.completions.create(
@@ -176,6 +197,8 @@ class ChatTeacher:
                 if attempt == cfg.retries:
                     raise EndpointError(f"teacher.endpoint.url: {cfg.url} cannot be reached") from None
                 delay = None
+            finally:
+                self.limiter.release(slot)
             self.retried += 1
             time.sleep(delay if delay is not None else cfg.backoff_seconds * 2**attempt)
         raise AssertionError("unreachable")

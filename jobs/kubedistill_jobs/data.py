@@ -2,7 +2,8 @@
 
 Sources (`dataset.uri`): a jsonl / json / csv / parquet / txt file, a folder of such files, a folder of
 `<label>/*.txt` (one document per file, the folder name is the label), a folder of chat YAML files
-(`conversations: [[prompt, reply, ...], ...]`, as chatterbot-corpus ships them), `pkg://`, `pvc://`,
+(`conversations: [[prompt, reply, ...], ...]`, as chatterbot-corpus ships them), a table whose text column
+holds a list of messages per row (`[{"role", "content"}, ...]`, see chats.py), `pkg://`, `pvc://`,
 `s3://` (fsspec) and `hf://<dataset id>` where the cluster reaches the hub.
 
 Text documents (`.txt`, one per file) have the columns `text` (the whole document), `title` (its first line)
@@ -10,7 +11,9 @@ and `body` (the rest), so that a headline and its article can be a prompt and it
 
 The split is written as `data/train.jsonl` and `data/eval.jsonl`, one `{"text": str, "label": int}` per
 line (`label` indexes `task.labels`; absent for unlabelled data and causal-lm), with `"reference": str`
-where dataset.referenceField gives one (causal-lm).
+where dataset.referenceField gives one (causal-lm). A conversation's `text` is
+rendered (the chat template of the tokenizer the data is tokenised with) and its `messages` are kept, so that
+a teacher can answer it afresh.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +29,10 @@ from typing import Any
 from kubedistill.api.distillationjob import DatasetSpec, DistillationJobSpec
 from kubedistill.errors import InputError
 from kubedistill.uris import field_errors, local_path, parse_uri
+from kubedistill_jobs.chats import ChatRenderer, messages_of, plain_chat, prompt_messages
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 CHAT_SUFFIXES = (".yml", ".yaml")
-# Renders one conversation (alternating user/assistant turns) as training text, e.g. a chat template.
-ChatRenderer = Callable[[list[str]], str]
 
 
 class DataError(InputError):
@@ -58,12 +60,6 @@ class Rows:
     unlabelled: int = 0
 
 
-def plain_chat(turns: list[str]) -> str:
-    """A conversation as text when the teacher's tokenizer has no chat template."""
-    roles = ("User", "Assistant")
-    return "\n".join(f"{roles[i % 2]}: {turn}" for i, turn in enumerate(turns))
-
-
 def _chat_rows(files: Iterable[Path], render: ChatRenderer) -> list[dict[str, Any]]:
     import yaml
 
@@ -71,10 +67,10 @@ def _chat_rows(files: Iterable[Path], render: ChatRenderer) -> list[dict[str, An
     for path in files:
         document = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace")) or {}
         for conversation in document.get("conversations") or []:
-            turns = [str(t).strip() for t in (conversation if isinstance(conversation, list) else [conversation])]
-            turns = [t for t in turns if t]
-            if turns:
-                rows.append({"text": render(turns)})
+            turns = [str(t) for t in (conversation if isinstance(conversation, list) else [conversation])]
+            messages = messages_of(turns)
+            if messages:
+                rows.append({"text": render(messages), "messages": messages})
     return rows
 
 
@@ -185,6 +181,8 @@ def normalise_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: lis
 NO_TEXT = "no text"
 NOT_TEXT = "text is not a string"
 NOT_UNICODE = "text is not valid Unicode (a lone surrogate)"
+NOT_CHAT = "text is a list but not a conversation (a list of {role, content} messages or of strings)"
+NO_USER_TURN = "conversation has no user turn to answer"
 
 
 def row_text(value: Any) -> tuple[str | None, str | None]:
@@ -237,9 +235,22 @@ def label_index(value: Any, labels: list[str], encoding: str) -> int | None:
     return labels.index(stripped) if stripped in labels else None
 
 
-def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[str] | None) -> Rows:
-    """Rows as {"text", "label"?}, with what was dropped and why. Raises DataError for a text or label
-    column that no row has, and for label values that are not classes of task.labels."""
+def chat_text(value: Any, render: ChatRenderer) -> tuple[str | None, list[dict[str, str]] | None, str | None]:
+    """A text column's list value as (rendered text, messages, None), or (None, None, why the row is dropped)."""
+    messages = messages_of(value)
+    if messages is None:
+        return None, None, NOT_CHAT
+    if not prompt_messages(messages):
+        return None, None, NO_USER_TURN
+    return render(messages), messages, None
+
+
+def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[str] | None,
+               render: ChatRenderer = plain_chat) -> Rows:
+    """Rows as {"text", "label"?, "messages"?}, with what was dropped and why. For a causal LM (`labels` None)
+    a text column holding a list of messages is a conversation: rendered by `render`, its messages kept.
+    Raises DataError for a text or label column that no row has, and for label values that are not classes
+    of task.labels."""
     if not rows:
         raise DataError(f"dataset.uri: {dataset.uri} has no rows")
     columns = set().union(*(row.keys() for row in rows if isinstance(row, dict)))
@@ -263,7 +274,12 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
     elsewhere: Counter[str] = Counter()  # where the text of rows with none is (another key, e.g. `Text`)
     out, unlabelled = [], 0
     for row in rows:
-        text, why = row_text(row.get(text_field)) if isinstance(row, dict) else (None, NOT_TEXT)
+        raw = row.get(text_field) if isinstance(row, dict) else None
+        messages = row.get("messages") if isinstance(row, dict) and text_field == "text" else None
+        if isinstance(raw, list) and labels is None:  # a causal LM's conversation
+            text, messages, why = chat_text(raw, render)
+        else:
+            text, why = row_text(raw) if isinstance(row, dict) else (None, NOT_TEXT)
         if text is None:
             dropped[why or NO_TEXT] += 1
             if why == NO_TEXT and isinstance(row, dict):
@@ -273,6 +289,8 @@ def check_rows(rows: list[dict[str, Any]], dataset: DatasetSpec, labels: list[st
         item: dict[str, Any] = {"text": text}
         if reference_field is not None and (reference := row_text(row.get(reference_field))[0]) is not None:
             item["reference"] = reference
+        if isinstance(messages, list):
+            item["messages"] = messages
         value = row.get(label_field) if label_field is not None else None
         if label_field is not None and (value is None or (isinstance(value, float) and value != value)):
             unlabelled += 1  # null, or a CSV's empty cell (NaN): a row without a gold label
@@ -361,7 +379,7 @@ def split_rows(rows: list[dict], dataset: DatasetSpec, seed: int) -> Split:
 def load_split(spec: DistillationJobSpec, render: ChatRenderer = plain_chat) -> Split:
     """The job's data, checked and split (raises DataError naming the field)."""
     labels = spec.task.labels if spec.task.type == "sequence-classification" else None
-    found = check_rows(read_rows(spec.dataset.uri, render), spec.dataset, labels)
+    found = check_rows(read_rows(spec.dataset.uri, render), spec.dataset, labels, render)
     check_dropped(found, spec.dataset)
     split = split_rows(found.rows, spec.dataset, spec.training.seed)
     split = Split(train=split.train, eval=split.eval, duplicates=split.duplicates, dropped=found.dropped,

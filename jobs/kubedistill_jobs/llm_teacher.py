@@ -3,8 +3,9 @@
 Each text is put into the prompt (system and user templates, few-shot turns), rendered with the model's
 chat template, and every label's answer is scored in full: log P(answer tokens + end of turn | prompt),
 the sum over the answer's tokens, so labels of several tokens, or sharing a first token, are scored
-right. The prompt runs once per text; its KV cache is repeated over the labels' answers, which run as one
-batch. Scores are normalised over the labels (log-probabilities, usable as logits).
+right. The tokens all prompts share run once; texts run in batches on that cache, and each prompt's KV cache
+is repeated over the labels' answers, which run as one batch. Scores are normalised over the labels
+(log-probabilities, usable as logits).
 
 Contextual calibration (Zhao et al., 2021, "Calibrate Before Use"): the mean label distribution on
 content-free inputs is the model's prior whatever the text; dividing it out (subtracting its log) and
@@ -103,38 +104,93 @@ def first_tokens_distinct(tokenizer: Any, answers: Sequence[str]) -> bool:
 
 
 class FullAnswerScorer:
-    """log P(answer | prompt) of every answer, summed over its tokens, for one prompt at a time."""
+    """log P(answer | prompt) of every answer, summed over its tokens, for a batch of prompts at a time.
 
-    def __init__(self, model: Any, answers: list[list[int]], pad_id: int = 0) -> None:
+    The tokens every prompt begins with (`prefix`: the chat template's system turn, few-shot turns, the
+    user template before `{text}`) run once; their keys and values are expanded over each batch. A batch's
+    prompts are right-padded after the prefix, with the padding masked and positions given explicitly, so
+    every prompt is scored as if it ran alone; the answers then run as one batch on the prompts' cache.
+    """
+
+    def __init__(self, model: Any, answers: list[list[int]], pad_id: int = 0, prefix: Sequence[int] = ()) -> None:
         import torch
 
         self.model = model
         self.device = next(model.parameters()).device
+        self.pad_id = pad_id
         width = max(len(a) for a in answers)
         self.ids = torch.full((len(answers), width), pad_id, dtype=torch.long, device=self.device)
         self.mask = torch.zeros((len(answers), width), dtype=torch.long, device=self.device)
         for i, tokens in enumerate(answers):
             self.ids[i, :len(tokens)] = torch.as_tensor(tokens)
             self.mask[i, :len(tokens)] = 1
+        self.prefix = list(prefix)
+        self.prefix_kv: list[tuple[Any, Any]] = []
+        if self.prefix:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.as_tensor([self.prefix], device=self.device), use_cache=True)
+            self.prefix_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
 
     def score(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """`(C,)` float64: the log-probability of each answer after `prompt_ids`."""
+        return self.score_batch([prompt_ids])[0]
+
+    def _cache(self, batch: int) -> Any:
+        """A cache holding the prefix's keys and values once per prompt of the batch."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(self.prefix_kv):
+            cache.update(keys.expand(batch, -1, -1, -1).contiguous(), values.expand(batch, -1, -1, -1).contiguous(),
+                         layer)
+        return cache
+
+    def score_batch(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """`(B, C)` float64: each answer's log-probability after each prompt (prompts need not share `prefix`:
+        those that do not run in full)."""
         import torch
 
-        n = self.ids.shape[0]
+        p = len(self.prefix)
+        if p and not all(len(x) > p and list(x[:p]) == self.prefix for x in prompts):
+            p = 0
+        n_batch, n_answers = len(prompts), self.ids.shape[0]
+        lengths = torch.as_tensor([len(x) - p for x in prompts], device=self.device)
+        width = int(lengths.max())
+        ids = torch.full((n_batch, width), self.pad_id, dtype=torch.long, device=self.device)
+        for row, x in enumerate(prompts):
+            ids[row, :len(x) - p] = torch.as_tensor(list(x[p:]))
+        steps = torch.arange(width, device=self.device)
+        attention = torch.cat([torch.ones((n_batch, p), dtype=torch.long, device=self.device),
+                               (steps[None] < lengths[:, None]).long()], 1)
         with torch.inference_mode():
-            prompt = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=prompt, use_cache=True)
-            first = torch.log_softmax(out.logits[0, -1].double(), -1)[self.ids[:, 0]]  # (C,)
+            out = self.model(input_ids=ids, attention_mask=attention, position_ids=(p + steps).expand(n_batch, -1),
+                             cache=self._cache(n_batch) if p else None, use_cache=True)
+            last = out.logits[torch.arange(n_batch, device=self.device), lengths - 1]  # (B, V)
+            first = torch.log_softmax(last.double(), -1)[:, self.ids[:, 0]]  # (B, C)
             if self.ids.shape[1] == 1:
                 return first.cpu().numpy()
             cache = out.cache
-            cache.batch_repeat_interleave(n)  # the prompt's keys and values, once per answer
-            attention = torch.cat([torch.ones((n, prompt.shape[1]), dtype=torch.long, device=self.device),
-                                   self.mask[:, :-1]], 1)
-            logits = self.model(input_ids=self.ids[:, :-1], attention_mask=attention, cache=cache).logits
-            rest = torch.log_softmax(logits.double(), -1).gather(-1, self.ids[:, 1:, None])[..., 0]  # (C, L-1)
-            return (first + (rest * self.mask[:, 1:]).sum(1)).cpu().numpy()
+            cache.batch_repeat_interleave(n_answers)  # each prompt's keys and values, once per answer
+            answers, mask = self.ids.repeat(n_batch, 1), self.mask.repeat(n_batch, 1)  # (B * C, A)
+            start = (p + lengths).repeat_interleave(n_answers)[:, None]
+            positions = start + torch.arange(answers.shape[1] - 1, device=self.device)[None]
+            logits = self.model(input_ids=answers[:, :-1], position_ids=positions, cache=cache,
+                                attention_mask=torch.cat([attention.repeat_interleave(n_answers, 0), mask[:, :-1]],
+                                                         1)).logits
+            rest = torch.log_softmax(logits.double(), -1).gather(-1, answers[:, 1:, None])[..., 0]  # (B * C, A - 1)
+            total = first + (rest * mask[:, 1:]).sum(1).view(n_batch, n_answers)
+            return total.cpu().numpy()
+
+
+def common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """The tokens every sequence begins with, leaving each at least one token of its own."""
+    if not sequences:
+        return []
+    n = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    for s in sequences[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return list(first[:max(0, n)])
 
 
 @dataclass
@@ -170,24 +226,26 @@ def truncate(tokenizer: Any, text: str, max_tokens: int) -> str:
 
 
 def label_texts(model: Any, tokenizer: Any, prompt: LabelPrompt, texts: Sequence[str], *, max_tokens: int,
-                calibrated: bool = True, progress: Progress | None = None) -> Labelled:
-    """Score every label's answer for every text (see the module's docstring)."""
-    scorer = FullAnswerScorer(model, answer_ids(tokenizer, prompt.answers), pad_id=tokenizer.pad_token_id or 0)
+                calibrated: bool = True, progress: Progress | None = None, batch_size: int = 8) -> Labelled:
+    """Score every label's answer for every text (see the module's docstring), `batch_size` texts at a time,
+    the prompt's shared prefix computed once."""
 
     def ids(text: str) -> list[int]:
         rendered = render(tokenizer, prompt.messages(truncate(tokenizer, text, max_tokens)))
         return list(tokenizer.encode(rendered, add_special_tokens=False))
 
-    prior = None
-    if calibrated:
-        prior = np.exp(normalise(np.stack([scorer.score(ids(t)) for t in CONTENT_FREE]))).mean(0)
-    raw, lengths = [], []
-    for i, text in enumerate(texts):
-        prompt_ids = ids(text)
-        raw.append(scorer.score(prompt_ids))
-        lengths.append(len(prompt_ids))
+    free = [ids(t) for t in CONTENT_FREE] if calibrated else []
+    prompts = [ids(t) for t in texts]
+    scorer = FullAnswerScorer(model, answer_ids(tokenizer, prompt.answers), pad_id=tokenizer.pad_token_id or 0,
+                              prefix=common_prefix(free + prompts))
+    prior = np.exp(normalise(scorer.score_batch(free))).mean(0) if free else None
+    raw = np.zeros((len(texts), len(prompt.labels)))
+    order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        raw[chunk] = scorer.score_batch([prompts[i] for i in chunk])
         if progress:
-            progress(i + 1, len(texts))
-    scores = normalise(np.stack(raw)) if raw else np.zeros((0, len(prompt.labels)))
+            progress(min(start + batch_size, len(texts)), len(texts))
+    scores = normalise(raw) if len(texts) else raw
     return Labelled(raw=scores, calibrated=calibrate(scores, prior) if prior is not None else None, prior=prior,
-                    prompt_tokens=np.asarray(lengths, dtype=np.int64))
+                    prompt_tokens=np.asarray([len(x) for x in prompts], dtype=np.int64))

@@ -147,7 +147,9 @@ class TeacherEndpoint(ApiModel):
     api: EndpointApi | None = Field(
         default=None,
         description="`chat` (`/chat/completions`) or `completions` (`/completions`); default: `chat` with a "
-        "teacher.prompt (classification), `completions` otherwise.",
+        "teacher.prompt (classification), `completions` otherwise. For causal-lm, `chat` answers each "
+        "conversation (or text, as one user turn) up to its last user turn; `completions` continues texts and "
+        "answers conversations rendered with the student's chat template.",
     )
     max_concurrency: int = Field(default=4, description="Requests in flight at once.", ge=1, le=1024)
     requests_per_minute: int | None = Field(default=None, description="Client-side cap on requests per minute.",
@@ -911,15 +913,6 @@ class DistillationJobSpec(ApiModel):
             ),
             cel(
                 "!has(self.teacher) || ("
-                "!has(self.teacher.endpoint) || !has(self.teacher.endpoint.api) || "
-                "self.teacher.endpoint.api == 'completions' || has(self.teacher.prompt)"
-                ")",
-                "teacher.endpoint.api chat is for classification with teacher.prompt; causal-lm distils "
-                "over completions",
-                ".teacher.endpoint.api",
-            ),
-            cel(
-                "!has(self.teacher) || ("
                 "!has(self.teacher.endpoint) || self.distillation.teacherMode == 'cached'"
                 ")",
                 "an endpoint teacher can only be used in distillation.teacherMode cached",
@@ -1166,10 +1159,7 @@ class DistillationJobSpec(ApiModel):
 
     def _check_prompt(self) -> None:
         assert self.teacher is not None
-        prompt, endpoint = self.teacher.prompt, self.teacher.endpoint
-        if endpoint is not None and endpoint.api == "chat" and prompt is None:
-            raise ValueError("teacher.endpoint.api: chat is for classification with teacher.prompt; causal-lm "
-                             "distils over completions")
+        prompt = self.teacher.prompt
         if prompt is None:
             return
         if self.task.type != "sequence-classification":

@@ -161,7 +161,6 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
      [*LLM_TEACHER, ("spec.student", {"architecture": {"numLayers": 2, "hiddenSize": 64, "numAttentionHeads": 2}})],
      "student"),
     ("prompt-online", "DistillationJob", [*LLM_TEACHER, ("spec.distillation.teacherMode", "online")], "teacherMode"),
-    ("chat-without-prompt", "DistillationJob", [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.api", "chat")], "api"),
     ("max-concurrency", "DistillationJob",
      [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.maxConcurrency", 0)], "maxConcurrency"),
     ("pricing", "DistillationJob",
@@ -295,6 +294,14 @@ def test_an_endpoint_classifies_through_a_prompt():
     assert schema_errors(doc) == []
     job = parse_resource(doc, "endpoint-classifier")
     assert job.spec.teacher.prompt.calibrate and "{text}" in job.spec.teacher.prompt.user
+
+
+def test_a_causal_lm_learns_from_a_chat_endpoint():
+    doc = copy.deepcopy(_quickstart("DistillationJob"))
+    for path, value in [*ENDPOINT_TEACHER, ("spec.teacher.endpoint.api", "chat")]:
+        _set(doc, path, value)
+    assert schema_errors(doc) == []
+    assert parse_resource(doc, "chat-endpoint").spec.teacher.endpoint.api == "chat"
 
 
 def test_enough_invalid_cases():

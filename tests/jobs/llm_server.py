@@ -4,8 +4,9 @@ and `/v1/completions` with greedy decoding and `logprobs`/`top_logprobs` (which 
     python tests/jobs/llm_server.py MODEL_DIR [--api-key K] [--fail-429 N --retry-after S] [--no-logprobs]
                                                [--delay S]
 
-Prints `port=N` once it listens. `GET /stats` tells what it received: requests in all, the sha256 of each
-answered prompt with its count, and each answered request's arrival time.
+Prints `port=N` once it listens. `GET /stats` tells what it received: requests in all, the time each
+arrived (`arrivals`, on the server's clock, before any refusal), the sha256 of each answered prompt with its
+count, each answered request's time, and the messages of each answered chat request.
 """
 
 from __future__ import annotations
@@ -39,22 +40,26 @@ class Model:
         """Greedy tokens, each with its logprob and the `top` most likely candidates; prompt token count."""
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         n_prompt, out = len(ids), []
+        cache, fed = None, ids  # the prompt once, then one token at a time on its KV cache
         with self.lock, torch.inference_mode():
             for _ in range(max_tokens):
-                logp = torch.log_softmax(self.model(input_ids=torch.as_tensor([ids])).logits[0, -1].double(), -1)
+                step = self.model(input_ids=torch.as_tensor([fed]), cache=cache, use_cache=True)
+                cache = step.cache
+                logp = torch.log_softmax(step.logits[0, -1].double(), -1)
                 values, indices = logp.topk(top)
                 token = int(indices[0])
                 top_tokens = [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices, strict=True)]
                 out.append({"id": token, "token": self.tokenizer.decode([token]), "logprob": float(values[0]),
                             "top": top_tokens})
                 ids.append(token)
+                fed = [token]
                 if token == self.tokenizer.eos_token_id:
                     break
         return out, n_prompt
 
 
 def make_handler(model: Model, args: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
-    stats: dict[str, Any] = {"requests": 0, "answered": {}, "times": []}
+    stats: dict[str, Any] = {"requests": 0, "arrivals": [], "answered": {}, "times": [], "chats": []}
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -79,6 +84,7 @@ def make_handler(model: Model, args: argparse.Namespace) -> type[BaseHTTPRequest
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
                 stats["requests"] += 1
+                stats["arrivals"].append(time.time())
                 number = stats["requests"]
             if args.api_key and self.headers.get("Authorization") != f"Bearer {args.api_key}":
                 return self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
@@ -92,10 +98,14 @@ def make_handler(model: Model, args: argparse.Namespace) -> type[BaseHTTPRequest
             top = int(body.get("top_logprobs") or 1) if chat else int(body.get("logprobs") or 1)
             tokens, n_prompt = model.generate(prompt, int(body.get("max_tokens") or 16), max(1, top))
             text = model.tokenizer.decode([t["id"] for t in tokens], skip_special_tokens=True)
+            ended = bool(tokens) and tokens[-1]["id"] == model.tokenizer.eos_token_id
+            finish = "stop" if ended or len(tokens) < int(body.get("max_tokens") or 16) else "length"
             with lock:
                 key = hashlib.sha256(prompt.encode()).hexdigest()
                 stats["answered"][key] = stats["answered"].get(key, 0) + 1
                 stats["times"].append(time.time())
+                if chat:
+                    stats["chats"].append(body["messages"])
             usage = {"prompt_tokens": n_prompt, "completion_tokens": len(tokens),
                      "total_tokens": n_prompt + len(tokens)}
             wants = body.get("logprobs") and not args.no_logprobs
@@ -103,13 +113,13 @@ def make_handler(model: Model, args: argparse.Namespace) -> type[BaseHTTPRequest
                 logprobs = {"content": [{"token": t["token"], "logprob": t["logprob"], "bytes": None,
                                          "top_logprobs": [{"token": s, "logprob": v, "bytes": None}
                                                           for s, v in t["top"]]} for t in tokens]}
-                choice = {"index": 0, "finish_reason": "stop", "logprobs": logprobs if wants else None,
+                choice = {"index": 0, "finish_reason": finish, "logprobs": logprobs if wants else None,
                           "message": {"role": "assistant", "content": text}}
                 return self._send(200, {"id": f"chat-{number}", "object": "chat.completion", "created": 0,
                                         "model": body["model"], "choices": [choice], "usage": usage})
             logprobs = {"tokens": [t["token"] for t in tokens], "token_logprobs": [t["logprob"] for t in tokens],
                         "top_logprobs": [dict(t["top"]) for t in tokens], "text_offset": [0] * len(tokens)}
-            choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": logprobs if wants else None}
+            choice = {"index": 0, "finish_reason": finish, "text": text, "logprobs": logprobs if wants else None}
             return self._send(200, {"id": f"cmpl-{number}", "object": "text_completion", "created": 0,
                                     "model": body["model"], "choices": [choice], "usage": usage})
 

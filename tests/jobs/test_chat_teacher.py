@@ -219,3 +219,32 @@ def test_labels_beginning_alike_are_refused_before_any_request(serve, tmp_path, 
     with pytest.raises(PromptError, match=r"teacher\.prompt\.verbalizer"):
         _run_pipeline(job)
     assert server.stats()["requests"] == 0
+
+
+def _spans(times: list[float], limit: int) -> list[float]:
+    """For each request, the time from it to the request `limit` places later: a window that held more than
+    `limit` requests shows as a span shorter than the window."""
+    times = sorted(times)
+    return [later - first for first, later in zip(times, times[limit:], strict=False)]
+
+
+@pytest.mark.parametrize("limit", ["requests", "tokens"])
+def test_the_rate_limits_hold_at_the_server(serve, tmp_path, limit):
+    # a 1.5 s window stands for the minute, so the test takes seconds; arrivals are the server's own clock
+    window, texts = 1.5, [f"the day was {w}" for w in ("good", "bad", "fine", "cold", "warm", "dark")]
+    per_window = 2
+    if limit == "requests":
+        limits = {"requests_per_minute": per_window}
+    else:  # room for two requests' estimated tokens in a window, not three
+        estimate = chat_teacher.estimate_tokens(PROMPT.messages(texts[0]), 4)
+        limits = {"tokens_per_minute": per_window * estimate + estimate // 2}
+    server = serve()
+    teacher = _teacher(server.url, max_tokens=4, max_concurrency=6, rate_window_seconds=window, **limits)
+    out = chat_teacher.label_texts(teacher, texts, tmp_path / "journal.jsonl")
+    assert out.sent == len(texts)
+    arrivals = server.stats()["arrivals"]
+    assert len(arrivals) == len(texts)
+    slack = 0.3  # the time between the limiter letting a request go and the server reading it
+    assert min(_spans(arrivals, per_window)) >= window - slack  # never more than two in one window
+    assert max(arrivals) - min(arrivals) >= 2 * window - slack  # six requests, two per window: three windows
+    assert min(_spans(arrivals, per_window - 1)) < window / 2  # yet two at once where the window had room

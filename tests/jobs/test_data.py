@@ -68,7 +68,8 @@ def test_chat_yaml_conversations_become_texts(tmp_path):
     (tmp_path / "chat").mkdir()
     (tmp_path / "chat" / "a.yml").write_text("conversations:\n- - Hello\n  - Hi there\n- - How are you?\n  - Fine\n")
     rows = data.read_rows(f"file://{tmp_path / 'chat'}")
-    assert rows == [{"text": "User: Hello\nAssistant: Hi there"}, {"text": "User: How are you?\nAssistant: Fine"}]
+    assert [r["text"] for r in rows] == ["User: Hello\nAssistant: Hi there", "User: How are you?\nAssistant: Fine"]
+    assert rows[0]["messages"] == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"}]
 
 
 def test_jsonl_roundtrip(tmp_path):

@@ -51,6 +51,25 @@ def test_answers_of_different_lengths_are_scored_with_padding_masked(llama):
     np.testing.assert_allclose(scorer.score(prompt_ids), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_on_the_shared_prefix_scores_each_prompt_as_if_alone(llama):
+    model, tokenizer = llama
+    answers = llm_teacher.answer_ids(tokenizer, PROMPT.answers)
+    texts = ["food", "the cold dark weather was very", "a lovely warm day", "sad"]  # 1 to 6 tokens: padded
+    prompts = [tokenizer.encode(llm_teacher.render(tokenizer, PROMPT.messages(t)), add_special_tokens=False)
+               for t in texts]
+    prefix = llm_teacher.common_prefix(prompts)
+    assert prefix == tokenizer.encode("the", add_special_tokens=False)  # the template's words before {text}
+    scorer = llm_teacher.FullAnswerScorer(model, answers, pad_id=tokenizer.pad_token_id, prefix=prefix)
+    expected = [[_by_hand(model, tokenizer, ids, a) for a in answers] for ids in prompts]
+    np.testing.assert_allclose(scorer.score_batch(prompts), expected, rtol=1e-5, atol=1e-5)
+    # a prompt without the prefix runs in full, in the same batch
+    other = tokenizer.encode("a day was", add_special_tokens=False)
+    np.testing.assert_allclose(scorer.score_batch([other, prompts[0]]),
+                               [[_by_hand(model, tokenizer, other, a) for a in answers], expected[0]],
+                               rtol=1e-5, atol=1e-5)
+    assert llm_teacher.common_prefix([[1, 2, 3], [1, 2]]) == [1]  # each keeps a token of its own
+
+
 def test_label_texts_normalises_and_calibrates(llama):
     model, tokenizer = llama
     texts = ["good food", "bad day", "the weather"]

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from kubedistill.artifacts import Stage
-from kubedistill_jobs import data
+from kubedistill_jobs import chats, data
 from kubedistill_jobs.context import GENERATED_TRAIN, Context, Progress
 
 NAME: Stage = "data"
@@ -17,21 +17,13 @@ WRITES = ("data",)
 log = logging.getLogger(__name__)
 
 
-def chat_renderer(context: Context) -> data.ChatRenderer:
-    """How a conversation becomes training text: the tokenizer's chat template for a causal LM that has one."""
+def chat_renderer(context: Context) -> chats.ChatRenderer:
+    """How a conversation becomes training text: the chat template of the tokenizer a causal LM trains with,
+    when it has one."""
     tokenizer = context.tokenizer
     if context.spec.task.type != "causal-lm" or not getattr(tokenizer, "chat_template", None):
-        return data.plain_chat
-
-    def render(turns: list[str]) -> str:
-        roles = ("user", "assistant")
-        messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
-        try:  # an empty system turn: a template's default system prompt is text no model was trained on
-            return str(tokenizer.apply_chat_template([{"role": "system", "content": ""}, *messages], tokenize=False))
-        except Exception:  # templates without a system role
-            return str(tokenizer.apply_chat_template(messages, tokenize=False))
-
-    return render
+        return chats.plain_chat
+    return chats.renderer(tokenizer)
 
 
 def run(context: Context, progress: Progress) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         return {"mode": "cached", "rows": meta["rows"],
                 "summary": f"{meta['rows']} rows, class distributions (from the teacher stage's pass)"}
     if context.endpoint_teacher:
-        return _from_endpoint(context, context.prompts(), progress)
+        return _from_endpoint(context, data.read_jsonl(layout.data / "train.jsonl"), progress)
     if spec.distillation.sequence_level is not None:
         return _from_local_answers(context, context.prompts(), progress)
     train = context.split().train
@@ -59,31 +59,41 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
             "summary": f"{len(train)} rows, {n_tokens} tokens, top-{k} logits ({rate:.0f} tokens/s)"}
 
 
-def _from_endpoint(context: Context, prompts: list[str], progress: Progress) -> dict[str, Any]:
-    """Sequence-level KD from an endpoint: its generations become the training text, and its top-k
-    logprobs (one-hot targets inside the prompts) the cache, in the student's token ids."""
+def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progress) -> dict[str, Any]:
+    """Sequence-level KD from an endpoint: its generations (a text continued, a conversation answered afresh)
+    become the training text, and its top-k logprobs (one-hot targets inside the prompts) the cache, in the
+    student's token ids."""
     from kubedistill_jobs import endpoint_teacher
 
     spec, layout = context.spec, context.layout
     k = spec.distillation.top_k
     config = endpoint_teacher.EndpointConfig.from_spec(spec)
     started = time.monotonic()
-    out = endpoint_teacher.run_endpoint(config, context.tokenizer, prompts, spec.task.max_length, progress=progress)
+    texts, conversations = [r["text"] for r in rows], [r.get("messages") for r in rows]
+    out = endpoint_teacher.run_endpoint(config, context.tokenizer, texts, spec.task.max_length,
+                                        conversations=conversations, progress=progress)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
     dropped = int(out["dropped"].sum())
-    generated_rows = [{"text": str(text), "prompt": prompt} for text, prompt in zip(out["text"], prompts,
-                                                                                  strict=True)]
+    generated_rows = [{"text": str(text), "prompt": str(prompt)} for text, prompt in zip(out["text"], out["prompt"],
+                                                                                        strict=True)]
     data.write_jsonl(generated_rows, layout.data / GENERATED_TRAIN)
     soft_targets.write(layout.soft_targets, arrays,
-                       {"kind": "topk", "rows": len(prompts), "k": k, "tokens": n_tokens, "source": "endpoint",
+                       {"kind": "topk", "rows": len(rows), "k": k, "tokens": n_tokens, "source": "endpoint",
+                        "api": config.api, "conversations": sum(c is not None for c in conversations),
                         "generated_tokens": generated, "dropped_candidates": dropped})
     context.set_split(None)  # the training texts are now the generations
     rate = generated / max(1e-9, time.monotonic() - started)
-    return {"mode": "cached", "rows": len(prompts), "tokens": n_tokens, "generated_tokens": generated,
-            "dropped_candidates": dropped, "k": k,
-            "summary": f"{len(prompts)} rows, {generated} generated tokens, top-{k} logprobs from the endpoint "
-                       f"({rate:.0f} tokens/s)"}
+    answered, hard = sum(c is not None for c in conversations), int(out["hard"].sum())
+    what = f", {answered} conversations answered afresh" if answered else ""
+    how = f"top-{k} logprobs" if not hard else (
+        "hard-label distillation (no logprobs from the teacher)" if hard == len(rows)
+        else f"top-{k} logprobs ({hard} answers without: their text only)")
+    return {"mode": "cached", "rows": len(rows), "tokens": n_tokens, "generated_tokens": generated,
+            "dropped_candidates": dropped, "k": k, "api": config.api, "conversations": answered,
+            "hard_rows": hard, "hard_labels": hard == len(rows) and hard > 0,
+            "summary": f"{len(rows)} rows, {generated} generated tokens, {how} from the endpoint "
+                       f"({config.api}{what}, {rate:.0f} tokens/s)"}
 
 
 def _from_local_answers(context: Context, prompts: list[str], progress: Progress) -> dict[str, Any]:
