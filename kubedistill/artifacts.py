@@ -242,3 +242,20 @@ class ServingManifest(BaseModel):
     def write(self, model_repository: Path) -> None:
         model_repository.mkdir(parents=True, exist_ok=True)
         (model_repository / SERVING_MANIFEST).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+
+def decoupled_model_config(backend: str, tensors: dict[str, tuple[str, str, bool]], inputs: tuple[str, ...],
+                           outputs: tuple[str, ...], instance_kind: str, name: str | None = None) -> str:
+    """config.pbtxt of a decoupled Triton model without Triton batching (generation streams tokens).
+    `tensors` maps each tensor name to (data type, dims, optional); without `name` Triton takes the folder's."""
+    lines = ([f'name: "{name}"'] if name else []) + [f'backend: "{backend}"', "max_batch_size: 0",
+                                                    "model_transaction_policy {\n  decoupled: true\n}"]
+    for kind, names in (("input", inputs), ("output", outputs)):
+        entries = []
+        for tensor in names:
+            dtype, dims, optional = tensors[tensor]
+            entries.append(f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n'
+                           + ("    optional: true\n" if optional else "") + "  }")
+        lines.append(f"{kind} [\n" + ",\n".join(entries) + "\n]")
+    lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]")
+    return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from kubedistill.artifacts import (
     GENERATION_OUTPUTS,
     HF_WEIGHTS_FOLDER,
     ServedModel,
+    decoupled_model_config,
 )
 
 GENERATE_MODEL = Path(__file__).with_name("triton_models") / "generate.py"
@@ -77,18 +78,7 @@ def build_genai_model(hf_folder: Path, out: Path, precision: str, *, timeout: fl
 def render_generation_config(name: str) -> str:
     """config.pbtxt of a generation model: python backend, decoupled, no Triton batching (each request
     generates in its own thread inside the model)."""
-    blocks = {"input": GENERATION_INPUTS, "output": GENERATION_OUTPUTS}
-    lines = [f'name: "{name}"', 'backend: "python"', "max_batch_size: 0",
-             "model_transaction_policy {\n  decoupled: true\n}"]
-    for kind, names in blocks.items():
-        entries = []
-        for tensor in names:
-            dtype, dims, optional = _TENSORS[tensor]
-            entries.append(f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n'
-                           + ("    optional: true\n" if optional else "") + "  }")
-        lines.append(f"{kind} [\n" + ",\n".join(entries) + "\n]")
-    lines.append("instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]")
-    return "\n".join(lines) + "\n"
+    return decoupled_model_config("python", _TENSORS, GENERATION_INPUTS, GENERATION_OUTPUTS, "KIND_CPU", name)
 
 
 def chat_template(tokenizer_folder: Path) -> str | None:

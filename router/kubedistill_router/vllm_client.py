@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kubedistill_router.errors import UpstreamError
+from kubedistill_router.generation_models import TritonGenerator
 from kubedistill_router.openai_api import GenerationRequest, TokenOut
 from kubedistill_router.triton import _describe
 
@@ -53,28 +54,13 @@ def parse_logprobs(text: bytes | str, top: int) -> list[TokenOut]:
                             f"{str(text)[:120]}") from None
 
 
-class VllmGenerator:
+class VllmGenerator(TritonGenerator):
     """Token streams from vLLM-backend models of one Triton server (gRPC). `decoders` gives, per model, the text
     of prompt ids (its own tokenizer's decode)."""
 
     def __init__(self, url: str, timeout: float, decoders: dict[str, Callable[[list[int]], str]]):
-        self.url = url
-        self.timeout = timeout  # for the first token, and between responses
+        super().__init__(url, timeout)  # the timeout: for the first token, and between responses
         self.decoders = decoders
-        self._client: Any = None
-
-    def _grpc(self) -> Any:
-        if self._client is None:
-            from tritonclient.grpc.aio import InferenceServerClient
-
-            self._client = InferenceServerClient(self.url)
-        return self._client
-
-    async def is_ready(self, model: str) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._grpc().is_model_ready(model), self.timeout))
-        except Exception:  # unreachable, timed out or refused: not ready
-            return False
 
     def inputs(self, model: str, prompt: list[int], request: GenerationRequest) -> list[Any]:
         from tritonclient.grpc.aio import InferInput
@@ -136,12 +122,6 @@ class VllmGenerator:
             done.set()
             if not finished:
                 responses.cancel()
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -12,7 +12,14 @@ import json
 from typing import Any
 
 from kubedistill.api import StudentDeployment
-from kubedistill.artifacts import HF_WEIGHTS_FOLDER, STUDENT_MODEL, TEACHER_MODEL, VLLM_INPUTS, VLLM_OUTPUTS
+from kubedistill.artifacts import (
+    HF_WEIGHTS_FOLDER,
+    STUDENT_MODEL,
+    TEACHER_MODEL,
+    VLLM_INPUTS,
+    VLLM_OUTPUTS,
+    decoupled_model_config,
+)
 from kubedistill.routerconfig import MODEL_REPOSITORY_DIR, VLLM_CONFIG_FILE, vllm_engine_args_file
 
 # Each tensor as triton-inference-server/vllm_backend declares it in `auto_complete_config`: (type, dims,
@@ -42,16 +49,7 @@ def model_config() -> str:
     """config.pbtxt of a vLLM model (no `name`: Triton takes the folder's, so one text serves both models).
 
     KIND_MODEL: vLLM places the model on the GPUs itself (tensor parallel over all the pod's GPUs)."""
-    lines = ['backend: "vllm"', "max_batch_size: 0", "model_transaction_policy {\n  decoupled: true\n}"]
-    for kind, names in (("input", VLLM_INPUTS), ("output", VLLM_OUTPUTS)):
-        entries = []
-        for tensor in names:
-            dtype, dims, optional = _TENSORS[tensor]
-            entries.append(f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n'
-                           + ("    optional: true\n" if optional else "") + "  }")
-        lines.append(f"{kind} [\n" + ",\n".join(entries) + "\n]")
-    lines.append("instance_group [\n  {\n    count: 1\n    kind: KIND_MODEL\n  }\n]")
-    return "\n".join(lines) + "\n"
+    return decoupled_model_config("vllm", _TENSORS, VLLM_INPUTS, VLLM_OUTPUTS, "KIND_MODEL")
 
 
 def serves_colocated_teacher(sd: StudentDeployment) -> bool:
