@@ -75,6 +75,9 @@ class Pipeline:
         return self.context.layout
 
     def _check_resolved_spec(self) -> None:
+        """Refuse a folder that holds a run of another spec, except where the change leaves what was made valid:
+        `output` (where the run lives: a copied or moved folder) changes nothing, and `evaluation` is read by
+        the evaluation alone, so a change there reruns evaluate and export and keeps the trained students."""
         job, layout = self.context.job, self.layout
         wire = job.spec.to_wire()
         wire.pop("ray", None)  # workers and resources may change between attempts
@@ -84,12 +87,23 @@ class Pipeline:
             with contextlib.suppress(ValueError):  # read as this version does: fields added since take defaults
                 previous = DistillationJobSpec.model_validate(previous).to_wire()
             previous.pop("ray", None)
-            if previous != wire:
-                changed = ", ".join(_differences(previous, wire)) or "its layout"
+            changed = _differences(previous, wire, limit=None) if previous != wire else []
+            content = [d for d in changed if not d.startswith(("spec.output", "spec.evaluation"))]
+            if previous != wire and (content or not changed):
+                shown = ", ".join(content[:8]) or "its layout"
                 raise SpecChangedError(
-                    f"output.uri: {self.context.output.uri} holds a run of a different spec (it differs in {changed}); "
-                    "use another output (--output) or delete the folder to start over"
+                    f"output.uri: {self.context.output.uri} holds a run of a different spec (it differs in {shown}); "
+                    "use another output (--output) or delete the folder to start over (a change to evaluation "
+                    "alone reruns the evaluation and keeps the rest)"
                 )
+            reevaluate = [d for d in changed if d.startswith("spec.evaluation")]
+            if reevaluate:
+                rerun = STAGES[STAGES.index("evaluate"):]
+                for stage in rerun:
+                    layout.stage_marker(stage).unlink(missing_ok=True)
+                self.context.display.message(
+                    f"{', '.join(reevaluate[:8])} changed since the last run: {' and '.join(rerun)} run again; "
+                    "the earlier stages' results are kept")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(job.to_wire(), sort_keys=False))
 
@@ -161,10 +175,10 @@ class Pipeline:
         return result
 
 
-def _differences(old: Any, new: Any, path: str = "spec") -> list[str]:
-    """The dotted fields where two wire specs differ (a field only one has counts too), at most 8."""
+def _differences(old: Any, new: Any, path: str = "spec", limit: int | None = 8) -> list[str]:
+    """The dotted fields where two wire specs differ (a field only one has counts too), at most `limit`."""
     if isinstance(old, dict) and isinstance(new, dict):
         found = [d for key in sorted(set(old) | set(new), key=str)
-                 for d in _differences(old.get(key), new.get(key), f"{path}.{key}")]
-        return found[:8]
+                 for d in _differences(old.get(key), new.get(key), f"{path}.{key}", None)]
+        return found[:limit]
     return [] if old == new else [path]

@@ -13,7 +13,7 @@ from kubedistill_jobs.pipeline import Pipeline, SpecChangedError
 from kubedistill_jobs.storage import resolve_output
 
 from kubedistill.api.distillationjob import DistillationJob
-from kubedistill.artifacts import OutputLayout
+from kubedistill.artifacts import STAGES, OutputLayout
 
 from .conftest import job_manifest
 
@@ -24,6 +24,7 @@ class Recorder:
     def __init__(self) -> None:
         self.finished: list[tuple[str, bool]] = []
         self.epochs: list[dict] = []
+        self.messages: list[str] = []
 
     def stage_started(self, stage):
         return lambda done, total: None
@@ -35,7 +36,7 @@ class Recorder:
         self.epochs.append(entry)
 
     def message(self, text):
-        pass
+        self.messages.append(text)
 
 
 def _pipeline(manifest: dict, display: Recorder) -> Pipeline:
@@ -168,3 +169,35 @@ def test_a_spec_written_before_a_field_was_added_still_resumes(tmp_path):
     pipeline.layout.resolved_spec.write_text(yaml.safe_dump(older))
     with pytest.raises(SpecChangedError, match=r"differs in spec\.training\.learningRate|learningRate"):
         pipeline._check_resolved_spec()
+
+
+def test_a_moved_folder_resumes_and_an_evaluation_change_reruns_only_evaluate_and_export(tmp_path):
+    """output.uri names where the run lives, not what it made; evaluation is read by the evaluation alone, so a
+    change there drops the evaluate and export markers and keeps the others. Anything else is still refused."""
+    manifest = job_manifest(tmp_path, tmp_path / "teacher", tmp_path / "data.jsonl")
+    recorder = Recorder()
+    pipeline = _pipeline(manifest, recorder)
+    layout = pipeline.layout
+    older = pipeline.context.job.to_wire()
+    older["spec"]["output"]["uri"] = "file:///elsewhere/run"
+    layout.resolved_spec.parent.mkdir(parents=True, exist_ok=True)
+    layout.resolved_spec.write_text(yaml.safe_dump(older))
+    for stage in STAGES:
+        layout.stage_marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        layout.stage_marker(stage).write_text("{}")
+    pipeline._check_resolved_spec()  # moved: nothing to redo
+    assert all(layout.stage_marker(s).is_file() for s in STAGES)
+
+    older["spec"]["evaluation"]["routingTarget"] = 0.5
+    layout.resolved_spec.write_text(yaml.safe_dump(older))
+    pipeline._check_resolved_spec()
+    kept = STAGES[:STAGES.index("evaluate")]
+    assert [s for s in STAGES if layout.stage_marker(s).is_file()] == list(kept)
+    assert any("spec.evaluation.routingTarget" in m for m in recorder.messages)
+    assert yaml.safe_load(layout.resolved_spec.read_text())["spec"] == pipeline.context.job.to_wire()["spec"]
+
+    older["spec"]["training"]["seed"] = 7
+    layout.resolved_spec.write_text(yaml.safe_dump(older))
+    with pytest.raises(SpecChangedError, match=r"spec\.training\.seed") as refused:
+        pipeline._check_resolved_spec()
+    assert "routingTarget" not in str(refused.value)
