@@ -442,6 +442,17 @@ class StudentDeploymentSpec(ApiModel):
         return self
 
 
+class ServedShare(ApiModel):
+    """The instances one model of the cascade answered in the refresh window (the router's
+    `kubedistill_router_instances_total{served_by}`; a degraded answer counts for the model that gave it)."""
+
+    served_by: str = Field(description="`student`, a name of router.tiers, or `teacher`.", max_length=63)
+    share: float | None = Field(default=None, description="Its share of the instances answered in the window "
+                                "(null: none answered).", ge=0, le=1)
+    instances_per_second: float | None = Field(default=None, description="Instances it answered per second "
+                                               "(null until a router pod has been read twice).", ge=0)
+
+
 class LiveFigures(ApiModel):
     """What the routers saw in the last refresh window (all ready router pods together)."""
 
@@ -455,6 +466,10 @@ class LiveFigures(ApiModel):
                                          "latency, milliseconds (from its histogram's buckets).", ge=0)
     teacher_errors_per_second: float | None = Field(default=None, description="Failed teacher calls per second.",
                                                     ge=0)
+    served_by: list[ServedShare] | None = Field(
+        default=None, description="Who answered the instances, in cascade order: the student, each of router.tiers, "
+        "the teacher (then any other name the routers reported).", max_length=MAX_TIERS + 4,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["servedBy"]})
     expected_escalation_share: float | None = Field(default=None, description="The job's frontier at the "
                                                     "recommended threshold (status.results.escalationRate).")
     expected_agreement: float | None = Field(default=None, description="The job's measured agreement "
