@@ -109,6 +109,9 @@ class ClassificationHandler:
                                      "serving.json")
         if isinstance(tiers, str):
             raise ValueError(tiers)
+        cascade = manifest.cascade_thresholds or {}
+        if config.threshold is None and "student" in cascade and any(t.threshold is None for t in config.tiers or []):
+            self.threshold = cascade["student"]  # recommended together with the tiers' thresholds it filled
         check_tiers(tiers, self.threshold, repository)  # before any connection is opened
         self.triton = triton
         self.metrics = metrics
