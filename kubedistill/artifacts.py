@@ -231,6 +231,9 @@ class ServingManifest(BaseModel):
     teacher_tokenizer: str | None = Field(default=None, description="The teacher's tokenizer folder, when it differs.")
     recommended_threshold: float | None = None
     confidence_signal: Signal = "max-probability"
+    cascade_thresholds: dict[str, float] | None = Field(
+        default=None, description="The job's evaluation.tiers: thresholds recommended for the cascade evaluated "
+        "together (max-probability), by model (`student`, each tier's name); router.tiers left unset take them.")
     chat_template: str | None = Field(default=None, description="Generation: the chat template file the router "
                                       "renders messages with, relative to the model repository (the student's own).")
     model_version: str = Field(description="Version of this export (the run id).")

@@ -73,6 +73,47 @@ class Routing(_Keys):
         return out
 
 
+class CascadeModel(_Keys):
+    """One model of the evaluated cascade (`evaluation.tiers`), scored alone on the eval split."""
+
+    name: str = Field(description="`student` (the quantized one, as served), a tier's name, or `teacher`.")
+    uri: str | None = Field(default=None, description="evaluation.tiers[].uri, for a tier.")
+    params: int | None
+    unit_cost: float = Field(description="What one request through it costs, in the cascade's cost_basis.")
+    accuracy: float = Field(description="Alone, against the reference (gold labels, or the teacher's answers).")
+
+
+class CascadeSetting(_Keys):
+    """A setting of the cascade's thresholds and what it does, per model in cascade order."""
+
+    thresholds: dict[str, float] = Field(description="By model, all but the teacher: below it a request goes on.")
+    reach: dict[str, float] = Field(description="Share of requests each model sees (student 1.0).")
+    answered: dict[str, float] = Field(description="Share of requests each model answers.")
+    accuracy: float
+    cost: float = Field(description="Expected cost per request: the sum of reach × unit_cost.")
+    relative_cost: float = Field(description="cost over the teacher's unit_cost alone (teacher-only serving).")
+
+
+class Cascade(_Keys):
+    """evaluation.tiers: the student, the tiers and the teacher evaluated together as a cascade on the eval split
+    (max-probability signal; each model's own tokenizer). Thresholds are searched on a grid of each model's
+    confidence quantiles and never increase along the cascade."""
+
+    signal: str = "max-probability"
+    models: list[CascadeModel] = Field(description="In cascade order, the teacher last.")
+    cost_basis: Literal["latency", "parameters"] = Field(
+        description="`latency`: unit cost is each model's measured p50 at batch 1 (ms; evaluation.metrics lists "
+        "latency); `parameters`: its parameter count (latency not measured).")
+    target: float = Field(description="evaluation.routingTarget: the share of the teacher's accuracy to keep.")
+    teacher_accuracy: float
+    recommended: CascadeSetting | None = Field(description="The cheapest setting that keeps the target (null: none).")
+    frontier: list[CascadeSetting] = Field(default_factory=list, description="The cheapest setting for each "
+                                           "accuracy reached, by cost.")
+
+    def recommended_thresholds(self) -> dict[str, float] | None:
+        return dict(self.recommended.thresholds) if self.recommended is not None else None
+
+
 class Gate(_Keys):
     min_retention: float | None
     passed: bool
@@ -280,6 +321,8 @@ class Report(_Keys):
         "student's confidence in its own answer vs the cascade's quality), per token-level signal; its "
         "recommended threshold is the one serving.json and status carry.")
     economics: Economics | None = Field(default=None, description="Costs and savings (evaluation.economics).")
+    cascade: Cascade | None = Field(default=None, description="evaluation.tiers: the tiered cascade's frontier and "
+                                    "the thresholds it recommends per model.")
 
     primary: str | None = Field(default=None, description="The metric retention and the gate use (evaluation."
                                                        "metrics); None: the task's default.")
@@ -340,6 +383,7 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         recommended_threshold=threshold,
         recommended_thresholds=(routing.signal_thresholds() or None) if routing else None,
         escalation_rate=None if point is None else round(point.escalation_rate, 4),
+        cascade_thresholds=report.cascade.recommended_thresholds() if report.cascade else None,
         cost_ratio=_rounded(report.economics.cost_ratio.value, 2) if report.economics else None,
         payback_days=_rounded(report.economics.payback_days.value, 2) if report.economics else None,
         gate_passed=report.gate.passed,

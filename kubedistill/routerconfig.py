@@ -69,8 +69,10 @@ class RouterConfig(BaseModel):
                                         "nowhere.")
 
     @classmethod
-    def from_spec(cls, name: str, spec: StudentDeploymentSpec, threshold: float | None = None) -> RouterConfig:
-        """The config a StudentDeployment's router runs with (threshold: the resolved one, if known)."""
+    def from_spec(cls, name: str, spec: StudentDeploymentSpec, threshold: float | None = None,
+                  tiers: list[RouterTier] | None = None) -> RouterConfig:
+        """The config a StudentDeployment's router runs with (threshold, tiers: the resolved ones, if known; the
+        router fills a tier threshold still unset from serving.json)."""
         router = spec.router
         return cls(
             model_name=spec.model_name or name,
@@ -80,7 +82,7 @@ class RouterConfig(BaseModel):
             confidence_signal=router.confidence_signal,
             shadow_sample_rate=router.shadow_sample_rate,
             teacher=router.teacher,
-            tiers=router.tiers,
+            tiers=tiers if tiers is not None else router.tiers,
             teacher_api_key_file=TEACHER_API_KEY_FILE if router.teacher and router.teacher.api_key_secret_ref else None,
             require_api_key=router.auth is not None,
             max_concurrency=router.max_concurrency,

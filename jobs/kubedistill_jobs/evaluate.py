@@ -43,6 +43,7 @@ from kubedistill_jobs.quality import (
     classify,
 )
 from kubedistill_jobs.routing import routing_report
+from kubedistill_jobs.tiers import cascade_report, prepare_tiers
 
 
 def gate(retention: float | None, min_retention: float | None) -> Gate:
@@ -156,6 +157,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
     total = 4
     if progress:
         progress(0, total)
+    tiers = prepare_tiers(spec, layout) if spec.evaluation.tiers else []
 
     if task == "sequence-classification":
         labels = spec.task.labels or []
@@ -167,6 +169,8 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
                   for n, p in paths.items()}
         quality = classification_quality(logits, gold, len(labels), target)
         generation = None
+        for tier in tiers:  # evaluation.tiers: scored as the teacher is (ONNX), timed with the others below
+            logits[tier.name] = classify(session(tier.onnx, settings.threads), tier.tokenizer, texts, max_length)
     else:
         stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length)
                  for n, p in paths.items()}
@@ -180,7 +184,9 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         progress(1, total)
 
     wanted = spec.evaluation.metrics
-    latency = measure_latency(paths, tokenizers, texts, max_length, settings) if "latency" in wanted else None
+    latency = measure_latency({**paths, **{t.name: t.onnx for t in tiers}},
+                              {**tokenizers, **{t.name: t.tokenizer for t in tiers}}, texts, max_length, settings) \
+        if "latency" in wanted else None
     if progress:
         progress(3, total)
     primary = (spec.evaluation.generation_metric() or "perplexity") if task == "causal-lm" else \
@@ -210,6 +216,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
         primary=primary if task == "causal-lm" else None,
         generation=answered.report if task == "causal-lm" and same_tokens else None,
+        cascade=cascade_report(spec, tiers, logits, gold, params, latency) if tiers else None,
     )
     report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
     return _finish(report, layout, progress, total)

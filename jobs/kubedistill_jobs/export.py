@@ -150,6 +150,7 @@ def write_model_repository(
     dynamic_batching: bool = True,
     recommended_threshold: float | None = None,
     confidence_signal: str = "max-probability",
+    cascade_thresholds: dict[str, float] | None = None,
     model_version: str,
 ) -> ServingManifest:
     """Write a Triton model repository at `repo` and its serving.json; returns the manifest.
@@ -187,6 +188,7 @@ def write_model_repository(
         teacher_tokenizer=teacher_tokenizer,
         recommended_threshold=recommended_threshold,
         confidence_signal=confidence_signal,  # type: ignore[arg-type]
+        cascade_thresholds=cascade_thresholds,
         model_version=model_version,
     )
     manifest.write(repo)
@@ -277,5 +279,6 @@ def export(spec: DistillationJobSpec, layout: OutputLayout, report: Report) -> S
         teacher_tokenizer_dir=layout.teacher if result.teacher_onnx else None,
         recommended_threshold=routing.recommended_threshold if routing else None,
         confidence_signal=routing.signal if routing else "max-probability",
+        cascade_thresholds=report.cascade.recommended_thresholds() if report.cascade else None,
         model_version=report.model_version or "0",
     )

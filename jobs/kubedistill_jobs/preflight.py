@@ -34,6 +34,10 @@ def check_models(spec: DistillationJobSpec, layout: OutputLayout) -> dict[str, A
     vocabulary (`cross_tokenizer`, refused where the spec needs one); k ≤ vocabulary; and what the models must
     agree on (check_model_contracts). Returns the loaded teacher tokenizer (and the student's, when it has its
     own), where each model is, and `cross_tokenizer` (None, or the method used instead of logit KD)."""
+    if spec.evaluation.tiers:  # the cascade's mid-size models score task.labels (only a local teacher has tiers)
+        from kubedistill_jobs.tiers import check_tiers
+
+        check_tiers(spec, layout)
     if spec.teacher is None:
         return _check_teachers(spec, layout)
     if spec.teacher.endpoint is not None:

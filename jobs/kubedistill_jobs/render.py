@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubedistill.report import Economics, Report, SignalSweep
+from kubedistill.report import Cascade, Economics, Report, SignalSweep
 
 MODEL_TITLES = {"teacher": "teacher (fp32)", "student": "student (fp32)", "student_quantized": "student (quantized)"}
 
@@ -331,6 +331,8 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         lines.append("")
     if report.routing_note:
         lines += [f"Routing: {report.routing_note}.", ""]
+    if report.cascade is not None:
+        lines += cascade_markdown(report.cascade)
     if report.economics is not None:
         lines += economics_markdown(report.economics)
     if report.capture is not None:
@@ -362,6 +364,32 @@ def _generation_lines(report: Report) -> list[str]:
     for example in found.examples:
         lines += [f"- reference: {example.reference or '–'}"]
         lines += [f"  - {MODEL_TITLES.get(n, n)}: {text}" for n, text in example.answers.items()]
+    return [*lines, ""]
+
+
+def cascade_markdown(cascade: Cascade) -> list[str]:
+    """evaluation.tiers: each model of the cascade alone, then the thresholds recommended for all together."""
+    unit = "ms (p50, batch 1)" if cascade.cost_basis == "latency" else "parameters"
+    rec = cascade.recommended
+    lines = ["## Tiered cascade", "",
+             f"Cost of a request: the share reaching each model × its unit cost ({cascade.cost_basis}: {unit}).", "",
+             "| model | params | unit cost | accuracy alone | threshold | reaches | answers |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in cascade.models:
+        t = rec.thresholds.get(m.name) if rec else None
+        reach = rec.reach.get(m.name) if rec else None
+        answered = rec.answered.get(m.name) if rec else None
+        lines.append(f"| {m.name} | {_fmt(m.params)} | {m.unit_cost:.4g} | {m.accuracy:.4f} | "
+                     f"{'–' if t is None else f'{t:.4f}'} | {'–' if reach is None else f'{reach:.1%}'} | "
+                     f"{'–' if answered is None else f'{answered:.1%}'} |")
+    lines.append("")
+    if rec is None:
+        lines.append(f"No setting keeps {cascade.target:.0%} of the teacher's accuracy "
+                     f"({cascade.teacher_accuracy:.4f}): no thresholds recommended.")
+    else:
+        lines.append(f"Recommended (`{cascade.signal}`): cascade accuracy {rec.accuracy:.4f} (target "
+                     f"{cascade.target:.0%} of the teacher's {cascade.teacher_accuracy:.4f}) at "
+                     f"{rec.relative_cost:.1%} of the teacher-only cost.")
     return [*lines, ""]
 
 

@@ -731,8 +731,29 @@ class EconomicsSpec(ApiModel):
         return self
 
 
+MAX_EVALUATION_TIERS = 8  # as router.tiers of a StudentDeployment
+
+
+class EvaluationTier(ApiModel):
+    """A mid-size model evaluated with the student and the teacher as a cascade: student, these tiers in order,
+    the teacher last; the report recommends a threshold for each (a StudentDeployment's router.tiers of the same
+    name take it when they leave theirs unset)."""
+
+    name: str = Field(description="Name of the tier, as in a StudentDeployment's router.tiers.",
+                      pattern=DNS_LABEL_PATTERN, max_length=63)
+    uri: str = Field(description="A sequence-classification model over the same task.labels in the same order "
+                     "(its config's id2label), e.g. another job's fp32 `student/` folder.", pattern=MODEL_URI_PATTERN)
+
+
 class EvaluationSpec(ApiModel):
     """The student-vs-teacher gap evaluation."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.tiers) || self.tiers.all(t, t.name != 'student' && t.name != 'teacher')",
+                "evaluation.tiers: the names student and teacher are taken", ".tiers"),
+        )
+    }
 
     metrics: list[Metric] = Field(
         default_factory=lambda: list(DEFAULT_METRICS),
@@ -750,9 +771,26 @@ class EvaluationSpec(ApiModel):
         gt=0, le=1,
     )
     max_samples: int | None = Field(default=None, description="Evaluate on at most this many eval rows.", ge=1)
+    tiers: list[EvaluationTier] | None = Field(
+        default=None, description="Mid-size models between the student and the teacher, in the order requests "
+        "climb them (sequence-classification with a local teacher): each is scored on the eval split, and the "
+        "report recommends a threshold per model of the cascade (report.json `cascade`, status.results."
+        "cascadeThresholds).", max_length=MAX_EVALUATION_TIERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     economics: EconomicsSpec | None = Field(
         default=None, description="Prices and traffic: the report adds the cost per 1M requests of teacher, student "
         "and cascade, the cost ratio, the monthly saving and the job's payback period.")
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, value: list[EvaluationTier] | None) -> list[EvaluationTier] | None:
+        names = [t.name for t in value or []]
+        taken = sorted({n for n in names if n in ("student", "teacher") or names.count(n) > 1})
+        if taken:
+            raise ValueError(f"evaluation.tiers: names {taken} repeat or are taken (student, teacher): give each "
+                             "tier its own name")
+        return value
 
     def generation_metric(self) -> Metric | None:
         """The primary metric of a causal LM when it is a generation score: the first one listed."""
@@ -821,6 +859,10 @@ class DistillationJobSpec(ApiModel):
         "json_schema_extra": cel_rules(
             cel("has(self.teacher) != has(self.teachers)",
                 "set exactly one of teacher (one teacher) and teachers (several, each with a weight)"),
+            cel("!has(self.evaluation.tiers) || (self.task.type == 'sequence-classification' && has(self.teacher) "
+                "&& !has(self.teacher.endpoint) && !has(self.teacher.prompt))",
+                "evaluation.tiers: a cascade is evaluated for sequence-classification with a local classifier "
+                "teacher (teacher.uri or teacher.jobRef, no prompt)", ".evaluation.tiers"),
             cel("!has(self.teachers) || self.teachers.exists(t, t.weight > 0)",
                 "teachers: the weights must sum to a positive number: give at least one teacher a weight above 0",
                 ".teachers"),
@@ -1028,6 +1070,15 @@ class DistillationJobSpec(ApiModel):
         """The job whose student teaches this one (teacher.jobRef), if any."""
         return self.teacher.job_ref if self.teacher is not None else None
 
+    @model_validator(mode="after")
+    def _cascade_evaluated(self) -> DistillationJobSpec:
+        local = self.teacher is not None and self.teacher.endpoint is None and self.teacher.prompt is None
+        if self.evaluation.tiers and (self.task.type != "sequence-classification" or not local):
+            raise ValueError("evaluation.tiers: a cascade is evaluated for sequence-classification with a local "
+                             "classifier teacher (teacher.uri or teacher.jobRef, no prompt); remove "
+                             "evaluation.tiers")
+        return self
+
     def all_teachers(self) -> list[tuple[str, TeacherSpec]]:
         """Every teacher with the spec field that holds it: `teacher`, or `teachers[i]` of several."""
         if self.teachers is not None:
@@ -1208,6 +1259,10 @@ class JobResults(ApiModel):
         "for a StudentDeployment whose router uses another signal than max-probability.",
     )
     escalation_rate: float | None = Field(default=None, description="Share escalated at the recommended threshold.")
+    cascade_thresholds: dict[str, float] | None = Field(
+        default=None, description="evaluation.tiers: the thresholds recommended for the cascade evaluated together "
+        "(max-probability), by model: `student` and each tier's name; a StudentDeployment's router.tiers that leave "
+        "a threshold unset take these.")
     cost_ratio: float | None = Field(
         default=None, description="Teacher-only cost per request over the cascade's at the recommended threshold "
         "(evaluation.economics; e.g. 12 = twelve times cheaper).")

@@ -195,8 +195,10 @@ class RouterTier(ApiModel):
                               pattern=DNS_LABEL_PATTERN, max_length=63)
     endpoint: TeacherEndpointRef | None = Field(default=None, description="A remote model instead (as "
                                                 "router.teacher).")
-    threshold: float = Field(description="Its answers below this confidence go on to the next tier; at most the "
-                             "threshold of the tier before it (the student's: router.threshold).", ge=0, le=1)
+    threshold: float | None = Field(
+        default=None, description="Its answers below this confidence go on to the next tier; at most the threshold "
+        "of the tier before it (the student's: router.threshold). Unset: the one the job recommends for a tier of "
+        "this name (its evaluation.tiers, status.results.cascadeThresholds; max-probability signal).", ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> RouterTier:
@@ -214,6 +216,8 @@ def tier_order_problem(tiers: list[RouterTier], student_threshold: float | None)
     most the one before it, the student's first (a bigger model is trusted at a lower confidence)."""
     previous, before = student_threshold, "router.threshold (the student's)"
     for i, tier in enumerate(tiers):
+        if tier.threshold is None:
+            continue  # filled from the job's recommendation, then checked again
         if previous is not None and tier.threshold > previous:
             return (f"router.tiers[{i}].threshold: {tier.threshold} is above {previous}, the threshold of "
                     f"{before}: thresholds must not increase along the tiers")
@@ -223,6 +227,31 @@ def tier_order_problem(tiers: list[RouterTier], student_threshold: float | None)
     if reserved:
         return f"router.tiers: names {reserved} repeat or are taken (student, teacher): give each tier its own name"
     return None
+
+
+CASCADE_SIGNAL = "max-probability"  # the signal the job's cascade thresholds are recommended for
+
+
+def fill_tier_thresholds(tiers: list[RouterTier], recommended: dict[str, float] | None, signal: str,
+                         source: str) -> list[RouterTier] | str:
+    """The tiers with each unset threshold taken from `recommended` (by tier name: the job's cascade thresholds,
+    from status.results.cascadeThresholds or serving.json), or why that cannot be done, naming the field.
+    `source` says where `recommended` came from, for the message."""
+    filled = []
+    for i, tier in enumerate(tiers):
+        if tier.threshold is not None:
+            filled.append(tier)
+            continue
+        field = f"router.tiers[{i}].threshold"
+        if signal != CASCADE_SIGNAL:
+            return (f"{field}: unset, and {source} recommends tier thresholds for the {CASCADE_SIGNAL} signal, not "
+                    f"{signal}; set the threshold or use confidenceSignal {CASCADE_SIGNAL}")
+        if not recommended or tier.name not in recommended:
+            evaluated = sorted(set(recommended or {}) - {"student"})
+            return (f"{field}: unset, and {source} recommends no threshold for a tier named {tier.name!r} (its "
+                    f"evaluation.tiers: {evaluated or 'none'}); set the threshold, or name a tier the job evaluated")
+        filled.append(tier.model_copy(update={"threshold": recommended[tier.name]}))
+    return filled
 
 
 class RouterAuth(ApiModel):
@@ -304,10 +333,12 @@ class RouterSpec(ApiModel):
             cel("self.mode != 'shadow' || self.shadowSampleRate > 0.0",
                 "mode shadow needs router.shadowSampleRate above 0", ".shadowSampleRate"),
             cel("!has(self.tiers) || self.mode == 'route'", "router.tiers cascade in mode route only", ".tiers"),
-            cel("!has(self.tiers) || !has(self.threshold) || self.tiers.all(t, t.threshold <= self.threshold)",
+            cel("!has(self.tiers) || !has(self.threshold) || self.tiers.all(t, !has(t.threshold) || "
+                "t.threshold <= self.threshold)",
                 "router.tiers: each tier's threshold must be at most router.threshold (the student's)", ".tiers"),
             cel("!has(self.tiers) || (" + " && ".join(
-                f"(size(self.tiers) <= {i} || self.tiers[{i}].threshold <= self.tiers[{i - 1}].threshold)"
+                f"(size(self.tiers) <= {i} || !has(self.tiers[{i}].threshold) || !has(self.tiers[{i - 1}].threshold)"
+                f" || self.tiers[{i}].threshold <= self.tiers[{i - 1}].threshold)"
                 for i in range(1, MAX_TIERS)) + ")",  # standard CEL has no pairwise loop: one term per neighbour
                 "router.tiers: thresholds must not increase along the tiers", ".tiers"),
             cel("!has(self.tiers) || self.tiers.all(t, t.name != 'student' && t.name != 'teacher')",
@@ -442,6 +473,17 @@ class StudentDeploymentSpec(ApiModel):
         return self
 
 
+class ServedShare(ApiModel):
+    """The instances one model of the cascade answered in the refresh window (the router's
+    `kubedistill_router_instances_total{served_by}`; a degraded answer counts for the model that gave it)."""
+
+    served_by: str = Field(description="`student`, a name of router.tiers, or `teacher`.", max_length=63)
+    share: float | None = Field(default=None, description="Its share of the instances answered in the window "
+                                "(null: none answered).", ge=0, le=1)
+    instances_per_second: float | None = Field(default=None, description="Instances it answered per second "
+                                               "(null until a router pod has been read twice).", ge=0)
+
+
 class LiveFigures(ApiModel):
     """What the routers saw in the last refresh window (all ready router pods together)."""
 
@@ -455,6 +497,10 @@ class LiveFigures(ApiModel):
                                          "latency, milliseconds (from its histogram's buckets).", ge=0)
     teacher_errors_per_second: float | None = Field(default=None, description="Failed teacher calls per second.",
                                                     ge=0)
+    served_by: list[ServedShare] | None = Field(
+        default=None, description="Who answered the instances, in cascade order: the student, each of router.tiers, "
+        "the teacher (then any other name the routers reported).", max_length=MAX_TIERS + 4,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["servedBy"]})
     expected_escalation_share: float | None = Field(default=None, description="The job's frontier at the "
                                                     "recommended threshold (status.results.escalationRate).")
     expected_agreement: float | None = Field(default=None, description="The job's measured agreement "
@@ -478,6 +524,8 @@ class StudentDeploymentStatus(ApiModel):
     model_version: str | None = Field(default=None, description="Version of the model being served.")
     model_repository_uri: str | None = Field(default=None, description="Model repository being served.")
     threshold: float | None = Field(default=None, description="Routing threshold in use.")
+    tier_thresholds: dict[str, float] | None = Field(default=None, description="Threshold in use of each of "
+                                                     "router.tiers, by name (the spec's, else the job's).")
     deployment_name: str | None = Field(default=None, description="Name of the Deployment.")
     service_name: str | None = Field(default=None, description="Name of the Service.")
     autoscaler_name: str | None = Field(

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from kubedistill.api.studentdeployment import RouterTier, tier_order_problem
+from kubedistill.api.studentdeployment import RouterTier, fill_tier_thresholds, tier_order_problem
 from kubedistill.artifacts import ServedModel, ServingManifest
 from kubedistill.capture import CapturedAnswer, CaptureKind, CaptureRecord
 from kubedistill.confidence import escalate, softmax
@@ -105,7 +105,14 @@ class ClassificationHandler:
         self.labels = manifest.labels
         self.signal = config.confidence_signal
         self.threshold = resolve_threshold(config, manifest)
-        check_tiers(config.tiers or [], self.threshold, repository)  # before any connection is opened
+        tiers = fill_tier_thresholds(config.tiers or [], manifest.cascade_thresholds, config.confidence_signal,
+                                     "serving.json")
+        if isinstance(tiers, str):
+            raise ValueError(tiers)
+        cascade = manifest.cascade_thresholds or {}
+        if config.threshold is None and "student" in cascade and any(t.threshold is None for t in config.tiers or []):
+            self.threshold = cascade["student"]  # recommended together with the tiers' thresholds it filled
+        check_tiers(tiers, self.threshold, repository)  # before any connection is opened
         self.triton = triton
         self.metrics = metrics
         self.capture = capture
@@ -113,7 +120,7 @@ class ClassificationHandler:
         encoder = TextEncoder(repository / manifest.tokenizer, manifest.student.inputs, manifest.max_length)
         self.student_calls = self._model_calls("student", manifest.student, encoder, repository)
         self.teacher = self._teacher(config, manifest, repository)
-        self.tiers = [self._tier(tier, encoder, repository) for tier in config.tiers or []]
+        self.tiers = [self._tier(tier, encoder, repository) for tier in tiers]
         self.breaker = CircuitBreaker()
         self._last_teacher_error: BaseException | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -133,6 +140,7 @@ class ClassificationHandler:
 
     def _tier(self, tier: RouterTier, encoder: TextEncoder, repository: Path) -> Tier:
         """A model between the student and the teacher: in this Triton (fed like the student), or remote."""
+        assert tier.threshold is not None  # filled from serving.json before
         if tier.endpoint is not None:
             return Tier(tier.name, tier.threshold, remote_teacher(tier.endpoint, self.labels, self.signal, None))
         assert tier.model is not None

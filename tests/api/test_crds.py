@@ -274,6 +274,13 @@ INVALID: list[tuple[str, str, list[tuple[str, Any]], str]] = [
         {"name": "mid", "model": "mid", "threshold": 0.5}])], "tiers"),
     ("tier-threshold", "StudentDeployment",
      [("spec.router.tiers", [{"name": "mid", "model": "mid", "threshold": 1.5}])], "threshold"),
+    ("evaluation-tier-named-student", "DistillationJob",
+     [("spec.evaluation.tiers", [{"name": "student", "uri": "/models/mid"}])], "tiers"),
+    ("evaluation-tier-uri", "DistillationJob", [("spec.evaluation.tiers", [{"name": "mid", "uri": "mid"}])], "uri"),
+    ("evaluation-tiers-causal-lm", "DistillationJob",
+     [*CAUSAL, ("spec.evaluation.tiers", [{"name": "mid", "uri": "/models/mid"}])], "evaluation.tiers"),
+    ("evaluation-tiers-several-teachers", "DistillationJob",
+     [*TEACHERS, ("spec.evaluation.tiers", [{"name": "mid", "uri": "/models/mid"}])], "evaluation.tiers"),
     ("teacher-uri-and-job", "DistillationJob", [("spec.teacher.jobRef", {"name": "assistant"})], "teacher"),
     ("teacher-job-name", "DistillationJob",
      [("spec.teacher", {"jobRef": {"name": "Bad_Name"}})], "name"),
@@ -351,6 +358,21 @@ def test_tiers_in_cascade_order_are_accepted_by_both():
     _set(doc, "spec.router.tiers", tiers)
     assert schema_errors(doc) == []
     assert [t.name for t in parse_resource(doc, "tiers").spec.router.tiers] == ["mid", "big"]
+
+
+def test_tiers_without_thresholds_and_evaluated_tiers_are_accepted_by_both():
+    doc = copy.deepcopy(_quickstart("StudentDeployment"))
+    _set(doc, "spec.router.tiers", [{"name": "mid", "model": "mid"}, {"name": "big", "model": "big",
+                                                                       "threshold": 0.4}])
+    assert schema_errors(doc) == []
+    assert [t.threshold for t in parse_resource(doc, "unset").spec.router.tiers] == [None, 0.4]
+    job = copy.deepcopy(_quickstart("DistillationJob"))
+    _set(job, "spec.evaluation.tiers", [{"name": "mid", "uri": "/models/mid"}, {"name": "big", "uri": "s3://m/big"}])
+    assert schema_errors(job) == []
+    assert [t.name for t in parse_resource(job, "evaluated").spec.evaluation.tiers] == ["mid", "big"]
+    _set(job, "spec.evaluation.tiers", [{"name": "mid", "uri": "/models/mid"}, {"name": "mid", "uri": "/m/b"}])
+    with pytest.raises(ManifestError, match=r"evaluation\.tiers: names \['mid'\] repeat"):
+        parse_resource(job, "twice")
 
 
 def test_an_on_policy_job_with_a_local_online_teacher_is_accepted():

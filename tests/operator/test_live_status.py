@@ -56,6 +56,38 @@ def test_the_routers_own_metrics_parse_into_a_window():
     assert not window({"pod-a": second}, {"pod-a": first.__class__(at=30.0)}).has_span
 
 
+def test_live_status_counts_instances_by_the_tier_that_answered():
+    metrics = RouterMetrics()
+    metrics.count_instances("student", False, 5)
+    first = parse_metrics(_text(metrics), at=0.0)
+    metrics.count_instances("student", False, 60)
+    metrics.count_instances("mid", False, 25)
+    metrics.count_instances("mid", True, 5)  # the teacher failed: the mid tier's answer stood, degraded
+    metrics.count_instances("teacher", False, 10)
+    second = parse_metrics(_text(metrics), at=10.0)
+    assert dict(second.served_by) == {"student": 65, "mid": 30, "teacher": 10} and second.instances == 105
+    w = window({"pod-a": first}, {"pod-a": second})
+    shown = figures(w, None, None, [], ["student", "mid", "big", "teacher"]).to_wire()["servedBy"]
+    assert shown == [{"servedBy": "student", "share": 0.6, "instancesPerSecond": 6.0},
+                     {"servedBy": "mid", "share": 0.3, "instancesPerSecond": 3.0},
+                     {"servedBy": "big", "share": 0.0, "instancesPerSecond": 0.0},  # declared, answered nothing
+                     {"servedBy": "teacher", "share": 0.1, "instancesPerSecond": 1.0}]
+    # Two pods add up; a name outside the cascade (an older router's tier) is listed after it.
+    metrics_b = RouterMetrics()
+    before_b = parse_metrics(_text(metrics_b), at=0.0)
+    metrics_b.count_instances("old-tier", False, 20)
+    both = window({"a": first, "b": before_b}, {"a": second, "b": parse_metrics(_text(metrics_b), at=5.0)})
+    shares = {s.served_by: (s.share, s.instances_per_second) for s in figures(both, None, None, [],
+                                                                               ["student", "teacher"]).served_by}
+    assert shares == {"student": (0.5, 6.0), "mid": (0.25, 3.0), "teacher": (0.0833, 1.0), "old-tier": (0.1667, 4.0)}
+    # A restarted pod (its per-tier counter went back) is a baseline, not negative instances.
+    metrics_c = RouterMetrics()
+    metrics_c.count_instances("student", False, 100)
+    restarted = parse_metrics(_text(metrics_c), at=20.0)
+    assert not window({"pod-a": second}, {"pod-a": restarted}).has_span
+    assert figures(window({}, {"pod-a": second}), None, None, [], ["student"]).served_by is None  # first read
+
+
 def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile():
     buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, float("inf"): 100.0}
     assert quantile(buckets, 0.5) == pytest.approx(0.1)
@@ -110,6 +142,10 @@ class Traffic:
                 self.metrics.count_request(200, "student")
                 self.metrics.request_seconds.observe(0.004)
             self.metrics.record_routing(20, round(20 * self.escalated))
+            escalated = round(20 * self.escalated)
+            self.metrics.count_instances("student", False, 20 - escalated)
+            self.metrics.count_instances("mid", False, escalated // 2)
+            self.metrics.count_instances("teacher", False, escalated - escalated // 2)
             self.metrics.record_shadow(20, round(20 * self.agreeing))
 
     def close(self) -> None:
@@ -133,6 +169,7 @@ def _deployed(cluster: harness.OperatorHarness, port: int) -> None:
     sd = example("quickstart/studentdeployment.yaml")
     sd["spec"]["replicas"] = 1
     sd["spec"]["service"]["port"] = port
+    sd["spec"]["router"]["tiers"] = [{"name": "mid", "model": "mid", "threshold": 0.5}]
     cluster.create(sd)
     deployment = cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, NS, SD), TIMEOUT, "the Deployment")
     cluster.patch_status(DEPLOYMENTS, NS, SD, {
@@ -168,6 +205,11 @@ def test_live_status_follows_a_router_whose_traffic_drifts(tmp_path):
             assert seen["pods"] == 1 and seen["expectedEscalationShare"] == 0.1 and seen["expectedAgreement"] == 0.95
             assert seen["requestsPerSecond"] > 0 and 2.5 <= seen["p95LatencyMs"] <= 5.0
             assert seen["teacherErrorsPerSecond"] == 0
+            # 2 of every 20 instances climb: one answered by the mid tier, one by the teacher.
+            shares = {s["servedBy"]: s["share"] for s in seen["servedBy"]}
+            assert shares == {"student": 0.9, "mid": 0.05, "teacher": 0.05}
+            assert [s["servedBy"] for s in seen["servedBy"]] == ["student", "mid", "teacher"]
+            assert all(s["instancesPerSecond"] > 0 for s in seen["servedBy"])
             assert cluster.wait_for(lambda: turned("EscalationAboveExpected", "False"), TIMEOUT, "as expected")[
                 "reason"] == "EscalationAsExpected"
             assert turned("AgreementBelowExpected", "False")

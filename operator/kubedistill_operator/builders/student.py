@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubedistill.api import StudentDeployment
-from kubedistill.api.studentdeployment import TRITON_IMAGE, TRITON_VLLM_IMAGE
+from kubedistill.api.studentdeployment import TRITON_IMAGE, TRITON_VLLM_IMAGE, RouterTier
 from kubedistill.env import TritonEnv
 from kubedistill.routerconfig import (
     MODEL_REPOSITORY_DIR,
@@ -35,6 +35,8 @@ class ModelSourceInfo:
     model_version: str
     threshold: float | None = None  # the threshold in use: the spec's, else the job's recommendation
     s3_credentials_secret: str | None = None
+    # router.tiers with the job's recommended thresholds filled in (None: the spec's tiers as they are)
+    tiers: tuple[RouterTier, ...] | None = None
 
     @classmethod
     def from_uri(cls, sd: StudentDeployment) -> ModelSourceInfo:
@@ -50,7 +52,8 @@ class ModelSourceInfo:
 
 
 def router_config(sd: StudentDeployment, source: ModelSourceInfo) -> RouterConfig:
-    return RouterConfig.from_spec(sd.metadata.name, sd.spec, threshold=source.threshold)
+    return RouterConfig.from_spec(sd.metadata.name, sd.spec, threshold=source.threshold,
+                                  tiers=list(source.tiers) if source.tiers is not None else None)
 
 
 def router_config_map(sd: StudentDeployment, source: ModelSourceInfo) -> dict[str, Any]:

@@ -83,6 +83,16 @@ def expectations(sd: StudentDeployment, status: dict[str, Any],
     return escalation, agreement
 
 
+def cascade(sd: StudentDeployment) -> list[str]:
+    """The names that may answer, in the order requests climb them (the router's `served_by` labels)."""
+    router = sd.spec.router
+    if router.mode in ("student-only", "shadow"):  # the shadow teacher's answers are compared, never served
+        return ["student"]
+    if router.mode == "teacher-only":
+        return ["teacher", "student"]  # the student answers, degraded, when the teacher cannot
+    return ["student", *(t.name for t in router.tiers or [] if router.mode == "route"), "teacher"]
+
+
 def refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, PodSample],
                  clock: Any = time.monotonic) -> None:
     """Read the routers, write status.live and the live conditions when they changed, post an Event when a
@@ -119,7 +129,7 @@ def _refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, P
 
     job = ctx.api.get(DISTILLATION_JOBS, namespace, sd.spec.source.job_ref.name) if sd.spec.source.job_ref else None
     escalation, agreement = expectations(sd, status, job)
-    live = figures(w, escalation.value, agreement.value, unreachable)
+    live = figures(w, escalation.value, agreement.value, unreachable, cascade(sd))
     generation = body["metadata"].get("generation")
     conditions = live_conditions(w, sd.spec.live_status, escalation, agreement, generation)
     shown = live.to_wire()

@@ -6,9 +6,10 @@ import contextlib
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from kubedistill.api import StudentDeployment
-from kubedistill.api.studentdeployment import tier_order_problem
+from kubedistill.api.studentdeployment import RouterTier
 from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_student_children
 from kubedistill_operator.kubeapi import DEPLOYMENTS, DISTILLATION_JOBS, HPAS, STUDENT_DEPLOYMENTS
@@ -23,6 +24,7 @@ from kubedistill_operator.status.student import (
     serving_status,
     source_status,
     waiting_status,
+    with_tiers,
 )
 
 
@@ -39,12 +41,9 @@ def resolve_source(ctx: Context, sd: StudentDeployment, job: dict[str, Any] | No
     router = sd.spec.router
     outcome = resolve_job_source(sd.metadata.name, job, router.threshold, s3_secret, router.confidence_signal,
                                  router.mode, sd.spec.triton.backend)
-    if isinstance(outcome, ModelSourceInfo) and router.tiers:
-        # The spec's own order is checked by the API; the job's recommended threshold only now.
-        problem = tier_order_problem(router.tiers, outcome.threshold)
-        if problem is not None:
-            return Waiting("TiersOutOfOrder", f"{problem} (the job recommends {outcome.threshold} for the student): "
-                           "lower the tiers' thresholds or set spec.router.threshold")
+    if isinstance(outcome, ModelSourceInfo) and router.tiers and job is not None:
+        # The spec's own order is checked by the API; the job's recommended thresholds only now.
+        return with_tiers(outcome, job, router.tiers, router.threshold, router.confidence_signal)
     return outcome
 
 
@@ -161,9 +160,14 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
     status = sd_body.get("status") or {}
     spec = sd_body.get("spec") or {}
     router = spec.get("router") or {}
+    signal = router.get("confidenceSignal") or DEFAULT_SIGNAL
     outcome = resolve_job_source(sd_body["metadata"]["name"], job_body, router.get("threshold"), None,
-                                 router.get("confidenceSignal") or DEFAULT_SIGNAL, router.get("mode") or "route",
+                                 signal, router.get("mode") or "route",
                                  (spec.get("triton") or {}).get("backend") or "auto")
+    if not isinstance(outcome, Waiting) and router.get("tiers") and job_body is not None:
+        with contextlib.suppress(ValidationError):  # an invalid spec is the deployment's own handler's to report
+            tiers = [RouterTier.model_validate(t) for t in router["tiers"]]
+            outcome = with_tiers(outcome, job_body, tiers, router.get("threshold"), signal)
     if isinstance(outcome, Waiting):
         current: dict[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "ModelAvailable"), {})

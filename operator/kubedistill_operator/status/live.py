@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubedistill.api.studentdeployment import LiveFigures, LiveStatusSpec
+from kubedistill.api.studentdeployment import LiveFigures, LiveStatusSpec, ServedShare
 from kubedistill_operator.status.conditions import condition
 
 PREFIX = "kubedistill_router_"
@@ -26,7 +26,9 @@ COUNTERS = {
     f"{PREFIX}shadow_compared_total": "compared",
     f"{PREFIX}shadow_agreed_total": "agreed",
     f"{PREFIX}teacher_errors_total": "teacher_errors",
+    f"{PREFIX}instances_total": "instances",
 }
+SERVED_BY = f"{PREFIX}instances_total"  # also kept per `served_by` label: who answered (student, a tier, teacher)
 LATENCY = f"{PREFIX}request_seconds"
 ESCALATION, AGREEMENT = "EscalationAboveExpected", "AgreementBelowExpected"
 
@@ -42,6 +44,8 @@ class PodSample:
     compared: float = 0.0
     agreed: float = 0.0
     teacher_errors: float = 0.0
+    instances: float = 0.0
+    served_by: tuple[tuple[str, float], ...] = ()  # (served_by label, instances), summed over `degraded`
     latency_buckets: tuple[tuple[float, float], ...] = ()  # (upper bound in s, cumulative count), +Inf last
 
 
@@ -51,14 +55,19 @@ def parse_metrics(text: str, at: float) -> PodSample:
     Raises ValueError for text that is not the Prometheus format."""
     values = dict.fromkeys(COUNTERS.values(), 0.0)
     buckets: dict[float, float] = {}
+    served: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in COUNTERS:
                 values[COUNTERS[sample.name]] += sample.value
+            if sample.name == SERVED_BY:
+                who = sample.labels.get("served_by", "")
+                served[who] = served.get(who, 0.0) + sample.value
             elif sample.name == f"{LATENCY}_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return PodSample(at=at, latency_buckets=tuple(sorted(buckets.items())), **values)
+    return PodSample(at=at, latency_buckets=tuple(sorted(buckets.items())), served_by=tuple(sorted(served.items())),
+                     **values)
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Window:
     escalations: float = 0.0
     compared: float = 0.0
     agreed: float = 0.0
+    served_by: dict[str, float] = field(default_factory=dict)  # instances answered, by who answered
+    served_by_per_second: dict[str, float] = field(default_factory=dict)
     latency_buckets: dict[float, float] = field(default_factory=dict)
 
     @property
@@ -82,8 +93,9 @@ class Window:
 
 def _grew(previous: PodSample, current: PodSample) -> bool:
     """False when a counter went back: the pod restarted and its counters began again."""
+    served = dict(current.served_by)
     return all(getattr(current, name) >= getattr(previous, name) for name in COUNTERS.values()) \
-        and current.at > previous.at
+        and all(served.get(who, 0.0) >= count for who, count in previous.served_by) and current.at > previous.at
 
 
 def window(previous: dict[str, PodSample], current: dict[str, PodSample]) -> Window:
@@ -101,6 +113,11 @@ def window(previous: dict[str, PodSample], current: dict[str, PodSample]) -> Win
         out.escalations += now.escalations - before.escalations
         out.compared += now.compared - before.compared
         out.agreed += now.agreed - before.agreed
+        earlier_served = dict(before.served_by)
+        for who, count in now.served_by:
+            grown = count - earlier_served.get(who, 0.0)
+            out.served_by[who] = out.served_by.get(who, 0.0) + grown
+            out.served_by_per_second[who] = out.served_by_per_second.get(who, 0.0) + grown / seconds
         earlier = dict(before.latency_buckets)
         for bound, count in now.latency_buckets:
             out.latency_buckets[bound] = out.latency_buckets.get(bound, 0.0) + count - earlier.get(bound, 0.0)
@@ -134,11 +151,26 @@ def _significant(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
+def served_shares(w: Window, cascade: list[str]) -> list[ServedShare] | None:
+    """Who answered the window's instances: each name of `cascade` (the student, the tiers in order, the teacher)
+    even at 0, then any other name the routers reported; None before a pod has been read twice."""
+    if not w.has_span:
+        return None
+    total = sum(w.served_by.values())
+    names = [*cascade, *sorted(set(w.served_by) - set(cascade))]
+    return [ServedShare(served_by=name,
+                        share=round(w.served_by.get(name, 0.0) / total, 4) if total > 0 else None,
+                        instances_per_second=_significant(w.served_by_per_second.get(name, 0.0)))
+            for name in names]
+
+
 def figures(w: Window, expected_escalation: float | None, expected_agreement: float | None,
-            unreachable: list[str]) -> LiveFigures:
-    """status.live for a window (rates null until a pod has been read twice)."""
+            unreachable: list[str], cascade: list[str] | None = None) -> LiveFigures:
+    """status.live for a window (rates null until a pod has been read twice); `cascade`: the names that answer,
+    in order (the student, router.tiers, the teacher), listed in `servedBy` even when they answered nothing."""
     p95 = quantile(w.latency_buckets, 0.95) if w.has_span else None
     return LiveFigures(
+        served_by=served_shares(w, cascade or []),
         pods=w.pods,
         requests_per_second=_significant(w.requests_per_second) if w.has_span else None,
         escalation_share=round(w.escalations / w.routed, 4) if w.routed > 0 else None,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubedistill.api.distillationjob import JobResults
+from kubedistill.api.studentdeployment import RouterTier, fill_tier_thresholds, tier_order_problem
 from kubedistill_operator import naming
 from kubedistill_operator.builders.student import ModelSourceInfo
 from kubedistill_operator.status.conditions import StatusUpdate, condition
@@ -13,7 +14,7 @@ from kubedistill_operator.status.job import gate_message
 
 DEFAULT_SIGNAL = "max-probability"  # the signal a job's status.results.recommendedThreshold is for
 # Waiting reasons that only a change of the StudentDeployment or of its job can clear: no timed retry.
-REFUSALS = ("UnsupportedTask", "UnsupportedBackend", "ThresholdRequired", "TiersOutOfOrder")
+REFUSALS = ("UnsupportedTask", "UnsupportedBackend", "ThresholdRequired", "TiersOutOfOrder", "TierThresholdRequired")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,27 @@ def resolve_job_source(sd_name: str, job: dict[str, Any] | None, threshold: floa
     )
 
 
+def with_tiers(outcome: ModelSourceInfo, job: dict[str, Any], tiers: list[RouterTier], threshold: float | None,
+               signal: str) -> ModelSourceInfo | Waiting:
+    """router.tiers with each unset threshold taken from the job's cascade (status.results.cascadeThresholds, by
+    tier name), checked in order. When the job's cascade fills a tier and the spec leaves router.threshold unset,
+    the student's threshold is the cascade's too: the thresholds were recommended together."""
+    name = job["metadata"]["name"]
+    results = JobResults.from_status(job.get("status") or {})
+    recommended = results.cascade_thresholds if results is not None else None
+    filled = fill_tier_thresholds(tiers, recommended, signal, f"DistillationJob {name}")
+    if isinstance(filled, str):
+        return Waiting("TierThresholdRequired", f"spec.{filled}")
+    student = outcome.threshold
+    if threshold is None and recommended and "student" in recommended and any(t.threshold is None for t in tiers):
+        student = recommended["student"]
+    problem = tier_order_problem(filled, student)
+    if problem is not None:
+        return Waiting("TiersOutOfOrder", f"{problem} (the job recommends {student} for the student): lower the "
+                       "tiers' thresholds or set spec.router.threshold")
+    return replace(outcome, threshold=student, tiers=tuple(filled))
+
+
 def waiting_status(sd: dict[str, Any], waiting: Waiting, deployed: bool) -> StatusUpdate:
     """No (new) model to serve. A deployment already serving keeps its phase: the old model stays up."""
     generation = sd.get("metadata", {}).get("generation")
@@ -132,6 +154,7 @@ def source_status(sd: dict[str, Any], source: ModelSourceInfo, port: int) -> Sta
             "endpoint": naming.endpoint(name, meta.get("namespace") or "default", port),
             "modelRepositoryUri": source.model_repository_uri,
             "threshold": source.threshold,
+            "tierThresholds": {t.name: t.threshold for t in source.tiers} if source.tiers else None,
             "deploymentName": naming.deployment_name(name),
             "serviceName": naming.service_name(name),
         },
