@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -20,15 +21,14 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 
 # Where captured traffic goes (router.capture) and is read back from (dataset.capture): a folder on a volume
 # (file://, pvc://) or object storage (s3://).
-CAPTURE_URI_PATTERN = r"^(file://|pvc://|s3://)\S+$|^/\S+$"
-CAPTURE_URI_PREFIXES = ("file://", "pvc://", "s3://", "/")
+CAPTURE_URI_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|s3://)\S+$|^/\S+$"
 
 
 def check_capture_uri(value: object, field: str) -> object:
     """A capture URI names a folder: file://, pvc://, s3:// or an absolute path (ValueError naming `field`)."""
-    if isinstance(value, str) and not value.startswith(CAPTURE_URI_PREFIXES):
-        raise ValueError(f"{field}: {value!r} is not a folder of captured traffic; use file:///abs, "
-                         "pvc://<claim>/<path> (in a cluster) or s3://bucket/prefix")
+    if isinstance(value, str) and not re.match(CAPTURE_URI_PATTERN, value):
+        raise ValueError(f"{field}: {value!r} is not a folder of captured traffic; use file:///abs (an absolute "
+                         "path), pvc://<claim>/<path> (in a cluster) or s3://bucket/prefix")
     return value
 
 

@@ -283,6 +283,19 @@ class CaptureSpec(ApiModel):
     queue for a writer thread; a full queue or a failing sink drops records (counted in
     `kubedistill_router_capture_dropped_total`), and the request is unaffected."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.maxFileBytes) || !has(self.maxTotalBytes) || self.maxFileBytes <= self.maxTotalBytes",
+                "router.capture.maxFileBytes must be at most maxTotalBytes (one file would exceed the folder's cap)",
+                ".maxFileBytes"),
+            cel("!has(self.s3CredentialsSecret) || self.uri.startsWith('s3://')",
+                "router.capture.s3CredentialsSecret is for an s3:// uri", ".s3CredentialsSecret"),
+            cel("!has(self.escalated) || self.escalated || !has(self.shadowDisagreementRate) || "
+                "self.shadowDisagreementRate > 0.0",
+                "router.capture records nothing with escalated false and shadowDisagreementRate 0", ".escalated"),
+        )
+    }
+
     uri: str = Field(
         description="Folder the records go to: `pvc://<claim>/<path>` (the operator mounts the claim read-write), "
         "`file:///abs` (a path inside the router's container) or `s3://bucket/prefix` (files are written locally "
@@ -324,6 +337,19 @@ class CaptureSpec(ApiModel):
         compile_patterns(value, "router.capture.redact")
         return value
 
+    @model_validator(mode="after")
+    def _records_something(self) -> CaptureSpec:
+        if self.max_file_bytes > self.max_total_bytes:
+            raise ValueError(f"router.capture.maxFileBytes: {self.max_file_bytes} is above maxTotalBytes "
+                             f"({self.max_total_bytes}): one file would exceed the folder's cap; lower it")
+        if self.s3_credentials_secret is not None and not self.uri.startswith("s3://"):
+            raise ValueError("router.capture.s3CredentialsSecret: is for an s3:// uri; remove it, or capture to "
+                             "s3://bucket/prefix")
+        if not self.escalated and self.shadow_disagreement_rate == 0:
+            raise ValueError("router.capture.escalated: with escalated false and shadowDisagreementRate 0 nothing "
+                             "is recorded; enable one, or remove router.capture")
+        return self
+
 
 class RouterSpec(ApiModel):
     """The router sidecar: student first, teacher when the student is not confident."""
@@ -343,6 +369,9 @@ class RouterSpec(ApiModel):
                 "router.tiers: thresholds must not increase along the tiers", ".tiers"),
             cel("!has(self.tiers) || self.tiers.all(t, t.name != 'student' && t.name != 'teacher')",
                 "router.tiers: the names student and teacher are taken", ".tiers"),
+            cel("!has(self.capture) || !has(self.mode) || self.mode == 'route' || self.mode == 'shadow'",
+                "router.capture records escalations (mode route) and shadow disagreements (mode shadow): the "
+                "other modes never record", ".capture"),
         )
     }
 
@@ -390,6 +419,9 @@ class RouterSpec(ApiModel):
     def _shadow_rate(self) -> RouterSpec:
         if self.mode == "shadow" and self.shadow_sample_rate <= 0:
             raise ValueError("router.shadowSampleRate: mode shadow needs a sample rate above 0")
+        if self.capture is not None and self.mode not in ("route", "shadow"):
+            raise ValueError(f"router.capture: records escalations (mode route) and shadow disagreements (mode "
+                             f"shadow); mode {self.mode} never records: remove router.capture or change the mode")
         if self.tiers is not None:
             if self.mode != "route":
                 raise ValueError(f"router.tiers: tiers cascade in mode route only, not {self.mode}")

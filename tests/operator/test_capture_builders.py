@@ -45,7 +45,8 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("uri", ["pvc://traffic/news", "pvc://models/capture/news", "s3://bucket/capture",
                                  "file:///var/capture"])
 def test_capture_objects_validate_and_carry_the_config(uri):
-    sd = student({"uri": uri, "redact": [r"\b\d{4}-\d{4}\b"], "s3CredentialsSecret": "s3-creds"})
+    credentials = {"s3CredentialsSecret": "s3-creds"} if uri.startswith("s3://") else {}
+    sd = student({"uri": uri, "redact": [r"\b\d{4}-\d{4}\b"], **credentials})
     children = build_student_children(sd, SOURCE, CONFIG)
     for obj in children:
         validate_object(obj)
@@ -92,11 +93,18 @@ def test_without_capture_the_router_has_no_capture_mount():
 
 
 @pytest.mark.parametrize(("capture", "field", "says"), [
-    ({"uri": "http://bucket/capture"}, "router.capture.uri", "file:///abs, pvc://"),
+    ({"uri": "http://bucket/capture"}, "router.capture.uri", "file:///abs (an absolute path), pvc://"),
     ({"uri": "gs://bucket/capture"}, "router.capture.uri", "s3://"),
     ({"uri": "file:///c", "redact": ["ok", "(unclosed"]}, "router.capture.redact[1]", "not a valid regular"),
     ({"uri": "file:///c", "shadowDisagreementRate": 1.5}, "router.capture.shadowDisagreementRate", "1"),
     ({"uri": "file:///c", "maxFileBytes": 10}, "router.capture.maxFileBytes", "1024"),
+    ({"uri": "file://relative/c"}, "router.capture.uri", "absolute"),
+    ({"uri": "pvc://traffic"}, "router.capture.uri", "pvc://<claim>/<path>"),
+    ({"uri": "file:///c", "maxFileBytes": 2_000_000, "maxTotalBytes": 1_048_576}, "router.capture.maxFileBytes",
+     "maxTotalBytes"),
+    ({"uri": "file:///c", "s3CredentialsSecret": "creds"}, "router.capture.s3CredentialsSecret", "s3://"),
+    ({"uri": "file:///c", "escalated": False, "shadowDisagreementRate": 0}, "router.capture.escalated",
+     "nothing"),
 ])
 def test_bad_capture_settings_are_refused_naming_the_field(capture, field, says):
     with pytest.raises(ManifestError) as error:

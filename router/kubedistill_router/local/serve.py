@@ -225,10 +225,14 @@ def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonSe
         value = None
     threshold = "" if value is None else f", threshold {value:g}" + (
         "" if config.threshold is not None else " (the job's recommendation)")
+    recorded = [] if config.capture is None else (
+        ["escalations"] * (config.capture.escalated and config.mode == "route")
+        + ["shadow disagreements"] * (config.capture.shadow_disagreement_rate > 0 and config.mode == "shadow"))
+    capture = "" if config.capture is None else f"  capture: {config.capture.uri} ({', '.join(recorded)})\n"
     if manifest.task == "causal-lm":
         print(f"serving {config.model_name!r} (version {manifest.model_version}, mode {config.mode}{threshold}) "
               f"at {url}\n{generation_examples(url, config.model_name)}"
-              f"  metrics: {url}/metrics    ready: {url}/readyz\n"
+              f"  metrics: {url}/metrics    ready: {url}/readyz\n{capture}"
               f"  triton:  http://{triton.http_url} (grpc {triton.grpc_url}); logs in {workdir}\n"
               "Ctrl-C stops both.", flush=True)
         return
@@ -236,7 +240,7 @@ def _announce(url: str, config: RouterConfig, repository: Path, triton: TritonSe
           f"at {url}\n"
           f"  try:     curl -s {url}/v1/models/{config.model_name}:predict -H 'Content-Type: application/json' "
           f"-d '{body}'\n"
-          f"  metrics: {url}/metrics    ready: {url}/readyz\n"
+          f"  metrics: {url}/metrics    ready: {url}/readyz\n{capture}"
           f"  triton:  http://{triton.http_url} (grpc {triton.grpc_url}); logs in {workdir}\n"
           "Ctrl-C stops both.", flush=True)
 
