@@ -120,6 +120,11 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "unknown" if value is None else f"{value:.{digits}f}"
 
 
+def _times(value: float | None) -> str:
+    """A ratio for people: `2.50x`, or `unknown` (no batch-1 latency measured, no teacher graph)."""
+    return "unknown" if value is None else f"{value:.2f}x"
+
+
 def print_summary(console: Any, result: Any, folder: Any) -> None:
     from rich.table import Table
 
@@ -138,13 +143,13 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
         console.print(
             f"teacher {metric} {_num(report.teacher.metrics.get(metric))} · quantized student "
             f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
-            f"speedup {_num(report.speedup, 2)}x · compression {_num(report.compression, 2)}x"
-            + (f" · generation {_num(report.generation.speedup, 2)}x the teacher's tokens/s"
+            f"speedup {_times(report.speedup)} · compression {_times(report.compression)}"
+            + (f" · generation {_times(report.generation.speedup)} the teacher's tokens/s"
                if report.generation is not None else "")
         )
         econ = report.economics
         if econ is not None:
-            console.print(f"cost ratio {_num(econ.cost_ratio.value, 2)}x · monthly saving "
+            console.print(f"cost ratio {_times(econ.cost_ratio.value)} · monthly saving "
                           f"{_num(econ.monthly_saving.value, 2)} {econ.currency} · payback "
                           f"{_num(econ.payback_days.value, 3)} days (report.md, Economics)")
     console.print(f"output: {folder}")
