@@ -153,8 +153,9 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
     # object, and pauses it on an operator that is not the peering's active one; `memo` is this object's own.
     @kopf.timer(*STUDENTS, id="live-status", interval=live_seconds, initial_delay=live_seconds, when=_live_wanted,
                 registry=registry)
-    def live_status(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-        refresh_live(memo.ctx, _namespaced(namespace), name, memo.setdefault("live_samples", {}))
+    def live_status(namespace: str | None, name: str, status: Any, memo: Any, **_: Any) -> None:
+        refresh_live(memo.ctx, _namespaced(namespace), name, memo.setdefault("live_samples", {}),
+                     seen=copy.deepcopy(dict(status)))
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
                    labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)
