@@ -93,8 +93,8 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
     # DistillationJob → spec ConfigMap, pipeline RBAC, RayJob.
     @on_spec(JOBS, "job", registry)
     @reconciliation(JOB_KIND)
-    def job_changed(body: Any, memo: Any, **_: Any) -> None:
-        reconcile_job(memo.ctx, dict(body))
+    def job_changed(body: Any, reason: Any, memo: Any, **_: Any) -> None:
+        reconcile_job(memo.ctx, dict(body), creating=reason == kopf.Reason.CREATE)
 
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
     # Every event of every job comes here and nearly none needs anything: async, so that the check runs on the
