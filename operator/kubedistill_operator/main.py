@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,6 @@ from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, OperatorMetrics
 from kubedistill_operator.reconcile.context import Context
 
 FINALIZER = f"{GROUP}/finalizer"
-M_ARENA_MAX = -8  # glibc's mallopt() parameter: how many malloc arenas the process may have
 
 
 @dataclass(frozen=True)
@@ -111,23 +108,7 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
         )
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Let glibc's malloc use at most `arenas` arenas, as `MALLOC_ARENA_MAX` does (which, when set, wins).
-
-    glibc gives each thread that allocates its own arena, up to eight per core, and an arena keeps what its thread
-    freed: kopf's handler threads each build manifests and parse the API server's answers, and their arenas held
-    tens of MB of the operator's peak memory in a burst of a thousand jobs. Run before any thread starts. False
-    where it changed nothing (set by the environment, or a C library without mallopt)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
 def main(options: OperatorOptions) -> int:
-    limit_malloc_arenas()
     # kopf's formatter: each line about an object starts with `[namespace/name]` (plain logging drops it).
     kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
     asyncio.run(run_operator(options))

@@ -316,6 +316,7 @@ def test_a_waiting_student_is_woken_by_its_job_and_never_retried(cluster):
     cluster.create(volume_claim("models"))
     cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.create(example("quickstart/studentdeployment.yaml"))
+    cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
     cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready").get("reason") == "JobNotSucceeded",
                      TIMEOUT, "JobNotSucceeded")
 
