@@ -6,7 +6,9 @@
    every deployment waits with ModelAvailable=False, JobNotSucceeded.
 2. The served jobs succeed (KubeRay's and the pipeline's part, played here). Steady state: those jobs
    Succeeded; every deployment has its Deployment, Service and router ConfigMap, and status Progressing.
-3. Idle: nothing changes for a few seconds; the operator should make no call (no hot loop).
+3. Idle: nothing changes for a few seconds; the operator should make no call (no hot loop) but the live-status
+   timer's list of each deployed StudentDeployment's router pods (one per deployment every `--live-status-seconds`,
+   counted apart: the emulator runs no pods, so nothing more follows).
 4. Crashes: another burst (N/2 jobs, N/10 deployments), with the operator SIGKILLed at random moments during it
    and started again each time. Then: no duplicate children, and every object in the steady state of step 1.
 
@@ -294,18 +296,25 @@ def succeed(harness: Any, batch: Batch) -> None:
 
 
 def quiet(harness: Any, window: float, timeout: float) -> float | None:
-    """Seconds until the operator made no call but watches for `window` seconds (None: never, within timeout)."""
+    """Seconds until the operator made no call but watches and router-pod lists for `window` seconds (None: never,
+    within timeout)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         before = len(harness.operator_calls)
         time.sleep(window)
-        if not calls_by_verb(harness.operator_calls[before:]):
+        if not calls_by_verb(harness.operator_calls[before:], pod_lists=False):
             return round(time.monotonic() - started - window, 2)
     return None
 
 
-def calls_by_verb(calls: list[Any]) -> Counter[str]:
-    return Counter(c.verb for c in calls if c.group is not None and c.verb != "watch")
+def _pod_list(call: Any) -> bool:
+    return bool(call.verb == "list" and call.resource == "pods")
+
+
+def calls_by_verb(calls: list[Any], pod_lists: bool = True) -> Counter[str]:
+    """API calls by verb, watches left out (and the live-status timer's lists of router pods unless `pod_lists`)."""
+    return Counter(c.verb for c in calls
+                   if c.group is not None and c.verb != "watch" and (pod_lists or not _pod_list(c)))
 
 
 def duplicates(cluster: Cluster) -> dict[str, int]:
@@ -361,7 +370,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             results["quiet_after_s"] = quiet(harness, args.idle, args.timeout)
             before = len(harness.operator_calls)
             time.sleep(args.idle)
-            results["idle_calls"] = dict(calls_by_verb(harness.operator_calls[before:]))
+            idle = harness.operator_calls[before:]
+            results["idle_calls"] = dict(calls_by_verb(idle, pod_lists=False))
+            results["idle_router_pod_lists"] = sum(1 for c in idle if _pod_list(c))
 
             calls = harness.operator_calls
             objects = first.jobs + first.students
@@ -423,7 +434,7 @@ def checks(results: dict[str, Any]) -> dict[str, bool]:
     return {
         f"steady state within {TARGETS['steady_state_s']:g} s": results["steady_state_s"] <= TARGETS["steady_state_s"],
         f"peak RSS within {TARGETS['peak_rss_mb']:g} MB": results["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
-        "quiet after the bursts, no calls while idle (no hot loop)":
+        "quiet after the bursts, no calls while idle but router-pod lists (no hot loop)":
             results["quiet_after_s"] is not None and not results["idle_calls"],
         "no 409 storm (conflicts under 1% of objects)":
             results["conflicts"] <= 0.01 * (results["jobs"] + results["students"]),
@@ -440,7 +451,8 @@ def table(results: dict[str, Any]) -> str:
             "succeeded",
             f"  API calls per object {results['api_calls_per_object']} {results['api_calls_per_object_by_verb']}; "
             f"conflicts (409) {results['conflicts']}; error answers {results['error_answers']}; calls while idle "
-            f"{results['idle_calls'] or 'none'} (quiet {results['quiet_after_s']} s after steady state 2)",
+            f"{results['idle_calls'] or 'none'} (quiet {results['quiet_after_s']} s after steady state 2), and "
+            f"{results['idle_router_pod_lists']} lists of router pods by the live-status timer",
             f"  reconciliations per object {results['reconciliations_per_object']}; duration "
             f"{results['reconcile_seconds']}",
             f"  operator peak RSS {results['peak_rss_mb']} MB; CPU seconds until steady state "

@@ -53,7 +53,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
-from kubedistill.confidence import Signal
+from kubedistill.signals import Signal
 from kubedistill.uris import join_uri
 
 STUDENT_MODEL = "student"

@@ -7,16 +7,13 @@ evaluation's routing frontier sweeps that same threshold, so the two always agre
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import numpy.typing as npt
 
-Signal = Literal["max-probability", "margin", "entropy", "token-quantile", "min-token-probability", "mean-logprob"]
-SIGNALS: tuple[Signal, ...] = ("max-probability", "margin", "entropy")
-# Signals of a generated answer, from the log-probabilities of its own tokens (causal LM).
-GENERATION_SIGNALS: tuple[Signal, ...] = ("token-quantile", "min-token-probability", "mean-logprob")
-TOKEN_QUANTILE = 0.1  # the low quantile of token probabilities that "token-quantile" takes
+from kubedistill.signals import GENERATION_SIGNALS, SIGNALS, TOKEN_QUANTILE, Signal
+
+__all__ = ["GENERATION_SIGNALS", "SIGNALS", "TOKEN_QUANTILE", "Signal", "answer_confidence", "confidence", "escalate",
+           "softmax"]
 
 
 def softmax(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.float64]:

@@ -43,6 +43,15 @@ def test_operator_and_router_never_import_training_code():
     assert not _imports(ROOT / "router" / "kubedistill_router") & (heavy - {"onnxruntime"})
 
 
+def test_the_operator_process_imports_no_numpy():
+    # numpy is a tenth of the operator's memory at start-up and it computes nothing with it: the shared modules it
+    # imports (the API models, the artifact layout) keep numpy behind the modules that compute (confidence).
+    code = ("import sys, kubedistill.cli as cli; cli.build_parser(); import kubedistill_operator.main; "
+            "print(sorted(m for m in ('numpy', 'pandas', 'torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_shared_api_package_stays_light():
     assert _imports(ROOT / "kubedistill") <= {
         "__future__", "argparse", "ast", "dataclasses", "datetime", "importlib", "json", "math", "pathlib",

@@ -93,8 +93,8 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
     # DistillationJob → spec ConfigMap, pipeline RBAC, RayJob.
     @on_spec(JOBS, "job", registry)
     @reconciliation(JOB_KIND)
-    def job_changed(body: Any, memo: Any, **_: Any) -> None:
-        reconcile_job(memo.ctx, dict(body))
+    def job_changed(body: Any, reason: Any, memo: Any, **_: Any) -> None:
+        reconcile_job(memo.ctx, dict(body), creating=reason == kopf.Reason.CREATE)
 
     # The pipeline reported an input error into status.failure: fail the job and stop the run's retries.
     # Every event of every job comes here and nearly none needs anything: async, so that the check runs on the
@@ -153,8 +153,9 @@ def build_registry(api: KubeApi, live_seconds: float = 30.0) -> kopf.OperatorReg
     # object, and pauses it on an operator that is not the peering's active one; `memo` is this object's own.
     @kopf.timer(*STUDENTS, id="live-status", interval=live_seconds, initial_delay=live_seconds, when=_live_wanted,
                 registry=registry)
-    def live_status(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-        refresh_live(memo.ctx, _namespaced(namespace), name, memo.setdefault("live_samples", {}))
+    def live_status(namespace: str | None, name: str, status: Any, memo: Any, **_: Any) -> None:
+        refresh_live(memo.ctx, _namespaced(namespace), name, memo.setdefault("live_samples", {}),
+                     seen=copy.deepcopy(dict(status)))
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment-status",
                    labels={**OURS, naming.COMPONENT_LABEL: naming.ROUTER}, registry=registry)

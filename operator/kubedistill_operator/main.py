@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from kubedistill.api import GROUP
+from kubedistill_operator import naming
 from kubedistill_operator.config import OperatorConfig
 from kubedistill_operator.handlers import JOBS, STUDENTS, build_registry, post_event
 from kubedistill_operator.kubeapi import KubeApi
@@ -54,7 +55,7 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+        prefix=GROUP, key=naming.LAST_HANDLED_ANNOTATION_KEY)
     settings.peering.clusterwide = not options.namespaces
     # kopf freezes every operator that sees a peer of equal priority; replicas of one Deployment share their
     # arguments, so each draws its own priority: the highest serves, the rest stand by until it goes away.
@@ -65,9 +66,12 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.execution.max_workers = 8
     # After its own patch kopf waits this long for the patched version to come back on the watch before it takes
     # older events (the handlers' status writes) as the object's state. In a burst of a thousand jobs on a busy
-    # machine that took over kopf's default 5 s for 49 of them, and kopf ran their create handlers a second time.
-    # Only the rare patch whose version never comes back (a re-list after a newer write) waits this long.
-    settings.persistence.consistency_timeout = 30.0
+    # machine that took over kopf's default 5 s for 49 of them, and kopf ran their create handlers a second time;
+    # on two cores shared with other work the operator and the API server stalled for up to 40 s, past a 30 s
+    # window (every job whose annotations patch fell in the stall was created twice). The wait ends at the next
+    # event of the object, so a long window costs nothing while events flow: only the rare patch whose version
+    # never comes back (a re-list after a newer write) delays that object's next change handlers this long.
+    settings.persistence.consistency_timeout = 120.0
     # Watches end and re-list this often: every object is seen again (a level-based resync).
     settings.watching.server_timeout = options.resync_seconds
     settings.watching.client_timeout = options.resync_seconds + 60

@@ -20,6 +20,10 @@ ROUTER = "router"
 MODEL_VERSION_ANNOTATION = f"{GROUP}/model-version"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/router-config-hash"
 GENERATION_ANNOTATION = f"{GROUP}/job-generation"
+# kopf's record of the spec it last handled (settings.persistence.diffbase_storage), written after a creation's
+# handlers succeeded.
+LAST_HANDLED_ANNOTATION_KEY = "last-handled-configuration"
+LAST_HANDLED_ANNOTATION = f"{GROUP}/{LAST_HANDLED_ANNOTATION_KEY}"
 
 
 def labels(instance: str, component: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ subresource) and the Deployment controller's (Deployment status), and wait on co
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -309,6 +310,31 @@ def test_student_waits_on_a_gate_not_met(cluster):
                      TIMEOUT, "the StudentDeployment waiting on the gate")
     assert status(cluster, STUDENT_DEPLOYMENTS, SD)["phase"] == "Waiting"
     assert cluster.get(DEPLOYMENTS, NS, SD) is None
+
+
+def test_a_waiting_student_is_woken_by_its_job_and_never_retried(cluster):
+    cluster.create(volume_claim("models"))
+    cluster.create(example("quickstart/distillationjob.yaml"))
+    cluster.create(example("quickstart/studentdeployment.yaml"))
+    cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
+    cluster.wait_for(lambda: condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready").get("reason") == "JobNotSucceeded",
+                     TIMEOUT, "JobNotSucceeded")
+
+    def reads() -> int:
+        return sum(1 for c in cluster.operator_calls if c.resource == "studentdeployments" and c.name == SD
+                   and c.verb == "get")
+
+    before = reads()
+    run_job_to(cluster, f"{JOB}-g1", "Running", "RUNNING")  # the job moves on; the deployment still waits
+    wait_phase(cluster, DISTILLATION_JOBS, JOB, "Running")
+    # Absence of retries takes time to see: three of the operator's retry delays, each of which would have
+    # re-run a handler that ended in kopf.TemporaryError.
+    time.sleep(3 * cluster.wait_delay)
+    assert reads() == before
+    assert condition(cluster, STUDENT_DEPLOYMENTS, SD, "Ready")["reason"] == "JobNotSucceeded"
+
+    run_job_to(cluster, f"{JOB}-g1", "Complete", "SUCCEEDED", results("run-1"))
+    cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, NS, SD), TIMEOUT, "the Deployment, woken by the job's events")
 
 
 def test_liveness_and_recorded_calls(cluster):

@@ -156,9 +156,9 @@ class Traffic:
         self._thread.join(5)
 
 
-def _deployed(cluster: harness.OperatorHarness, port: int) -> None:
+def _deployed(cluster: harness.OperatorHarness, port: int, pod: bool = True) -> None:
     """The quickstart's job succeeded (escalation 0.1, agreement 0.95) and its deployment is up with one ready
-    router pod at 127.0.0.1 (the Deployment controller's and kubelet's part played here)."""
+    router pod at 127.0.0.1 (the Deployment controller's and kubelet's part played here; `pod`: False, none)."""
     cluster.create(volume_claim("models"))
     cluster.create(example("quickstart/distillationjob.yaml"))
     cluster.wait_for(lambda: cluster.get(RAY_JOBS, NS, f"{JOB}-g1"), TIMEOUT, "the RayJob")
@@ -175,6 +175,8 @@ def _deployed(cluster: harness.OperatorHarness, port: int) -> None:
     cluster.patch_status(DEPLOYMENTS, NS, SD, {
         "observedGeneration": deployment["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1,
         "readyReplicas": 1, "availableReplicas": 1})
+    if not pod:
+        return
     cluster.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": f"{SD}-abc12", "labels": naming.labels(SD, naming.ROUTER)}, "spec": {"containers": []}})
     cluster.patch_status(PODS, NS, f"{SD}-abc12", {
@@ -247,6 +249,23 @@ def test_live_status_follows_a_router_whose_traffic_drifts(tmp_path):
             assert cluster.rbac_rules()[("", "pods")] == {"list"}
     finally:
         traffic.close()
+
+
+def test_without_router_pods_the_timer_only_lists_them(tmp_path):
+    with harness.OperatorHarness(tmp_path, live_status_seconds=0.3) as cluster:
+        cluster.start_operator()
+        _deployed(cluster, harness.free_port(), pod=False)
+
+        def lists() -> int:
+            return sum(1 for c in cluster.operator_calls if c.resource == "pods" and c.verb == "list")
+
+        cluster.wait_for(lambda: lists() >= 2, TIMEOUT, "the timer's first reads")
+        start, before = lists(), len(cluster.operator_calls)
+        cluster.wait_for(lambda: lists() >= start + 4, TIMEOUT, "four more reads of the routers")
+        others = [c for c in cluster.operator_calls[before:]
+                  if c.verb != "watch" and c.resource not in ("pods", "events")]
+        assert others == []  # no read of the deployment or its job, no status patch
+        assert "live" not in status(cluster, STUDENT_DEPLOYMENTS, SD)
 
 
 def test_what_the_job_expects_and_when_it_expects_nothing():

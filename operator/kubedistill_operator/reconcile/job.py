@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from kubedistill_operator.status.job import (
     permanent_failure,
 )
 
+log = logging.getLogger(__name__)
+
 
 def resolve_capture(get: Callable[..., dict[str, Any] | None], namespace: str,
                     job: DistillationJob) -> DistillationJob | str:
@@ -49,18 +52,24 @@ def resolve_capture(get: Callable[..., dict[str, Any] | None], namespace: str,
     return resolved
 
 
-def reconcile_job(ctx: Context, body: dict[str, Any]) -> None:
+def reconcile_job(ctx: Context, body: dict[str, Any], creating: bool = False) -> None:
     """Make the children of the job's current generation exist; never a second RayJob for one generation.
     Under the job's lock: a permanent failure being recorded at the same time deletes the run's RayJob,
-    and this must then see the job Failed rather than create the RayJob again."""
+    and this must then see the job Failed rather than create the RayJob again. `creating`: called for kopf's
+    creation of the job, which is done already when the job carries kopf's record of a handled spec."""
     namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
     with ctx.lock(DISTILLATION_JOBS.plural, namespace, name):
-        _reconcile_job(ctx, namespace, name)
+        _reconcile_job(ctx, namespace, name, creating)
 
 
-def _reconcile_job(ctx: Context, namespace: str, name: str) -> None:
+def _reconcile_job(ctx: Context, namespace: str, name: str, creating: bool = False) -> None:
     fresh = ctx.api.get(DISTILLATION_JOBS, namespace, name)  # the status of the handler's body may be old
     if fresh is None:
+        return
+    if creating and naming.LAST_HANDLED_ANNOTATION in (fresh["metadata"].get("annotations") or {}):
+        # kopf took an event from before its own patch for a creation (its consistency window ran out before the
+        # patched version came back): the creation was handled; its later changes come as updates.
+        log.info("[%s/%s] creation already handled; an older event of the job was taken for it", namespace, name)
         return
     body, meta = fresh, fresh["metadata"]
     writer = ApiStatusWriter(ctx.api, DISTILLATION_JOBS, namespace, name, body)

@@ -94,14 +94,28 @@ def cascade(sd: StudentDeployment) -> list[str]:
 
 
 def refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, PodSample],
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, seen: dict[str, Any] | None = None) -> None:
     """Read the routers, write status.live and the live conditions when they changed, post an Event when a
-    condition turns. `previous` (the last read of each pod, by uid) is updated in place."""
+    condition turns. `previous` (the last read of each pod, by uid) is updated in place. `seen` is the status as
+    the operator last saw it (kopf's body): when it shows no router pod and none is ready, the pods' list is the
+    only call (no read of the deployment or its job, no patch). None: unknown, always read."""
     with ctx.lock(STUDENT_DEPLOYMENTS.plural, namespace, name):
-        _refresh_live(ctx, namespace, name, previous, clock)
+        _refresh_live(ctx, namespace, name, previous, clock, seen)
 
 
-def _refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, PodSample], clock: Any) -> None:
+def _shows_pods(seen: dict[str, Any] | None) -> bool:
+    return seen is None or bool((seen.get("live") or {}).get("pods"))
+
+
+def _refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, PodSample], clock: Any,
+                  seen: dict[str, Any] | None) -> None:
+    selector = naming.selector(name, naming.ROUTER)
+    pods = [p for p in ctx.api.list(PODS, namespace, selector)
+            if selector.items() <= ((p.get("metadata") or {}).get("labels") or {}).items() and _ready(p)]
+    if not pods and not previous and not _shows_pods(seen):
+        # Nothing to read and nothing shown to clear (a deployment whose routers are not up yet, or idle since
+        # they went): no figures can change, so the deployment and its job are not read.
+        return
     body = ctx.api.get(STUDENT_DEPLOYMENTS, namespace, name)
     if body is None:
         return
@@ -112,9 +126,6 @@ def _refresh_live(ctx: Context, namespace: str, name: str, previous: dict[str, P
     status = body.get("status") or {}
     if not sd.spec.live_status.enabled or not status.get("deploymentName"):
         return
-    selector = naming.selector(name, naming.ROUTER)
-    pods = [p for p in ctx.api.list(PODS, namespace, selector)
-            if selector.items() <= ((p.get("metadata") or {}).get("labels") or {}).items() and _ready(p)]
     current: dict[str, PodSample] = {}
     unreachable = []
     for pod in pods:

@@ -87,7 +87,10 @@ def _reconcile_student(ctx: Context, namespace: str, name: str) -> None:
             # job's events). What is deployed, if anything, is left exactly as it is.
             return
         if served is None:
-            raise kopf.TemporaryError(outcome.message, delay=ctx.wait_delay)
+            # Every reason to wait comes from the job (or this spec): the job's events reconcile this deployment
+            # when it changes in a way that matters (reconcile_students_of_job), so nothing is retried on a timer
+            # and a waiting deployment costs no call while its job runs.
+            return
         source = served  # keep serving the previous model; spec changes still apply to it
     else:
         source = outcome
@@ -178,7 +181,7 @@ def job_change_matters(sd_body: dict[str, Any], job_body: dict[str, Any] | None)
 
 def reconcile_student_by_name(ctx: Context, namespace: str, name: str) -> None:
     """From a change of the job: reconcile the deployment (it reads itself; waiting is not an error here)."""
-    # Still waiting (kopf.TemporaryError) is left to the deployment's own handler, which retries it.
+    # Missing references (kopf.TemporaryError) are left to the deployment's own handler, which retries them.
     with contextlib.suppress(kopf.TemporaryError), ctx.lock(STUDENT_DEPLOYMENTS.plural, namespace, name):
         _reconcile_student(ctx, namespace, name)
 
