@@ -10,7 +10,7 @@ from typing import Any
 
 from kubedistill import chain
 from kubedistill.api.distillationjob import DistillationJob
-from kubedistill.api.load import load_manifest
+from kubedistill.api.load import ManifestError, load_manifest
 from kubedistill.artifacts import OutputLayout
 from kubedistill.report import load_report
 from kubedistill.uris import UriError, local_path
@@ -58,11 +58,10 @@ def resolve_teacher_job(job: DistillationJob, teacher_job: str | None, manifest:
     if not layout.report_json.is_file() or not (layout.student / "config.json").is_file():
         raise ValueError(f"--teacher-job: DistillationJob {ref.name} has not finished in {folder} (no report.json or "
                          "student/): run it to the end first, then this one")
-    gate = load_report(layout.report_json.read_text()).gate
-    if not gate.passed:
-        raise ValueError(f"--teacher-job: DistillationJob {ref.name} did not pass its gate (retention "
-                         f"{gate.shortfall:.4f} below evaluation.gate.minRetention {gate.min_retention}): its student "
-                         "teaches nothing; improve it, or lower its gate knowingly")
+    report = load_report(layout.report_json.read_text())
+    if not report.gate.passed:
+        raise ValueError(f"--teacher-job: DistillationJob {ref.name} did not pass its gate ({report.gate_failure()}): "
+                         "its student teaches nothing; improve it, or lower its gate knowingly")
     return chain.taught_by(job, str(layout.student))
 
 
@@ -71,7 +70,11 @@ def _teacher_output_folder(path: Path) -> Path:
         return path.resolve()
     if not path.is_file():
         raise ValueError(f"--teacher-job: {path}: no such folder or manifest")
-    teacher: DistillationJob = load_manifest(path, DistillationJob)
+    try:
+        teacher: DistillationJob = load_manifest(path, DistillationJob)
+    except ManifestError as error:
+        raise ValueError(f"--teacher-job: {path} is neither a run's output folder nor the teacher job's manifest "
+                         f"({error}); give the folder its run wrote, or its DistillationJob YAML") from None
     uri = teacher.spec.output.uri
     try:
         return local_path(uri)

@@ -122,5 +122,10 @@ def _manifests(args: argparse.Namespace) -> int:
         return 2
     for note in missing_jobs(found.resources):
         print(f"note: {note}", file=sys.stderr)
-    sys.stdout.write(dump_objects(render(found.resources, OperatorConfig.from_env())))
+    try:  # what only the resources together show (a chain of jobs)
+        objects = render(found.resources, OperatorConfig.from_env())
+    except ManifestError as error:
+        print(error, file=sys.stderr)
+        return 2
+    sys.stdout.write(dump_objects(objects))
     return 0

@@ -13,6 +13,7 @@ import yaml
 
 from kubedistill import chain
 from kubedistill.api import DistillationJob, StudentDeployment
+from kubedistill.api.load import ManifestError
 from kubedistill.artifacts import model_repository_uri, student_uri
 from kubedistill.uris import join_uri
 from kubedistill_operator import naming
@@ -70,6 +71,18 @@ def _taught(job: DistillationJob, jobs: dict[str, DistillationJob]) -> Distillat
     if ref is None:
         return job
     teacher = jobs.get(ref.name)
+
+    def teacher_of(name: str) -> str | None:
+        other = jobs.get(name)
+        reference = other.spec.teacher_job if other is not None else None
+        return reference.name if reference is not None else None
+
+    cycle = chain.find_cycle(job.metadata.name, teacher_of)
+    if cycle is not None:  # the operator would refuse it (TeacherCycle); every job of it is here to see
+        raise ManifestError(f"{job.metadata.name}: {chain.FIELD}: the jobs teach each other in a cycle "
+                            f"({' -> '.join(cycle)}); a chain must end at a teacher model")
+    if teacher is not None and (problem := chain.mismatch(job.spec, ref.name, teacher.spec)) is not None:
+        raise ManifestError(f"{job.metadata.name}: {problem}")
     output = teacher.spec.output.uri if teacher is not None else join_uri(UNKNOWN_REPOSITORY, ref.name)
     return chain.taught_by(job, student_uri(output))
 

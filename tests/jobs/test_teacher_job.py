@@ -70,8 +70,13 @@ def test_a_run_that_cannot_teach_is_refused(tmp_path):
         resolve_teacher_job(tiny, str(folder))
 
     folder, _ = finished_run(tmp_path / "gated", passed=False)
-    with pytest.raises(ValueError, match=r"did not pass its gate \(retention 0.0500 below"):
+    gated = r"did not pass its gate \(retention 0.9000 is 0.0500 below evaluation.gate.minRetention 0.95"
+    with pytest.raises(ValueError, match=gated):
         resolve_teacher_job(tiny, str(folder))
+
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"--teacher-job: .*report.json is neither a run's output folder"):
+        resolve_teacher_job(tiny, str(tmp_path / "report.json"))
 
     folder, _ = finished_run(tmp_path / "unfinished")
     OutputLayout(folder).report_json.unlink()

@@ -57,6 +57,24 @@ def test_manifests_of_a_chain_show_the_assistants_student_as_teacher(capsys):
     assert "DistillationJob bbc-news-assistant (teacher.jobRef) is not among the files" in capsys.readouterr().err
 
 
+def test_manifests_refuses_jobs_that_teach_each_other_or_disagree_on_labels(tmp_path, capsys):
+    chain = ROOT / "examples" / "teacher-assistant"
+    assistant = yaml.safe_load((chain / "assistant.yaml").read_text())
+    tiny = yaml.safe_load((chain / "tiny.yaml").read_text())
+    assistant["spec"]["teacher"] = {"jobRef": {"name": tiny["metadata"]["name"]}}
+    assistant["spec"]["student"] = {"uri": "hf://org/student"}
+    (tmp_path / "cycle.yaml").write_text(yaml.safe_dump_all([assistant, tiny]))
+    assert main(["manifests", str(tmp_path / "cycle.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "spec.teacher.jobRef.name" in err and "cycle" in err and "bbc-news-assistant" in err
+
+    assistant = yaml.safe_load((chain / "assistant.yaml").read_text())
+    assistant["spec"]["task"]["labels"] = list(reversed(assistant["spec"]["task"]["labels"]))
+    (tmp_path / "labels.yaml").write_text(yaml.safe_dump_all([assistant, tiny]))
+    assert main(["manifests", str(tmp_path / "labels.yaml")]) == 2
+    assert "task.labels" in capsys.readouterr().err
+
+
 def test_manifests_refuses_a_bad_file_with_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     doc = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())
