@@ -40,9 +40,8 @@ class TritonGenerator:
         except Exception:  # unreachable, timed out or refused: not ready
             return False
 
-    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncGenerator[TokenOut, None]:
-        """The tokens `model` generates for `prompt`, as they come. Leaving the loop early (a stop sequence,
-        a failed confidence bound, a client gone) cancels the request in Triton."""
+    def inputs(self, model: str, prompt: list[int], request: GenerationRequest) -> list[Any]:
+        """The request's tensors for the python-backend generation model (GENERATION_INPUTS)."""
         from tritonclient.grpc.aio import InferInput
 
         def tensor(name: str, array: np.ndarray, dtype: str) -> Any:
@@ -50,7 +49,7 @@ class TritonGenerator:
             item.set_data_from_numpy(array)
             return item
 
-        inputs = [
+        return [
             tensor("input_ids", np.asarray(prompt, dtype=np.int64), "INT64"),
             tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"),
             tensor("temperature", np.array([request.temperature], dtype=np.float32), "FP32"),
@@ -59,6 +58,23 @@ class TritonGenerator:
                    "INT64"),
             tensor("top_logprobs", np.array([request.top_logprobs], dtype=np.int32), "INT32"),
         ]
+
+    def read(self, model: str, result: Any, request: GenerationRequest) -> tuple[list[TokenOut], bool]:
+        """One response's tokens, and whether it was the last: one token per response, then the model's end
+        marker (a negative id)."""
+        token = int(result.as_numpy("token_id")[0])
+        if token < 0:
+            return [], True
+        top_ids = result.as_numpy("top_ids")
+        top_values = result.as_numpy("top_logprobs_values")
+        return [TokenOut(token, float(result.as_numpy("logprob")[0]),
+                         [(int(i), float(v)) for i, v in zip(top_ids, top_values, strict=True)])], False
+
+    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncGenerator[TokenOut, None]:
+        """The tokens `model` generates for `prompt`, as they come (`inputs` and `read` speak the model's
+        tensors). Leaving the loop early (a stop sequence, a failed confidence bound, a client gone) cancels the
+        request in Triton."""
+        inputs = self.inputs(model, prompt, request)
         done = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -84,14 +100,12 @@ class TritonGenerator:
                     raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(exc)}") from None
                 if error is not None:
                     raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(error)}")
-                token = int(result.as_numpy("token_id")[0])
-                if token < 0:  # the model's end marker (its final response)
+                tokens, last = self.read(model, result, request)
+                for token in tokens:
+                    yield token
+                if last:
                     finished = True
                     return
-                top_ids = result.as_numpy("top_ids")
-                top_values = result.as_numpy("top_logprobs_values")
-                yield TokenOut(token, float(result.as_numpy("logprob")[0]),
-                               [(int(i), float(v)) for i, v in zip(top_ids, top_values, strict=True)])
         finally:
             done.set()
             if not finished:

@@ -12,9 +12,8 @@ log-probabilities the router cannot judge the draft. Tensors: kubedistill.artifa
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ import numpy as np
 from kubedistill_router.errors import UpstreamError
 from kubedistill_router.generation_models import TritonGenerator
 from kubedistill_router.openai_api import GenerationRequest, TokenOut
-from kubedistill_router.triton import _describe
 
 
 def sampling_parameters(request: GenerationRequest) -> dict[str, Any]:
@@ -81,47 +79,17 @@ class VllmGenerator(TritonGenerator):
             tensor("return_logprobs", True, "BOOL"),
         ]
 
-    async def stream(self, model: str, prompt: list[int], request: GenerationRequest) -> AsyncGenerator[TokenOut, None]:
-        """The tokens `model` generates for `prompt`, as they come; leaving early cancels the request in Triton
-        (the backend then aborts it in vLLM)."""
-        inputs = self.inputs(model, prompt, request)
-        done = asyncio.Event()
+    def read(self, model: str, result: Any, request: GenerationRequest) -> tuple[list[TokenOut], bool]:
+        """One response's tokens (the backend's `logprobs` JSON), and whether it was the last (its
+        `finish_reason` is set). Leaving early cancels the request in Triton, which aborts it in vLLM."""
+        logprobs = result.as_numpy("logprobs")
+        if logprobs is None:
+            raise UpstreamError(f"Triton model {model!r} returned no logprobs: its vLLM backend predates "
+                                "the `return_logprobs` input; use a newer tritonserver vllm image")
+        tokens = list(parse_logprobs(logprobs.reshape(-1)[0], request.top_logprobs))
+        reason = result.as_numpy("finish_reason")
+        return tokens, reason is not None and _text(reason.reshape(-1)[0]) not in ("", "None")
 
-        async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": model, "inputs": inputs}
-            await done.wait()
-
-        responses = self._grpc().stream_infer(requests())
-        iterator = responses.__aiter__()
-        finished = False
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        result, error = await iterator.__anext__()
-                except StopAsyncIteration:
-                    raise UpstreamError(f"Triton model {model!r} closed the stream before its last token") from None
-                except TimeoutError:
-                    raise UpstreamError(f"Triton model {model!r} sent no token within {self.timeout:g} s",
-                                        "timeout") from None
-                except Exception as exc:  # transport failures
-                    raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(exc)}") from None
-                if error is not None:
-                    raise UpstreamError(f"Triton model {model!r} at {self.url} failed: {_describe(error)}")
-                logprobs = result.as_numpy("logprobs")
-                if logprobs is None:
-                    raise UpstreamError(f"Triton model {model!r} returned no logprobs: its vLLM backend predates "
-                                        "the `return_logprobs` input; use a newer tritonserver vllm image")
-                for token in parse_logprobs(logprobs.reshape(-1)[0], request.top_logprobs):
-                    yield token
-                reason = result.as_numpy("finish_reason")
-                if reason is not None and _text(reason.reshape(-1)[0]) not in ("", "None"):
-                    finished = True
-                    return
-        finally:
-            done.set()
-            if not finished:
-                responses.cancel()
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
