@@ -443,6 +443,16 @@ def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """`tokenizer.save_pretrained`, without the padding and truncation that the last padded batch call left on a
+    fast tokenizer's backend: saved, they would pad and cut every prompt a server encodes with tokenizer.json."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    tokenizer.save_pretrained(folder)
+
+
 def save_model(model: Any, tokenizer: Any, path: Path) -> None:
     """safetensors + config + tokenizer, written to a temporary folder first so a crash leaves no half model."""
     import shutil
@@ -450,6 +460,6 @@ def save_model(model: Any, tokenizer: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

@@ -26,6 +26,10 @@ class ChatTokenizer:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # A prompt is its own length: a tokenizer.json saved after a padded batch call carries that padding
+        # and truncation, which would fill the prompt with pad tokens or cut its end off.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
         config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.bos_token = _token_text(config.get("bos_token"))

@@ -129,12 +129,13 @@ class Writer:
         sent: list[TokenOut] = []
         pending: list[TokenOut] = []
         response = await self._open(outcome) if self.req.stream else None
-        first = True
+        first, timed = True, False  # first: no chunk sent yet; timed: the first token's time recorded
         iterator = tokens.__aiter__()
         try:
             async for token in ending_cleanly(iterator, response, self):
-                if first:
+                if not timed:
                     self.metrics.ttft.observe(time.perf_counter() - self.start)
+                    timed = True
                 piece = text.push(token.id)
                 if text.stopped:
                     if response is not None and piece:

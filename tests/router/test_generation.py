@@ -199,6 +199,31 @@ async def test_teacher_down_degrades_to_student(gen_export, gen_triton, student_
         assert reply.model_extra["kubedistill"]["degraded"] is True
         metrics = await scrape(base)
         assert metrics[("kubedistill_router_teacher_errors_total", (("reason", "error"),))] >= 3
+        # one first token per answer, streamed or not (not one per token)
+        assert metrics[("kubedistill_router_time_to_first_token_seconds_count", ())] == 3
+
+
+def test_a_tokenizer_saved_after_a_padded_batch_encodes_prompts_to_their_own_length(gen_export, tmp_path):
+    """A fast tokenizer keeps the padding and truncation of its last padded batch call, and save_pretrained wrote
+    them into tokenizer.json: the export saves without them, and the router ignores them in older outputs."""
+    import shutil
+
+    from kubedistill_jobs.models import save_tokenizer
+    from kubedistill_router.chat import ChatTokenizer
+    from transformers import AutoTokenizer
+
+    folder = gen_export["repo"] / gen_export["manifest"].tokenizer
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    clean = ChatTokenizer(folder, None).encode(text)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer(["short"], padding="max_length", truncation=True, max_length=len(clean) // 2)
+    shutil.copytree(folder, tmp_path / "padded")
+    tokenizer.save_pretrained(tmp_path / "padded")  # what a run used to write
+    assert ChatTokenizer(tmp_path / "padded", None).encode(text) == clean
+    save_tokenizer(tokenizer, tmp_path / "saved")
+    saved = (tmp_path / "saved" / "tokenizer.json").read_text()
+    assert '"padding": null' in saved and '"truncation": null' in saved
 
 
 async def test_triton_down_is_503_and_not_ready(gen_export):

@@ -60,7 +60,7 @@ def training_inputs(context: Context) -> TrainingInputs:
 def run(context: Context, progress: Progress) -> dict[str, Any]:
     import ray
 
-    from kubedistill_jobs import train
+    from kubedistill_jobs import models, train
 
     spec, layout = context.spec, context.layout
     tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
@@ -75,7 +75,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     outcome = train.fit(prepared.loop, prepared.train_data, prepared.eval_data, prepared.init,
                         storage=context.output.checkpoint_storage, workers=context.workers, gpus_per_worker=gpus,
                         progress=progress, on_epoch=on_epoch, model_out=layout.student)
-    tokenizer.save_pretrained(layout.student)
+    models.save_tokenizer(tokenizer, layout.student)
     teacher_marker = context.marker("teacher") or {}
     report = {
         "history": outcome.history,
