@@ -82,7 +82,8 @@ class Pipeline:
         wire = job.spec.to_wire()
         wire.pop("ray", None)  # workers and resources may change between attempts
         path = layout.resolved_spec
-        if path.is_file():
+        produced = any(layout.stage_marker(stage).is_file() for stage in STAGES)
+        if path.is_file() and produced:  # a run refused before its first stage made nothing to keep
             previous = (yaml.safe_load(path.read_text()) or {}).get("spec", {})
             with contextlib.suppress(ValueError):  # read as this version does: fields added since take defaults
                 previous = DistillationJobSpec.model_validate(previous).to_wire()

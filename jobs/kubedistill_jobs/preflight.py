@@ -11,6 +11,7 @@ from typing import Any
 
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill.artifacts import OutputLayout
+from kubedistill.env import PipelineEnv
 from kubedistill.errors import InputError
 from kubedistill_jobs import cross_tokenizer, models
 
@@ -26,6 +27,16 @@ def check_spec(spec: DistillationJobSpec, workers: int) -> None:
         raise PreflightError(
             f"training.batchSize: {spec.training.batch_size} is smaller than the {workers} training workers; "
             "each worker needs at least one example per step"
+        )
+    keyed = [field for field, teacher in spec.all_teachers()
+             if teacher.endpoint is not None and teacher.endpoint.api_key_secret_ref is not None]
+    if keyed and not PipelineEnv.from_env().teacher_api_key:
+        # In a cluster the operator sets it from the Secret; locally it is the user's to export. Without it every
+        # request would go out unauthenticated, and an endpoint that allows that is not the one the spec names.
+        raise PreflightError(
+            f"{keyed[0]}.endpoint.apiKeySecretRef: names a key, but KUBEDISTILL_TEACHER_API_KEY is not set; "
+            "export it (kubedistill run reads the key from it), or remove apiKeySecretRef for an endpoint "
+            "without one"
         )
 
 

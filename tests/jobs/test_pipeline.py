@@ -167,6 +167,8 @@ def test_a_spec_written_before_a_field_was_added_still_resumes(tmp_path):
     pipeline._check_resolved_spec()
     older["spec"]["training"]["learningRate"] = 0.5
     pipeline.layout.resolved_spec.write_text(yaml.safe_dump(older))
+    pipeline.layout.stage_marker("data").parent.mkdir(parents=True, exist_ok=True)
+    pipeline.layout.stage_marker("data").write_text("{}")  # that run made something
     with pytest.raises(SpecChangedError, match=r"differs in spec\.training\.learningRate|learningRate"):
         pipeline._check_resolved_spec()
 
@@ -181,6 +183,10 @@ def test_a_moved_folder_resumes_and_an_evaluation_change_reruns_only_evaluate_an
     older = pipeline.context.job.to_wire()
     older["spec"]["output"]["uri"] = "file:///elsewhere/run"
     layout.resolved_spec.parent.mkdir(parents=True, exist_ok=True)
+    older["spec"]["training"]["seed"] = 7
+    layout.resolved_spec.write_text(yaml.safe_dump(older))
+    pipeline._check_resolved_spec()  # no stage finished: a run refused before its first stage is not in the way
+    older["spec"]["training"]["seed"] = pipeline.context.job.spec.training.seed
     layout.resolved_spec.write_text(yaml.safe_dump(older))
     for stage in STAGES:
         layout.stage_marker(stage).parent.mkdir(parents=True, exist_ok=True)

@@ -179,3 +179,21 @@ def test_online_teacher_needs_the_students_tokens(tmp_path, tiny_models, sentime
     shared = _job(tmp_path, tiny_models["bert"], sentiment_data, student={"uri": str(tiny_models["llama"])},
                   distillation={"teacherMode": "online"})
     preflight.check_models(shared.spec, OutputLayout(tmp_path))
+
+
+def test_a_named_api_key_that_is_not_set_is_refused_before_any_request(tmp_path, monkeypatch):
+    """teacher.endpoint.apiKeySecretRef says the endpoint needs a key; locally the key is the user's to export.
+    Without it every request would go out unauthenticated: refused, naming the field and the variable."""
+    from kubedistill.env import PipelineEnv
+
+    from .test_endpoint_teacher import _endpoint_manifest
+
+    manifest = _endpoint_manifest("http://127.0.0.1:9/v1", tmp_path / "out", tmp_path, tmp_path / "d.txt")
+    manifest["spec"]["teacher"]["endpoint"]["apiKeySecretRef"] = {"name": "llm-api", "key": "token"}
+    spec = DistillationJob.model_validate(manifest).spec
+    variable = PipelineEnv.env_name("teacher_api_key")
+    monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(preflight.PreflightError, match=rf"teacher\.endpoint\.apiKeySecretRef: .*{variable}"):
+        preflight.check_spec(spec, workers=1)
+    monkeypatch.setenv(variable, "s3cret")
+    preflight.check_spec(spec, workers=1)
