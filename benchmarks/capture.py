@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +27,7 @@ from kubedistill_router.capture import CaptureSink
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import start_triton
 from kubedistill_router.metrics import RouterMetrics
+from published import publish
 
 from kubedistill.api.studentdeployment import CaptureSpec
 from kubedistill.capture import CapturedAnswer, CaptureRecord
@@ -149,14 +145,7 @@ def main() -> int:
         results = asyncio.run(measure(args, repo, workdir, texts))
     results["offer"] = offer
     results["summary"] = summarise(results)
-    results["command"] = " ".join(["python", "benchmarks/capture.py", *sys.argv[1:]])
-    results["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "note": "load generator, both routers and Triton share the machine's cores"}
-    print(table(results))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.results}")
+    publish(results, args.results, table, "load generator, both routers and Triton")
     return 1 if any(p["failures"] for p in results["points"]) else 0
 
 

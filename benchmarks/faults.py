@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
-import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -42,7 +40,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,7 @@ import numpy as np
 from aiohttp import web
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonServer, free_port, start_triton
+from published import publish
 
 from kubedistill.artifacts import ServingManifest
 from kubedistill.routerconfig import RouterConfig
@@ -502,14 +500,7 @@ def main() -> int:
         results = asyncio.run(run_scenarios(repo, workdir, args.seconds, args.concurrency, threshold, texts,
                                             tuple(args.scenarios)))
     results["threshold"] = threshold
-    results["command"] = " ".join(["python", "benchmarks/faults.py", *sys.argv[1:]])
-    results["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "note": "load generator, router, teacher and Triton share the machine's cores"}
-    print(table(results))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.results}")
+    publish(results, args.results, table, "load generator, router, teacher and Triton")
     return 0 if results["passed"] else 1
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -39,7 +37,6 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +50,7 @@ from kubedistill_operator.kubeapi import (
     SERVICES,
     STUDENT_DEPLOYMENTS,
 )
+from published import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "operator_scale.json"
@@ -482,14 +480,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="kubedistill-scale-") as tmp:
             results = measure(args, Path(tmp))
     results["checks"] = checks(results)
-    results["command"] = " ".join(["python", "benchmarks/operator_scale.py", *sys.argv[1:]])
-    results["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "note": "the emulator, the operator and this driver share the machine's cores"}
-    print(table(results))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.results}")
+    publish(results, args.results, table, "the emulator, the operator and this driver")
     return 0 if all(results["checks"].values()) else 1
 
 

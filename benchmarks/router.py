@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ import orjson
 from kubedistill_router.local.repository import build_local_repository
 from kubedistill_router.local.triton import TritonServer, free_port, start_triton
 from kubedistill_router.tokenizer import TextEncoder
+from published import publish
 from router_process import start_router
 
 from kubedistill.artifacts import OutputLayout, ServingManifest
@@ -383,14 +380,7 @@ def main() -> int:
         repo = args.repository or build_repository(workdir, texts)
         results = asyncio.run(measure(args, repo, workdir, texts))
     results["summary"] = summarise(results)
-    results["command"] = " ".join(["python", "benchmarks/router.py", *sys.argv[1:]])
-    results["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "note": "load generator, router and Triton share the machine's cores"}
-    print(table(results))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.results}")
+    publish(results, args.results, table, "load generator, router and Triton")
     return 1 if results["load"]["failures"] else 0
 
 
