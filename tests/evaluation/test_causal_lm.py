@@ -16,6 +16,22 @@ from .conftest import WORDS, make_spec, tiny_llama, tokenizer, write_jsonl
 
 
 @pytest.mark.slow
+def _write_split(layout: OutputLayout, count: int, longest: int, references: bool = False) -> list[dict[str, str]]:
+    """`count` random sentences of the tiny vocabulary (5 to `longest` words; with a 3-word reference each),
+    half train and half eval, as the data stage writes them."""
+    rng = random.Random(0)
+    words = " ".join(WORDS.values()).split()
+    rows = []
+    for _ in range(count):
+        row = {"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, longest)))}
+        if references:
+            row["reference"] = " ".join(rng.choice(words) for _ in range(3))
+        rows.append(row)
+    write_jsonl(layout.data / "train.jsonl", rows[:count // 2])
+    write_jsonl(layout.data / "eval.jsonl", rows[count // 2:])
+    return rows
+
+
 def test_causal_lm_pipeline(tmp_path, fast_latency):
     layout = OutputLayout(tmp_path)
     tok = tokenizer()
@@ -23,11 +39,7 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     tiny_llama(tok.vocab_size, seed=2).save_pretrained(layout.student)
     for folder in (layout.teacher, layout.student):
         tok.save_pretrained(folder)
-    rng = random.Random(0)
-    words = " ".join(WORDS.values()).split()
-    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 25)))} for _ in range(24)]
-    write_jsonl(layout.data / "train.jsonl", rows[:12])
-    write_jsonl(layout.data / "eval.jsonl", rows[12:])
+    _write_split(layout, 24, longest=25)
     spec = make_spec(task={"type": "causal-lm", "maxLength": 32}, compression={"quantization": "int4"},
                      evaluation={"gate": {"minRetention": 0.5},
                                  "economics": {"teacherPricePerMillionInputTokens": 1.0,
@@ -85,11 +97,7 @@ def test_a_student_padded_beyond_the_tokenizer_is_scored_over_the_tokenizers_ids
     student.save_pretrained(layout.student)
     for folder in (layout.teacher, layout.student):
         tok.save_pretrained(folder)
-    rng = random.Random(0)
-    words = " ".join(WORDS.values()).split()
-    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 25)))} for _ in range(16)]
-    write_jsonl(layout.data / "train.jsonl", rows[:8])
-    write_jsonl(layout.data / "eval.jsonl", rows[8:])
+    _write_split(layout, 16, longest=25)
     spec = make_spec(task={"type": "causal-lm", "maxLength": 32}, compression={"quantization": "none"},
                      evaluation={"gate": {"minRetention": None}, "metrics": ["agreement"]})
     compress(spec, layout)
@@ -107,12 +115,7 @@ def test_generation_metrics_against_references_drive_retention(tmp_path, fast_la
     teacher.save_pretrained(layout.student)  # the fp32 student is the teacher: its answers are the teacher's
     for folder in (layout.teacher, layout.student):
         tok.save_pretrained(folder)
-    rng = random.Random(0)
-    words = " ".join(WORDS.values()).split()
-    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 12))),
-             "reference": " ".join(rng.choice(words) for _ in range(3))} for _ in range(16)]
-    write_jsonl(layout.data / "train.jsonl", rows[:8])
-    write_jsonl(layout.data / "eval.jsonl", rows[8:])
+    rows = _write_split(layout, 16, longest=12, references=True)
     spec = make_spec(task={"type": "causal-lm", "maxLength": 32, "prompt": {"user": "{text}"}},
                      dataset={"uri": "/data/train.jsonl", "referenceField": "reference", "labelField": None},
                      distillation={"sequenceLevel": {"maxNewTokens": 6}}, compression={"quantization": "int4"},
