@@ -39,6 +39,9 @@ class Quiet:
     def stage_finished(self, stage, summary, skipped):
         print(f"  {stage}: {summary}{' (done earlier)' if skipped else ''}", flush=True)
 
+    def stage_failed(self, stage, error):
+        print(f"  {stage}: failed ({type(error).__name__})", flush=True)
+
     def epoch(self, entry):
         pass
 

@@ -91,6 +91,12 @@ class RichDisplay:
         mark = "[dim]✓ {stage} (done earlier): {summary}" if skipped else "[green]✓[/green] {stage}: {summary}"
         self.progress.console.print(mark.format(stage=stage, summary=summary), soft_wrap=self.lines is not None)
 
+    def stage_failed(self, stage: str, error: BaseException) -> None:
+        if self.lines is not None:
+            self.lines.finish(stage)
+        self.progress.console.print(f"[red]✗[/red] {stage}: {type(error).__name__}",
+                                    soft_wrap=self.lines is not None)
+
     def epoch(self, entry: dict[str, Any]) -> None:
         shown = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
@@ -116,6 +122,10 @@ class LogDisplay:
     def stage_finished(self, stage: str, summary: str, skipped: bool) -> None:
         self.lines.finish(stage)
         self.log.info("stage %s %s: %s", stage, "done earlier" if skipped else "done", summary)
+
+    def stage_failed(self, stage: str, error: BaseException) -> None:
+        self.lines.finish(stage)
+        self.log.info("stage %s failed: %s", stage, type(error).__name__)
 
     def epoch(self, entry: dict[str, Any]) -> None:
         pass  # the pipeline logs every epoch itself

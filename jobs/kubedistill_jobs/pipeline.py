@@ -35,6 +35,8 @@ class Display(Protocol):
 
     def stage_finished(self, stage: str, summary: str, skipped: bool) -> None: ...
 
+    def stage_failed(self, stage: str, error: BaseException) -> None: ...
+
     def epoch(self, entry: dict[str, Any]) -> None: ...
 
     def message(self, text: str) -> None: ...
@@ -162,7 +164,11 @@ class Pipeline:
             else:
                 context.on_status(progress={"stage": stage, "percent": percent(stage, 0.0)})
                 started = time.monotonic()
-                info = module.run(context, self._progress(stage))
+                try:
+                    info = module.run(context, self._progress(stage))
+                except BaseException as error:
+                    display.stage_failed(stage, error)  # its progress lines stop; the error goes on up
+                    raise
                 marker = self._finish(stage, info, time.monotonic() - started)
                 display.stage_finished(stage, module.summary(marker), False)
             result.stages[stage] = marker

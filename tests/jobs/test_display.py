@@ -121,3 +121,18 @@ def test_lines_stop_with_the_display():
     lines.close()
     lines._thread.join(30)
     assert not lines._thread.is_alive()
+
+
+def test_a_stage_that_fails_prints_no_more_lines():
+    out = io.StringIO()
+    from rich.console import Console
+
+    display = RichDisplay(Console(file=out, force_terminal=False, width=80), lines_every=0.02)
+    with display:
+        display.stage_started("teacher")
+        assert wait_until(lambda: "teacher: starting" in out.getvalue())
+        display.stage_failed("teacher", RuntimeError("teacher unreachable"))
+        failed_at = out.getvalue().index("✗ teacher: RuntimeError")
+        display.stage_started("data")  # a stage still running: proof the thread ticks on
+        assert wait_until(lambda: out.getvalue().count("data: starting") >= 2)
+    assert "teacher:" not in out.getvalue()[failed_at + len("✗ teacher: RuntimeError"):]

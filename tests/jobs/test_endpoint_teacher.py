@@ -436,6 +436,7 @@ def test_unreachable_endpoint_fails_before_training(tmp_path, tiny_models):
     pipeline = _pipeline(_endpoint_manifest(url, tmp_path, tiny_models["llama"], _lm_data(tmp_path)))
     with pytest.raises(et.EndpointError, match=rf"teacher\.endpoint\.url: {url}/completions cannot be reached"):
         pipeline.run()
+    assert pipeline.context.display.failed == ["teacher"]  # its progress lines stop with it
     layout = OutputLayout(tmp_path / "out")
     assert layout.stage_marker("data").is_file()
     assert not layout.stage_marker("teacher").exists() and not layout.soft_targets.exists()

@@ -23,6 +23,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.finished: list[tuple[str, bool]] = []
+        self.failed: list[str] = []
         self.epochs: list[dict] = []
         self.messages: list[str] = []
 
@@ -31,6 +32,9 @@ class Recorder:
 
     def stage_finished(self, stage, summary, skipped):
         self.finished.append((stage, skipped))
+
+    def stage_failed(self, stage, error):
+        self.failed.append(stage)
 
     def epoch(self, entry):
         self.epochs.append(entry)

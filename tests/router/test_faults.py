@@ -18,17 +18,18 @@ pytestmark = pytest.mark.slow
 SECONDS = 9.0  # per scenario: three phases of 3 s
 
 
-def faults_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py"
-    spec = importlib.util.spec_from_file_location("kubedistill_faults_benchmark", path)
+def faults_benchmark(monkeypatch: pytest.MonkeyPatch):
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script: its sibling modules import
+    spec = importlib.util.spec_from_file_location("kubedistill_faults_benchmark", benchmarks / "faults.py")
     assert spec is not None and spec.loader is not None
     module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))  # dataclasses look it up
     spec.loader.exec_module(module)
     return module
 
 
-async def test_faults_leave_every_answerable_request_answered_in_time(model_repository, tmp_path):
-    faults = faults_benchmark()
+async def test_faults_leave_every_answerable_request_answered_in_time(model_repository, tmp_path, monkeypatch):
+    faults = faults_benchmark(monkeypatch)
     results = await faults.run_scenarios(model_repository, tmp_path, SECONDS, concurrency=32, texts=TEXTS)
     print(faults.table(results))
     by_name = {r["scenario"]: r for r in results["scenarios"]}
