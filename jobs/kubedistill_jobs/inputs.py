@@ -63,8 +63,9 @@ def _train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], c
                 raise ValueError(f"soft targets cache holds {meta['rows']} rows, the training split {len(rows)}")
             arrays.update({k: stored[k] for k in ULD_KEYS if k in stored})
             return arrays
-        # the exact tokens the teacher saw
-        return {k: stored[k] for k in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
+        # the exact tokens the teacher saw (and, for a completion-only loss, where each answer starts)
+        keys = ("input_ids", "attention_mask", "topk_values", "topk_indices", "answer_start")
+        return {k: stored[k] for k in keys if k in stored}
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)
 
 

@@ -284,6 +284,9 @@ class DistillationRecipe:
             token_mask = mask[:, 1:].bool()  # (B, L-1)
             if sampled:  # the student's own tokens are no gold labels
                 labels, token_mask = None, batch["loss_mask"].bool()
+            elif "answer_start" in batch and "sorted_probs" not in batch:  # completion-only: the answers' tokens
+                answer = losses.answer_positions(batch["answer_start"], labels.shape[1])  # (B, L-1)
+                labels, token_mask = labels.masked_fill(~answer, losses.IGNORE_INDEX), token_mask & answer
             if teacher_out is not None:
                 teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, :-1], cfg.vocab_size)  # (B, L-1, V)
             elif "topk_values" in batch:  # (B, L-1, K) values and their vocabulary indices

@@ -503,6 +503,11 @@ class SequenceLevelSpec(ApiModel):
     top_p: float = Field(default=1.0, description="Nucleus sampling: the smallest set of tokens whose "
                          "probability reaches top_p (sampled answers).", gt=0, le=1)
     max_new_tokens: int = Field(default=32, description="Tokens per answer, at most.", ge=1, le=8192)
+    completion_only_loss: bool = Field(
+        default=True, description="Train on the answer tokens alone (TRL's completion_only_loss): the prompt is "
+        "input, not a target, so a small student spends its capacity on the task, not on modelling the prompts. "
+        "false also fits the prompt tokens (hard targets).",
+    )
 
     @model_validator(mode="after")
     def _sampling(self) -> SequenceLevelSpec:

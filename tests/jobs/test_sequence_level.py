@@ -58,6 +58,8 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
     # the cache holds the teacher's own top-k log-probabilities on each answer token, one-hot in the prompt
     ids, mask, values, indices = (np.load(layout.soft_targets / f"{name}.npy") for name in
                                   ("input_ids", "attention_mask", "topk_values", "topk_indices"))
+    answer_start = np.load(layout.soft_targets / "answer_start.npy")
+    assert answer_start.shape == (60,)
     teacher = AutoModelForCausalLM.from_pretrained(layout.teacher).eval()
     tokenizer = AutoTokenizer.from_pretrained(layout.teacher)
     for row in (0, 1, 17):
@@ -72,6 +74,7 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
             assert np.allclose(values[row, t].astype(np.float32), top.values.numpy(), atol=2e-2)
         assert (values[row, :p - 1, 0] == 0).all() and (values[row, :p - 1, 1:] < -1000).all()  # one-hot prompt
         assert (indices[row, :p - 1, 0] == ids[row, 1:p]).all()
+        assert answer_start[row] == p  # completion-only loss (the default): the loss starts at the answer
     assert (ids[0] != ids[1]).any() or (ids[2] != ids[3]).any()  # two sampled answers per prompt differ somewhere
     assert result.stages["train"]["steps"] == 3
 

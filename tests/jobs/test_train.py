@@ -164,3 +164,37 @@ def test_plain_text_rows_end_with_the_end_of_sequence_token(tiny_models):
     assert ids[0, 2] == eos and ids[3, 1] == eos  # ended texts learn to stop
     assert eos not in ids[1][mask[1] == 1].tolist()  # cut at 6 tokens: it did not end there
     assert ids[2][mask[2] == 1].tolist().count(eos) == 1  # already ended: no second EOS
+
+
+def test_a_completion_only_loss_counts_the_answer_tokens_alone(padded_llamas):
+    """With `answer_start` in the batch (sequence-level answers, completionOnlyLoss), the loss is the one over
+    the positions that predict answer tokens: whatever the prompt's targets, the same loss."""
+    import torch
+    from kubedistill_jobs import losses
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(padded_llamas["15608"])
+    batch = _lm_batch(padded_llamas["15608"], ["the movie was very good", "a bad day was warm"])
+    vocab, k = 31, 4
+    ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
+    rng = torch.Generator().manual_seed(0)
+    values = torch.randn(ids.shape[0], ids.shape[1], k, generator=rng)
+    indices = torch.randint(0, vocab, (ids.shape[0], ids.shape[1], k), generator=rng)
+    starts = torch.tensor([3, 2])  # each row's first answer token
+    cached = dict(task="causal-lm", teacher_mode="cached", temperature=1.0, alpha=0.5, vocab_size=vocab,
+                  loss="forward-kl", hidden_states=False)
+    answer_only = {**batch, "topk_values": values, "topk_indices": indices, "answer_start": starts}
+    with torch.no_grad():
+        got = _loss_step(cached, student, None, answer_only)
+        s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+    positions = torch.arange(ids.shape[1] - 1)[None, :] >= (starts[:, None] - 1)
+    labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | ~positions, losses.IGNORE_INDEX)
+    want = losses.distillation_loss(s_logits, values[:, :-1], labels, temperature=1.0, alpha=0.5,
+                                    teacher_topk_indices=indices[:, :-1], mask=mask[:, 1:].bool() & positions).total
+    assert torch.allclose(got, want, atol=1e-5)
+    prompt_changed = {**answer_only, "topk_values": values.clone(), "input_ids": batch["input_ids"]}
+    prompt_changed["topk_values"][0, :2] += 5.0  # the targets of the positions before row 0's answer
+    with torch.no_grad():
+        assert torch.allclose(_loss_step(cached, student, None, prompt_changed), got, atol=1e-6)
+        whole = _loss_step(cached, student, None, {k: v for k, v in answer_only.items() if k != "answer_start"})
+    assert not torch.allclose(whole, got)  # without answer_start the prompt counts

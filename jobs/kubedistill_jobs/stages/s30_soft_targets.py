@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from kubedistill.artifacts import Stage
 from kubedistill_jobs import data, soft_targets
 from kubedistill_jobs.context import GENERATED_TRAIN, Context, Progress
@@ -109,6 +111,9 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     seconds = max(1e-9, time.monotonic() - started)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
+    assert spec.distillation.sequence_level is not None
+    if spec.distillation.sequence_level.completion_only_loss:  # the loss starts at each row's first answer token
+        arrays["answer_start"] = np.asarray(out["prompt_tokens"], dtype=np.int32)
     answered = [prompt for prompt in prompts for _ in range(settings.n)]
     data.write_jsonl([{"text": str(text), "prompt": prompt} for text, prompt in zip(out["text"], answered,
                                                                                   strict=True)],
