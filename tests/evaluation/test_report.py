@@ -75,6 +75,19 @@ def test_failed_gate_is_reported_with_its_shortfall(evaluated):
     assert "gate not met" in render.markdown(failed, {}) and "short by 0.05" in render.markdown(failed, {})
 
 
+def test_serve_warns_before_serving_a_job_whose_gate_failed(evaluated, tmp_path):
+    from kubedistill_router.local.serve import gate_warning
+
+    _, _, report = evaluated
+    assert gate_warning(tmp_path) == ""  # no report: nothing to say
+    (tmp_path / "report.json").write_text(report.model_copy(update={"gate": gate(0.99, None)}).model_dump_json())
+    assert gate_warning(tmp_path) == ""
+    failed = report.model_copy(update={"retention": 0.9, "gate": gate(0.9, 0.95)})
+    (tmp_path / "report.json").write_text(failed.model_dump_json(by_alias=True))
+    warning = gate_warning(tmp_path)
+    assert "did not pass its evaluation gate" in warning and "evaluation.gate.minRetention 0.95" in warning
+
+
 def test_metrics_not_listed_are_left_out_and_latency_is_not_measured(evaluated, fast_latency, tmp_path):
     spec, layout, _ = evaluated
     shutil.copytree(layout.root, tmp_path / "job")

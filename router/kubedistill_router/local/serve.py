@@ -29,6 +29,7 @@ import yaml
 from kubedistill.api import ManifestError, StudentDeployment, load_manifest
 from kubedistill.artifacts import MODEL_REPOSITORY, SERVING_MANIFEST, OutputLayout, ServingManifest
 from kubedistill.errors import InputError
+from kubedistill.report import load_report
 from kubedistill.routerconfig import ROUTER_CONFIG_FILE, RouterConfig
 from kubedistill.uris import UriError, local_path, parse_uri
 from kubedistill_router.classification import resolve_threshold
@@ -48,6 +49,20 @@ class ServeInputError(ServeError, InputError):
 class ServeTarget:
     repository: Path
     config: RouterConfig
+    warning: str = ""  # said before serving: a job whose gate failed
+
+
+def gate_warning(output: Path) -> str:
+    """What to say before serving the output folder of a job whose evaluation gate failed (a StudentDeployment
+    would wait for a Succeeded job instead); empty when it passed or the folder holds no report."""
+    path = OutputLayout(output).report_json
+    if not path.is_file():
+        return ""
+    report = load_report(path.read_text())
+    if report.gate.passed:
+        return ""
+    return (f"warning: this job did not pass its evaluation gate ({report.gate_failure()}); serving it anyway, "
+            "as a StudentDeployment would not (it waits for a Succeeded job)")
 
 
 def find_repository(folder: Path) -> Path:
@@ -76,7 +91,7 @@ def resolve_target(target: Path, workdir: Path) -> ServeTarget:
         config = RouterConfig(model_name=_job_name(target) or "student", model_repository=str(repository),
                               mode="route" if routable else "student-only",
                               confidence_signal=manifest.confidence_signal)
-        return ServeTarget(repository, config)
+        return ServeTarget(repository, config, gate_warning(target))
     if not target.is_file():
         raise ServeInputError(f"{target}: no such folder or file")
     try:
@@ -170,6 +185,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         _check_port(args.host, args.port)
         target = resolve_target(Path(args.target), workdir)
+        if target.warning:
+            print(target.warning, file=sys.stderr, flush=True)
         local = build_local_repository(target.repository, workdir / "repository")
         triton = start_triton(local, workdir / "tritonserver.log")
         print(f"starting Triton (logs: {triton.log_path}) …", flush=True)
