@@ -20,8 +20,9 @@ of both. Held-out quality: perplexity of each trained student on the teacher's a
 (answer tokens only, given the prompt), computed by one function for every row. Also the soft-target cache's
 bytes per token. Prints a table and writes benchmarks/results/trl_peer.json.
 
-What differs and is not levelled: TRL's loss counts the answer tokens only, kubedistill's off-policy loss every
-token of prompt + answer (its causal-lm recipe); kubedistill runs inside Ray Train (DDP wrapper, one worker).
+Both losses count the answer tokens only (kubedistill: each row's `answer_start`, as its sequence-level
+`completionOnlyLoss` caches it). What differs and is not levelled: kubedistill runs inside Ray Train (DDP
+wrapper, one worker).
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def held_out_perplexity(model: Any, tokenizer: Any, rows: list[dict[str, str]], 
 def kubedistill_row(name: str, work: Path, teacher_dir: Path, student_dir: Path, data: dict[str, Any],
                     args: argparse.Namespace, **distillation: Any) -> dict[str, Any]:
     """Train with kubedistill's recipe under Ray Train (one worker, `--threads` CPUs)."""
+    import numpy as np
     from kubedistill_jobs import inputs, models, soft_targets, train
     from kubedistill_jobs.recipe import LoopConfig
     from kubedistill_jobs.teacher_outputs import TeacherRun, run_teacher
@@ -177,6 +179,8 @@ def kubedistill_row(name: str, work: Path, teacher_dir: Path, student_dir: Path,
         extra = {"cache_seconds": round(seconds, 1), "cache_tokens": tokens,
                  "cache_bytes_per_token": round(stored / tokens, 1),
                  "cache_bytes_per_position": round(stored / arrays["attention_mask"].size, 1)}
+    # The answer tokens alone count, as in TRL (and as kubedistill's sequenceLevel.completionOnlyLoss does).
+    arrays["answer_start"] = np.asarray([len(tokenizer(r["prompt"])["input_ids"]) for r in rows], dtype=np.int32)
     if spec.distillation.on_policy > 0:
         arrays.update(inputs.prompt_arrays(tokenizer, rows, args.max_length, spec.distillation.sampling.max_new_tokens))
     init_model = AutoModelForCausalLM.from_pretrained(student_dir)

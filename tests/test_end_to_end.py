@@ -158,8 +158,8 @@ def test_serve_answers_from_the_jobs_output(job_run):
     texts = ["bank profit and market shares", "the team won the cup match", "a new chip for the laptop",
              "investors", "coach says the league season is over for the phone company"]
     port = free_port()
-    with running(kubedistill("serve", str(output), "--port", str(port))) as process:
-        banner = read_until(process, "Ctrl-C stops both.", timeout=240)
+    with running(kubedistill("serve", str(output), "--port", str(port), "--timeout", "540")) as process:
+        banner = read_until(process, "Ctrl-C stops both.", timeout=600)
         assert f"serving {NAME!r} (version {serving.model_version}, mode route, threshold " \
                f"{serving.recommended_threshold:g} (the job's recommendation))" in banner
         status, body = post(f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", {"instances": texts})

@@ -139,7 +139,7 @@ def triton(tmp_path_factory, model_repository) -> Iterator:
     local = build_local_repository(model_repository, work / "repository")
     server = start_triton(local, work / "tritonserver.log")
     try:
-        server.wait_ready(timeout=180)
+        server.wait_ready(timeout=540)
         yield server
     finally:
         server.stop()

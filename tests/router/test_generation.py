@@ -52,7 +52,7 @@ def gen_triton(tmp_path_factory, gen_export):
     local = build_local_repository(gen_export["repo"], work / "repository")
     server = start_triton(local, work / "tritonserver.log")
     try:
-        server.wait_ready(timeout=240)
+        server.wait_ready(timeout=540)
         yield server
     finally:
         server.stop()
@@ -296,8 +296,8 @@ def test_kubedistill_serve_on_a_causal_lm_output(gen_export, tmp_path, student_r
     shutil.copytree(gen_export["repo"], output / "model_repository")
     (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": MODEL}}))
     port = free_port()
-    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port)]) as process:
-        banner = read_until(process, "Ctrl-C stops both.", timeout=240)
+    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]) as process:
+        banner = read_until(process, "Ctrl-C stops both.", timeout=600)
         base = f"http://127.0.0.1:{port}"
         assert f"serving '{MODEL}' (version gen-1, mode route, threshold 0.5 (the job's recommendation))" in banner
         assert f"curl -s {base}/v1/chat/completions" in banner and "from openai import OpenAI" in banner
