@@ -16,7 +16,6 @@ from kubedistill_operator import naming
 from kubedistill_operator.config import OperatorConfig
 from kubedistill_operator.handlers import JOBS, STUDENTS, build_registry, post_event
 from kubedistill_operator.kubeapi import KubeApi
-from kubedistill_operator.memory import limit_malloc_arenas
 from kubedistill_operator.metrics import JOB_KIND, STUDENT_KIND, OperatorMetrics
 from kubedistill_operator.reconcile.context import Context
 
@@ -112,6 +111,5 @@ async def run_operator(options: OperatorOptions, api: KubeApi | None = None,
 def main(options: OperatorOptions) -> int:
     # kopf's formatter: each line about an object starts with `[namespace/name]` (plain logging drops it).
     kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
-    limit_malloc_arenas()
     asyncio.run(run_operator(options))
     return 0
