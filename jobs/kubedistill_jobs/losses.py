@@ -215,12 +215,24 @@ def distillation_loss(
         raise ValueError(f"distillation.alpha: {alpha} is outside [0, 1]")
     if mask is None and labels is not None and student_logits.dim() > 2:
         mask = labels != ignore_index
+    counted = None if mask is None or student_logits.dim() <= 2 else (
+        mask if labels is None else mask | (labels != ignore_index))  # (..., L)
+    if counted is not None and not bool(counted.all()):  # sequences: vocabulary-wide work on counted positions only
+        student_logits, mask = student_logits[counted], mask[counted]  # (N, V), (N,)
+        labels = None if labels is None else labels[counted]
+        if teacher_logits is not None:
+            teacher_logits = teacher_logits[counted]
+        if teacher_topk_indices is not None:
+            teacher_topk_indices = teacher_topk_indices[counted]
     zero = student_logits.float().sum() * 0.0
     soft = zero
     if teacher_logits is not None and alpha > 0:
         soft = soft_loss(student_logits, teacher_logits, teacher_topk_indices=teacher_topk_indices, loss=loss,
                          temperature=temperature, beta=beta, mask=mask)
-    hard = zero if labels is None else hard_loss(student_logits, labels, ignore_index=ignore_index)
+    hard = zero
+    if labels is not None:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (alpha < 1 or teacher_logits is None)):
+            hard = hard_loss(student_logits, labels, ignore_index=ignore_index)  # reported even when unweighted
     if teacher_logits is None:  # no teacher signal: plain supervised training
         return LossParts(hard, soft, hard)
     return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)

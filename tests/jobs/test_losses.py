@@ -117,3 +117,27 @@ def test_hidden_state_loss_learns_a_projection():
         value.backward()
         optimizer.step()
     assert value.item() < 0.01 * first
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_only_the_counted_positions_are_computed_and_the_loss_and_gradient_are_unchanged(alpha):
+    """A sequence batch whose mask leaves positions out (padding, a prompt) is cut to the counted positions
+    before any vocabulary-wide work: the same loss and gradient as on those positions alone, cached top-k too."""
+    gen = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 6, 50, generator=gen)
+    values, indices = torch.randn(2, 6, 4, generator=gen), torch.randint(0, 50, (2, 6, 4), generator=gen)
+    labels = torch.randint(0, 50, (2, 6), generator=gen)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 2:], mask[1, 4:] = True, True  # each row's answer
+    labels = labels.masked_fill(~mask, losses.IGNORE_INDEX)
+    full = student.clone().requires_grad_()
+    parts = losses.distillation_loss(full, values, labels, alpha=alpha, temperature=2.0, mask=mask,
+                                     teacher_topk_indices=indices)
+    parts.total.backward()
+    alone = student[mask].clone().requires_grad_()  # (N, V): the counted positions, nothing else
+    want = losses.distillation_loss(alone, values[mask], labels[mask], alpha=alpha, temperature=2.0,
+                                    teacher_topk_indices=indices[mask])
+    want.total.backward()
+    assert parts.total.item() == pytest.approx(want.total.item(), rel=1e-6)
+    assert parts.hard.item() == pytest.approx(want.hard.item(), rel=1e-6) and parts.hard.item() > 0
+    assert torch.allclose(full.grad[mask], alone.grad) and not full.grad[~mask].any()
