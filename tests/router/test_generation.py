@@ -296,7 +296,8 @@ def test_kubedistill_serve_on_a_causal_lm_output(gen_export, tmp_path, student_r
     shutil.copytree(gen_export["repo"], output / "model_repository")
     (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": MODEL}}))
     port = free_port()
-    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]) as process:
+    serve = [sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]
+    with running(serve) as process:
         banner = read_until(process, "Ctrl-C stops both.", timeout=600)
         base = f"http://127.0.0.1:{port}"
         assert f"serving '{MODEL}' (version gen-1, mode route, threshold 0.5 (the job's recommendation))" in banner

@@ -40,7 +40,8 @@ def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_rep
     shutil.copytree(model_repository, output / "model_repository")
     (output / "distillationjob.yaml").write_text(yaml.safe_dump({"metadata": {"name": "bbc-news"}}))
     port = free_port()
-    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]) as process:
+    serve = [sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]
+    with running(serve) as process:
         banner = read_until(process, "Ctrl-C stops both.", timeout=600)
         base = f"http://127.0.0.1:{port}"
         assert "serving 'bbc-news' (version test-1, mode route" in banner
@@ -53,7 +54,7 @@ def test_kubedistill_serve_starts_triton_and_the_router_and_stops_both(model_rep
         assert process.wait(60) == 130
         assert refuses(f"{base}/healthz") and refuses(f"{triton_http}/v2/health/live")
     # A restart on the same port at once, with the last connections still in TIME_WAIT.
-    with running([sys.executable, "-m", "kubedistill.cli", "serve", str(output), "--port", str(port), "--timeout", "540"]) as process:
+    with running(serve) as process:
         read_until(process, "Ctrl-C stops both.", timeout=600)
         assert terminate(process, 60) == 143  # SIGTERM: 128 + 15
 
