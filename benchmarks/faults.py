@@ -182,6 +182,7 @@ class Run:
     router_ready: list[tuple[float, bool]] = field(default_factory=list)
     triton_ready: list[tuple[float, bool]] = field(default_factory=list)
     fault: tuple[float, float] = (0.0, 0.0)  # when the fault was applied and lifted
+    triton_dead: float | None = None  # when Triton's process group was gone (the kill is applied in a thread)
     triton_back: float | None = None  # first moment Triton was ready again
     unexpected_errors: int = 0
     teacher_errors: Counter[str] = field(default_factory=Counter)  # the router's failed teacher calls, by reason
@@ -293,6 +294,7 @@ async def scenario(stack: Stack, session: aiohttp.ClientSession, name: str, seco
             await stack.teacher.refuse()
         else:
             await asyncio.to_thread(stack.kill_triton)
+            run.triton_dead = time.monotonic()
         await asyncio.sleep(phase)
         run.fault = (run.fault[0], time.monotonic())
         if name == "teacher-slow":
@@ -385,7 +387,9 @@ def summarise(run: Run) -> dict[str, Any]:
               "no request past its bound": over_bound == 0}
     if run.name == "triton-restart":
         back = run.triton_back
-        down_ready = [t for t, up in run.router_ready if up and fault_on + PROBE_EVERY * 5 < t
+        # Probes sent from half a second after Triton was gone (the kill runs in a thread, which a busy machine
+        # may start late) until it was back.
+        down_ready = [t for t, up in run.router_ready if up and (run.triton_dead or fault_on) + PROBE_EVERY * 5 < t
                       and (back is None or t < back)]
         recovered = next((t for t, up in run.router_ready if up and back is not None and t >= back), None)
         figures["ready_while_down"] = len(down_ready)
