@@ -9,11 +9,17 @@ stops the pipeline: the report next to the artifact is the record, the status a 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import ssl
 import time
 import urllib.error
+import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from kubedistill.api.base import GROUP, VERSION
 from kubedistill.api.distillationjob import JobFailure, JobProgress
@@ -110,6 +116,44 @@ def results_patch(report: Report, output_uri: str) -> dict[str, Any]:
     return job_results(report, output_uri).to_wire()
 
 
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class InClusterApi:
+    """The pod's service account against its API server: one verb, merge-patch of a custom object's status.
+
+    The token is read at each call (the kubelet rotates it on disk). Standard library only: the pipeline's one
+    API call does not need a client library."""
+
+    def __init__(self, server: str, account: Path = SERVICE_ACCOUNT, timeout: float = 30.0) -> None:
+        self.server = server.rstrip("/")
+        self.account = account
+        self.timeout = timeout
+        ca = account / "ca.crt"
+        self._tls = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+
+    @classmethod
+    def from_pod(cls, account: Path = SERVICE_ACCOUNT) -> InClusterApi | None:
+        """The API server the pod's environment names, or None outside a pod."""
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host or not (account / "token").exists():
+            return None
+        return cls(f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}", account)
+
+    def patch_namespaced_custom_object_status(self, group: str, version: str, namespace: str, plural: str,
+                                              name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Raises `urllib.error.HTTPError` (with the server's status) or `URLError`."""
+        token = (self.account / "token").read_text().strip()
+        path = "/".join(quote(part) for part in ("apis", group, version, "namespaces", namespace, plural, name))
+        request = urllib.request.Request(
+            f"{self.server}/{path}/status", data=json.dumps(body).encode(), method="PATCH",
+            headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json",
+                     "Authorization": f"Bearer {token}"})
+        tls = self._tls if self.server.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=self.timeout, context=tls) as response:
+            return dict(json.loads(response.read() or b"{}"))
+
+
 class StatusReporter:
     """Merge-patches the job's status subresource; throttles progress patches.
 
@@ -131,14 +175,10 @@ class StatusReporter:
 
     @staticmethod
     def _connect() -> Any:
-        try:
-            from kubernetes import client, config
-
-            config.load_incluster_config()
-            return client.CustomObjectsApi()
-        except Exception as error:  # not in a pod: nothing to report to
-            log.info("status reporting disabled: %s", error)
-            return None
+        api = InClusterApi.from_pod()
+        if api is None:
+            log.info("status reporting disabled: not in a pod with a service account")
+        return api
 
     @property
     def active(self) -> bool:

@@ -88,13 +88,13 @@ def _metrics_port(flag: int | None) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from kubernetes.config import ConfigException
+    import kopf
 
     from kubedistill_operator.main import main
 
     try:
         return main(options_from_args(args))
-    except ConfigException as error:
+    except kopf.LoginError as error:
         print(f"kubedistill operator: no cluster credentials ({error}); run it in a pod, or give --kubeconfig "
               "or $KUBECONFIG", file=sys.stderr)
         return 2

@@ -273,3 +273,59 @@ def test_entrypoint_reports_other_failures_as_transient(monkeypatch, tmp_path):
     (failure,) = [b["failure"] for b in bodies]
     assert failure == {**failure, "permanent": False, "error": "OSError", "stage": "load",
                        "message": "the output volume went away"}
+
+
+def test_the_in_cluster_api_merge_patches_the_status_with_the_token_read_at_each_call(tmp_path, monkeypatch):
+    """The pipeline's one API call, stdlib only, against a real HTTP server; the kubelet rotates the token."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubedistill_jobs.reporting import InClusterApi
+
+    seen: list[tuple] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def do_PATCH(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers["Content-Type"], self.headers["Authorization"], json.loads(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("one\n")
+    try:
+        api = InClusterApi(f"http://127.0.0.1:{server.server_port}", account)
+        reporter = StatusReporter(name="bbc", namespace="ml", min_interval=3600)
+        reporter._api = api
+        reporter(progress={"stage": "train", "percent": 10})
+        (account / "token").write_text("two\n")
+        reporter.finished({"accuracy": 0.9})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [s[:3] for s in seen] == [
+        ("/apis/kubedistill.io/v1alpha1/namespaces/ml/distillationjobs/bbc/status", "application/merge-patch+json",
+         "Bearer one"),
+        ("/apis/kubedistill.io/v1alpha1/namespaces/ml/distillationjobs/bbc/status", "application/merge-patch+json",
+         "Bearer two")]
+    assert seen[0][3]["status"]["progress"]["percent"] == 10 and seen[1][3]["status"]["results"] == {"accuracy": 0.9}
+
+
+def test_the_in_cluster_api_is_found_only_in_a_pod(tmp_path, monkeypatch):
+    from kubedistill_jobs.reporting import InClusterApi
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert InClusterApi.from_pod(tmp_path) is None
+    (tmp_path / "token").write_text("t")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    assert InClusterApi.from_pod(tmp_path).server == "https://[fd00::1]:6443"
