@@ -47,6 +47,10 @@ class SoftTargetsRequired(InputError):
     """The endpoint returned no logprobs and the spec refuses hard labels."""
 
 
+class NoAnswerMatched(InputError):
+    """Not one of the teacher's answers named a label: every target would be uniform, nothing to learn."""
+
+
 @dataclass(frozen=True)
 class ChatConfig:
     url: str
@@ -321,6 +325,13 @@ def label_texts(teacher: ChatTeacher, texts: Sequence[str], journal: Path, *,
             "distillation.requireSoftTargets: the endpoint answered without logprobs (hard labels only); use an "
             "endpoint that returns logprobs, or set requireSoftTargets false for hard-label distillation")
     unmatched = [i for i, k in enumerate(kinds) if k == "unmatched"]
+    if unmatched and len(unmatched) == len(texts):
+        examples = "; ".join(repr(done[i]["answer"][:60]) for i in unmatched[:3])
+        raise NoAnswerMatched(
+            f"teacher.prompt: none of the teacher's {len(texts)} answers named one of the labels "
+            f"({', '.join(answers)}), e.g. {examples}; every soft target would be uniform. Make the prompt ask for "
+            f"exactly one of the labels (teacher.prompt.user, .system, or .verbalizer to word them as the model "
+            f"answers) and run into a new output; the answers are kept in {journal}")
     if unmatched:
         examples = "; ".join(repr(done[i]["answer"][:60]) for i in unmatched[:3])
         log.warning("%d of %d answers matched no label (uniform targets), e.g. %s", len(unmatched), len(texts),

@@ -130,7 +130,11 @@ class InClusterApi:
         self.account = account
         self.timeout = timeout
         ca = account / "ca.crt"
-        self._tls = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+        tls = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+        # Straight to the API server, never through $HTTPS_PROXY (set in job pods for hub and s3 downloads;
+        # urllib's $NO_PROXY knows no CIDR ranges).
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=tls))
 
     @classmethod
     def from_pod(cls, account: Path = SERVICE_ACCOUNT) -> InClusterApi | None:
@@ -149,8 +153,7 @@ class InClusterApi:
             f"{self.server}/{path}/status", data=json.dumps(body).encode(), method="PATCH",
             headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json",
                      "Authorization": f"Bearer {token}"})
-        tls = self._tls if self.server.startswith("https:") else None
-        with urllib.request.urlopen(request, timeout=self.timeout, context=tls) as response:
+        with self._opener.open(request, timeout=self.timeout) as response:
             return dict(json.loads(response.read() or b"{}"))
 
 

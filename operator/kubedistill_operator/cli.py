@@ -95,8 +95,7 @@ def _operator(args: argparse.Namespace) -> int:
     try:
         return main(options_from_args(args))
     except kopf.LoginError as error:
-        print(f"kubedistill operator: no cluster credentials ({error}); run it in a pod, or give --kubeconfig "
-              "or $KUBECONFIG", file=sys.stderr)
+        print(f"kubedistill operator: {error}", file=sys.stderr)
         return 2
 
 

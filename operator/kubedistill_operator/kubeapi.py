@@ -11,8 +11,11 @@ cost the operator about 11 MB of its resident memory for the eleven verbs used h
 
 from __future__ import annotations
 
+import datetime
 import json
+import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -23,6 +26,11 @@ import urllib3
 from kubedistill_operator.login import login
 from kubedistill_operator.naming import MANAGER
 
+# Connections that fail before the request is sent (a dropped keep-alive, an API server restarting) are tried
+# again, for every verb; nothing is retried once sent (a POST must not be sent twice), nor on a status.
+RETRIES = urllib3.Retry(total=3, connect=3, read=0, redirect=0, status=0, other=0, backoff_factor=0.2)
+# Credentials that expire (an exec plugin's token) are renewed this long before, not by a failed call.
+RENEW_BEFORE_S = 30.0
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
@@ -85,6 +93,21 @@ def resource_of(body: dict[str, Any]) -> Resource:
     return _BY_KIND[(body["apiVersion"], body["kind"])]
 
 
+@dataclass(frozen=True)
+class _Session:
+    """Credentials with the pool and headers made from them: swapped as one, so that no request pairs a new pool
+    with old headers."""
+
+    credentials: kopf.ConnectionInfo
+    pool: urllib3.PoolManager
+    headers: dict[str, str]
+
+    def expires_within(self, seconds: float) -> bool:
+        expiration = self.credentials.expiration
+        return expiration is not None and expiration - datetime.timedelta(seconds=seconds) <= datetime.datetime.now(
+            datetime.UTC)
+
+
 class ApiError(Exception):
     """An API call that failed for another reason than a missing or already existing object."""
 
@@ -96,63 +119,70 @@ class ApiError(Exception):
 class KubeApi:
     """A small synchronous client (the handlers run in kopf's thread pool; one connection pool is shared).
 
-    `credentials` are read again (`relogin`) when they expire and once after a 401: a service account's token
-    is rotated on disk by the kubelet, an exec plugin's token expires."""
+    `credentials` are read again (`relogin`) shortly before they expire and once after a 401 (a service
+    account's token is rotated on disk by the kubelet, an exec plugin's token expires), once for all the threads
+    that saw the old ones. Connections that fail before a request is sent are retried."""
 
     def __init__(self, credentials: kopf.ConnectionInfo, timeout: float = 30.0,
-                 relogin: Any = None, pool_size: int = 8) -> None:
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None, pool_size: int = 8) -> None:
         self._relogin = relogin
         self._timeout = urllib3.Timeout(total=timeout)
         self._pool_size = pool_size
         self._lock = threading.Lock()
-        self._use(credentials)
+        self._session = self._connect(credentials)
 
-    def _use(self, credentials: kopf.ConnectionInfo) -> None:
-        secure = credentials.server.startswith("https:")
-        tls = credentials.as_ssl_context() if secure else None
-        pool = urllib3.PoolManager(maxsize=self._pool_size, retries=False, ssl_context=tls)
+    def _connect(self, credentials: kopf.ConnectionInfo) -> _Session:
+        try:
+            tls = credentials.as_ssl_context() if credentials.server.startswith("https:") else None
+        except (OSError, ssl.SSLError) as error:
+            raise kopf.LoginError(f"the cluster's CA or the client certificate cannot be loaded: {error}") from None
+        options: dict[str, Any] = {"maxsize": self._pool_size, "ssl_context": tls, "retries": RETRIES}
+        proxy = credentials.proxy_url
+        if proxy and not proxy.startswith(("http://", "https://")):
+            raise kopf.LoginError(f"proxy-url {proxy!r}: only http:// and https:// proxies are supported")
+        pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
         headers = {"Accept": "application/json", "User-Agent": MANAGER, **credentials.as_http_headers()}
-        self._credentials, self._pool, self._headers = credentials, pool, headers
+        return _Session(credentials, pool, headers)
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> KubeApi:
         """In-cluster credentials inside a pod, else the kubeconfig (`kubeconfig`, $KUBECONFIG, ~/.kube/config).
 
-        Raises `kopf.LoginError` when there are none."""
+        Raises `kopf.LoginError` naming what is missing or wrong."""
         return cls(login(kubeconfig), relogin=lambda: login(kubeconfig))
 
     @property
     def host(self) -> str:
-        return self._credentials.server
+        return self._session.credentials.server
 
     def connection_info(self) -> kopf.ConnectionInfo:
         """The same credentials for kopf's own watches and patches (read again: kopf asks after a 401)."""
+        session = self._session
         if self._relogin is not None:
-            self._refresh()
-        return self._credentials
+            session = self._refresh(session)
+        return session.credentials
 
-    def _refresh(self) -> None:
+    def _refresh(self, seen: _Session) -> _Session:
+        """New credentials, unless another thread already replaced `seen` while this one waited."""
         with self._lock:
-            self._use(self._relogin())
-
-    def _expired(self) -> bool:
-        import datetime
-
-        expiration = self._credentials.expiration
-        return expiration is not None and expiration <= datetime.datetime.now(datetime.UTC)
+            if self._session is seen and self._relogin is not None:
+                self._session = self._connect(self._relogin())
+                seen.pool.clear()
+            return self._session
 
     def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                  query: dict[str, str] | None = None, missing_ok: bool = True,
                  conflict_ok: bool = False) -> dict[str, Any] | None:
-        url = self._credentials.server.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
         payload = None if body is None else json.dumps(body).encode()
-        if self._relogin is not None and self._expired():
-            self._refresh()
+        session = self._session
+        if self._relogin is not None and session.expires_within(RENEW_BEFORE_S):
+            session = self._refresh(session)
         for attempt in (1, 2):
-            headers = dict(self._headers, **({"Content-Type": content_type} if payload is not None else {}))
-            response = self._pool.request(method, url, body=payload, headers=headers, timeout=self._timeout)
+            url = session.credentials.server.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+            headers = dict(session.headers, **({"Content-Type": content_type} if payload is not None else {}))
+            response = session.pool.request(method, url, body=payload, headers=headers, timeout=self._timeout)
             if response.status == 401 and attempt == 1 and self._relogin is not None:
-                self._refresh()  # a rotated token: once more with the new one
+                session = self._refresh(session)  # a rotated token: once more with the new one
                 continue
             break
         data = response.data

@@ -1,108 +1,138 @@
-"""Cluster credentials for the operator's watches (kopf) and its own calls (`KubeApi`): kopf's own readers of a
-service account and a kubeconfig, plus kubeconfig `exec` plugins (EKS, GKE, OIDC), which kopf's reader skips.
+"""Cluster credentials for the operator's watches (kopf) and its own calls (`KubeApi`), as kopf's
+`ConnectionInfo`: the pod's service account, or a kubeconfig's current context as kubectl reads it (files merged
+in $KUBECONFIG order, the first value of a name wins, relative paths from the file that names them, `token`,
+`tokenFile`, client certificates, `exec` plugins such as EKS's and GKE's).
 
-No kubernetes client: see `kubeapi`. Raises `kopf.LoginError` with what to do when there are no credentials.
+No kubernetes client: see `kubeapi`. Every failure is a `kopf.LoginError` that names the file and the fix.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import subprocess
-import threading
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
 import yaml
 
 EXEC_TIMEOUT_S = 60.0
-_ENVIRONMENT = threading.Lock()
 
 
 def login(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
     """The service account's credentials inside a pod (no `kubeconfig` given), else the kubeconfig's current
-    context (`kubeconfig`, $KUBECONFIG, ~/.kube/config), with an exec plugin's token when its user has one."""
-    settings = kopf.OperatorSettings()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        found = kopf.login_with_service_account(settings=settings)
-        if found is not None:
-            return found
-    with _kubeconfig_path(kubeconfig):
-        try:
-            found = kopf.login_with_kubeconfig(settings=settings)
-            user = _current_user() if found is not None else {}
-        except (OSError, KeyError, yaml.YAMLError) as error:
-            raise kopf.LoginError(f"the kubeconfig cannot be read: {type(error).__name__}: {error}") from None
-    if found is None:
-        raise kopf.LoginError("neither a service account (in a pod) nor a kubeconfig (--kubeconfig, $KUBECONFIG, "
-                              "~/.kube/config)")
-    if user.get("exec") and not (found.token or found.certificate_path or found.certificate_data):
-        found = _with_exec_credential(found, user["exec"])
-    return found
+    context (`kubeconfig`, $KUBECONFIG, ~/.kube/config)."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if kubeconfig is None and host:
+        found = kopf.login_with_service_account(settings=kopf.OperatorSettings())
+        if found is not None:  # the server as the pod's environment names it (kopf's assumes cluster DNS)
+            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            return dataclasses.replace(found, server=f"https://[{host}]:{port}" if ":" in host
+                                       else f"https://{host}:{port}")
+    paths = [kubeconfig] if kubeconfig else [p for p in (os.environ.get("KUBECONFIG") or "").split(os.pathsep) if p]
+    if not paths:
+        default = Path("~/.kube/config").expanduser()
+        if not default.is_file():
+            raise kopf.LoginError("no cluster credentials: neither a service account (in a pod) nor a kubeconfig; "
+                                  "give --kubeconfig, or set $KUBECONFIG, or create ~/.kube/config")
+        paths = [str(default)]
+    return _from_kubeconfig([Path(p).expanduser().absolute() for p in paths])
 
 
-@contextlib.contextmanager
-def _kubeconfig_path(path: str | None) -> Iterator[None]:
-    """$KUBECONFIG pointed at `path` while kopf reads it (kopf reads only the environment)."""
-    with _ENVIRONMENT:
-        before = os.environ.get("KUBECONFIG")
-        if path is not None:
-            os.environ["KUBECONFIG"] = os.path.abspath(os.path.expanduser(path))
-        try:
-            yield
-        finally:
-            if path is not None:
-                if before is None:
-                    os.environ.pop("KUBECONFIG", None)
-                else:
-                    os.environ["KUBECONFIG"] = before
+@dataclasses.dataclass
+class _Entry:
+    """A named kubeconfig entry and the folder of the file that holds it (its relative paths start there)."""
+
+    value: dict[str, Any]
+    folder: Path
+
+    def path(self, key: str) -> str | None:
+        value = self.value.get(key)
+        return str(self.folder / os.path.expanduser(value)) if value else None
 
 
-def _current_user() -> dict[str, Any]:
-    """The current context's user entry, read as kopf reads the files (the first value of a name wins)."""
-    paths = [os.path.expanduser(p.strip()) for p in os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)]
+def _from_kubeconfig(paths: list[Path]) -> kopf.ConnectionInfo:
+    where = " and ".join(str(p) for p in paths)
     current: str | None = None
-    contexts: dict[str, Any] = {}
-    users: dict[str, Any] = {}
-    for path in (p for p in paths if p):
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-        current = current or config.get("current-context")
-        for item in config.get("contexts") or []:
-            contexts.setdefault(item["name"], item.get("context") or {})
-        for item in config.get("users") or []:
-            users.setdefault(item["name"], item.get("user") or {})
-    context = contexts.get(current or "") or {}
-    return dict(users.get(context.get("user") or "") or {})
+    entries: dict[str, dict[str, _Entry]] = {"contexts": {}, "clusters": {}, "users": {}}
+    for path in paths:
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise kopf.LoginError(f"cannot use kubeconfig {path}: {type(error).__name__}: {error}") from None
+        if config is None:
+            continue
+        if not isinstance(config, dict):
+            raise kopf.LoginError(f"{path} is not a kubeconfig (a YAML mapping with clusters, users and contexts)")
+        current = current or config.get("current-context") or None
+        for kind, named in entries.items():
+            items = config.get(kind) or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i for i in items):
+                raise kopf.LoginError(f"{path}: `{kind}` must be a list of entries, each with a name")
+            for item in items:
+                named.setdefault(str(item["name"]), _Entry(dict(item.get(kind[:-1]) or {}), path.parent))
+    if current is None:
+        raise kopf.LoginError(f"{where} has no current-context; choose one with `kubectl config use-context NAME`")
+    context = _named(entries, "contexts", current, where, "current-context")
+    cluster = _named(entries, "clusters", context.value.get("cluster"), where, f"context {current!r}")
+    user = _named(entries, "users", context.value.get("user"), where, f"context {current!r}")
+    if not cluster.value.get("server"):
+        raise kopf.LoginError(f"{where}: cluster {context.value.get('cluster')!r} has no server")
+    token = user.value.get("token")
+    if not token and user.value.get("tokenFile"):
+        try:
+            token = Path(user.path("tokenFile") or "").read_text().strip()
+        except OSError as error:
+            raise kopf.LoginError(f"{where}: the tokenFile of user {context.value.get('user')!r} cannot be read: "
+                                  f"{error}") from None
+    info = kopf.ConnectionInfo(
+        server=cluster.value["server"],
+        ca_path=cluster.path("certificate-authority"), ca_data=cluster.value.get("certificate-authority-data"),
+        insecure=cluster.value.get("insecure-skip-tls-verify"), proxy_url=cluster.value.get("proxy-url"),
+        certificate_path=user.path("client-certificate"), certificate_data=user.value.get("client-certificate-data"),
+        private_key_path=user.path("client-key"), private_key_data=user.value.get("client-key-data"),
+        username=user.value.get("username"), password=user.value.get("password"),
+        token=token or (user.value.get("auth-provider") or {}).get("config", {}).get("access-token"),
+        default_namespace=context.value.get("namespace"))
+    if user.value.get("exec") and not (info.token or info.certificate_path or info.certificate_data):
+        info = _with_exec_credential(info, user.value["exec"], user.folder)
+    return info
 
 
-def _with_exec_credential(info: kopf.ConnectionInfo, plugin: dict[str, Any]) -> kopf.ConnectionInfo:
-    """Run a kubeconfig `exec` plugin (client.authentication.k8s.io ExecCredential) for a token or a client
-    certificate, with its expiry so that it is asked again in time."""
+def _named(entries: dict[str, dict[str, _Entry]], kind: str, name: Any, where: str, named_by: str) -> _Entry:
+    if name not in entries[kind]:
+        known = ", ".join(sorted(entries[kind])) or "none"
+        raise kopf.LoginError(f"{where}: {named_by} names {kind[:-1]} {name!r}, which is not defined ({kind}: "
+                              f"{known})")
+    return entries[kind][name]
+
+
+def _with_exec_credential(info: kopf.ConnectionInfo, plugin: dict[str, Any], folder: Path) -> kopf.ConnectionInfo:
+    """Run a kubeconfig `exec` plugin (client.authentication.k8s.io ExecCredential) in the kubeconfig's folder
+    for a token or a client certificate, with its expiry so that it is asked again in time."""
     api_version = plugin.get("apiVersion") or "client.authentication.k8s.io/v1"
     env = dict(os.environ, **{e["name"]: e["value"] for e in plugin.get("env") or []})
     env["KUBERNETES_EXEC_INFO"] = json.dumps({"apiVersion": api_version, "kind": "ExecCredential",
                                               "spec": {"interactive": False}})
-    command = [plugin["command"], *(plugin.get("args") or [])]
+    command = [str(plugin.get("command")), *(plugin.get("args") or [])]
+    named = f"the kubeconfig's exec plugin {command[0]!r}"
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=EXEC_TIMEOUT_S,
+        done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=EXEC_TIMEOUT_S,
                               stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise kopf.LoginError(f"the kubeconfig's exec plugin {plugin['command']!r} did not run: {error}") from None
+        hint = f" ({plugin['installHint'].strip()})" if plugin.get("installHint") else ""
+        raise kopf.LoginError(f"{named} did not run: {error}{hint}") from None
     if done.returncode != 0:
-        raise kopf.LoginError(f"the kubeconfig's exec plugin {plugin['command']!r} exited {done.returncode}: "
-                              f"{done.stderr.strip()[-500:]}")
+        raise kopf.LoginError(f"{named} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     try:
         status = json.loads(done.stdout)["status"]
-    except (ValueError, KeyError, TypeError):
-        raise kopf.LoginError(f"the kubeconfig's exec plugin {plugin['command']!r} printed no ExecCredential "
-                              "with a status") from None
-    expiry = status.get("expirationTimestamp")
-    expiration = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None
+        expiry = status.get("expirationTimestamp")
+        expiration = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise kopf.LoginError(f"{named} printed no ExecCredential with a status") from None
     return dataclasses.replace(  # certificate data as PEM, which kopf's ConnectionInfo takes as it is
         info, token=status.get("token") or None, expiration=expiration,
         certificate_data=status.get("clientCertificateData") or None,

@@ -102,8 +102,11 @@ def test_401_is_a_permanent_input_error_naming_the_secret(serve, tmp_path):
 
 def test_no_logprobs_teaches_hard_labels_unless_soft_targets_are_required(serve, tmp_path):
     server = serve("--no-logprobs")
-    out = chat_teacher.label_texts(_teacher(server.url), TEXTS, tmp_path / "journal.jsonl")
-    assert set(out.kinds) <= {"hard", "unmatched"}
+    # The tiny model answers "was was ...": an answer that names a label, without logprobs, is a hard label.
+    prompt = LabelPrompt(labels=("neg", "pos"), answers=("was", "good"), user="the {text} was")
+    teacher = ChatTeacher(ChatConfig(url=server.url, model="tiny", backoff_seconds=0.05), prompt)
+    out = chat_teacher.label_texts(teacher, TEXTS, tmp_path / "journal.jsonl")
+    assert set(out.kinds) <= {"hard", "unmatched"} and "hard" in out.kinds
     for kind, row in zip(out.kinds, out.logprobs, strict=True):
         if kind == "hard":
             assert sorted(row)[-1] == 0.0 and sorted(row)[0] <= chat_teacher.VERY_NEGATIVE
@@ -112,6 +115,18 @@ def test_no_logprobs_teaches_hard_labels_unless_soft_targets_are_required(serve,
     with pytest.raises(SoftTargetsRequired, match=r"distillation\.requireSoftTargets"):
         chat_teacher.label_texts(_teacher(server.url, require_soft_targets=True), TEXTS,
                                  tmp_path / "journal.jsonl")
+
+
+def test_a_prompt_whose_answers_never_name_a_label_is_refused_and_the_answers_are_kept(serve, tmp_path):
+    server = serve("--no-logprobs")
+    prompt = LabelPrompt(labels=("neg", "pos"), answers=("xylophonic", "quasarlike"), user="the {text} was")
+    teacher = ChatTeacher(ChatConfig(url=server.url, model="tiny", backoff_seconds=0.05), prompt)
+    journal = tmp_path / "journal.jsonl"
+    with pytest.raises(chat_teacher.NoAnswerMatched, match=r"teacher\.prompt: none of the teacher's 5 answers") \
+            as refused:
+        chat_teacher.label_texts(teacher, TEXTS, journal)
+    assert isinstance(refused.value, InputError) and str(journal) in str(refused.value)
+    assert len(journal.read_text().splitlines()) == 5  # what the endpoint answered (and was paid for) is kept
 
 
 def test_answers_are_matched_to_labels_or_counted_as_unmatched():

@@ -276,7 +276,8 @@ def test_entrypoint_reports_other_failures_as_transient(monkeypatch, tmp_path):
 
 
 def test_the_in_cluster_api_merge_patches_the_status_with_the_token_read_at_each_call(tmp_path, monkeypatch):
-    """The pipeline's one API call, stdlib only, against a real HTTP server; the kubelet rotates the token."""
+    """The pipeline's one API call, stdlib only, against a real HTTP server; the kubelet rotates the token; the
+    pod's proxy settings (for downloads) are not used for it."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -299,6 +300,8 @@ def test_the_in_cluster_api_merge_patches_the_status_with_the_token_read_at_each
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):  # a job pod's, for downloads
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
     account = tmp_path / "serviceaccount"
     account.mkdir()
     (account / "token").write_text("one\n")

@@ -75,13 +75,82 @@ def test_an_exec_plugin_that_fails_is_named(tmp_path, monkeypatch, user, message
 
 def test_no_credentials_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(kopf.LoginError, match="cannot be read: FileNotFoundError"):
-        login(str(tmp_path / "missing.yaml"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", "")
+    with pytest.raises(kopf.LoginError, match=r"no cluster credentials.*give --kubeconfig"):
+        login()
     done = subprocess.run([sys.executable, "-m", "kubedistill.cli", "operator", "--kubeconfig",
                            str(tmp_path / "missing.yaml"), "--liveness-port", "0"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "no cluster credentials" in done.stderr and "--kubeconfig" in done.stderr
+    assert f"cannot use kubeconfig {tmp_path / 'missing.yaml'}: FileNotFoundError" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+GOOD = {"current-context": "dev", "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1"}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "me"}}],
+        "users": [{"name": "me", "user": {"token": "t"}}]}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("just some plain text", "is not a kubeconfig"),
+    ("- a\n- b\n", "is not a kubeconfig"),
+    (b"\xff\xfe\x00binary", "UnicodeDecodeError"),
+    ("clusters: [", "YAMLError|ParserError"),
+    (yaml.safe_dump({**GOOD, "users": "me"}), "`users` must be a list"),
+    (yaml.safe_dump({k: v for k, v in GOOD.items() if k != "current-context"}), "no current-context.*use-context"),
+    (yaml.safe_dump({**GOOD, "users": None}), r"names user 'me', which is not defined \(users: none\)"),
+    (yaml.safe_dump({**GOOD, "current-context": "prod"}), "current-context names context 'prod'.*dev"),
+    (yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {}}]}), "cluster 'c' has no server"),
+    (yaml.safe_dump({**GOOD, "users": [{"name": "me", "user": {"tokenFile": "nope"}}]}), "tokenFile .* cannot be"),
+])
+def test_a_bad_kubeconfig_is_named_with_what_is_wrong(tmp_path, monkeypatch, content, message):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kubeconfig"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(kopf.LoginError, match=message) as refused:
+        login(str(path))
+    assert str(path) in str(refused.value)
+
+
+def test_relative_paths_are_read_from_the_kubeconfig_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.chdir("/")
+    folder = tmp_path / "conf"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "token").write_text("from-file\n")
+    config = {**GOOD, "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1",
+                                                               "certificate-authority": "ca.crt"}}],
+              "users": [{"name": "me", "user": {"tokenFile": "token", "client-key": "keys/me.key"}}]}
+    path = folder / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    info = login(str(path))
+    assert info.token == "from-file" and info.ca_path == str(folder / "ca.crt")
+    assert info.private_key_path == str(folder / "keys" / "me.key")
+    plugin = folder / "bin" / "plugin"  # a command relative to the kubeconfig, as kubectl runs it
+    plugin.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({{'status': {{'token': 'exec'}}}}))\n")
+    plugin.chmod(0o755)
+    config["users"] = [{"name": "me", "user": {"exec": {"command": "./bin/plugin"}}}]
+    path.write_text(yaml.safe_dump(config))
+    assert login(str(path)).token == "exec"
+
+
+def test_an_empty_kubeconfig_variable_reads_the_home_config_with_its_exec_plugin(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    plugin, _ = exec_plugin(tmp_path)
+    (tmp_path / ".kube").mkdir()
+    kubeconfig(tmp_path, "https://10.0.0.1", {"exec": plugin}).rename(tmp_path / ".kube" / "config")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", "")
+    assert login().token == "first"
+
+
+def test_in_a_pod_the_server_is_the_one_the_environment_names(monkeypatch):
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: kopf.ConnectionInfo(
+        server="https://kubernetes.default.svc", token="sa"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    assert (login().server, login().token) == ("https://10.96.0.1:6443", "sa")
 
 
 class TokenServer(BaseHTTPRequestHandler):
@@ -124,6 +193,60 @@ def test_the_api_client_logs_in_again_after_a_401_with_the_rotated_token(tmp_pat
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_threads_that_meet_a_401_together_log_in_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)
+    server.valid, server.seen = "first", []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        plugin, token = exec_plugin(tmp_path)
+        api = KubeApi.from_environment(str(kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_port}",
+                                                      {"exec": plugin})))
+        token.write_text("second")
+        server.valid = "second"  # type: ignore[attr-defined]
+        barrier = threading.Barrier(8)
+
+        def call() -> None:
+            barrier.wait()
+            for _ in range(3):
+                assert api.get(CONFIG_MAPS, "ml", "x") is not None
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert server.seen.count("second") == 24  # type: ignore[attr-defined]  # every call answered
+        assert (tmp_path / "runs.txt").read_text() == "2"  # the start, and one login for all eight threads
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_api_client_goes_through_the_kubeconfig_proxy(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)  # answers as the API server, records the URL
+    proxy.valid, proxy.seen = "t", []  # type: ignore[attr-defined]
+    paths: list[str] = []
+    original = TokenServer.do_GET
+
+    def recording(handler: TokenServer) -> None:
+        paths.append(handler.path)
+        original(handler)
+
+    monkeypatch.setattr(TokenServer, "do_GET", recording)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {
+            "server": "http://api.invalid:6443", "proxy-url": f"http://127.0.0.1:{proxy.server_port}"}}]}))
+        assert KubeApi.from_environment(str(path)).get(CONFIG_MAPS, "ml", "x") is not None
+        assert paths == ["http://api.invalid:6443/api/v1/namespaces/ml/configmaps/x"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def test_an_expired_token_is_renewed_before_the_call(tmp_path, monkeypatch):
