@@ -198,3 +198,39 @@ def test_a_completion_only_loss_counts_the_answer_tokens_alone(padded_llamas):
         assert torch.allclose(_loss_step(cached, student, None, prompt_changed), got, atol=1e-6)
         whole = _loss_step(cached, student, None, {k: v for k, v in answer_only.items() if k != "answer_start"})
     assert not torch.allclose(whole, got)  # without answer_start the prompt counts
+
+
+def test_logits_of_positions_no_row_counts_are_not_computed_and_nothing_changes(padded_llamas, monkeypatch):
+    """A completion-only batch asks the student for the logits from the first counted position on
+    (`logits_to_keep`); the loss and every gradient are those of the whole sequence's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(padded_llamas["15608"])
+    batch = _lm_batch(padded_llamas["15608"], ["the movie was very good", "a bad day was warm"])
+    ids = batch["input_ids"]
+    rng = torch.Generator().manual_seed(1)
+    batch = {**batch, "topk_values": torch.randn(*ids.shape, 4, generator=rng),
+             "topk_indices": torch.randint(0, 31, (*ids.shape, 4), generator=rng), "answer_start": torch.tensor([5, 4])}
+    asked: list[int] = []
+    forward = type(student).forward
+
+    def recording(self, *args, **kwargs):
+        asked.append(kwargs.get("logits_to_keep", 0))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(student), "forward", recording)
+    results = []
+    for keeps in (True, False):
+        recipe = DistillationRecipe(_loop(task="causal-lm", teacher_mode="cached", temperature=2.0, alpha=0.5,
+                                          vocab_size=31, loss="forward-kl", hidden_states=False),
+                                    rank=0, world=1, device="cpu")
+        recipe.model, recipe.teacher, recipe.projection, recipe.keeps_logits = student, None, None, keeps
+        student.zero_grad()
+        loss = recipe.loss_step(batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in student.parameters()]))
+    assert asked == [ids.shape[1] - 3, 0]  # row 1's answer starts at token 4: position 3 predicts it
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    for cut, whole in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(cut, whole, atol=1e-6)
