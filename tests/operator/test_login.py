@@ -154,114 +154,89 @@ def test_in_a_pod_the_server_is_the_one_the_environment_names(monkeypatch):
 
 
 class TokenServer(BaseHTTPRequestHandler):
-    """An API server that accepts one token at a time (`server.valid`) and records the tokens it was shown."""
+    """An API server that accepts one token at a time (`server.valid`) and records the tokens it was shown
+    (`server.seen`) and the request targets (`server.paths`)."""
 
     def do_GET(self) -> None:
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
         self.server.seen.append(token)  # type: ignore[attr-defined]
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
         ok = token == self.server.valid  # type: ignore[attr-defined]
         body = json.dumps({"kind": "ConfigMap", "metadata": {"name": "x"}} if ok else
                           {"kind": "Status", "message": "Unauthorized"}).encode()
         self.send_response(200 if ok else 401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args: object) -> None:
+    def log_message(self, *args: object) -> None:  # quiet
         pass
 
 
-def test_the_api_client_logs_in_again_after_a_401_with_the_rotated_token(tmp_path, monkeypatch):
+@pytest.fixture
+def server(monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)
-    server.valid, server.seen = "first", []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        plugin, token = exec_plugin(tmp_path)
-        api = KubeApi.from_environment(str(kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_port}",
-                                                      {"exec": plugin})))
-        assert api.get(CONFIG_MAPS, "ml", "x")["metadata"]["name"] == "x"
-        token.write_text("second")
-        server.valid = "second"  # type: ignore[attr-defined]
-        assert api.get(CONFIG_MAPS, "ml", "x")["metadata"]["name"] == "x"  # 401 once, then the new token
-        assert server.seen == ["first", "first", "second"]  # type: ignore[attr-defined]
-        assert (tmp_path / "runs.txt").read_text() == "2"
-        server.valid = "third"  # type: ignore[attr-defined]  # a token the plugin does not give: the 401 stands
-        with pytest.raises(Exception, match="HTTP 401: Unauthorized"):
-            api.get(CONFIG_MAPS, "ml", "x")
-    finally:
-        server.shutdown()
-        server.server_close()
+    running = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)
+    running.valid, running.seen, running.paths = "first", [], []  # type: ignore[attr-defined]
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    yield running
+    running.shutdown()
+    running.server_close()
 
 
-def test_threads_that_meet_a_401_together_log_in_once(tmp_path, monkeypatch):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)
-    server.valid, server.seen = "first", []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        plugin, token = exec_plugin(tmp_path)
-        api = KubeApi.from_environment(str(kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_port}",
-                                                      {"exec": plugin})))
-        token.write_text("second")
-        server.valid = "second"  # type: ignore[attr-defined]
-        barrier = threading.Barrier(8)
-
-        def call() -> None:
-            barrier.wait()
-            for _ in range(3):
-                assert api.get(CONFIG_MAPS, "ml", "x") is not None
-
-        threads = [threading.Thread(target=call) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert server.seen.count("second") == 24  # type: ignore[attr-defined]  # every call answered
-        assert (tmp_path / "runs.txt").read_text() == "2"  # the start, and one login for all eight threads
-    finally:
-        server.shutdown()
-        server.server_close()
+def exec_api(tmp_path: Path, server: ThreadingHTTPServer, **plugin_options: str) -> tuple[KubeApi, Path]:
+    """A client whose kubeconfig points at `server` with an exec plugin; the plugin's token file."""
+    plugin, token = exec_plugin(tmp_path, **plugin_options)
+    path = kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_port}", {"exec": plugin})
+    return KubeApi.from_environment(str(path)), token
 
 
-def test_the_api_client_goes_through_the_kubeconfig_proxy(tmp_path, monkeypatch):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)  # answers as the API server, records the URL
-    proxy.valid, proxy.seen = "t", []  # type: ignore[attr-defined]
-    paths: list[str] = []
-    original = TokenServer.do_GET
-
-    def recording(handler: TokenServer) -> None:
-        paths.append(handler.path)
-        original(handler)
-
-    monkeypatch.setattr(TokenServer, "do_GET", recording)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {
-            "server": "http://api.invalid:6443", "proxy-url": f"http://127.0.0.1:{proxy.server_port}"}}]}))
-        assert KubeApi.from_environment(str(path)).get(CONFIG_MAPS, "ml", "x") is not None
-        assert paths == ["http://api.invalid:6443/api/v1/namespaces/ml/configmaps/x"]
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-
-
-def test_an_expired_token_is_renewed_before_the_call(tmp_path, monkeypatch):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenServer)
-    server.valid, server.seen = "first", []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        plugin, _ = exec_plugin(tmp_path, expiry="2020-01-01T00:00:00Z")
-        api = KubeApi.from_environment(str(kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_port}",
-                                                      {"exec": plugin})))
+def test_the_api_client_logs_in_again_after_a_401_with_the_rotated_token(tmp_path, server):
+    api, token = exec_api(tmp_path, server)
+    assert api.get(CONFIG_MAPS, "ml", "x")["metadata"]["name"] == "x"
+    token.write_text("second")
+    server.valid = "second"
+    assert api.get(CONFIG_MAPS, "ml", "x")["metadata"]["name"] == "x"  # 401 once, then the new token
+    assert server.seen == ["first", "first", "second"]
+    assert (tmp_path / "runs.txt").read_text() == "2"
+    server.valid = "third"  # a token the plugin does not give: the 401 stands
+    with pytest.raises(Exception, match="HTTP 401: Unauthorized"):
         api.get(CONFIG_MAPS, "ml", "x")
-        api.get(CONFIG_MAPS, "ml", "x")
-        assert server.seen == ["first", "first"]  # type: ignore[attr-defined]  # no 401 was needed
-        assert (tmp_path / "runs.txt").read_text() == "3"  # logged in at start and before each call
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_threads_that_meet_a_401_together_log_in_once(tmp_path, server):
+    api, token = exec_api(tmp_path, server)
+    token.write_text("second")
+    server.valid = "second"
+    barrier = threading.Barrier(8)
+
+    def call() -> None:
+        barrier.wait()
+        for _ in range(3):
+            assert api.get(CONFIG_MAPS, "ml", "x") is not None
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert server.seen.count("second") == 24  # every call answered
+    assert (tmp_path / "runs.txt").read_text() == "2"  # the start, and one login for all eight threads
+
+
+def test_the_api_client_goes_through_the_kubeconfig_proxy(tmp_path, server):
+    server.valid = "t"  # the server plays the proxy: it answers and records the absolute URL asked for
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {
+        "server": "http://api.invalid:6443", "proxy-url": f"http://127.0.0.1:{server.server_port}"}}]}))
+    assert KubeApi.from_environment(str(path)).get(CONFIG_MAPS, "ml", "x") is not None
+    assert server.paths == ["http://api.invalid:6443/api/v1/namespaces/ml/configmaps/x"]
+
+
+def test_an_expired_token_is_renewed_before_the_call(tmp_path, server):
+    api, _ = exec_api(tmp_path, server, expiry="2020-01-01T00:00:00Z")
+    api.get(CONFIG_MAPS, "ml", "x")
+    api.get(CONFIG_MAPS, "ml", "x")
+    assert server.seen == ["first", "first"]  # no 401 was needed
+    assert (tmp_path / "runs.txt").read_text() == "3"  # logged in at start and before each call
