@@ -28,6 +28,7 @@ wrapper, one worker).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -173,7 +174,8 @@ def kubedistill_row(name: str, work: Path, teacher_dir: Path, student_dir: Path,
         seconds = time.monotonic() - started
         arrays = {**arrays, **out}
         cache = work / "cache"
-        soft_targets.write(cache, arrays, {"kind": "topk", "rows": len(rows), "k": args.top_k})
+        soft_targets.write(cache, arrays, {"kind": "topk", **soft_targets.LOGPROBS, "rows": len(rows), "k": args.top_k})
+        loop = dataclasses.replace(loop, topk_logprobs=soft_targets.holds_logprobs(cache))  # as the train stage does
         stored = sum(f.stat().st_size for f in cache.glob("*.npy") if f.stem.startswith("topk"))
         tokens = int(arrays["attention_mask"].sum())
         extra = {"cache_seconds": round(seconds, 1), "cache_tokens": tokens,

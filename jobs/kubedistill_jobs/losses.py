@@ -75,11 +75,16 @@ def soft_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     mask: Tensor | None = None,
+    teacher_topk_logprobs: bool = False,
 ) -> Tensor:
     """T²·D(teacher_T, student_T) averaged over positions, a scalar.
 
-    student_logits `(..., V)`; teacher_logits `(..., V)`, or, with `teacher_topk_indices` `(..., k)`, the raw
-    teacher logits of its k most likely tokens `(..., k)` (cached top-k; equals the full loss when k = V).
+    student_logits `(..., V)`; teacher_logits `(..., V)`, or, with `teacher_topk_indices` `(..., k)`, the
+    teacher's logits or log-probabilities of its k most likely tokens `(..., k)` (cached top-k; equals the full
+    loss when k = V). With `teacher_topk_logprobs` (the values are full-vocabulary log-probabilities), a forward
+    KL at temperature 1 keeps the teacher's mass outside the k tokens as one more bucket, against the student's
+    mass outside them: the divergence of the two distributions coarsened to k + 1 outcomes (exact when k = V - 1,
+    never above the full divergence), where renormalising over the k overstates the teacher's top tokens.
     """
     if teacher_topk_indices is None:
         if student_logits.shape != teacher_logits.shape:
@@ -89,6 +94,9 @@ def soft_loss(
             )
         student_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
         teacher_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    elif (teacher_topk_logprobs and loss == "forward-kl" and temperature == 1.0
+          and teacher_topk_indices.shape[-1] < student_logits.shape[-1]):  # k = V: no rest, renormalising is exact
+        student_log, teacher_log = _topk_with_rest(student_logits, teacher_logits, teacher_topk_indices)
     else:
         student_log, teacher_log = _topk_logprobs(student_logits, teacher_logits, teacher_topk_indices, loss,
                                                   temperature)
@@ -122,6 +130,25 @@ def _topk_logprobs(student_logits: Tensor, teacher_topk_values: Tensor, teacher_
     else:
         student_log = F.log_softmax(gathered, dim=-1)
     return student_log, teacher_log
+
+
+def _topk_with_rest(student_logits: Tensor, teacher_topk_logprobs: Tensor, teacher_topk_indices: Tensor,
+                    ) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities over the teacher's k tokens and the rest of the vocabulary, each
+    `(..., k + 1)`. Repeated indices (padding slots of fewer candidates, at about -1e4) count once in the rest."""
+    if teacher_topk_indices.shape != teacher_topk_logprobs.shape:
+        raise ValueError("teacher top-k values and indices must have the same shape (..., k)")
+    teacher_k = teacher_topk_logprobs.float()
+    inside = teacher_k.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-6)  # float16 values may sum a hair over 1
+    teacher_log = torch.cat([teacher_k, torch.log1p(-inside)], dim=-1)
+    logits = student_logits.float()
+    indices = teacher_topk_indices.long()
+    student_k = logits.gather(-1, indices) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (..., k)
+    # The rest from the k alone (no second pass over the vocabulary): 1 - Σ q over the distinct indices.
+    repeated = (indices[..., :, None] == indices[..., None, :]).tril(-1).any(-1)  # (..., k): an earlier slot's id
+    inside_log = torch.logsumexp(student_k.masked_fill(repeated, float("-inf")), dim=-1, keepdim=True)
+    rest = torch.log(-torch.expm1(inside_log.clamp(max=-1e-7)))  # log(1 - e^x), exact for x near 0
+    return torch.cat([student_k, rest], dim=-1), teacher_log
 
 
 def shared_vocab_logits(logits: Tensor, vocab_size: int | None) -> Tensor:
@@ -202,6 +229,7 @@ def distillation_loss(
     teacher_topk_indices: Tensor | None = None,
     mask: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    teacher_topk_logprobs: bool = False,
 ) -> LossParts:
     """alpha · T² · D(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels).
 
@@ -209,7 +237,8 @@ def distillation_loss(
     `(..., k)` when `teacher_topk_indices (..., k)` is given. labels `(...)` with `ignore_index` where
     there is no gold label, or None (unlabelled data: the hard term is 0). mask `(...)`: positions that
     count in the soft term; when None and labels are given, positions whose label is `ignore_index`
-    are left out of the soft term too (label masking for causal LMs).
+    are left out of the soft term too (label masking for causal LMs). `teacher_topk_logprobs`: the top-k
+    values are full-vocabulary log-probabilities at temperature 1 (see `soft_loss`).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"distillation.alpha: {alpha} is outside [0, 1]")
@@ -228,7 +257,7 @@ def distillation_loss(
     soft = zero
     if teacher_logits is not None and alpha > 0:
         soft = soft_loss(student_logits, teacher_logits, teacher_topk_indices=teacher_topk_indices, loss=loss,
-                         temperature=temperature, beta=beta, mask=mask)
+                         temperature=temperature, beta=beta, mask=mask, teacher_topk_logprobs=teacher_topk_logprobs)
     hard = zero
     if labels is not None:
         with torch.set_grad_enabled(torch.is_grad_enabled() and (alpha < 1 or teacher_logits is None)):

@@ -59,6 +59,8 @@ class LoopConfig:
     sample_temperature: float = 1.0
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # causal-lm, cached: the top-k values are the teacher's full-vocabulary log-probabilities (soft_targets.LOGPROBS)
+    topk_logprobs: bool = False
 
     @classmethod
     def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None, vocab_size: int | None,
@@ -324,7 +326,7 @@ class DistillationRecipe:
             parts = losses.distillation_loss(
                 logits, teacher_logits, labels, loss=cfg.loss, temperature=cfg.temperature,
                 alpha=1.0 if sampled else cfg.alpha, beta=cfg.beta, teacher_topk_indices=topk_indices,
-                mask=token_mask,
+                mask=token_mask, teacher_topk_logprobs=cfg.topk_logprobs,
             )
         del teacher_out, teacher_logits  # the teacher's (B, L, V) logits are not needed for the backward pass
         result = {"loss": parts.total, "soft_loss": parts.soft.detach(), "hard_loss": parts.hard.detach()}

@@ -4,7 +4,8 @@ Classification: `logits.npy (N, C)` float32 — the full class distribution at a
 `features.npy (N, H)` (the teacher's last [CLS] state, for hidden-state distillation).
 Causal LM: `input_ids.npy (N, L)` and `attention_mask.npy (N, L)` (the exact tokens the teacher saw),
 `topk_values.npy (N, L, k)` float16 and `topk_indices.npy (N, L, k)` int32 (~6 bytes per kept logit).
-`meta.json` says which, for how many rows, and with which k.
+`meta.json` says which, for how many rows, and with which k; `"values": "logprobs"` when the top-k values
+are the teacher's full-vocabulary log-probabilities at temperature 1 (so the mass outside them is known).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+LOGPROBS = {"values": "logprobs"}  # in meta.json: the top-k values are full-vocabulary log-probabilities
 
 
 def write(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -69,3 +72,8 @@ def append_eos(ids: np.ndarray, mask: np.ndarray, eos_id: int | None, ended: lis
             ids[row, length] = eos_id
             mask[row, length] = 1
     return mask
+
+
+def holds_logprobs(folder: Path) -> bool:
+    """Whether the cache's top-k values are full-vocabulary log-probabilities (caches written before say not)."""
+    return (read_meta(folder) or {}).get("values") == LOGPROBS["values"]

@@ -7,7 +7,7 @@ Outputs per row, by `kind`:
 - `logits`: a saved classification teacher: `logits (C)` and `features (H)` (its last [CLS] state, for
   hidden-state distillation).
 - `topk`: a causal LM over pre-tokenised `input_ids (L)`: the `k` largest logits per position,
-  `topk_values (L, k)` float16 and `topk_indices (L, k)` int32.
+  `topk_values (L, k)` float16 (full-vocabulary log-probabilities) and `topk_indices (L, k)` int32.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class TeacherPredictor:
         length = max(1, int(mask.sum(1).max()))  # right-padded: skip the all-padding tail
         logits = self.model(input_ids=ids[:, :length], attention_mask=mask[:, :length]).logits.float()
         logits = logits[..., :self.run.vocab_size]  # never an id the student's tokenizer does not have
-        values, indices = logits.topk(self.run.top_k, dim=-1)
+        # Log-probabilities, not raw logits: the same top-k softmax at any temperature (a shift), and at T = 1
+        # the mass outside the k tokens is known (1 - Σ exp), which the loss keeps as one more bucket.
+        values, indices = torch.log_softmax(logits, dim=-1).topk(self.run.top_k, dim=-1)
         pad = (0, 0, 0, full - length)
         values = torch.nn.functional.pad(values, pad)
         indices = torch.nn.functional.pad(indices, pad)

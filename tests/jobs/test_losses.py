@@ -69,6 +69,51 @@ def test_topk_path_equals_full_loss_when_k_is_the_vocabulary(logits, name):
     assert topk.item() == pytest.approx(full.item(), rel=1e-5)
 
 
+def test_topk_log_probabilities_keep_the_rest_of_the_teacher_as_one_bucket(logits):
+    """Cached top-k full-vocabulary log-probabilities, forward KL at T = 1: the divergence of both distributions
+    coarsened to the k tokens and the rest. Exact with k = V - 1; between 0 and the full divergence for any k;
+    with the flag off, the renormalised top-k loss as before."""
+    student, teacher = logits
+    log_p = torch.log_softmax(teacher, dim=-1)
+    full = losses.soft_loss(student, teacher, temperature=1.0)
+    values, indices = log_p.topk(teacher.shape[-1] - 1, dim=-1)
+    exact = losses.soft_loss(student, values, teacher_topk_indices=indices, temperature=1.0,
+                             teacher_topk_logprobs=True)
+    assert exact.item() == pytest.approx(full.item(), rel=1e-4)
+    for k in (1, 3, 6):
+        values, indices = log_p.topk(k, dim=-1)
+        with_rest = losses.soft_loss(student, values, teacher_topk_indices=indices, temperature=1.0,
+                                     teacher_topk_logprobs=True)
+        # by hand: the k probabilities and 1 - their sum, against the student's
+        q = torch.softmax(student, dim=-1)
+        q_k, p_k = q.gather(-1, indices), values.exp()
+        p_all = torch.cat([p_k, 1 - p_k.sum(-1, keepdim=True)], -1)
+        q_all = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], -1)
+        by_hand = (p_all * (p_all.log() - q_all.log())).sum(-1).mean()
+        assert with_rest.item() == pytest.approx(by_hand.item(), rel=1e-4)
+        assert 0.0 <= with_rest.item() <= full.item() + 1e-6
+        renormalised = losses.soft_loss(student, values, teacher_topk_indices=indices, temperature=1.0)
+        assert renormalised.item() == pytest.approx(
+            losses.soft_loss(student, values + 3.0, teacher_topk_indices=indices, temperature=1.0).item(), rel=1e-5)
+    # another temperature or loss than the forward KL at 1: renormalised, as for raw logits
+    assert losses.soft_loss(student, values, teacher_topk_indices=indices, temperature=2.0,
+                            teacher_topk_logprobs=True).item() == pytest.approx(losses.soft_loss(
+                                student, values, teacher_topk_indices=indices, temperature=2.0).item(), rel=1e-6)
+
+
+def test_padding_slots_of_fewer_candidates_count_once_in_the_rest():
+    """An endpoint's two candidates in a top-4 cache: the two empty slots repeat the first id at about -1e4."""
+    student = torch.tensor([[1.0, 0.5, -0.5, 0.0, 2.0]])
+    values = torch.tensor([[-0.2, -2.0, -1.0e4, -1.0e4]])
+    indices = torch.tensor([[4, 0, 4, 4]])
+    got = losses.soft_loss(student, values, teacher_topk_indices=indices, temperature=1.0, teacher_topk_logprobs=True)
+    q = torch.softmax(student, dim=-1)[0]
+    p = torch.tensor([0.2, 2.0]).neg().exp()
+    p_all = torch.cat([p, 1 - p.sum()[None]])
+    q_all = torch.stack([q[4], q[0], q[1] + q[2] + q[3]])
+    assert got.item() == pytest.approx(float((p_all * (p_all.log() - q_all.log())).sum()), rel=1e-4)
+
+
 def test_topk_loss_is_zero_when_the_student_matches_the_kept_tokens():
     teacher = torch.tensor([[5.0, 4.0, -30.0, -30.0]])
     values, indices = teacher.topk(2, dim=-1)

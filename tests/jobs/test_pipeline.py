@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from kubedistill_jobs import soft_targets
 from kubedistill_jobs.pipeline import Pipeline, SpecChangedError
 from kubedistill_jobs.storage import resolve_output
 
@@ -106,6 +107,10 @@ def test_causal_lm_with_cached_top_k(ray_local, tmp_path, tiny_models):
     assert result.stages["soft-targets"]["k"] == 8
     values = np.load(layout.soft_targets / "topk_values.npy")
     assert values.shape == (60, 12, 8)
+    # full-vocabulary log-probabilities: the mass outside the 8 is known
+    assert soft_targets.holds_logprobs(layout.soft_targets)
+    seen = np.load(layout.soft_targets / "attention_mask.npy").astype(bool)
+    assert (np.exp(values.astype(np.float32)).sum(-1)[seen] <= 1.01).all()
     model = AutoModelForCausalLM.from_pretrained(layout.student)
     assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(layout.teacher).config.vocab_size
     assert "eval_perplexity" in result.stages["train"]["history"][-1]

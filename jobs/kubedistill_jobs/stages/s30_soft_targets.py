@@ -55,7 +55,8 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     started = time.monotonic()
     out = run_teacher(run, rows, batch_size=8, progress=progress)
     n_tokens = int(tokens["attention_mask"].sum())
-    soft_targets.write(cache, {**tokens, **out}, {"kind": "topk", "rows": len(train), "k": k, "tokens": n_tokens})
+    soft_targets.write(cache, {**tokens, **out},
+                       {"kind": "topk", **soft_targets.LOGPROBS, "rows": len(train), "k": k, "tokens": n_tokens})
     rate = n_tokens / max(1e-9, time.monotonic() - started)
     return {"mode": "cached", "rows": len(train), "tokens": n_tokens, "k": k,
             "summary": f"{len(train)} rows, {n_tokens} tokens, top-{k} logits ({rate:.0f} tokens/s)"}
@@ -81,7 +82,8 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
                                                                                         strict=True)]
     data.write_jsonl(generated_rows, layout.data / GENERATED_TRAIN)
     soft_targets.write(layout.soft_targets, arrays,
-                       {"kind": "topk", "rows": len(rows), "k": k, "tokens": n_tokens, "source": "endpoint",
+                       {"kind": "topk", **soft_targets.LOGPROBS, "rows": len(rows), "k": k, "tokens": n_tokens,
+                        "source": "endpoint",
                         "api": config.api, "conversations": sum(c is not None for c in conversations),
                         "generated_tokens": generated, "dropped_candidates": dropped})
     context.set_split(None)  # the training texts are now the generations
@@ -120,7 +122,8 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
                      layout.data / GENERATED_TRAIN)
     rows = len(answered)
     soft_targets.write(layout.soft_targets, arrays,
-                       {"kind": "topk", "rows": rows, "k": settings.top_k, "tokens": n_tokens,
+                       {"kind": "topk", **soft_targets.LOGPROBS, "rows": rows, "k": settings.top_k,
+                        "tokens": n_tokens,
                         "source": "teacher answers", "generated_tokens": generated})
     teacher_record.write_answers(layout.teacher_outputs, answered, [str(a) for a in out["answer"]],
                                  out["prompt_tokens"], out["generated"],

@@ -3,6 +3,7 @@ writes `student/` and `train_report.json`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class TrainingInputs:
 
 def training_inputs(context: Context) -> TrainingInputs:
     """The loop's settings, the tokenised splits with the cached teacher outputs, and the initial student."""
-    from kubedistill_jobs import inputs, models
+    from kubedistill_jobs import inputs, models, soft_targets
     from kubedistill_jobs.recipe import LoopConfig
 
     spec, layout = context.spec, context.layout
@@ -46,10 +47,12 @@ def training_inputs(context: Context) -> TrainingInputs:
                                         calibration=inputs.calibration_rows(spec, train_data))
     student_params = models.count_parameters(student)
     del teacher_model, student
+    loop = LoopConfig.from_spec(spec, str(layout.teacher),
+                                vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cached = spec.distillation.teacher_mode == "cached" and spec.task.type == "causal-lm"
     return TrainingInputs(
-        loop=LoopConfig.from_spec(spec, str(layout.teacher),
-                                  vocab_size=len(tokenizer) if spec.task.type == "causal-lm" else None,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        loop=dataclasses.replace(loop, topk_logprobs=cached and soft_targets.holds_logprobs(layout.soft_targets)),
         train_data=train_data,
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
