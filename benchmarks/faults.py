@@ -388,8 +388,10 @@ def summarise(run: Run) -> dict[str, Any]:
     if run.name == "triton-restart":
         back = run.triton_back
         # Probes sent from half a second after Triton was gone (the kill runs in a thread, which a busy machine
-        # may start late) until it was back.
-        down_ready = [t for t, up in run.router_ready if up and (run.triton_dead or fault_on) + PROBE_EVERY * 5 < t
+        # may start late) until it was back, where Triton's own probe, sent at the same moment, found it not ready
+        # (the restarted Triton is ready a poll before `wait_ready` returns and `triton_back` is taken).
+        down_ready = [t for (t, up), (_, triton_up) in zip(run.router_ready, run.triton_ready, strict=True)
+                      if up and not triton_up and (run.triton_dead or fault_on) + PROBE_EVERY * 5 < t
                       and (back is None or t < back)]
         recovered = next((t for t, up in run.router_ready if up and back is not None and t >= back), None)
         figures["ready_while_down"] = len(down_ready)
