@@ -4,9 +4,9 @@ Children are written with server-side apply (one PATCH that creates or updates, 
 operator stopped setting); where the server answers 404 to an apply (API stand-ins used in tests), the
 object is created with a POST instead.
 
-Plain HTTP through urllib3 with kopf's own credentials (`kubedistill_operator.login`), not the kubernetes
-client: importing that client (its thousands of generated models, which kopf also imports when it finds them)
-cost the operator about 11 MB of its resident memory for the eleven verbs used here.
+Plain HTTP through urllib3 with the credentials `kubedistill_operator.login` reads, not the kubernetes client:
+importing that client (its thousands of generated models, which kopf also imports when it finds them) cost the
+operator about 11 MB of its resident memory for the six calls made here.
 """
 
 from __future__ import annotations
