@@ -34,6 +34,7 @@ class AnswerSettings:
     top_p: float = 1.0
     max_new_tokens: int = 32
     seed: int = 0
+    mixed_precision: str = "auto"  # training.mixedPrecision, which the teacher's answers follow too
 
     @classmethod
     def from_spec(cls, spec: DistillationJobSpec, source: str, vocab_size: int) -> AnswerSettings:
@@ -41,7 +42,8 @@ class AnswerSettings:
         assert sampling is not None
         return cls(source=source, max_length=spec.task.max_length, top_k=spec.distillation.top_k,
                    vocab_size=vocab_size, n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                   max_new_tokens=sampling.max_new_tokens, seed=spec.training.seed)
+                   max_new_tokens=sampling.max_new_tokens, seed=spec.training.seed,
+                   mixed_precision=spec.training.mixed_precision)
 
     def sampling(self) -> dict[str, Any]:
         """The settings as recorded in teacher_outputs/meta.json."""
@@ -55,27 +57,32 @@ class AnswerPredictor:
     def __init__(self, settings: AnswerSettings) -> None:
         from pathlib import Path
 
+        import torch
+
         from kubedistill_jobs import models
 
         self.settings = settings
-        self.model = models.load_saved_model(Path(settings.source), "causal-lm")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the actor's GPU, if given one
+        self.model = models.load_saved_model(Path(settings.source), "causal-lm").to(self.device).eval()
         self.tokenizer = models.load_tokenizer(settings.source)
         self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from kubedistill_jobs.precision import autocast
+
         cfg, tokenizer = self.settings, self.tokenizer
         prompts = [str(t) for t in batch["text"]]
         prompt_ids = [tokenizer(p, truncation=True, max_length=cfg.max_length - 1)["input_ids"] for p in prompts]
         width = max(len(ids) for ids in prompt_ids)
         pad = tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
         room = min(cfg.max_new_tokens, cfg.max_length - width)
         torch.manual_seed(cfg.seed + int(batch["idx"][0]))  # sampled answers are the same on a rerun
         sampled = cfg.temperature > 0
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, cfg.mixed_precision)[0]:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=room, do_sample=sampled,
                 temperature=cfg.temperature if sampled else None, top_p=cfg.top_p if sampled else None, top_k=None,
@@ -83,11 +90,12 @@ class AnswerPredictor:
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
             )
         logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float()[..., :cfg.vocab_size], dim=-1)
-        values, indices = logprobs.topk(cfg.top_k, dim=-1)  # (B·n, T, k)
+        values, indices = (part.cpu() for part in logprobs.topk(cfg.top_k, dim=-1))  # (B·n, T, k)
+        sequences = out.sequences.cpu()
         rows: list[dict[str, Any]] = []
         for r in range(len(prompts) * cfg.n):
             prompt = prompt_ids[r // cfg.n]
-            answer = [int(t) for t in out.sequences[r, width:]]
+            answer = [int(t) for t in sequences[r, width:]]
             if tokenizer.eos_token_id in answer:  # keep the end-of-sequence token, drop the padding after it
                 answer = answer[:answer.index(tokenizer.eos_token_id) + 1]
             answer = answer[:cfg.max_length - len(prompt)]
@@ -105,9 +113,10 @@ class AnswerPredictor:
 
 
 def run_answers(settings: AnswerSettings, prompts: list[str], *, progress: Progress | None = None,
-                batch_size: int = 8) -> dict[str, np.ndarray]:
+                batch_size: int = 32) -> dict[str, np.ndarray]:
     """The cache arrays for every answer (`n` per prompt, prompt by prompt, in the prompts' order), with the
-    rows' `text` (prompt + answer), `answer`, `generated` and `prompt_tokens`."""
+    rows' `text` (prompt + answer), `answer`, `generated` and `prompt_tokens`. Batches of 32 prompts: on a CPU
+    each decoding step costs little more for 32 rows than for 8 (86 against 51 tokens/s for SmolLM2-135M)."""
     from kubedistill_jobs.teacher_outputs import actor_resources, map_rows
 
     actors, resources = actor_resources()

@@ -9,7 +9,6 @@ worker group restarted after a failure, or a rerun of the job, continues the ste
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kubedistill.api.distillationjob import DistillationJobSpec
+from kubedistill_jobs import precision
 from kubedistill_jobs.checkpoints import STATE_FILE, latest_checkpoint, save_checkpoint
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "topk_values", "topk_indices")
@@ -94,18 +94,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _autocast(device: Any, mode: str) -> tuple[Any, bool]:
-    """(autocast context, whether a GradScaler is needed) for the mixed-precision setting."""
-    import torch
-
-    if device.type != "cuda" or mode == "no":
-        return contextlib.nullcontext(), False
-    if mode == "auto":
-        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype), dtype == torch.float16
 
 
 def _takes(model: Any, argument: str) -> bool:
@@ -216,7 +204,7 @@ class DistillationRecipe:
         self.per_epoch = steps_per_epoch(n_train, cfg.batch_size)
         total, warmup = self.total, int(cfg.warmup_ratio * self.total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, warmup))
-        self.autocast, needs_scaler = _autocast(device, cfg.mixed_precision)
+        self.autocast, needs_scaler = precision.autocast(device, cfg.mixed_precision)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         if checkpoint is not None:
             self.resume(model, checkpoint)

@@ -613,7 +613,8 @@ class TrainingSpec(ApiModel):
     seed: int = Field(default=42, description="Seed of the data split, shuffling and initialisation.", ge=0)
     checkpoint_every_steps: int = Field(default=200, description="Steps between checkpoints.", ge=1)
     mixed_precision: MixedPrecision = Field(
-        default="auto", description="`auto` uses bf16 on GPUs that support it and fp32 on CPU."
+        default="auto", description="`auto` uses bf16 on GPUs that support it and fp32 on CPU; `bf16` also runs on "
+        "CPUs with bf16 instructions (AVX512-BF16, AMX), fp32 elsewhere. A local teacher's answers follow it too."
     )
 
     @model_validator(mode="after")
