@@ -35,14 +35,25 @@ def test_bf16_stays_fp32_on_a_cpu_without_bf16_instructions(monkeypatch):
 
 
 @needs_bf16
-def test_the_teachers_bf16_answers_are_its_greedy_choices_with_their_log_probabilities(tiny_models):
-    settings = AnswerSettings(source=str(tiny_models["llama"]), max_length=24, top_k=4, vocab_size=0,
+def test_the_teachers_bf16_answers_are_its_greedy_choices_with_their_log_probabilities(tiny_models, monkeypatch):
+    from kubedistill_jobs.models import load_tokenizer
+
+    asked = []
+
+    def recording_autocast(device, mode):
+        context = real_autocast(device, mode)
+        asked.append((device.type, mode, context[0]))
+        return context
+
+    real_autocast = precision.autocast
+    monkeypatch.setattr(precision, "autocast", recording_autocast)
+    source = str(tiny_models["llama"])
+    settings = AnswerSettings(source=source, max_length=24, top_k=4, vocab_size=len(load_tokenizer(source)),
                               max_new_tokens=5, mixed_precision="bf16")
-    predictor = AnswerPredictor(settings)
-    settings = AnswerSettings(**{**vars(settings), "vocab_size": len(predictor.tokenizer)})
-    predictor.settings = settings
     prompts = ["good great the", "bad awful", "the the the fine"]
-    out = predictor({"idx": np.arange(3), "text": np.asarray(prompts, dtype=object)})
+    out = AnswerPredictor(settings)({"idx": np.arange(3), "text": np.asarray(prompts, dtype=object)})
+    assert [(device, mode) for device, mode, _ in asked] == [("cpu", "bf16")]  # the answers followed the setting
+    assert isinstance(asked[0][2], torch.autocast) and asked[0][2].fast_dtype == torch.bfloat16
     assert out["generated"].tolist() == [5, 5, 5]
     for row in range(3):
         start = int(out["prompt_tokens"][row])
