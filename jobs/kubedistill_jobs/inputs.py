@@ -63,7 +63,7 @@ def _train_arrays(spec: DistillationJobSpec, tokenizer: Any, rows: list[dict], c
                 raise ValueError(f"soft targets cache holds {meta['rows']} rows, the training split {len(rows)}")
             arrays.update({k: stored[k] for k in ULD_KEYS if k in stored})
             return arrays
-        # the exact tokens the teacher saw (and, for a completion-only loss, where each answer starts)
+        # the exact tokens the teacher saw (and, from a local teacher's answers, where each answer starts)
         keys = ("input_ids", "attention_mask", "topk_values", "topk_indices", "answer_start")
         return {k: stored[k] for k in keys if k in stored}
     return soft_targets.tokenize_lm(tokenizer, [r["text"] for r in rows], spec.task.max_length)

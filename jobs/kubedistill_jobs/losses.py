@@ -76,6 +76,7 @@ def soft_loss(
     beta: float = 0.5,
     mask: Tensor | None = None,
     teacher_topk_logprobs: bool = False,
+    student_log_probs: bool = False,
 ) -> Tensor:
     """T²·D(teacher_T, student_T) averaged over positions, a scalar.
 
@@ -85,27 +86,33 @@ def soft_loss(
     KL at temperature 1 keeps the teacher's mass outside the k tokens as one more bucket, against the student's
     mass outside them: the divergence of the two distributions coarsened to k + 1 outcomes (exact when k = V - 1,
     never above the full divergence), where renormalising over the k overstates the teacher's top tokens.
+    `student_log_probs`: student_logits are already log-probabilities (a log-softmax at temperature 1, shared
+    with the hard term); only valid at temperature 1.
     """
+    if student_log_probs and temperature != 1.0:
+        raise ValueError("student log-probabilities stand for logits at temperature 1 only")
     if teacher_topk_indices is None:
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(
                 f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
                 "differ: student and teacher must share the label set (classification) or the vocabulary (causal-lm)"
             )
-        student_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        student_log = student_logits if student_log_probs else F.log_softmax(student_logits.float() / temperature,
+                                                                             dim=-1)
         teacher_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     elif (teacher_topk_logprobs and loss == "forward-kl" and temperature == 1.0
           and teacher_topk_indices.shape[-1] < student_logits.shape[-1]):  # k = V: no rest, renormalising is exact
-        student_log, teacher_log = _topk_with_rest(student_logits, teacher_logits, teacher_topk_indices)
+        student_log, teacher_log = _topk_with_rest(student_logits, teacher_logits, teacher_topk_indices,
+                                                   normalized=student_log_probs)
     else:
         student_log, teacher_log = _topk_logprobs(student_logits, teacher_logits, teacher_topk_indices, loss,
-                                                  temperature)
+                                                  temperature, normalized=student_log_probs)
     per_position = kl_from_logprobs(student_log, teacher_log, loss=loss, beta=beta)
     return temperature**2 * _masked_mean(per_position, mask)
 
 
 def _topk_logprobs(student_logits: Tensor, teacher_topk_values: Tensor, teacher_topk_indices: Tensor,
-                   loss: LossName, temperature: float) -> tuple[Tensor, Tensor]:
+                   loss: LossName, temperature: float, *, normalized: bool = False) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the teacher's k tokens, each `(..., k)`.
 
     The teacher distribution is its softmax renormalised over those k tokens (the mass outside is unknown, so
@@ -126,14 +133,14 @@ def _topk_logprobs(student_logits: Tensor, teacher_topk_values: Tensor, teacher_
     scaled = student_logits.float() / temperature
     gathered = scaled.gather(-1, teacher_topk_indices.long())
     if loss == "forward-kl":
-        student_log = gathered - torch.logsumexp(scaled, dim=-1, keepdim=True)
+        student_log = gathered if normalized else gathered - torch.logsumexp(scaled, dim=-1, keepdim=True)
     else:
         student_log = F.log_softmax(gathered, dim=-1)
     return student_log, teacher_log
 
 
 def _topk_with_rest(student_logits: Tensor, teacher_topk_logprobs: Tensor, teacher_topk_indices: Tensor,
-                    ) -> tuple[Tensor, Tensor]:
+                    *, normalized: bool = False) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the teacher's k tokens and the rest of the vocabulary, each
     `(..., k + 1)`. Repeated indices (padding slots of fewer candidates, at about -1e4) count once in the rest."""
     if teacher_topk_indices.shape != teacher_topk_logprobs.shape:
@@ -143,7 +150,9 @@ def _topk_with_rest(student_logits: Tensor, teacher_topk_logprobs: Tensor, teach
     teacher_log = torch.cat([teacher_k, torch.log1p(-inside)], dim=-1)
     logits = student_logits.float()
     indices = teacher_topk_indices.long()
-    student_k = logits.gather(-1, indices) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (..., k)
+    student_k = logits.gather(-1, indices)  # (..., k)
+    if not normalized:
+        student_k = student_k - torch.logsumexp(logits, dim=-1, keepdim=True)
     # The rest from the k alone (no second pass over the vocabulary): 1 - Σ q over the distinct indices.
     repeated = (indices[..., :, None] == indices[..., None, :]).tril(-1).any(-1)  # (..., k): an earlier slot's id
     inside_log = torch.logsumexp(student_k.masked_fill(repeated, float("-inf")), dim=-1, keepdim=True)
@@ -199,11 +208,15 @@ def answer_positions(answer_start: Tensor, width: int) -> Tensor:
     return steps[None, :] >= (answer_start.long()[:, None] - 1)
 
 
-def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Cross-entropy with the gold labels: logits `(..., V)`, labels `(...)` (ignore_index skipped); 0 if none."""
+def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX,
+              student_log_probs: bool = False) -> Tensor:
+    """Cross-entropy with the gold labels: logits `(..., V)` (or log-probabilities, `student_log_probs`),
+    labels `(...)` (ignore_index skipped); 0 if none."""
     flat_labels = labels.reshape(-1)
     if not bool((flat_labels != ignore_index).any()):
         return student_logits.float().sum() * 0.0  # keeps the graph, contributes nothing
+    if student_log_probs:
+        return F.nll_loss(student_logits.reshape(-1, student_logits.shape[-1]), flat_labels, ignore_index=ignore_index)
     return F.cross_entropy(
         student_logits.float().reshape(-1, student_logits.shape[-1]), flat_labels, ignore_index=ignore_index
     )
@@ -254,14 +267,22 @@ def distillation_loss(
         if teacher_topk_indices is not None:
             teacher_topk_indices = teacher_topk_indices[counted]
     zero = student_logits.float().sum() * 0.0
+    soft_wanted = teacher_logits is not None and alpha > 0
+    # Both terms at temperature 1 normalise the same logits: one log-softmax over the vocabulary serves both
+    # (the largest tensors of a causal-LM step) instead of one each.
+    shared = soft_wanted and labels is not None and temperature == 1.0
+    if shared:
+        student_logits = F.log_softmax(student_logits.float(), dim=-1)
     soft = zero
-    if teacher_logits is not None and alpha > 0:
+    if soft_wanted:
         soft = soft_loss(student_logits, teacher_logits, teacher_topk_indices=teacher_topk_indices, loss=loss,
-                         temperature=temperature, beta=beta, mask=mask, teacher_topk_logprobs=teacher_topk_logprobs)
+                         temperature=temperature, beta=beta, mask=mask, teacher_topk_logprobs=teacher_topk_logprobs,
+                         student_log_probs=shared)
     hard = zero
     if labels is not None:
         with torch.set_grad_enabled(torch.is_grad_enabled() and (alpha < 1 or teacher_logits is None)):
-            hard = hard_loss(student_logits, labels, ignore_index=ignore_index)  # reported even when unweighted
+            hard = hard_loss(student_logits, labels, ignore_index=ignore_index,
+                             student_log_probs=shared)  # reported even when unweighted
     if teacher_logits is None:  # no teacher signal: plain supervised training
         return LossParts(hard, soft, hard)
     return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)

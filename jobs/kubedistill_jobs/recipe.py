@@ -61,6 +61,10 @@ class LoopConfig:
     pad_token_id: int | None = None
     # causal-lm, cached: the top-k values are the teacher's full-vocabulary log-probabilities (soft_targets.LOGPROBS)
     topk_logprobs: bool = False
+    # a local teacher's answers (distillation.sequenceLevel): the loss on the answers alone, or on this share of
+    # the prompts' positions, drawn afresh every step, and every answer position
+    completion_only: bool = False
+    prompt_token_share: float = 1.0
 
     @classmethod
     def from_spec(cls, spec: DistillationJobSpec, teacher_dir: str | None, vocab_size: int | None,
@@ -74,6 +78,8 @@ class LoopConfig:
             checkpoint_every=t.checkpoint_every_steps, mixed_precision=t.mixed_precision, teacher_dir=teacher_dir,
             vocab_size=vocab_size, on_policy=d.on_policy, max_new_tokens=d.sampling.max_new_tokens,
             sample_temperature=d.sampling.temperature, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            completion_only=d.sequence_level is not None and d.sequence_level.completion_only_loss,
+            prompt_token_share=d.sequence_level.prompt_token_share if d.sequence_level is not None else 1.0,
         )
 
     def on_policy_step(self, step: int) -> bool:
@@ -276,7 +282,10 @@ class DistillationRecipe:
             self.keeps_logits = _takes(getattr(self.model, "module", self.model), "logits_to_keep") and (
                 self.teacher is None or _takes(self.teacher, "logits_to_keep"))
         first = self.first_counted(batch) if self.keeps_logits else 0
-        keep = {"logits_to_keep": ids.shape[1] - first} if first else {}
+        keep: dict[str, Any] = {"logits_to_keep": ids.shape[1] - first} if first else {}
+        positions = self.drawn_positions(batch, ids.shape[1]) if self.keeps_logits and not first else None
+        if positions is not None:  # (W,): a share of the prompts' positions and every answer position
+            keep = {"logits_to_keep": positions}
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=cfg.hidden_states, **keep)
         teacher_out = None
         if self.teacher is not None:
@@ -290,13 +299,23 @@ class DistillationRecipe:
             if cfg.hidden_states:  # the [CLS] states, (B, H); cached as `features`
                 student_h = out.hidden_states[-1][:, 0]
                 teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
+        elif positions is not None:  # position t predicts token t + 1, for the W drawn positions t
+            logits = losses.shared_vocab_logits(out.logits, cfg.vocab_size)  # (B, W, V)
+            labels = ids[:, positions + 1].masked_fill(mask[:, positions + 1] == 0, losses.IGNORE_INDEX)  # (B, W)
+            token_mask = mask[:, positions + 1].bool()  # (B, W)
+            teacher_logits = None
+            if teacher_out is not None:
+                teacher_logits = losses.shared_vocab_logits(teacher_out.logits, cfg.vocab_size)  # (B, W, V)
+            elif "topk_values" in batch:
+                teacher_logits = batch["topk_values"][:, positions].float()
+                topk_indices = batch["topk_indices"][:, positions]
         else:  # position t predicts token t + 1; positions `first` to L-2, W = L-1-first of them
             logits = losses.shared_vocab_logits(out.logits[:, :-1], cfg.vocab_size)  # (B, W, V)
             labels = ids[:, first + 1:].masked_fill(mask[:, first + 1:] == 0, losses.IGNORE_INDEX)  # (B, W)
             token_mask = mask[:, first + 1:].bool()  # (B, W)
             if sampled:  # the student's own tokens are no gold labels
                 labels, token_mask = None, batch["loss_mask"][:, first:].bool()
-            elif "answer_start" in batch and "sorted_probs" not in batch:  # completion-only: the answers' tokens
+            elif cfg.completion_only and "answer_start" in batch and "sorted_probs" not in batch:  # the answers'
                 answer = losses.answer_positions(batch["answer_start"] - first, labels.shape[1])  # (B, W)
                 labels, token_mask = labels.masked_fill(~answer, losses.IGNORE_INDEX), token_mask & answer
             if teacher_out is not None:
@@ -339,9 +358,30 @@ class DistillationRecipe:
         if "loss_mask" in batch:
             counted = torch.nonzero(batch["loss_mask"].any(dim=0))
             return int(counted[0]) if len(counted) else 0
-        if "answer_start" in batch:
+        if self.cfg.completion_only and "answer_start" in batch:
             return max(0, int(batch["answer_start"].min()) - 1)
         return 0
+
+    def drawn_positions(self, batch: dict[str, Any], length: int) -> Any:
+        """The positions whose predictions count this step when distillation.sequenceLevel.promptTokenShare
+        is below 1: that share of the positions before the batch's first answer token, drawn by (seed, step),
+        and every position from there on, as a sorted `(W,)` index tensor; None when all positions count.
+
+        The logits of the positions left out, the largest tensors of a step, are never computed."""
+        import torch
+
+        cfg = self.cfg
+        if (cfg.prompt_token_share >= 1 or cfg.completion_only or cfg.task == "sequence-classification"
+                or cfg.hidden_states or "answer_start" not in batch or "loss_mask" in batch
+                or "sorted_probs" in batch):
+            return None
+        start = min(int(batch["answer_start"].min()) - 1, length - 1)  # the first position predicting an answer
+        if start <= 1:
+            return None
+        drawn = np.random.default_rng([cfg.seed, self.step]).choice(
+            start, size=max(1, math.ceil(cfg.prompt_token_share * start)), replace=False)
+        kept = np.concatenate([np.sort(drawn), np.arange(start, length - 1)])
+        return torch.as_tensor(kept, dtype=torch.long, device=batch["input_ids"].device)
 
     def uld_parts(self, batch: dict[str, Any], logits: Any, labels: Any) -> Any:
         """alpha · ULD + (1 − alpha) · CE for the teacher's answers in the student's tokens. The student's

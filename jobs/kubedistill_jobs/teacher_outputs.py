@@ -121,6 +121,13 @@ def run_teacher(
                     resources=resources, progress=progress)
 
 
+def block_count(rows: int, batch_size: int) -> int:
+    """How many blocks to split `rows` into so that each block is one batch of at most `batch_size` rows, the
+    blocks within a row of each other in size. Ray Data batches within a block: 990 rows in 30 blocks of 33
+    left 30 batches of one row, and a batch of one row costs a generating teacher a whole batch's decoding."""
+    return max(1, -(-rows // batch_size))
+
+
 def map_rows(
     predictor: type,
     kwargs: dict[str, Any],
@@ -139,7 +146,7 @@ def map_rows(
     n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
-    blocks = max(1, min(n // batch_size, 64))
+    blocks = block_count(n, batch_size)
     # Ray Data restarts its map actors by default, and Ray then prints an advisory about their constructor
     # arguments (ray-project/ray#53727, #57733) to the terminal. Restarts guard against losing a node; on one
     # node (`kubedistill run`) there is none to lose, so none are asked for, and nothing is printed. Ray 2.60
@@ -150,7 +157,7 @@ def map_rows(
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             predictor,
             fn_constructor_kwargs=kwargs,
-            batch_size=batch_size,
+            batch_size=None,  # a block is a batch (block_count)
             compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
             batch_format="numpy",
             **resources,

@@ -23,6 +23,19 @@ from kubedistill_jobs.recipe import LoopConfig, StepHook, train_loop
 Progress = Callable[[int, int], None]
 
 
+def cpus_per_worker(nodes: list[dict[str, Any]], workers: int) -> int:
+    """CPUs each Ray Train worker reserves, which are also its torch threads (Ray sets OMP_NUM_THREADS from
+    them). `nodes`: `ray.nodes()`. On one node (the embedded Ray of `kubedistill run`) its CPUs are shared
+    evenly, so that one worker on a 2-core machine trains with both cores rather than one; on a cluster each
+    worker pod is a node of its own and its worker takes the smallest such node's CPUs. At least 1."""
+    alive = [node for node in nodes if node.get("Alive", True)]
+    if len(alive) == 1:
+        return max(1, int(alive[0].get("Resources", {}).get("CPU", 1)) // max(1, workers))
+    resources = [node.get("Resources", {}) for node in alive]
+    worker_nodes = [r.get("CPU", 0) for r in resources if "node:__internal_head__" not in r and r.get("CPU", 0) >= 1]
+    return max(1, int(min(worker_nodes))) if worker_nodes else 1
+
+
 def make_progress_actor() -> Any:
     import ray
 

@@ -495,6 +495,9 @@ class SequenceLevelSpec(ApiModel):
             cel("self.n == 1 || self.temperature > 0.0",
                 "distillation.sequenceLevel.n above 1 needs temperature > 0 (greedy answers are all the same)",
                 ".n"),
+            cel("!self.completionOnlyLoss || self.promptTokenShare == 1.0",
+                "distillation.sequenceLevel.promptTokenShare below 1 needs completionOnlyLoss: false (with the "
+                "answers alone in the loss no prompt token is a target)", ".promptTokenShare"),
         )
     }
 
@@ -508,12 +511,23 @@ class SequenceLevelSpec(ApiModel):
         "input, not a target, so a small student spends its capacity on the task, not on modelling the prompts. "
         "false also fits the prompt tokens (hard targets).",
     )
+    prompt_token_share: float = Field(
+        default=1.0, description="With completionOnlyLoss false: the share of the prompt tokens that are targets "
+        "in each step, drawn afresh every step (every answer token always is). The student's logits over the "
+        "vocabulary are computed only where they count, so 0.25 makes a step of a long-prompt task cheaper "
+        "(on a 2-core CPU about 0.6 of the time) while every prompt token is still learnt across the epochs.",
+        gt=0, le=1,
+    )
 
     @model_validator(mode="after")
     def _sampling(self) -> SequenceLevelSpec:
         if self.n > 1 and self.temperature == 0:
             raise ValueError(f"distillation.sequenceLevel.n: {self.n} greedy answers (temperature 0) are all the "
                              "same; set temperature > 0 to sample them, or n: 1")
+        if self.completion_only_loss and self.prompt_token_share < 1:
+            raise ValueError(f"distillation.sequenceLevel.promptTokenShare: {self.prompt_token_share} is a share of "
+                             "the prompt tokens as targets, and completionOnlyLoss (true by default) makes none "
+                             "targets; set completionOnlyLoss: false, or leave promptTokenShare out")
         return self
 
 

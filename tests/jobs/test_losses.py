@@ -186,3 +186,41 @@ def test_only_the_counted_positions_are_computed_and_the_loss_and_gradient_are_u
     assert parts.total.item() == pytest.approx(want.total.item(), rel=1e-6)
     assert parts.hard.item() == pytest.approx(want.hard.item(), rel=1e-6) and parts.hard.item() > 0
     assert torch.allclose(full.grad[mask], alone.grad) and not full.grad[~mask].any()
+
+
+@pytest.mark.parametrize(("name", "k", "topk_logprobs"), [("forward-kl", None, False), ("jsd", None, False),
+                                                         ("forward-kl", 4, True), ("forward-kl", 4, False),
+                                                         ("reverse-kl", 4, False)])
+def test_one_shared_log_softmax_gives_the_loss_and_gradient_of_the_two_terms_apart(logits, name, k, topk_logprobs):
+    """At temperature 1 the soft and hard terms share one log-softmax over the vocabulary: the result must be
+    what each term gives from the raw logits, value and gradient."""
+    student, teacher = logits
+    labels = torch.randint(0, 11, (4, 7), generator=torch.Generator().manual_seed(1))
+    labels[0, :3] = losses.IGNORE_INDEX
+    if k is None:
+        target, indices = teacher, None
+    else:
+        top = F.log_softmax(teacher, -1).topk(k, -1)
+        target, indices = (top.values if topk_logprobs else teacher.gather(-1, top.indices)), top.indices
+    mask = labels != losses.IGNORE_INDEX
+
+    shared_in = student.clone().requires_grad_(True)
+    parts = losses.distillation_loss(shared_in, target, labels, loss=name, temperature=1.0, alpha=0.3,
+                                     teacher_topk_indices=indices, teacher_topk_logprobs=topk_logprobs)
+    parts.total.backward()
+
+    apart_in = student.clone().requires_grad_(True)
+    soft = losses.soft_loss(apart_in, target, teacher_topk_indices=indices, loss=name, temperature=1.0, mask=mask,
+                            teacher_topk_logprobs=topk_logprobs)
+    hard = F.cross_entropy(apart_in.reshape(-1, 11), labels.reshape(-1), ignore_index=losses.IGNORE_INDEX)
+    (0.3 * soft + 0.7 * hard).backward()
+
+    assert parts.soft.item() == pytest.approx(soft.item(), rel=1e-5)
+    assert parts.hard.item() == pytest.approx(hard.item(), rel=1e-5)
+    assert torch.allclose(shared_in.grad, apart_in.grad, atol=1e-6)
+
+
+def test_student_log_probabilities_are_refused_at_another_temperature(logits):
+    student, teacher = logits
+    with pytest.raises(ValueError, match="temperature 1"):
+        losses.soft_loss(F.log_softmax(student, -1), teacher, temperature=2.0, student_log_probs=True)

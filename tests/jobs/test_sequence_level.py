@@ -78,3 +78,23 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
     assert (ids[0] != ids[1]).any() or (ids[2] != ids[3]).any()  # two sampled answers per prompt differ somewhere
     assert result.stages["train"]["steps"] == 3
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rows", "batch_size"), [(990, 32), (3000, 32), (70, 16), (5, 32)])
+def test_the_teachers_batches_are_whole_not_a_row_left_over_per_block(ray_local, rows, batch_size):
+    """A generating teacher pays a whole batch's decoding steps for a batch of one row: every batch holds at
+    most batch_size rows and the batches differ by a row at most, so none is a sliver."""
+    from kubedistill_jobs.teacher_outputs import map_rows
+
+    class BatchSizes:  # defined here so that Ray ships it by value to its actor
+        """Answers each row with the size of the batch it came in."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {"idx": batch["idx"], "row": batch["idx"], "size": np.full(len(batch["idx"]), len(batch["idx"]))}
+
+    out = map_rows(BatchSizes, {}, {"text": [str(i) for i in range(rows)]}, batch_size=batch_size, actors=1,
+                   resources={"num_cpus": 1})
+    assert out["row"].tolist() == list(range(rows))  # every row, in order
+    sizes = out["size"]
+    assert sizes.max() <= batch_size and sizes.max() - sizes.min() <= 1  # 990 rows: 31 or 32 a batch, never 1

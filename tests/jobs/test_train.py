@@ -91,6 +91,38 @@ def test_worker_failure_restarts_from_the_checkpoint(ray_local, tmp_path):
     assert result.history[-1]["step"] == 8
 
 
+def test_a_worker_takes_its_share_of_one_nodes_cpus_or_a_whole_worker_node():
+    def node(cpus: float, head: bool = False, alive: bool = True) -> dict:
+        resources = {"CPU": cpus, **({"node:__internal_head__": 1.0} if head else {})}
+        return {"Alive": alive, "Resources": resources}
+
+    assert train.cpus_per_worker([node(2, head=True)], 1) == 2  # `kubedistill run` on 2 cores, one worker
+    assert train.cpus_per_worker([node(2, head=True)], 2) == 1
+    assert train.cpus_per_worker([node(16, head=True)], 3) == 5
+    assert train.cpus_per_worker([node(2, head=True)], 4) == 1  # never below one
+    # a KubeRay cluster: the head's CPUs are not a worker's; the smallest worker pod sets the share
+    cluster = [node(4, head=True), node(8), node(6), node(32, alive=False)]
+    assert train.cpus_per_worker(cluster, 2) == 6
+    assert train.cpus_per_worker([node(4, head=True), node(0), node(0.5)], 1) == 1  # no whole CPU: one
+
+
+def test_one_local_worker_trains_with_every_cpu(ray_local, tmp_path):
+    import ray
+
+    threads = tmp_path / "threads"
+
+    def record_threads(step: int, rank: int, world: int) -> None:
+        import torch
+
+        threads.write_text(str(torch.get_num_threads()))
+
+    cpus = train.cpus_per_worker(ray.nodes(), 1)
+    assert cpus == 2  # ray_local has 2 CPUs
+    train.fit(_loop(max_steps=1), _arrays(16, 0), _arrays(8, 1), _student_init(), storage=str(tmp_path / "ckpt"),
+              workers=1, cpus_per_worker=cpus, model_out=tmp_path / "student", step_hook=record_threads)
+    assert threads.read_text() == "2"  # Ray gave the worker both CPUs, and torch uses them
+
+
 def _lm_batch(tokenizer_dir, texts: list[str], max_length: int = 10) -> dict:
     import torch
     from kubedistill_jobs import models, soft_targets
@@ -167,7 +199,7 @@ def test_plain_text_rows_end_with_the_end_of_sequence_token(tiny_models):
 
 
 def test_a_completion_only_loss_counts_the_answer_tokens_alone(padded_llamas):
-    """With `answer_start` in the batch (sequence-level answers, completionOnlyLoss), the loss is the one over
+    """With completionOnlyLoss and `answer_start` in the batch (sequence-level answers), the loss is the one over
     the positions that predict answer tokens: whatever the prompt's targets, the same loss."""
     import torch
     from kubedistill_jobs import losses
@@ -182,7 +214,7 @@ def test_a_completion_only_loss_counts_the_answer_tokens_alone(padded_llamas):
     indices = torch.randint(0, vocab, (ids.shape[0], ids.shape[1], k), generator=rng)
     starts = torch.tensor([3, 2])  # each row's first answer token
     cached = dict(task="causal-lm", teacher_mode="cached", temperature=1.0, alpha=0.5, vocab_size=vocab,
-                  loss="forward-kl", hidden_states=False)
+                  loss="forward-kl", hidden_states=False, completion_only=True)
     answer_only = {**batch, "topk_values": values, "topk_indices": indices, "answer_start": starts}
     with torch.no_grad():
         got = _loss_step(cached, student, None, answer_only)
@@ -197,7 +229,9 @@ def test_a_completion_only_loss_counts_the_answer_tokens_alone(padded_llamas):
     with torch.no_grad():
         assert torch.allclose(_loss_step(cached, student, None, prompt_changed), got, atol=1e-6)
         whole = _loss_step(cached, student, None, {k: v for k, v in answer_only.items() if k != "answer_start"})
+        prompt_too = _loss_step({**cached, "completion_only": False}, student, None, answer_only)
     assert not torch.allclose(whole, got)  # without answer_start the prompt counts
+    assert torch.allclose(prompt_too, whole, atol=1e-6)  # and so it does with completionOnlyLoss false
 
 
 def test_logits_of_positions_no_row_counts_are_not_computed_and_nothing_changes(padded_llamas, monkeypatch):
@@ -223,7 +257,8 @@ def test_logits_of_positions_no_row_counts_are_not_computed_and_nothing_changes(
     results = []
     for keeps in (True, False):
         recipe = DistillationRecipe(_loop(task="causal-lm", teacher_mode="cached", temperature=2.0, alpha=0.5,
-                                          vocab_size=31, loss="forward-kl", hidden_states=False),
+                                          vocab_size=31, loss="forward-kl", hidden_states=False,
+                                          completion_only=True),
                                     rank=0, world=1, device="cpu")
         recipe.model, recipe.teacher, recipe.projection, recipe.keeps_logits = student, None, None, keeps
         student.zero_grad()
@@ -234,3 +269,77 @@ def test_logits_of_positions_no_row_counts_are_not_computed_and_nothing_changes(
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     for cut, whole in zip(results[0][1], results[1][1], strict=True):
         assert torch.allclose(cut, whole, atol=1e-6)
+
+
+def test_a_prompt_token_share_computes_the_drawn_positions_alone_and_their_loss_is_unchanged(padded_llamas,
+                                                                                             monkeypatch):
+    """promptTokenShare 0.5: the student's logits are asked for half the prompt positions (drawn by seed and
+    step) and every answer position; loss and gradients are those of the whole sequence's logits with the
+    other prompt positions masked out."""
+    import math
+
+    import torch
+    from kubedistill_jobs import losses
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(padded_llamas["15608"])
+    batch = _lm_batch(padded_llamas["15608"], ["the movie was very good and the day was warm",
+                                               "a bad day was warm and the movie was good"], max_length=12)
+    ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
+    length = ids.shape[1]
+    rng = torch.Generator().manual_seed(2)
+    starts = torch.tensor([9, 8])  # row 1's answer starts at token 8: position 7 predicts it
+    batch = {**batch, "topk_values": torch.log_softmax(torch.randn(*ids.shape, 4, generator=rng), -1) - 1.0,
+             "topk_indices": torch.randint(0, 31, (*ids.shape, 4), generator=rng), "answer_start": starts}
+    asked: list = []
+    forward = type(student).forward
+
+    def recording(self, *args, **kwargs):
+        asked.append(kwargs.get("logits_to_keep", 0))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(student), "forward", recording)
+
+    def step(share: float, at: int):
+        recipe = DistillationRecipe(_loop(task="causal-lm", teacher_mode="cached", temperature=1.0, alpha=0.5,
+                                          vocab_size=31, loss="forward-kl", hidden_states=False,
+                                          prompt_token_share=share, topk_logprobs=True),
+                                    rank=0, world=1, device="cpu")
+        recipe.model, recipe.teacher, recipe.projection, recipe.keeps_logits = student, None, None, True
+        recipe.step = at
+        student.zero_grad()
+        loss = recipe.loss_step(batch)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in student.parameters()]
+
+    drawn_loss, drawn_grads = step(0.5, at=3)
+    kept = asked[-1]
+    assert isinstance(kept, torch.Tensor)
+    prompt = [int(p) for p in kept if p < 7]
+    assert len(prompt) == math.ceil(0.5 * 7) and prompt == sorted(set(prompt))
+    assert [int(p) for p in kept if p >= 7] == list(range(7, length - 1))  # every answer position
+    step(0.5, at=3)
+    assert torch.equal(asked[-1], kept)  # the same step draws the same positions (every worker, a resume)
+    later = []
+    for at in range(4, 8):
+        step(0.5, at=at)
+        later.append(asked[-1])
+    assert any(not torch.equal(drawn, kept) for drawn in later)  # and other steps other ones
+
+    # the same loss from the whole sequence's logits, the positions not drawn masked out
+    student.zero_grad()
+    with torch.enable_grad():
+        logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :31]
+    counted = torch.zeros(length - 1, dtype=torch.bool)
+    counted[kept] = True
+    labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | ~counted[None, :], losses.IGNORE_INDEX)
+    want = losses.distillation_loss(logits, batch["topk_values"][:, :-1], labels, temperature=1.0, alpha=0.5,
+                                    teacher_topk_indices=batch["topk_indices"][:, :-1],
+                                    mask=mask[:, 1:].bool() & counted[None, :], teacher_topk_logprobs=True).total
+    want.backward()
+    assert torch.allclose(drawn_loss, want.detach(), atol=1e-6)
+    for got, whole in zip(drawn_grads, [p.grad for p in student.parameters()], strict=True):
+        assert torch.allclose(got, whole, atol=1e-6)
+
+    step(1.0, at=3)
+    assert asked[-1] == 0  # a share of 1: every position, nothing drawn

@@ -113,9 +113,8 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     seconds = max(1e-9, time.monotonic() - started)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
-    assert spec.distillation.sequence_level is not None
-    if spec.distillation.sequence_level.completion_only_loss:  # the loss starts at each row's first answer token
-        arrays["answer_start"] = np.asarray(out["prompt_tokens"], dtype=np.int32)
+    # where each row's answer starts: a completion-only loss starts there, and promptTokenShare draws before it
+    arrays["answer_start"] = np.asarray(out["prompt_tokens"], dtype=np.int32)
     answered = [prompt for prompt in prompts for _ in range(settings.n)]
     data.write_jsonl([{"text": str(text), "prompt": prompt} for text, prompt in zip(out["text"], answered,
                                                                                   strict=True)],

@@ -69,6 +69,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
     prepared = training_inputs(context)
     gpus = spec.ray.workers.gpus if ray.cluster_resources().get("GPU", 0) else 0
+    cpus = train.cpus_per_worker(ray.nodes(), context.workers)
 
     def on_epoch(entry: dict[str, Any]) -> None:
         log.info("epoch %s", entry)
@@ -77,6 +78,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
 
     outcome = train.fit(prepared.loop, prepared.train_data, prepared.eval_data, prepared.init,
                         storage=context.output.checkpoint_storage, workers=context.workers, gpus_per_worker=gpus,
+                        cpus_per_worker=cpus,
                         progress=progress, on_epoch=on_epoch, model_out=layout.student)
     models.save_tokenizer(tokenizer, layout.student)
     teacher_marker = context.marker("teacher") or {}
@@ -90,6 +92,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         "resumed_from_step": outcome.resumed_from_step,
         "resumes": outcome.resumes,  # steps training restarted from (a lost worker, a rerun)
         "workers": context.workers,
+        "cpus_per_worker": cpus,
         "teacher_mode": spec.distillation.teacher_mode,
         "loss": spec.distillation.loss,
         "on_policy": spec.distillation.on_policy,
