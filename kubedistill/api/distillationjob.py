@@ -514,8 +514,8 @@ class SequenceLevelSpec(ApiModel):
     prompt_token_share: float = Field(
         default=1.0, description="With completionOnlyLoss false: the share of the prompt tokens that are targets "
         "in each step, drawn afresh every step (every answer token always is). The student's logits over the "
-        "vocabulary are computed only where they count, so 0.25 makes a step of a long-prompt task cheaper "
-        "(on a 2-core CPU about 0.6 of the time) while every prompt token is still learnt across the epochs.",
+        "vocabulary are computed only where they count: 0.25 halved a training step of examples/headlines (80-token "
+        "prompts, 16-token answers).",
         gt=0, le=1,
     )
 
