@@ -183,6 +183,7 @@ def kubedistill_row(name: str, work: Path, teacher_dir: Path, student_dir: Path,
                  "cache_bytes_per_position": round(stored / arrays["attention_mask"].size, 1)}
     # The answer tokens alone count, as in TRL (and as kubedistill's sequenceLevel.completionOnlyLoss does).
     arrays["answer_start"] = np.asarray([len(tokenizer(r["prompt"])["input_ids"]) for r in rows], dtype=np.int32)
+    loop = dataclasses.replace(loop, completion_only=True)
     if spec.distillation.on_policy > 0:
         arrays.update(inputs.prompt_arrays(tokenizer, rows, args.max_length, spec.distillation.sampling.max_new_tokens))
     init_model = AutoModelForCausalLM.from_pretrained(student_dir)

@@ -301,8 +301,12 @@ class DistillationRecipe:
                 teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
         elif positions is not None:  # position t predicts token t + 1, for the W drawn positions t
             logits = losses.shared_vocab_logits(out.logits, cfg.vocab_size)  # (B, W, V)
-            labels = ids[:, positions + 1].masked_fill(mask[:, positions + 1] == 0, losses.IGNORE_INDEX)  # (B, W)
-            token_mask = mask[:, positions + 1].bool()  # (B, W)
+            # the draw, then each row's answer: a row whose answer starts later keeps the prompt between out
+            answer_from = batch["answer_start"].long()[:, None] - 1  # (B, 1)
+            counted = (positions[None, :] >= answer_from) | (positions[None, :] < int(answer_from.min()))  # (B, W)
+            labels = ids[:, positions + 1].masked_fill((mask[:, positions + 1] == 0) | ~counted,
+                                                       losses.IGNORE_INDEX)  # (B, W)
+            token_mask = mask[:, positions + 1].bool() & counted  # (B, W)
             teacher_logits = None
             if teacher_out is not None:
                 teacher_logits = losses.shared_vocab_logits(teacher_out.logits, cfg.vocab_size)  # (B, W, V)

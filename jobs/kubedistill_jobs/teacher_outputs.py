@@ -121,11 +121,14 @@ def run_teacher(
                     resources=resources, progress=progress)
 
 
-def block_count(rows: int, batch_size: int) -> int:
-    """How many blocks to split `rows` into so that each block is one batch of at most `batch_size` rows, the
-    blocks within a row of each other in size. Ray Data batches within a block: 990 rows in 30 blocks of 33
-    left 30 batches of one row, and a batch of one row costs a generating teacher a whole batch's decoding."""
-    return max(1, -(-rows // batch_size))
+def block_plan(rows: int, batch_size: int, gpus: bool) -> tuple[int, int | None]:
+    """(blocks, map_batches' batch_size) for `rows`: ceil(rows / batch_size) blocks, within a row of each other
+    in size, each one batch (batch_size None). Ray Data batches within a block: 990 rows in 30 blocks of 33 left
+    30 batches of one row, and a batch of one row costs a generating teacher a whole batch's decoding. Ray asks
+    for a batch size with GPUs: the largest block's, so that two smaller blocks make batches of b and b - 2 at
+    worst."""
+    blocks = max(1, -(-rows // batch_size))
+    return blocks, (-(-rows // blocks) if gpus else None)
 
 
 def map_rows(
@@ -146,7 +149,7 @@ def map_rows(
     n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
-    blocks = block_count(n, batch_size)
+    blocks, block_batch = block_plan(n, batch_size, bool(resources.get("num_gpus")))
     # Ray Data restarts its map actors by default, and Ray then prints an advisory about their constructor
     # arguments (ray-project/ray#53727, #57733) to the terminal. Restarts guard against losing a node; on one
     # node (`kubedistill run`) there is none to lose, so none are asked for, and nothing is printed. Ray 2.60
@@ -157,7 +160,7 @@ def map_rows(
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             predictor,
             fn_constructor_kwargs=kwargs,
-            batch_size=None,  # a block is a batch (block_count)
+            batch_size=block_batch,  # a block is a batch (block_plan)
             compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),  # no idle actors on small data
             batch_format="numpy",
             **resources,

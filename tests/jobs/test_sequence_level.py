@@ -98,3 +98,13 @@ def test_the_teachers_batches_are_whole_not_a_row_left_over_per_block(ray_local,
     assert out["row"].tolist() == list(range(rows))  # every row, in order
     sizes = out["size"]
     assert sizes.max() <= batch_size and sizes.max() - sizes.min() <= 1  # 990 rows: 31 or 32 a batch, never 1
+
+
+def test_with_gpus_ray_is_given_a_batch_size_no_larger_than_asked():
+    """Ray refuses map_batches without a batch size when GPUs are requested: the largest block's."""
+    from kubedistill_jobs.teacher_outputs import block_plan
+
+    assert block_plan(990, 32, gpus=False) == (31, None)
+    assert block_plan(990, 32, gpus=True) == (31, 32)
+    assert block_plan(70, 16, gpus=True) == (5, 14)
+    assert block_plan(5, 32, gpus=True) == (1, 5)

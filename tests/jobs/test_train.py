@@ -273,9 +273,10 @@ def test_logits_of_positions_no_row_counts_are_not_computed_and_nothing_changes(
 
 def test_a_prompt_token_share_computes_the_drawn_positions_alone_and_their_loss_is_unchanged(padded_llamas,
                                                                                              monkeypatch):
-    """promptTokenShare 0.5: the student's logits are asked for half the prompt positions (drawn by seed and
-    step) and every answer position; loss and gradients are those of the whole sequence's logits with the
-    other prompt positions masked out."""
+    """promptTokenShare 0.5: the student's logits are asked for half the positions before the batch's first
+    answer token (drawn by seed and step) and every position from there; loss and gradients are those of the
+    whole sequence's logits with every other prompt position masked out, each row's own (a row whose answer
+    starts later keeps the prompt tokens between out)."""
     import math
 
     import torch
@@ -330,12 +331,14 @@ def test_a_prompt_token_share_computes_the_drawn_positions_alone_and_their_loss_
     student.zero_grad()
     with torch.enable_grad():
         logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :31]
-    counted = torch.zeros(length - 1, dtype=torch.bool)
-    counted[kept] = True
-    labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | ~counted[None, :], losses.IGNORE_INDEX)
+    drawn = torch.zeros(length - 1, dtype=torch.bool)
+    drawn[kept[kept < 7]] = True
+    answer = torch.arange(length - 1)[None, :] >= (starts[:, None] - 1)  # row 0's answer starts a token later
+    counted = drawn[None, :] | answer  # (2, L-1): row 0's position 7 is its prompt, and counts only if drawn
+    labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | ~counted, losses.IGNORE_INDEX)
     want = losses.distillation_loss(logits, batch["topk_values"][:, :-1], labels, temperature=1.0, alpha=0.5,
                                     teacher_topk_indices=batch["topk_indices"][:, :-1],
-                                    mask=mask[:, 1:].bool() & counted[None, :], teacher_topk_logprobs=True).total
+                                    mask=mask[:, 1:].bool() & counted, teacher_topk_logprobs=True).total
     want.backward()
     assert torch.allclose(drawn_loss, want.detach(), atol=1e-6)
     for got, whole in zip(drawn_grads, [p.grad for p in student.parameters()], strict=True):
