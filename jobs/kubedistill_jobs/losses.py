@@ -200,12 +200,11 @@ def uld_loss(student_logits: Tensor, teacher_sorted_probs: Tensor, *, temperatur
     return _masked_mean(per_position, mask)
 
 
-def answer_positions(answer_start: Tensor, width: int) -> Tensor:
-    """The positions `(B, width)` whose next token is an answer token, for a completion-only loss (TRL's
-    completion_only_loss): position t predicts token t + 1, so an answer starting at token s (`answer_start
-    (B,)`) is predicted from position s - 1 on. Padding is the caller's mask."""
-    steps = torch.arange(width, device=answer_start.device)
-    return steps[None, :] >= (answer_start.long()[:, None] - 1)
+def answer_positions(answer_start: Tensor, positions: Tensor) -> Tensor:
+    """Which of `positions (W,)` predict an answer token in each row, `(B, W)`, for a completion-only loss (TRL's
+    completion_only_loss) or a drawn share of the prompt: position t predicts token t + 1, so an answer starting
+    at token s (`answer_start (B,)`) is predicted from position s - 1 on. Padding is the caller's mask."""
+    return positions[None, :] >= (answer_start.long()[:, None] - 1)
 
 
 def hard_loss(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX,

@@ -302,8 +302,8 @@ class DistillationRecipe:
         elif positions is not None:  # position t predicts token t + 1, for the W drawn positions t
             logits = losses.shared_vocab_logits(out.logits, cfg.vocab_size)  # (B, W, V)
             # the draw, then each row's answer: a row whose answer starts later keeps the prompt between out
-            answer_from = batch["answer_start"].long()[:, None] - 1  # (B, 1)
-            counted = (positions[None, :] >= answer_from) | (positions[None, :] < int(answer_from.min()))  # (B, W)
+            drawn = positions < int(batch["answer_start"].min()) - 1  # (W,)
+            counted = drawn[None, :] | losses.answer_positions(batch["answer_start"], positions)  # (B, W)
             labels = ids[:, positions + 1].masked_fill((mask[:, positions + 1] == 0) | ~counted,
                                                        losses.IGNORE_INDEX)  # (B, W)
             token_mask = mask[:, positions + 1].bool() & counted  # (B, W)
@@ -320,7 +320,8 @@ class DistillationRecipe:
             if sampled:  # the student's own tokens are no gold labels
                 labels, token_mask = None, batch["loss_mask"][:, first:].bool()
             elif cfg.completion_only and "answer_start" in batch and "sorted_probs" not in batch:  # the answers'
-                answer = losses.answer_positions(batch["answer_start"] - first, labels.shape[1])  # (B, W)
+                answer = losses.answer_positions(batch["answer_start"],
+                                                 torch.arange(first, ids.shape[1] - 1, device=ids.device))  # (B, W)
                 labels, token_mask = labels.masked_fill(~answer, losses.IGNORE_INDEX), token_mask & answer
             if teacher_out is not None:
                 teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, :-1], cfg.vocab_size)  # (B, W, V)
