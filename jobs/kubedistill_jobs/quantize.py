@@ -4,13 +4,15 @@
   CPU kernels and Triton's `onnxruntime` backend run fast. The embedding table is quantized too
   (`Gather`): in a small student with a large vocabulary it is most of the weights.
 - int4: weight-only, block-wise 4-bit MatMul (`MatMulNBits`), for causal LMs whose cost is the
-  matmuls; embeddings stay fp32 (quantizing `Gather` to 4 bits needs opset 21 graphs).
+  matmuls, with the output layer (the MatMul that writes `logits`) at 8 bits, as in the GenAI build
+  (`genai_export.BUILD_OPTIONS`); embeddings stay fp32 (quantizing `Gather` to 4 bits needs opset 21 graphs).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from kubedistill.api.distillationjob import Quantization
 
@@ -72,9 +74,20 @@ def _int4(src: Path, dst: Path) -> None:
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     model = onnx.load(str(src))
+    output_layer = output_matmuls(model)
     # Asymmetric blocks (a scale and a zero point per 32 weights) keep small LMs' perplexity noticeably
     # closer to fp32 than symmetric ones; no accuracy_level, so activations stay fp32 (weight-only).
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=False)
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    for bits, scope in ((4, {"nodes_to_exclude": output_layer}), (8, {"nodes_to_include": output_layer})):
+        if bits == 8 and not output_layer:
+            break
+        config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=False, bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config, **scope)
+        quantizer.process()
+        model = quantizer.model.model
+    onnx.save_model(model, str(dst))
+
+
+def output_matmuls(model: Any) -> list[str]:
+    """Names of the MatMul nodes that write a graph output (a causal LM's vocabulary projection)."""
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and outputs.intersection(n.output)]

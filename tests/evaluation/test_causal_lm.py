@@ -76,6 +76,15 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
     assert manifest.recommended_threshold == generation.recommended_threshold
     assert not (layout.model_repository / "student" / "labels.txt").exists()
     assert (layout.model_repository / "teacher" / "1" / "genai" / "genai_config.json").is_file()
+    # The served INT4 build: 4-bit blocks everywhere but the output layer, at 8 bits.
+    import onnx
+
+    graph = onnx.load(str(layout.model_repository / "student" / "1" / "genai" / "model.onnx"),
+                      load_external_data=False).graph
+    bits = {n.output[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits.pop("logits") == 8 and set(bits.values()) == {4}
+    assert "GatherBlockQuantized" in {n.op_type for n in graph.node}
     # The float16 safetensors beside each generation model, for Triton's vLLM backend.
     for model in (manifest.student, manifest.teacher):
         assert model is not None and model.weights == f"{model.name}/hf"

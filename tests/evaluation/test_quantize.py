@@ -38,8 +38,14 @@ def test_int4_weight_only_for_causal_lm(tmp_path):
     out = quantize(tmp_path / "lm.onnx", tmp_path / "lm.int4.onnx", "int4", "causal-lm")
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
-    assert "MatMulNBits" in ops
+    graph = onnx.load(str(out)).graph
+    bits = {n.output[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    # The vocabulary projection (the MatMul that writes the logits) at 8 bits, every other MatMul at 4.
+    assert bits.pop("logits") == 8
+    assert bits and set(bits.values()) == {4}
+    weights = {i.name for i in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and weights.intersection(n.input)]
     assert out.stat().st_size < (tmp_path / "lm.onnx").stat().st_size
     batch = probe_inputs(tok, 32, TEXTS)
     mask = batch["attention_mask"].astype(bool)
