@@ -176,10 +176,8 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
                  for n, p in paths.items()}
         same_tokens = tokenizers["teacher"].get_vocab() == tokenizers["student"].get_vocab()
         quality = causal_quality(stats, same_tokens, target)
-        generation = None
-        if same_tokens:
-            generation, answered = _generation(spec, layout, rows, tokenizers["student"], target)
-            _add_generation_metrics(spec, quality, answered)
+        generation, answered = _generation(spec, layout, rows, tokenizers, target)
+        _add_generation_metrics(spec, quality, answered)
     if progress:
         progress(1, total)
 
@@ -215,7 +213,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
         generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
         primary=primary if task == "causal-lm" else None,
-        generation=answered.report if task == "causal-lm" and same_tokens else None,
+        generation=answered.report if task == "causal-lm" else None,
         cascade=cascade_report(spec, tiers, logits, gold, params, latency) if tiers else None,
     )
     report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
@@ -243,16 +241,27 @@ class Answered:
     report: GenerationEval | None
 
 
-def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict[str, Any]], tokenizer: Any,
-                target: float) -> tuple[Routing, Answered]:
+def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict[str, Any]],
+                tokenizers: dict[str, Any], target: float) -> tuple[Routing, Answered]:
     """The generation frontier (generation_eval) on the held-out prompts, with the models built for generation
     as the export serves them (the builds are kept in layout.genai for the export); with a generation metric in
-    evaluation.metrics, the fp32 student answers too, each model timed."""
+    evaluation.metrics, the fp32 student answers too, each model timed.
+
+    Each model reads the prompts in its own tokens and its answers are decoded with its own tokenizer; where the
+    teacher's differs from the student's (a trimmed vocabulary, another family), the frontier compares the
+    teacher's answers re-tokenized by the student's tokenizer."""
     from kubedistill.artifacts import STUDENT_MODEL, TEACHER_MODEL
     from kubedistill_jobs.genai_export import ensure_build, precision_for
-    from kubedistill_jobs.generation_eval import ANSWER_TOKENS, generation_routing, timed_generate
+    from kubedistill_jobs.generation_eval import ANSWER_TOKENS, Answer, generation_routing, timed_generate
 
+    tokenizer, teacher_tokenizer = tokenizers["student"], tokenizers["teacher"]
+    same_tokens = teacher_tokenizer.get_vocab() == tokenizer.get_vocab()
     prompts, references = _eval_prompts(spec, rows, tokenizer)
+    model_prompts = {name: [p for p, _ in prompts] for name in ("teacher", "student", "student_quantized")}
+    if not same_tokens:  # the same prompt texts, in the teacher's tokens
+        model_prompts["teacher"] = [p for p, _ in _eval_prompts(spec, rows, teacher_tokenizer)[0]] \
+            if spec.task.prompt is not None else \
+            [teacher_tokenizer(tokenizer.decode(p), add_special_tokens=False)["input_ids"] for p, _ in prompts]
     scored = spec.evaluation.generation_metric() is not None
     sequence_level = spec.distillation.sequence_level
     max_tokens = sequence_level.max_new_tokens if sequence_level is not None else ANSWER_TOKENS
@@ -266,8 +275,9 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
             ensure_build(layout.student, layout.genai / f"{STUDENT_MODEL}-fp32", "fp32")
     answers, speed = {}, {}
     for name, folder in builds.items():
-        answers[name], speed[name] = timed_generate(folder, [p for p, _ in prompts], max_tokens)
-    texts = {n: [tokenizer.decode(a.ids, skip_special_tokens=True).strip() for a in found]
+        answers[name], speed[name] = timed_generate(folder, model_prompts[name], max_tokens)
+    decoders = {"teacher": teacher_tokenizer, "student": tokenizer, "student_quantized": tokenizer}
+    texts = {n: [decoders[n].decode(a.ids, skip_special_tokens=True).strip() for a in found]
              for n, found in answers.items()}
     if spec.task.prompt is None:  # the continuations of the texts are the references
         references, source = [tokenizer.decode(r, skip_special_tokens=True).strip() for _, r in prompts], \
@@ -275,7 +285,10 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
     else:
         source = "dataset.referenceField" if references is not None else "the teacher's answers"
     reference_ids = None if spec.task.prompt is not None and references is None else [r for _, r in prompts]
-    routing, _ = generation_routing(answers["student_quantized"], answers["teacher"], reference_ids, target)
+    teacher_answers = answers["teacher"] if same_tokens else [
+        Answer(tokenizer(teacher_tokenizer.decode(a.ids), add_special_tokens=False)["input_ids"], a.logprobs)
+        for a in answers["teacher"]]
+    routing, _ = generation_routing(answers["student_quantized"], teacher_answers, reference_ids, target)
     report = None
     if scored:
         report = GenerationEval(

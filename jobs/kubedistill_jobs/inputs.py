@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,59 @@ def calibration_rows(spec: DistillationJobSpec, train_data: dict[str, np.ndarray
     return {k: train_data[k][:CALIBRATION_ROWS] for k in ("input_ids", "attention_mask")}
 
 
+@dataclass
+class TrimmedVocabulary:
+    """A student vocabulary trimmed to the training data's tokens (student.fromTeacher.vocabulary corpus)."""
+
+    tokenizer: Any  # the student's own tokenizer
+    kept: np.ndarray  # (V',) int64: the teacher id of each student id
+    teacher_size: int
+    candidates: int  # the teacher's cached top-k candidates
+    dropped_candidates: int  # of those, tokens the student lacks (their mass is the loss's remaining bucket)
+
+    def record(self) -> dict[str, Any]:
+        """train_report.json's `vocabulary`."""
+        return {"method": "corpus", "teacher": self.teacher_size, "student": len(self.kept),
+                "dropped_candidates": self.dropped_candidates,
+                "dropped_candidate_share": round(self.dropped_candidates / max(self.candidates, 1), 6)}
+
+
+def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                                      TrimmedVocabulary]:
+    """The training arrays in the ids of a student vocabulary trimmed to the tokens they use (kubedistill_jobs
+    .vocabulary): every token maps (the vocabulary is made from them), the teacher's top-k candidates the
+    student lacks go to the loss's remaining-mass bucket. Padding takes the student's pad id."""
+    from kubedistill_jobs import vocabulary
+
+    mask = train_data["attention_mask"].astype(bool)
+    tokenizer, kept = vocabulary.trimmed_tokenizer(teacher_tokenizer, np.unique(train_data["input_ids"][mask]))
+    vocab_map = vocabulary.vocabulary_map(tokenizer, teacher_tokenizer)
+    assert vocab_map is not None  # trimmed: never the teacher's whole vocabulary with its ids
+    ids = vocabulary.to_student_ids(train_data["input_ids"], vocab_map)
+    if (ids[mask] < 0).any():  # the vocabulary is built from these very tokens
+        raise vocabulary.VocabularyError("a training token is missing from the trimmed vocabulary")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = dict(train_data)
+    out["input_ids"] = np.where(mask, ids, pad if pad is not None else 0).astype(train_data["input_ids"].dtype)
+    dropped = candidates = 0
+    if "topk_indices" in out:
+        out["topk_values"], out["topk_indices"], dropped = vocabulary.map_topk(
+            out["topk_values"], out["topk_indices"], vocab_map)
+        candidates = int(np.prod(out["topk_indices"].shape))
+    return out, TrimmedVocabulary(tokenizer=tokenizer, kept=kept, teacher_size=len(teacher_tokenizer),
+                                  candidates=candidates, dropped_candidates=dropped)
+
+
 def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path,
-                 calibration: dict[str, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
-    """The untrained student, and what workers rebuild it from (config + weights + hidden sizes)."""
+                 calibration: dict[str, np.ndarray] | None = None,
+                 kept_tokens: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+    """The untrained student, and what workers rebuild it from (config + weights + hidden sizes); with
+    `kept_tokens` (a trimmed vocabulary's teacher ids), only those embedding rows."""
     student = models.build_student(spec, teacher, download_dir=download_dir, calibration=calibration)
+    if kept_tokens is not None:
+        from kubedistill_jobs.vocabulary import trim_embeddings
+
+        trim_embeddings(student, kept_tokens)
     return student, {
         "config": student.config,
         "state": {k: v.detach().clone() for k, v in student.state_dict().items()},

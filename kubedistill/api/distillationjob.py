@@ -345,6 +345,15 @@ class StudentFromTeacher(ApiModel):
         ge=1,
         le=65536,
     )
+    vocabulary: Literal["teacher", "corpus"] = Field(
+        default="teacher",
+        description="teacher: the teacher's whole vocabulary. corpus: only the tokens the training data uses "
+        "(the prompts and the teacher's answers) and the byte-level BPE merges that build them, with every "
+        "single-byte token, so that any text still tokenizes (vocabulary trimming): in a small student of a "
+        "large-vocabulary teacher the embedding is most of the parameters. The student gets its own tokenizer, "
+        "which splits the training text exactly as the teacher's does; the teacher's soft targets are mapped "
+        "onto it, their mass on dropped tokens kept as one remaining bucket. causal-lm, teacherMode cached.",
+    )
 
     @model_validator(mode="after")
     def _layer_indices(self) -> StudentFromTeacher:
@@ -1030,6 +1039,14 @@ class DistillationJobSpec(ApiModel):
                 ".student.fromTeacher",
             ),
             cel(
+                "!has(self.student.fromTeacher) || !has(self.student.fromTeacher.vocabulary) || "
+                "self.student.fromTeacher.vocabulary == 'teacher' || (self.task.type == 'causal-lm' && "
+                "self.distillation.teacherMode == 'cached' && self.compression.pruning.method == 'none')",
+                "student.fromTeacher.vocabulary corpus needs task.type causal-lm, distillation.teacherMode cached "
+                "and compression.pruning.method none (the teacher never reads the student's own tokens)",
+                ".student.fromTeacher.vocabulary",
+            ),
+            cel(
                 "!has(self.teacher) || ("
                 "!has(self.student.architecture) || has(self.teacher.uri) || has(self.teacher.jobRef)"
                 ")",
@@ -1150,7 +1167,22 @@ class DistillationJobSpec(ApiModel):
                 "with an endpoint teacher give student.uri"
             )
         self._check_generation()
+        self._check_vocabulary()
         return self
+
+    def _check_vocabulary(self) -> None:
+        derived = self.student.from_teacher
+        if derived is None or derived.vocabulary == "teacher":
+            return
+        needs = {"task.type causal-lm": self.task.type == "causal-lm",
+                 "distillation.teacherMode cached": self.distillation.teacher_mode == "cached",
+                 "compression.pruning.method none": self.compression.pruning.method == "none"}
+        unmet = [field for field, ok in needs.items() if not ok]
+        if unmet:
+            raise ValueError(
+                "student.fromTeacher.vocabulary: corpus trims the student's vocabulary to the training data's "
+                "tokens and maps the teacher's cached soft targets onto it; the teacher never reads the student's "
+                f"own tokens, so it needs {', '.join(needs)}: change {', '.join(unmet)}, or use vocabulary teacher")
 
     def _check_teachers(self, teachers: list[EnsembleTeacher]) -> None:
         """Several teachers: each classifies (a model, or a language model through a prompt) and the

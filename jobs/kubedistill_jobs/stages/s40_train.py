@@ -30,6 +30,8 @@ class TrainingInputs:
     eval_data: dict[str, Any]
     init: dict[str, Any]
     student_params: int
+    tokenizer: Any  # the student's: the teacher's, unless its vocabulary is trimmed
+    vocabulary: Any = None  # inputs.TrimmedVocabulary, when student.fromTeacher.vocabulary is corpus
 
 
 def training_inputs(context: Context) -> TrainingInputs:
@@ -43,8 +45,16 @@ def training_inputs(context: Context) -> TrainingInputs:
     # an endpoint teacher has no weights here: the student is pretrained (student.uri) and the cache complete
     teacher_model = models.load_saved_model(layout.teacher, spec.task.type) if context.teacher_has_graph else None
     train_data = inputs.train_arrays(spec, tokenizer, split.train, layout.soft_targets)
-    student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student",
-                                        calibration=inputs.calibration_rows(spec, train_data))
+    calibration = inputs.calibration_rows(spec, train_data)  # the teacher's own ids: it ranks the channels
+    trimmed = None
+    if spec.student.from_teacher is not None and spec.student.from_teacher.vocabulary == "corpus":
+        train_data, trimmed = inputs.trim_vocabulary(tokenizer, train_data)
+        tokenizer = trimmed.tokenizer
+        log.info("vocabulary trimmed to the training data's tokens: %d of the teacher's %d (%.2f%% of the "
+                 "teacher's top-k candidates fall outside)", len(trimmed.kept), trimmed.teacher_size,
+                 100 * trimmed.dropped_candidates / max(trimmed.candidates, 1))
+    student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student", calibration=calibration,
+                                        kept_tokens=None if trimmed is None else trimmed.kept)
     student_params = models.count_parameters(student)
     del teacher_model, student
     loop = LoopConfig.from_spec(spec, str(layout.teacher),
@@ -57,6 +67,8 @@ def training_inputs(context: Context) -> TrainingInputs:
         eval_data=inputs.eval_arrays(spec, tokenizer, split.eval),
         init=init,
         student_params=student_params,
+        tokenizer=tokenizer,
+        vocabulary=trimmed,
     )
 
 
@@ -66,7 +78,6 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     from kubedistill_jobs import models, train
 
     spec, layout = context.spec, context.layout
-    tokenizer = context.found.get("student_tokenizer") or context.found["teacher_tokenizer"]
     prepared = training_inputs(context)
     gpus = spec.ray.workers.gpus if ray.cluster_resources().get("GPU", 0) else 0
     cpus = train.cpus_per_worker(ray.nodes(), context.workers)
@@ -80,7 +91,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
                         storage=context.output.checkpoint_storage, workers=context.workers, gpus_per_worker=gpus,
                         cpus_per_worker=cpus,
                         progress=progress, on_epoch=on_epoch, model_out=layout.student)
-    models.save_tokenizer(tokenizer, layout.student)
+    models.save_tokenizer(prepared.tokenizer, layout.student)
     teacher_marker = context.marker("teacher") or {}
     report = {
         "history": outcome.history,
@@ -97,6 +108,7 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
         "loss": spec.distillation.loss,
         "on_policy": spec.distillation.on_policy,
         "cross_tokenizer": context.found.get("cross_tokenizer"),  # None: logit KD over a shared vocabulary
+        "vocabulary": None if prepared.vocabulary is None else prepared.vocabulary.record(),
     }
     layout.train_report.write_text(json.dumps(report, indent=2) + "\n")
     return {"steps": report["steps"], "student_params": prepared.student_params, "history": outcome.history,
