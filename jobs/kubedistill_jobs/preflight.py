@@ -143,6 +143,24 @@ def check_model_contracts(spec: DistillationJobSpec, found: dict[str, Any]) -> N
     check_student_layers(spec, configs)
     check_teacher_head(spec, configs)
     check_online_tokens(spec, found)
+    check_trimmable_vocabulary(spec, found)
+
+
+def check_trimmable_vocabulary(spec: DistillationJobSpec, found: dict[str, Any]) -> None:
+    """student.fromTeacher.vocabulary corpus trims a byte-level BPE tokenizer (vocabulary.trim_tokenizer_json);
+    another kind is refused here, before the teacher answers anything."""
+    derived = spec.student.from_teacher
+    teacher = found.get("teacher_tokenizer")
+    if derived is None or derived.vocabulary != "corpus" or teacher is None:
+        return
+    import json
+
+    backend = getattr(teacher, "backend_tokenizer", None)
+    kind = json.loads(backend.to_str()).get("model", {}).get("type") if backend is not None else None
+    if kind != "BPE":
+        raise PreflightError(
+            f"student.fromTeacher.vocabulary: corpus trims a BPE tokenizer (byte-level, as GPT-2, Llama 3 and "
+            f"SmolLM use); the teacher's is {kind or 'not a fast tokenizer'}: use vocabulary teacher")
 
 
 def check_model_limits(spec: DistillationJobSpec, found: dict[str, Any], configs: dict[str, tuple[str, Any]]) -> None:

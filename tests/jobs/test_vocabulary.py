@@ -139,6 +139,22 @@ def test_dropped_candidates_move_to_the_remaining_bucket(teacher_tokenizer):
     assert got.item() == pytest.approx(torch.stack(expected).mean().item(), rel=2e-3)
 
 
+def test_preflight_refuses_trimming_a_tokenizer_that_is_not_bpe(teacher_tokenizer, tmp_path):
+    from kubedistill_jobs.preflight import PreflightError, check_trimmable_vocabulary
+
+    from kubedistill.api.distillationjob import DistillationJobSpec
+
+    from .conftest import word_tokenizer
+
+    spec = DistillationJobSpec.model_validate({
+        "task": {"type": "causal-lm"}, "teacher": {"uri": "/models/t"},
+        "student": {"fromTeacher": {"layers": [0], "vocabulary": "corpus"}},
+        "dataset": {"uri": "/data/x.jsonl"}, "output": {"uri": str(tmp_path)}})
+    check_trimmable_vocabulary(spec, {"teacher_tokenizer": teacher_tokenizer})
+    with pytest.raises(PreflightError, match=r"student\.fromTeacher\.vocabulary: .*WordLevel: use vocabulary teacher"):
+        check_trimmable_vocabulary(spec, {"teacher_tokenizer": word_tokenizer(["a", "b"])})
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_trimmed_embeddings_give_the_kept_tokens_the_same_logits(teacher_tokenizer, tied):
     from transformers import LlamaConfig, LlamaForCausalLM
