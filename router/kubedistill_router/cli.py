@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "teacher (default: route when the repository has a teacher and a recommended threshold, "
                         "else student-only; for a StudentDeployment its router.mode)")
     parser.add_argument("--threshold", type=float, default=None, metavar="0-1",
-                        help="escalate instances whose confidence is below this (default: a StudentDeployment's "
+                        help="escalate requests whose confidence is below this (an instance's class probability, a "
+                        "generated answer's token-level signal; default: a StudentDeployment's "
                         "router.threshold, else the recommended threshold in serving.json)")
     parser.add_argument("--teacher-api-key-file", default=None, metavar="FILE",
                         help="file holding the API key of a remote teacher named in a StudentDeployment "
