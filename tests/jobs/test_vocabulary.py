@@ -227,8 +227,9 @@ def test_a_trimmed_student_is_trained_evaluated_and_served_in_its_own_tokens(ray
         return timed_generate(folder, prompts, max_tokens)
 
     monkeypatch.setattr(generation_eval, "timed_generate", recording)
-    Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=Recorder()).run()
+    result = Pipeline(job, resolve_output(job.spec.output.uri, job.metadata.name), display=Recorder()).run()
     layout = OutputLayout(tmp_path / "out")
+    assert result.stages["evaluate"]["summary"].endswith("no gate (evaluation.gate.minRetention unset)")
 
     student_tokenizer = AutoTokenizer.from_pretrained(layout.student)
     teacher_tokenizer = AutoTokenizer.from_pretrained(layout.teacher)

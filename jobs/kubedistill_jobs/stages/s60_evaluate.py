@@ -21,8 +21,10 @@ def run(context: Context, progress: Progress) -> dict[str, Any]:
     report = evaluate.evaluate(context.spec, context.layout, context.model_version, progress=progress)
     context.report = report
     retention = "unknown" if report.retention is None else f"{report.retention:.4f}"
+    verdict = "no gate (evaluation.gate.minRetention unset)" if report.gate.min_retention is None else \
+        f"gate {'passed' if report.gate.passed else 'NOT met'}"
     return {"retention": report.retention, "gate_passed": report.gate.passed,
-            "summary": f"retention {retention}, gate {'passed' if report.gate.passed else 'NOT met'}"}
+            "summary": f"retention {retention}, {verdict}"}
 
 
 def summary(marker: dict[str, Any]) -> str:
