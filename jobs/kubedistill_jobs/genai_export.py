@@ -128,9 +128,10 @@ PRECISION_MARKER = "kubedistill_precision.txt"
 
 
 def _recipe(precision: str) -> str:
-    """What a build's marker records: the precision on the first line, the builder's options on the second (a
-    build with other options is stale)."""
-    return f"{precision}\n{' '.join(BUILD_OPTIONS.get(precision, ()))}\n"
+    """What a build's marker records: the precision on the first line, the builder's options (if any) on the
+    second (a build with other options is stale)."""
+    options = " ".join(BUILD_OPTIONS.get(precision, ()))
+    return f"{precision}\n{options}\n" if options else f"{precision}\n"
 
 
 def _precision_of(genai_folder: Path) -> str | None:

@@ -97,12 +97,14 @@ class TrimmedVocabulary:
     teacher_size: int
     candidates: int  # the teacher's cached top-k candidates
     dropped_candidates: int  # of those, tokens the student lacks (their mass is the loss's remaining bucket)
+    positions_one_hot: int = 0  # positions none of whose candidates the student has: the next token, one-hot
 
     def record(self) -> dict[str, Any]:
         """train_report.json's `vocabulary`."""
         return {"method": "corpus", "teacher": self.teacher_size, "student": len(self.kept),
                 "dropped_candidates": self.dropped_candidates,
-                "dropped_candidate_share": round(self.dropped_candidates / max(self.candidates, 1), 6)}
+                "dropped_candidate_share": round(self.dropped_candidates / max(self.candidates, 1), 6),
+                "positions_one_hot": self.positions_one_hot}
 
 
 def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
@@ -122,13 +124,20 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = dict(train_data)
     out["input_ids"] = np.where(mask, ids, pad if pad is not None else 0).astype(train_data["input_ids"].dtype)
-    dropped = candidates = 0
+    dropped = candidates = uncovered = 0
     if "topk_indices" in out:
-        out["topk_values"], out["topk_indices"], dropped = vocabulary.map_topk(
-            out["topk_values"], out["topk_indices"], vocab_map)
-        candidates = int(np.prod(out["topk_indices"].shape))
+        values, indices, lacking = vocabulary.map_topk(out["topk_values"], out["topk_indices"], vocab_map)
+        # A position none of whose candidates the student has: a one-hot on the token that follows instead (it is
+        # always kept), as the prompt's positions are, rather than a distribution with nothing in it.
+        none_kept = lacking.all(-1) & np.pad(mask[:, 1:], ((0, 0), (0, 1)))
+        following = np.pad(out["input_ids"][:, 1:], ((0, 0), (0, 1)))
+        indices[none_kept] = following[none_kept][:, None]
+        values[none_kept] = np.asarray(vocabulary.DROPPED_LOGPROB, dtype=values.dtype)
+        values[none_kept, 0] = 0
+        out["topk_values"], out["topk_indices"] = values, indices
+        dropped, candidates, uncovered = int(lacking.sum()), int(lacking.size), int(none_kept.sum())
     return out, TrimmedVocabulary(tokenizer=tokenizer, kept=kept, teacher_size=len(teacher_tokenizer),
-                                  candidates=candidates, dropped_candidates=dropped)
+                                  candidates=candidates, dropped_candidates=dropped, positions_one_hot=uncovered)
 
 
 def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path,

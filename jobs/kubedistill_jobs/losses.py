@@ -135,8 +135,20 @@ def _topk_logprobs(student_logits: Tensor, teacher_topk_values: Tensor, teacher_
     if loss == "forward-kl":
         student_log = gathered if normalized else gathered - torch.logsumexp(scaled, dim=-1, keepdim=True)
     else:
-        student_log = F.log_softmax(gathered, dim=-1)
+        # A repeated id (a slot the teacher left empty, at about -1e4: fewer candidates than k, or one a trimmed
+        # vocabulary lacks) counts once, in its slot of largest teacher value: the copies get no student mass in
+        # the renormalisation either.
+        student_log = F.log_softmax(gathered.masked_fill(_weaker_copies(teacher_topk_indices, teacher_topk_values),
+                                                         -1e4), dim=-1)
     return student_log, teacher_log
+
+
+def _weaker_copies(indices: Tensor, values: Tensor) -> Tensor:
+    """`(..., k)` bool: slots whose id another slot holds with a larger value (or an equal one, earlier)."""
+    same = indices.long()[..., :, None] == indices.long()[..., None, :]  # [j, i]: slots j and i hold one id
+    other, this = values[..., None, :], values[..., :, None]
+    earlier = torch.ones(same.shape[-2:], dtype=torch.bool, device=same.device).tril(-1)
+    return (same & ((other > this) | ((other == this) & earlier))).any(-1)
 
 
 def _topk_with_rest(student_logits: Tensor, teacher_topk_logprobs: Tensor, teacher_topk_indices: Tensor,

@@ -8,7 +8,8 @@ the byte-level BPE merges that build them ("Load What You Need", Abdaoui et al.,
   is kept when its two inputs and its output are kept, and the kept set is closed under the merges that build
   it), so the teacher's token ids map one to one onto the student's;
 - any other text still tokenizes (every single-byte token stays), into smaller pieces;
-- the teacher's probabilities on dropped tokens are the "rest" of its top-k (`losses`' remaining mass).
+- the teacher's probabilities on dropped tokens are the "rest" of its top-k (`losses`' remaining mass, for a
+  forward KL at temperature 1; other losses renormalise over the kept candidates).
 
 The map between the two vocabularies is never stored: `vocabulary_map` rebuilds it from the two tokenizers'
 token strings, wherever the two models meet.
@@ -49,12 +50,14 @@ def trim_tokenizer_json(tokenizer_json: str, used_ids: Iterable[int]) -> tuple[s
         raise VocabularyError(f"vocabulary trimming needs a BPE tokenizer, this one is {model.get('type')!r}")
     vocab: dict[str, int] = model["vocab"]
     by_id = {i: t for t, i in vocab.items()}
-    added = {a["content"]: a["id"] for a in doc.get("added_tokens", [])}
-    keep = {t for t in vocab if len(t) == 1} | {t for t in added if t in vocab}
+    # Added tokens may sit inside the BPE vocabulary (SmolLM2) or after it (Llama 3, Qwen): all are kept.
+    added_ids = {int(a["id"]) for a in doc.get("added_tokens", [])}
+    inserted = _remap_processor(doc.get("post_processor"), None)  # the ids a post-processor inserts stay too
+    keep = {t for t in vocab if len(t) == 1} | {by_id[i] for i in added_ids | inserted if i in by_id}
     for i in used_ids:
         token = by_id.get(int(i))
         if token is None:
-            if int(i) in added.values():
+            if int(i) in added_ids:
                 continue
             raise VocabularyError(f"token id {int(i)} is not in the tokenizer's vocabulary of {len(vocab)}")
         keep.add(token)
@@ -66,18 +69,36 @@ def trim_tokenizer_json(tokenizer_json: str, used_ids: Iterable[int]) -> tuple[s
             if a + b in keep and (a not in keep or b not in keep):
                 keep.update((a, b))
                 changed = True
-    kept = np.array(sorted(vocab[t] for t in keep), dtype=np.int64)
+    # New ids follow the old order, added tokens outside the vocabulary included (they stay after it).
+    kept = np.array(sorted({vocab[t] for t in keep} | added_ids | inserted), dtype=np.int64)
     new_id = {int(old): new for new, old in enumerate(kept)}
-    model["vocab"] = {by_id[int(old)]: new for new, old in enumerate(kept)}
+    model["vocab"] = {by_id[int(old)]: new for new, old in enumerate(kept) if int(old) in by_id}
     model["merges"] = [[a, b] for a, b in merges if a in keep and b in keep and a + b in keep]
     for token in doc.get("added_tokens", []):
-        if token["id"] not in new_id:
-            raise VocabularyError(f"added token {token['content']!r} (id {token['id']}) is not in the vocabulary")
-        token["id"] = new_id[token["id"]]
-    processor = doc.get("post_processor") or {}
-    for special in (processor.get("special_tokens") or {}).values():
-        special["ids"] = [new_id[i] for i in special.get("ids", [])]
+        token["id"] = new_id[int(token["id"])]
+    _remap_processor(doc.get("post_processor"), new_id)
     return json.dumps(doc, ensure_ascii=False), kept
+
+
+def _remap_processor(processor: Any, new_id: dict[int, int] | None) -> set[int]:
+    """The special-token ids a post-processor inserts (TemplateProcessing's `special_tokens`, Roberta/Bert
+    processing's `cls` and `sep` as [token, id], each processor of a Sequence); with `new_id`, rewritten in place
+    to the new ids. Returns the old ids."""
+    found: set[int] = set()
+    if not isinstance(processor, dict):
+        return found
+    for special in (processor.get("special_tokens") or {}).values():
+        found.update(int(i) for i in special.get("ids", []))
+        if new_id is not None:
+            special["ids"] = [new_id[int(i)] for i in special.get("ids", [])]
+    for key in ("cls", "sep"):
+        if isinstance(processor.get(key), list) and len(processor[key]) == 2:
+            found.add(int(processor[key][1]))
+            if new_id is not None:
+                processor[key][1] = new_id[int(processor[key][1])]
+    for inner in processor.get("processors") or []:
+        found |= _remap_processor(inner, new_id)
+    return found
 
 
 def trimmed_tokenizer(teacher_tokenizer: Any, used_ids: Iterable[int]) -> tuple[Any, np.ndarray]:
@@ -156,21 +177,36 @@ def trim_embeddings(model: Any, kept: np.ndarray) -> Any:
                     new_head.bias.copy_(head.bias[index.to(head.weight.device)])
             model.set_output_embeddings(new_head)
     model.config.vocab_size = len(index)
+    new_id = {int(old): new for new, old in enumerate(np.asarray(kept))}
+    for config in (model.config, getattr(model, "generation_config", None)):
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            if config is not None and getattr(config, key, None) is not None:
+                setattr(config, key, _remapped(getattr(config, key), new_id))
     return model
+
+
+def _remapped(value: int | list[int], new_id: dict[int, int]) -> int | list[int] | None:
+    """A config's special-token id (or list of them) in the new ids; a dropped one is left out (None)."""
+    if isinstance(value, list):
+        ids = [new_id[int(v)] for v in value if int(v) in new_id]
+        return ids or None
+    return new_id.get(int(value))
 
 
 # A dropped candidate's log-probability: the value padding slots of fewer than k candidates already carry.
 DROPPED_LOGPROB = -1e4
 
 
-def map_topk(values: np.ndarray, indices: np.ndarray, vocab_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def map_topk(values: np.ndarray, indices: np.ndarray, vocab_map: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray]:
     """The teacher's top-k `(…, k)` in the student's ids: a candidate the student lacks gets DROPPED_LOGPROB and
     the id of one of its position's kept candidates (repeated ids count once in the loss's remaining-mass bucket,
-    where the dropped probability now belongs). Returns (values, indices, dropped candidates)."""
+    where the dropped probability now belongs). Returns (values, indices, dropped `(…, k)` bool); a position
+    whose candidates are all dropped is left to the caller (its indices are 0)."""
     mapped = vocab_map[np.asarray(indices, dtype=np.int64)]
     dropped = mapped < 0
     first_kept = np.where(dropped, np.iinfo(np.int64).max, mapped).min(-1, keepdims=True)
     filler = np.where(first_kept == np.iinfo(np.int64).max, 0, first_kept)
     out_values = np.where(dropped, np.asarray(DROPPED_LOGPROB, dtype=values.dtype), values).astype(values.dtype)
     out_indices = np.where(dropped, filler, mapped).astype(np.asarray(indices).dtype)
-    return out_values, out_indices, int(dropped.sum())
+    return out_values, out_indices, dropped

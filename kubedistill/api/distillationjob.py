@@ -352,7 +352,9 @@ class StudentFromTeacher(ApiModel):
         "single-byte token, so that any text still tokenizes (vocabulary trimming): in a small student of a "
         "large-vocabulary teacher the embedding is most of the parameters. The student gets its own tokenizer, "
         "which splits the training text exactly as the teacher's does; the teacher's soft targets are mapped "
-        "onto it, their mass on dropped tokens kept as one remaining bucket. causal-lm, teacherMode cached.",
+        "onto it (the teacher's mass on dropped tokens is the loss's remaining bucket for a forward KL at "
+        "temperature 1, else the kept candidates are renormalised). causal-lm, teacherMode cached, no pruning "
+        "or hidden states, a generation metric in evaluation.metrics.",
     )
 
     @model_validator(mode="after")
@@ -1041,9 +1043,13 @@ class DistillationJobSpec(ApiModel):
             cel(
                 "!has(self.student.fromTeacher) || !has(self.student.fromTeacher.vocabulary) || "
                 "self.student.fromTeacher.vocabulary == 'teacher' || (self.task.type == 'causal-lm' && "
-                "self.distillation.teacherMode == 'cached' && self.compression.pruning.method == 'none')",
-                "student.fromTeacher.vocabulary corpus needs task.type causal-lm, distillation.teacherMode cached "
-                "and compression.pruning.method none (the teacher never reads the student's own tokens)",
+                "self.distillation.teacherMode == 'cached' && self.compression.pruning.method == 'none' && "
+                "!self.distillation.hiddenStates.enabled && "
+                "self.evaluation.metrics.exists(m, m in ['rouge_l', 'chrf', 'exact_match']))",
+                "student.fromTeacher.vocabulary corpus needs task.type causal-lm, distillation.teacherMode cached, "
+                "compression.pruning.method none, hiddenStates off (the teacher never reads the student's own "
+                "tokens) and a generation metric in evaluation.metrics (perplexities over two tokenizations do "
+                "not compare)",
                 ".student.fromTeacher.vocabulary",
             ),
             cel(
@@ -1176,13 +1182,17 @@ class DistillationJobSpec(ApiModel):
             return
         needs = {"task.type causal-lm": self.task.type == "causal-lm",
                  "distillation.teacherMode cached": self.distillation.teacher_mode == "cached",
-                 "compression.pruning.method none": self.compression.pruning.method == "none"}
+                 "compression.pruning.method none": self.compression.pruning.method == "none",
+                 "distillation.hiddenStates.enabled false": not self.distillation.hidden_states.enabled,
+                 "a generation metric (rouge_l, chrf or exact_match) in evaluation.metrics":
+                     self.evaluation.generation_metric() is not None}
         unmet = [field for field, ok in needs.items() if not ok]
         if unmet:
             raise ValueError(
                 "student.fromTeacher.vocabulary: corpus trims the student's vocabulary to the training data's "
                 "tokens and maps the teacher's cached soft targets onto it; the teacher never reads the student's "
-                f"own tokens, so it needs {', '.join(needs)}: change {', '.join(unmet)}, or use vocabulary teacher")
+                "own tokens, and perplexities over two tokenizations do not compare, so it needs "
+                f"{', '.join(needs)}: change {', '.join(unmet)}, or use vocabulary teacher")
 
     def _check_teachers(self, teachers: list[EnsembleTeacher]) -> None:
         """Several teachers: each classifies (a model, or a language model through a prompt) and the

@@ -34,8 +34,12 @@ def test_a_build_is_reused_until_its_weights_or_recipe_change(tmp_path, monkeypa
     os.utime(hf / "model.safetensors", (later, later))  # newer weights
     genai_export.ensure_build(hf, build, "fp32")
     assert calls == ["int4", "fp32", "fp32"]
-    # A build made with other builder options (an earlier release's int4, output layer at 4 bits) is stale.
+    os.utime(hf / "model.safetensors", (1e9, 1e9))  # back to the past: only the marker decides below
+    # An fp32 build marked by an earlier release is still fresh; its int4 build (output layer at 4 bits) is not.
+    (build / genai_export.PRECISION_MARKER).write_text("fp32\n")
+    genai_export.ensure_build(hf, build, "fp32")
+    assert calls == ["int4", "fp32", "fp32"]
     genai_export.ensure_build(hf, build, "int4")
-    (build / genai_export.PRECISION_MARKER).write_text("int4\n\n")
+    (build / genai_export.PRECISION_MARKER).write_text("int4\n")
     genai_export.ensure_build(hf, build, "int4")
     assert calls == ["int4", "fp32", "fp32", "int4", "int4"]

@@ -94,6 +94,99 @@ def test_the_map_marks_dropped_tokens_and_refuses_a_foreign_vocabulary(teacher_t
         vocabulary_map(other, student)
 
 
+def llama3_style_tokenizer(texts: list[str]):
+    """A byte-level BPE whose special tokens sit after its vocabulary (not in the BPE model's vocab), with a
+    post-processor that prepends the beginning-of-text token inside a Sequence, as Llama 3's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.add_special_tokens(["<|begin_of_text|>", "<|eot_id|>", "<|pad|>"])
+    bos = backend.token_to_id("<|begin_of_text|>")
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|pad|>")
+
+
+def test_special_tokens_after_the_vocabulary_and_a_nested_post_processor_are_remapped():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    teacher = llama3_style_tokenizer(CORPUS + ELSEWHERE * 4)
+    doc = json.loads(teacher.backend_tokenizer.to_str())
+    assert teacher.bos_token_id not in doc["model"]["vocab"].values()  # outside the BPE model's vocabulary
+    student, kept = trimmed_tokenizer(teacher, _used(teacher, CORPUS))
+    vocab_map = vocabulary_map(student, teacher)
+    assert vocab_map is not None
+    for text in CORPUS:
+        ids = teacher(text)["input_ids"]
+        assert ids[0] == teacher.bos_token_id
+        assert to_student_ids(ids, vocab_map).tolist() == student(text)["input_ids"]
+    assert student(CORPUS[0])["input_ids"][0] == student.bos_token_id < len(student)
+    assert [student.convert_ids_to_tokens(getattr(student, f"{t}_token_id")) for t in ("bos", "eos", "pad")] == \
+        ["<|begin_of_text|>", "<|eot_id|>", "<|pad|>"]
+    # the model's config names the special tokens by the student's ids, and rebuilds from it
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(teacher), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, bos_token_id=teacher.bos_token_id,
+        eos_token_id=[teacher.eos_token_id, teacher.pad_token_id], pad_token_id=teacher.pad_token_id))
+    trim_embeddings(model, kept)
+    assert model.config.bos_token_id == student.bos_token_id
+    assert model.config.eos_token_id == [student.eos_token_id, student.pad_token_id]
+    assert model.config.pad_token_id == student.pad_token_id < len(kept)
+    rebuilt = LlamaForCausalLM(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.get_input_embeddings().padding_idx == student.pad_token_id
+
+
+def test_a_position_with_no_kept_candidate_learns_the_next_token():
+    from kubedistill_jobs.inputs import trim_vocabulary
+
+    teacher = bpe_tokenizer(CORPUS + ELSEWHERE * 4)
+    encoded = teacher(CORPUS[:2], padding="max_length", max_length=16, truncation=True, return_tensors="np")
+    ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int8)
+    foreign = [i for i in range(len(teacher)) if i not in set(ids[mask.astype(bool)].tolist())
+               and len(teacher.convert_ids_to_tokens(i)) > 3][:40]
+    k = 4
+    indices = np.broadcast_to(np.asarray(ids)[..., None], (*ids.shape, k)).copy()  # candidates: the token itself
+    indices[..., 1:] = foreign[:k - 1]
+    indices[0, 3] = foreign[10:10 + k]  # position 3 of row 0: only tokens the trimmed vocabulary lacks
+    values = np.log(np.full((*ids.shape, k), 1 / (k + 1), dtype=np.float32)).astype(np.float16)
+    arrays, trimmed = trim_vocabulary(teacher, {"input_ids": ids, "attention_mask": mask, "topk_values": values,
+                                                "topk_indices": indices.astype(np.int32)})
+    record = trimmed.record()
+    assert record["positions_one_hot"] == 1 and record["dropped_candidates"] > 0
+    assert arrays["topk_indices"][0, 3].tolist() == [arrays["input_ids"][0, 4]] * k
+    assert arrays["topk_values"][0, 3, 0] == 0 and (arrays["topk_values"][0, 3, 1:] == np.float16(DROPPED_LOGPROB)
+                                                     ).all()
+    vocab_map = vocabulary_map(trimmed.tokenizer, teacher)
+    assert vocab_map is not None
+    assert (arrays["input_ids"][mask.astype(bool)] == vocab_map[ids[mask.astype(bool)]]).all()
+
+
+@pytest.mark.parametrize("loss", ["reverse-kl", "jsd", "forward-kl"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_dropped_candidates_filler_id_counts_once_in_every_loss(loss, temperature):
+    """A dropped candidate becomes a copy of a kept id at about -1e4: the loss is the one over the kept
+    candidates alone, whichever slot the copy lands in."""
+    rng = np.random.default_rng(1)
+    student = torch.as_tensor(rng.normal(size=(2, 3, 50)), dtype=torch.float32)
+    kept_values = torch.log_softmax(torch.as_tensor(rng.normal(size=(2, 3, 3))), -1).float() - 0.5
+    kept_ids = torch.as_tensor(np.stack([rng.permutation(50)[:3] for _ in range(6)]).reshape(2, 3, 3))
+    # the dropped slot comes first (the teacher's top candidate was dropped) and copies the last kept id
+    values = torch.cat([torch.full((2, 3, 1), DROPPED_LOGPROB), kept_values], -1)
+    ids = torch.cat([kept_ids[..., 2:], kept_ids], -1)
+    with_copy = losses.soft_loss(student, values, teacher_topk_indices=ids, loss=loss, temperature=temperature)
+    alone = losses.soft_loss(student, kept_values, teacher_topk_indices=kept_ids, loss=loss, temperature=temperature)
+    assert with_copy.item() == pytest.approx(alone.item(), rel=1e-4, abs=1e-6)
+
+
 def test_a_tokenizer_that_is_not_bpe_is_refused(teacher_tokenizer):
     doc = json.loads(teacher_tokenizer.backend_tokenizer.to_str())
     doc["model"]["type"] = "WordPiece"
@@ -115,7 +208,7 @@ def test_dropped_candidates_move_to_the_remaining_bucket(teacher_tokenizer):
     top = teacher_logprobs.topk(k, -1)
     values, indices, dropped = map_topk(top.values.numpy().astype(np.float16), top.indices.numpy(), vocab_map)
     was_dropped = vocab_map[top.indices.numpy()] < 0
-    assert dropped == int(was_dropped.sum()) > 0
+    assert (dropped == was_dropped).all() and was_dropped.any()
     assert (values[was_dropped] == np.float16(DROPPED_LOGPROB)).all()
     assert (values[~was_dropped] == top.values.numpy().astype(np.float16)[~was_dropped]).all()
     assert (indices[~was_dropped] == vocab_map[top.indices.numpy()][~was_dropped]).all()
@@ -148,7 +241,7 @@ def test_preflight_refuses_trimming_a_tokenizer_that_is_not_bpe(teacher_tokenize
 
     spec = DistillationJobSpec.model_validate({
         "task": {"type": "causal-lm"}, "teacher": {"uri": "/models/t"},
-        "student": {"fromTeacher": {"layers": [0], "vocabulary": "corpus"}},
+        "student": {"fromTeacher": {"layers": [0], "vocabulary": "corpus"}}, "evaluation": {"metrics": ["rouge_l"]},
         "dataset": {"uri": "/data/x.jsonl"}, "output": {"uri": str(tmp_path)}})
     check_trimmable_vocabulary(spec, {"teacher_tokenizer": teacher_tokenizer})
     with pytest.raises(PreflightError, match=r"student\.fromTeacher\.vocabulary: .*WordLevel: use vocabulary teacher"):
