@@ -285,6 +285,8 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
     else:
         source = "dataset.referenceField" if references is not None else "the teacher's answers"
     reference_ids = None if spec.task.prompt is not None and references is None else [r for _, r in prompts]
+    # the frontier compares token ids: the teacher's answers in the student's tokens (only the student's
+    # log-probabilities are read, so the teacher's, per its own tokens, stay as they were)
     teacher_answers = answers["teacher"] if same_tokens else [
         Answer(tokenizer(teacher_tokenizer.decode(a.ids), add_special_tokens=False)["input_ids"], a.logprobs)
         for a in answers["teacher"]]

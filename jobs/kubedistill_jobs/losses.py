@@ -166,7 +166,7 @@ def _topk_with_rest(student_logits: Tensor, teacher_topk_logprobs: Tensor, teach
     if not normalized:
         student_k = student_k - torch.logsumexp(logits, dim=-1, keepdim=True)
     # The rest from the k alone (no second pass over the vocabulary): 1 - Σ q over the distinct indices.
-    repeated = (indices[..., :, None] == indices[..., None, :]).tril(-1).any(-1)  # (..., k): an earlier slot's id
+    repeated = _weaker_copies(indices, teacher_k)  # (..., k): each id once
     inside_log = torch.logsumexp(student_k.masked_fill(repeated, float("-inf")), dim=-1, keepdim=True)
     rest = torch.log(-torch.expm1(inside_log.clamp(max=-1e-7)))  # log(1 - e^x), exact for x near 0
     return torch.cat([student_k, rest], dim=-1), teacher_log

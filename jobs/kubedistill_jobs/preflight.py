@@ -153,11 +153,10 @@ def check_trimmable_vocabulary(spec: DistillationJobSpec, found: dict[str, Any])
     teacher = found.get("teacher_tokenizer")
     if derived is None or derived.vocabulary != "corpus" or teacher is None:
         return
-    import json
+    from kubedistill_jobs import vocabulary
 
-    backend = getattr(teacher, "backend_tokenizer", None)
-    kind = json.loads(backend.to_str()).get("model", {}).get("type") if backend is not None else None
-    if kind != "BPE":
+    kind = vocabulary.model_type(teacher)
+    if kind != vocabulary.BPE:
         raise PreflightError(
             f"student.fromTeacher.vocabulary: corpus trims a BPE tokenizer (byte-level, as GPT-2, Llama 3 and "
             f"SmolLM use); the teacher's is {kind or 'not a fast tokenizer'}: use vocabulary teacher")

@@ -24,12 +24,19 @@ from typing import Any
 
 import numpy as np
 
-# tokenizer.json's BPE model fields this trimming understands; another model type is refused.
-_BPE = "BPE"
+# The tokenizer.json model type this trimming understands; another is refused.
+BPE = "BPE"
 
 
 class VocabularyError(ValueError):
     """A tokenizer that cannot be trimmed (not byte-level BPE)."""
+
+
+def model_type(tokenizer: Any) -> str | None:
+    """The tokenizer.json model type of a transformers fast tokenizer (BPE, WordPiece, Unigram, ...); None for a
+    slow one. Trimming needs BPE."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()).get("model", {}).get("type") if backend is not None else None
 
 
 def _merge_pair(merge: Any) -> tuple[str, str]:
@@ -46,7 +53,7 @@ def trim_tokenizer_json(tokenizer_json: str, used_ids: Iterable[int]) -> tuple[s
     VocabularyError for a tokenizer that is not BPE, or an id outside its vocabulary."""
     doc = json.loads(tokenizer_json)
     model = doc.get("model", {})
-    if model.get("type") != _BPE or not isinstance(model.get("vocab"), dict):
+    if model.get("type") != BPE or not isinstance(model.get("vocab"), dict):
         raise VocabularyError(f"vocabulary trimming needs a BPE tokenizer, this one is {model.get('type')!r}")
     vocab: dict[str, int] = model["vocab"]
     by_id = {i: t for t, i in vocab.items()}

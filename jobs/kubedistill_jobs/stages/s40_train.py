@@ -50,9 +50,10 @@ def training_inputs(context: Context) -> TrainingInputs:
     if spec.student.from_teacher is not None and spec.student.from_teacher.vocabulary == "corpus":
         train_data, trimmed = inputs.trim_vocabulary(tokenizer, train_data)
         tokenizer = trimmed.tokenizer
+        record = trimmed.record()
         log.info("vocabulary trimmed to the training data's tokens: %d of the teacher's %d (%.2f%% of the "
-                 "teacher's top-k candidates fall outside)", len(trimmed.kept), trimmed.teacher_size,
-                 100 * trimmed.dropped_candidates / max(trimmed.candidates, 1))
+                 "teacher's top-k candidates fall outside)", record["student"], record["teacher"],
+                 100 * record["dropped_candidate_share"])
     student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student", calibration=calibration,
                                         kept_tokens=None if trimmed is None else trimmed.kept)
     student_params = models.count_parameters(student)
