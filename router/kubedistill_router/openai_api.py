@@ -8,6 +8,11 @@ Supported: max_tokens (max_completion_tokens), temperature, top_p, stop, seed, s
 ending with `data: [DONE]`), stream_options.include_usage, logprobs / top_logprobs (chat), logprobs as a
 count (completions), n = 1. Every response carries `kubedistill` (served_by, confidence, ...) and the
 X-Kubedistill-Served-By / X-Kubedistill-Confidence headers. Errors are 400s that name the field.
+
+A field the router cannot honour is refused, never answered as if it were unset (the student would ignore it
+and an escalated request would reach the teacher with it): penalties, logit_bias, tools, response_format, echo,
+best_of, suffix and the like are accepted only at their default values, and an unknown field is refused as the
+OpenAI API refuses it. Fields that do not change the answer (user, metadata, ...) are accepted.
 """
 
 from __future__ import annotations
@@ -46,6 +51,33 @@ class GenerationRequest:
     logprobs: bool
     top_logprobs: int
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # what a remote teacher is sent
+
+
+HANDLED = frozenset({"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+                     "stop", "seed", "stream", "stream_options", "logprobs", "top_logprobs", "n"})
+# Bookkeeping that does not change the answer (passed on to a remote teacher as sent).
+ANSWER_NEUTRAL = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
+                            "parallel_tool_calls"})
+# Options the router cannot honour: accepted only at these values (what leaving them out means).
+DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},), "tools": ([],), "functions": ([],),
+    "tool_choice": ("none",), "function_call": ("none",), "response_format": ({"type": "text"},),
+    "modalities": (["text"],), "best_of": (1,), "echo": (False,), "suffix": ("",),
+}
+
+
+def _unsupported_fields(body: dict[str, Any]) -> None:
+    """BadRequest for the first field that would be ignored: an unknown one, or an option at another value
+    than its default."""
+    for name, value in body.items():
+        if name in HANDLED or name in ANSWER_NEUTRAL or value is None:
+            continue
+        if name not in DEFAULT_ONLY:
+            raise BadRequest(f"{name}: unrecognized request argument; this router supports "
+                             f"{', '.join(sorted(HANDLED - {'model'}))}")
+        if value not in DEFAULT_ONLY[name]:
+            raise BadRequest(f"{name}: not supported by this router (only {DEFAULT_ONLY[name][0]!r}, the default); "
+                             "leave it out")
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -111,6 +143,7 @@ def parse_request(body: Any, *, chat: bool, model_name: str, max_tokens_cap: int
         raise BadRequest(f"model: required, a string; this router serves {model_name!r}")
     if model != model_name:
         raise NotFound(f"model: {model!r} is not served here; this router serves {model_name!r} (GET /v1/models)")
+    _unsupported_fields(body)
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest(f"n: only 1 choice per request is supported, got {n!r}")

@@ -38,11 +38,29 @@ def test_defaults_and_fields():
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, True,
      "messages[0].content[0]"),
     ([], True, "request body"),
+    # options the router cannot honour, and unknown fields: refused, never ignored
+    ({"model": "m", "prompt": "a", "frequency_penalty": 0.5}, False, "frequency_penalty"),
+    ({"model": "m", "prompt": "a", "echo": True}, False, "echo"),
+    ({"model": "m", "prompt": "a", "best_of": 3}, False, "best_of"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "logit_bias": {"50256": -100}}, True,
+     "logit_bias"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "response_format": {"type": "json_object"}},
+     True, "response_format"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}],
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, True, "tools"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "temprature": 0}, True, "temprature"),
 ])
 def test_bad_requests_name_the_field(body, chat, field):
     with pytest.raises(BadRequest) as error:
         parse(body, chat=chat)
     assert error.value.message.startswith(field)
+
+
+def test_default_values_and_bookkeeping_fields_are_accepted():
+    req = parse({"model": "m", "prompt": "a", "frequency_penalty": 0, "presence_penalty": 0.0, "echo": False,
+                 "best_of": 1, "logit_bias": {}, "suffix": None, "user": "u-1", "metadata": {"team": "x"}},
+                chat=False)
+    assert req.prompt == "a" and req.raw["user"] == "u-1"  # passed on to a remote teacher as sent
 
 
 def test_another_model_is_not_found():
