@@ -283,8 +283,10 @@ class DistillationRecipe:
                 self.teacher is None or _takes(self.teacher, "logits_to_keep"))
         first = self.first_counted(batch) if self.keeps_logits else 0
         keep: dict[str, Any] = {"logits_to_keep": ids.shape[1] - first} if first else {}
-        positions = self.drawn_positions(batch, ids.shape[1]) if self.keeps_logits and not first else None
-        if positions is not None:  # (W,): a share of the prompts' positions and every answer position
+        # (W,): a share of the prompts' positions and every answer position. A model without logits_to_keep
+        # computes every position's logits and the draw picks them out: the same loss, without the saving.
+        positions = self.drawn_positions(batch, ids.shape[1]) if not first else None
+        if positions is not None and self.keeps_logits:
             keep = {"logits_to_keep": positions}
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=cfg.hidden_states, **keep)
         teacher_out = None
@@ -300,7 +302,8 @@ class DistillationRecipe:
                 student_h = out.hidden_states[-1][:, 0]
                 teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
         elif positions is not None:  # position t predicts token t + 1, for the W drawn positions t
-            logits = losses.shared_vocab_logits(out.logits, cfg.vocab_size)  # (B, W, V)
+            drawn_logits = (lambda full: full) if self.keeps_logits else (lambda full: full[:, positions])
+            logits = losses.shared_vocab_logits(drawn_logits(out.logits), cfg.vocab_size)  # (B, W, V)
             # the draw, then each row's answer: a row whose answer starts later keeps the prompt between out
             drawn = positions < int(batch["answer_start"].min()) - 1  # (W,)
             counted = drawn[None, :] | losses.answer_positions(batch["answer_start"], positions)  # (B, W)
@@ -309,7 +312,8 @@ class DistillationRecipe:
             token_mask = mask[:, positions + 1].bool() & counted  # (B, W)
             teacher_logits = None
             if teacher_out is not None:
-                teacher_logits = losses.shared_vocab_logits(teacher_out.logits, cfg.vocab_size)  # (B, W, V)
+                teacher_logits = losses.shared_vocab_logits(drawn_logits(teacher_out.logits),
+                                                            cfg.vocab_size)  # (B, W, V)
             elif "topk_values" in batch:
                 teacher_logits = batch["topk_values"][:, positions].float()
                 topk_indices = batch["topk_indices"][:, positions]
@@ -372,7 +376,8 @@ class DistillationRecipe:
         is below 1: that share of the positions before the batch's first answer token, drawn by (seed, step),
         and every position from there on, as a sorted `(W,)` index tensor; None when all positions count.
 
-        The logits of the positions left out, the largest tensors of a step, are never computed."""
+        The logits of the positions left out, the largest tensors of a step, are never computed (by a model
+        that takes `logits_to_keep`; others compute them and the loss leaves them out)."""
         import torch
 
         cfg = self.cfg

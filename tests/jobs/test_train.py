@@ -301,12 +301,12 @@ def test_a_prompt_token_share_computes_the_drawn_positions_alone_and_their_loss_
 
     monkeypatch.setattr(type(student), "forward", recording)
 
-    def step(share: float, at: int):
+    def step(share: float, at: int, keeps: bool = True):
         recipe = DistillationRecipe(_loop(task="causal-lm", teacher_mode="cached", temperature=1.0, alpha=0.5,
                                           vocab_size=31, loss="forward-kl", hidden_states=False,
                                           prompt_token_share=share, topk_logprobs=True),
                                     rank=0, world=1, device="cpu")
-        recipe.model, recipe.teacher, recipe.projection, recipe.keeps_logits = student, None, None, True
+        recipe.model, recipe.teacher, recipe.projection, recipe.keeps_logits = student, None, None, keeps
         recipe.step = at
         student.zero_grad()
         loss = recipe.loss_step(batch)["loss"]
@@ -343,6 +343,13 @@ def test_a_prompt_token_share_computes_the_drawn_positions_alone_and_their_loss_
     assert torch.allclose(drawn_loss, want.detach(), atol=1e-6)
     for got, whole in zip(drawn_grads, [p.grad for p in student.parameters()], strict=True):
         assert torch.allclose(got, whole, atol=1e-6)
+
+    # a model without logits_to_keep computes every position and the same draw counts: the same loss
+    unkept_loss, unkept_grads = step(0.5, at=3, keeps=False)
+    assert asked[-1] == 0
+    assert torch.allclose(unkept_loss, drawn_loss, atol=1e-6)
+    for got, drawn_grad in zip(unkept_grads, drawn_grads, strict=True):
+        assert torch.allclose(got, drawn_grad, atol=1e-6)
 
     step(1.0, at=3)
     assert asked[-1] == 0  # a share of 1: every position, nothing drawn
