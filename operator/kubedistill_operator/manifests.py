@@ -19,6 +19,7 @@ from kubedistill.uris import join_uri
 from kubedistill_operator import naming
 from kubedistill_operator.builders import ModelSourceInfo, build_job_children, build_student_children
 from kubedistill_operator.config import OperatorConfig
+from kubedistill_operator.status.student import unsupported_task
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 # Stands for the output of a job that is not among the files rendered.
@@ -95,7 +96,10 @@ def _source(sd: StudentDeployment, jobs: dict[str, DistillationJob]) -> ModelSou
     if job is None:
         uri = model_repository_uri(join_uri(UNKNOWN_REPOSITORY, ref.name))
         s3 = sd.spec.source.s3_credentials_secret
-    else:
+    else:  # what the operator would refuse to serve (vLLM for a classification job, a task with no handler)
+        refused = unsupported_task(job.model_dump(by_alias=True, mode="json"), sd.spec.triton.backend)
+        if refused is not None:
+            raise ManifestError(f"StudentDeployment {sd.metadata.name}: {refused.message}")
         uri = model_repository_uri(job.spec.output.uri)
         s3 = sd.spec.source.s3_credentials_secret or job.spec.output.s3_credentials_secret
     return ModelSourceInfo(model_repository_uri=uri, model_version=naming.ray_job_name(ref.name, None),

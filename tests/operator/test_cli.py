@@ -75,6 +75,17 @@ def test_manifests_refuses_jobs_that_teach_each_other_or_disagree_on_labels(tmp_
     assert "task.labels" in capsys.readouterr().err
 
 
+def test_manifests_refuses_vllm_for_a_classification_job_as_the_operator_does(tmp_path, capsys):
+    quickstart = ROOT / "examples" / "quickstart"
+    job = yaml.safe_load((quickstart / "distillationjob.yaml").read_text())
+    deployment = yaml.safe_load((quickstart / "studentdeployment.yaml").read_text())
+    deployment["spec"]["triton"] = {"backend": "vllm", "gpus": 1}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump_all([job, deployment]))
+    assert main(["manifests", str(tmp_path / "both.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "spec.triton.backend" in err and "sequence-classification" in err
+
+
 def test_manifests_refuses_a_bad_file_with_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     doc = yaml.safe_load((ROOT / "examples" / "quickstart" / "distillationjob.yaml").read_text())
