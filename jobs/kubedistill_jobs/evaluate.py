@@ -319,7 +319,7 @@ def _eval_prompts(spec: DistillationJobSpec, rows: list[dict[str, Any]],
                  for r in rows]
         return pairs, [str(r) for r in references] if known else None
     pairs = split_prompts([tokenizer(r["text"], add_special_tokens=False)["input_ids"] for r in rows],
-                          spec.task.max_length)
+                          spec.task.max_length, tokenizer.decode)
     if not pairs:
         raise ValueError("eval.jsonl: no held-out text has 4 tokens or more to build the generation frontier from")
     return pairs, None

@@ -21,7 +21,7 @@ import re
 import string
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -93,14 +93,19 @@ def answer_scores(answers: Sequence[str], references: Sequence[str]) -> dict[str
             for name, score in SCORERS.items()}
 
 
-def split_prompts(token_ids: list[list[int]], max_length: int) -> list[tuple[list[int], list[int]]]:
+def split_prompts(token_ids: list[list[int]], max_length: int,
+                  decode: Callable[[list[int]], str] | None = None) -> list[tuple[list[int], list[int]]]:
     """(prompt, reference) per text: the first half of its first `max_length` tokens and the rest; texts
-    under 4 tokens are skipped."""
+    under 4 tokens are skipped. With `decode` (the tokenizer's), a cut inside a character (a byte-level token
+    holding part of it) moves to the token before: a prompt is handed as text to a model of another tokenizer,
+    and half a character would reach it as U+FFFD."""
     out = []
     for ids in token_ids:
         ids = ids[:max_length]
         if len(ids) >= 4:
             half = len(ids) // 2
+            while decode is not None and half > 1 and decode(ids[:half]).endswith("\ufffd"):
+                half -= 1
             out.append((ids[:half], ids[half:]))
     return out
 

@@ -23,6 +23,20 @@ def test_split_prompts_halves_and_skips_short_texts():
     assert pairs == [([1, 2, 3], [4, 5, 6]), (list(range(5)), list(range(5, 10)))]
 
 
+def test_split_prompts_never_cut_a_character_in_two():
+    """Byte tokens (as byte-level BPE has them): the half falls inside 'é' (two bytes), and the cut moves to
+    the token before, so the prompt decodes to whole characters."""
+    ids = list("abcdéfghi".encode())  # 10 byte tokens: a b c d 0xC3 0xA9 f g h i
+
+    def decode(tokens):
+        return bytes(tokens).decode("utf-8", errors="replace")
+
+    assert decode(ids[:5]).endswith("\ufffd")  # where the plain half cuts
+    (prompt, rest), = split_prompts([ids], max_length=20, decode=decode)
+    assert decode(prompt) == "abcd" and decode(rest) == "éfghi"
+    assert split_prompts([ids], max_length=20)[0][0] == ids[:5]  # without decode: the plain half
+
+
 def test_answer_confidence_signals():
     lp = [math.log(0.9), math.log(0.5), math.log(0.99)] * 4
     assert answer_confidence(lp, "min-token-probability") == pytest.approx(0.5)
