@@ -1,7 +1,8 @@
 """Cluster credentials for the operator's watches (kopf) and its own calls (`KubeApi`), as kopf's
 `ConnectionInfo`: the pod's service account, or a kubeconfig's current context as kubectl reads it (files merged
 in $KUBECONFIG order, the first value of a name wins, relative paths from the file that names them, `token`,
-`tokenFile`, client certificates, `exec` plugins such as EKS's and GKE's).
+`tokenFile`, client certificates, `exec` plugins such as EKS's and GKE's, a legacy `auth-provider`'s stored
+access-token or id-token).
 
 No kubernetes client: see `kubeapi`. Every failure is a `kopf.LoginError` that names the file and the fix.
 """
@@ -81,6 +82,10 @@ def _from_kubeconfig(paths: list[Path]) -> kopf.ConnectionInfo:
     user = _named(entries, "users", context.value.get("user"), where, f"context {current!r}")
     if not cluster.value.get("server"):
         raise kopf.LoginError(f"{where}: cluster {context.value.get('cluster')!r} has no server")
+    if cluster.value.get("tls-server-name"):  # kopf's client checks the certificate against the server's host
+        raise kopf.LoginError(f"{where}: cluster {context.value.get('cluster')!r} sets tls-server-name, which the "
+                              "operator's client cannot send; make `server` name that host (an /etc/hosts entry or "
+                              "DNS name pointing at the address), or run the operator in the cluster")
     token = user.value.get("token")
     if not token and user.value.get("tokenFile"):
         try:
@@ -95,11 +100,26 @@ def _from_kubeconfig(paths: list[Path]) -> kopf.ConnectionInfo:
         certificate_path=user.path("client-certificate"), certificate_data=user.value.get("client-certificate-data"),
         private_key_path=user.path("client-key"), private_key_data=user.value.get("client-key-data"),
         username=user.value.get("username"), password=user.value.get("password"),
-        token=token or (user.value.get("auth-provider") or {}).get("config", {}).get("access-token"),
+        token=token or _auth_provider_token(user.value.get("auth-provider"), where, context.value.get("user")),
         default_namespace=context.value.get("namespace"))
     if user.value.get("exec") and not (info.token or info.certificate_path or info.certificate_data):
         info = _with_exec_credential(info, user.value["exec"], user.folder)
     return info
+
+
+def _auth_provider_token(provider: Any, where: str, user: Any) -> str | None:
+    """The token a legacy `auth-provider` stores in its config: `access-token` (gcp, azure) or `id-token` (oidc).
+    kubectl refreshes them; this client cannot, so a provider without one is an error, not a silent anonymous
+    login."""
+    if not provider:
+        return None
+    config = provider.get("config") or {}
+    token = config.get("access-token") or config.get("id-token")
+    if not token:
+        raise kopf.LoginError(f"{where}: user {user!r} uses auth-provider {provider.get('name')!r} without an "
+                              "access-token or id-token in its config; run a kubectl command once to have it "
+                              "fetched, or give the user an exec plugin or a token")
+    return str(token)
 
 
 def _named(entries: dict[str, dict[str, _Entry]], kind: str, name: Any, where: str, named_by: str) -> _Entry:

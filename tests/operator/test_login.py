@@ -73,6 +73,14 @@ def test_an_exec_plugin_that_fails_is_named(tmp_path, monkeypatch, user, message
         login(str(kubeconfig(tmp_path, "https://10.0.0.1:6443", user)))
 
 
+@pytest.mark.parametrize("provider", [{"name": "gcp", "config": {"access-token": "ya29.x", "expiry": "2999"}},
+                                      {"name": "oidc", "config": {"id-token": "eyJ.x", "idp-issuer-url": "u"}}])
+def test_an_auth_providers_stored_token_is_used(tmp_path, monkeypatch, provider):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = login(str(kubeconfig(tmp_path, "https://10.0.0.1:6443", {"auth-provider": provider})))
+    assert info.token == (provider["config"].get("access-token") or provider["config"]["id-token"])
+
+
 def test_no_credentials_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -103,6 +111,11 @@ GOOD = {"current-context": "dev", "clusters": [{"name": "c", "cluster": {"server
     (yaml.safe_dump({**GOOD, "current-context": "prod"}), "current-context names context 'prod'.*dev"),
     (yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {}}]}), "cluster 'c' has no server"),
     (yaml.safe_dump({**GOOD, "users": [{"name": "me", "user": {"tokenFile": "nope"}}]}), "tokenFile .* cannot be"),
+    (yaml.safe_dump({**GOOD, "users": [{"name": "me", "user": {"auth-provider": {"name": "oidc", "config": {}}}}]}),
+     "auth-provider 'oidc' without an access-token or id-token"),
+    (yaml.safe_dump({**GOOD, "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1",
+                                                                    "tls-server-name": "api.internal"}}]}),
+     "sets tls-server-name"),
 ])
 def test_a_bad_kubeconfig_is_named_with_what_is_wrong(tmp_path, monkeypatch, content, message):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
