@@ -252,7 +252,13 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
     teacher's answers re-tokenized by the student's tokenizer."""
     from kubedistill.artifacts import STUDENT_MODEL, TEACHER_MODEL
     from kubedistill_jobs.genai_export import ensure_build, precision_for
-    from kubedistill_jobs.generation_eval import ANSWER_TOKENS, Answer, generation_routing, timed_generate
+    from kubedistill_jobs.generation_eval import (
+        ANSWER_TOKENS,
+        Answer,
+        answer_quality,
+        generation_routing,
+        timed_generate,
+    )
 
     tokenizer, teacher_tokenizer = tokenizers["student"], tokenizers["teacher"]
     same_tokens = teacher_tokenizer.get_vocab() == tokenizer.get_vocab()
@@ -290,7 +296,13 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
     teacher_answers = answers["teacher"] if same_tokens else [
         Answer(tokenizer(teacher_tokenizer.decode(a.ids), add_special_tokens=False)["input_ids"], a.logprobs)
         for a in answers["teacher"]]
-    routing, _ = generation_routing(answers["student_quantized"], teacher_answers, reference_ids, target)
+    primary = spec.evaluation.generation_metric()
+    quality = None
+    if primary is not None:  # the frontier in the job's own terms: the primary metric on the decoded answers
+        scores = answer_quality(texts["student_quantized"], texts["teacher"], references, primary)
+        quality = (*scores, f"{source} ({primary})")
+    routing, _ = generation_routing(answers["student_quantized"], teacher_answers, reference_ids, target,
+                                    quality=quality)
     report = None
     if scored:
         report = GenerationEval(

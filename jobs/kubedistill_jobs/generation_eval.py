@@ -152,19 +152,41 @@ def timed_generate(folder: Path, prompts: list[list[int]], max_tokens: int) -> t
     return answers, sum(len(a.ids) for a in answers) / max(seconds, 1e-9)
 
 
+def answer_quality(student: Sequence[str], teacher: Sequence[str], references: Sequence[str] | None,
+                   metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-answer `metric` (a SCORERS name) of the student's and the teacher's answers `(N,)` each: against
+    `references`, else the student's against the teacher's (the teacher's own is then 1)."""
+    score = SCORERS[metric]
+    if references is None:
+        return np.array([score(s, t) for s, t in zip(student, teacher, strict=True)]), np.ones(len(teacher))
+    return (np.array([score(s, r) for s, r in zip(student, references, strict=True)]),
+            np.array([score(t, r) for t, r in zip(teacher, references, strict=True)]))
+
+
 def generation_routing(student: list[Answer], teacher: list[Answer], references: list[list[int]] | None,
-                       target: float, signal: str = "token-quantile") -> tuple[Routing, dict[str, Frontier]]:
-    """The frontier for every generation signal; the report's main one is `signal`. Quality: token F1
-    against `references`, else against the teacher's answers (the teacher's own quality is then 1)."""
+                       target: float, signal: str = "token-quantile",
+                       quality: tuple[np.ndarray, np.ndarray, str] | None = None,
+                       ) -> tuple[Routing, dict[str, Frontier]]:
+    """The frontier for every generation signal; the report's main one is `signal`. Quality: `quality`'s
+    per-answer scores of student and teacher and what they are measured against (the job's primary metric,
+    `answer_quality`), else token F1 against `references`, else against the teacher's answers (the teacher's
+    own quality is then 1)."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"generation frontier: need as many (> 0) student as teacher answers, got {len(student)} "
                          f"and {len(teacher)}")
-    if references is not None:
+    if quality is not None:
+        s_quality, t_quality, reference = quality
+        if len(s_quality) != len(student) or len(t_quality) != len(teacher):
+            raise ValueError(f"generation frontier: {len(s_quality)} and {len(t_quality)} scores for "
+                             f"{len(student)} answers")
+    elif references is not None:
         s_quality = np.array([token_f1(s.ids, r) for s, r in zip(student, references, strict=True)])
         t_quality = np.array([token_f1(t.ids, r) for t, r in zip(teacher, references, strict=True)])
     else:
         s_quality = np.array([token_f1(s.ids, t.ids) for s, t in zip(student, teacher, strict=True)])
         t_quality = np.ones(len(teacher))
+    if quality is None:
+        reference = "held-out continuations (token F1)" if references is not None else "the teacher's answers"
     frontiers = {}
     for name in GENERATION_SIGNALS:
         conf = np.array([answer_confidence(a.logprobs, name) for a in student])
@@ -178,7 +200,7 @@ def generation_routing(student: list[Answer], teacher: list[Answer], references:
         recommended=None if main.recommended is None else FrontierPoint(**vars(main.recommended)),
         teacher_accuracy=main.teacher_accuracy,
         student_accuracy=main.student_accuracy,
-        reference="held-out continuations (token F1)" if references is not None else "the teacher's answers",
+        reference=reference,
         signals={name: SignalSweep(
             recommended_threshold=None if f.recommended is None else f.recommended.threshold,
             escalation_rate=None if f.recommended is None else f.recommended.escalation_rate,

@@ -62,3 +62,27 @@ def test_cascade_escalates_the_unsure_answers_to_the_teacher():
     # Without references the teacher's answers are the reference.
     agreement, _ = generation_routing(student, teacher, None, target=1.0)
     assert agreement.teacher_accuracy == 1.0 and agreement.reference == "the teacher's answers"
+
+
+def test_the_frontier_can_measure_the_primary_metric_on_the_answers_text():
+    """ROUGE-L of the decoded answers instead of token F1: a student answer with the reference's words in
+    another order scores low on ROUGE-L (longest common subsequence) yet full on token F1; the frontier then
+    escalates it."""
+    from kubedistill_jobs.generation_eval import answer_quality
+
+    sure = [math.log(0.95)] * 3
+    student = [Answer([1, 2, 3], sure), Answer([3, 2, 1], [math.log(0.5)] * 3)]
+    teacher = [Answer([1, 2, 3], sure), Answer([1, 2, 3], sure)]
+    texts = {"student": ["rates rise again", "again rise rates"], "teacher": ["rates rise again"] * 2}
+    references = ["rates rise again", "rates rise again"]
+    by_f1, _ = generation_routing(student, teacher, [[1, 2, 3], [1, 2, 3]], target=1.0)
+    assert by_f1.student_accuracy == 1.0  # token F1 cannot tell the orders apart
+    s_quality, t_quality = answer_quality(texts["student"], texts["teacher"], references, "rouge_l")
+    assert s_quality[0] == 1.0 and s_quality[1] == pytest.approx(1 / 3) and list(t_quality) == [1.0, 1.0]
+    by_rouge, _ = generation_routing(student, teacher, None, target=1.0,
+                                     quality=(s_quality, t_quality, "dataset.referenceField (rouge_l)"))
+    assert by_rouge.student_accuracy == pytest.approx(2 / 3) and by_rouge.teacher_accuracy == 1.0
+    assert by_rouge.reference == "dataset.referenceField (rouge_l)"
+    assert by_rouge.recommended.escalation_rate == 0.5  # the unsure, reordered answer goes to the teacher
+    agreement = answer_quality(texts["student"], texts["teacher"], None, "exact_match")
+    assert list(agreement[0]) == [1.0, 0.0] and list(agreement[1]) == [1.0, 1.0]
