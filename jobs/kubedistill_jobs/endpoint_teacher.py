@@ -297,19 +297,22 @@ def build_row(prompt_ids: list[int], choice: dict[str, Any] | None, prompt: str,
 
 
 def place_row(prompt_ids: list[int], generated: list[int], dists: list[list[tuple[int, float]]], pad_id: int,
-              max_length: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              max_length: int, k: int, prompt_dists: list[list[tuple[int, float]]] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One cache row from a prompt and a teacher's answer: `input_ids (L,)` int32 and `attention_mask (L,)`
     int8, right-padded; `topk_values (L, k)` float16 and `topk_indices (L, k)` int32, where position t predicts
-    ids[t + 1]: a one-hot target inside the prompt, the teacher's candidates `dists[i]` ((id, logprob) pairs,
-    best first; one-hot on the answer's token when empty) for answer token i. `prompt_ids + generated` must
-    fit in max_length."""
+    ids[t + 1]: inside the prompt the teacher's candidates `prompt_dists[t]` for prompt token t + 1 where given
+    (a local teacher's prefill), a one-hot target otherwise; the teacher's candidates `dists[i]` ((id, logprob)
+    pairs, best first; one-hot on the answer's token when empty) for answer token i. `prompt_ids + generated`
+    must fit in max_length."""
     ids = list(prompt_ids) + list(generated)
     n, p = len(ids), len(prompt_ids)
     values = np.zeros((max_length, k), dtype=np.float32)
     indices = np.zeros((max_length, k), dtype=np.int32)
     for t in range(n - 1):  # position t predicts ids[t + 1]
         one_hot = [(ids[t + 1], 0.0)]
-        candidates = one_hot if t + 1 < p else dists[t + 1 - p] or one_hot
+        given = (prompt_dists[t] if prompt_dists else None) if t + 1 < p else dists[t + 1 - p]
+        candidates = given or one_hot
         values[t] = VERY_NEGATIVE
         indices[t] = candidates[0][0]
         for slot, (tid, logprob) in enumerate(candidates[:k]):

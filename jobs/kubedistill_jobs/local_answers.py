@@ -2,9 +2,12 @@
 `teacher/`) answers every training prompt once, greedily or sampled, `n` answers per prompt, through Ray Data.
 
 Each answer becomes one training row of the cache the endpoint teachers write (endpoint_teacher.place_row):
-the prompt's tokens with one-hot targets, then the answer's tokens with the teacher's top-k log-probabilities
-(log-softmax over its whole vocabulary at temperature 1, taken from the same forward pass that chose the
-token). An answer ends with the end-of-sequence token when the teacher stopped, so the student learns to stop.
+the prompt's tokens, then the answer's, each position with the teacher's top-k log-probabilities for the next
+token (log-softmax over its whole vocabulary at temperature 1). The answer's come from the same forward pass
+that chose each token; the prompt's from the prefill that generation runs anyway (word-level KD on the prompt
+text, Kim & Rush 2016), so they cost no extra pass: with completionOnlyLoss false they teach more than the
+one-hot targets an endpoint teacher's prompts get. An answer ends with the end-of-sequence token when the
+teacher stopped, so the student learns to stop.
 """
 
 from __future__ import annotations
@@ -83,11 +86,12 @@ class AnswerPredictor:
         torch.manual_seed(cfg.seed + int(batch["idx"][0]))  # sampled answers are the same on a rerun
         sampled = cfg.temperature > 0
         with torch.inference_mode(), autocast(self.device, cfg.mixed_precision)[0]:
+            prompt_top, cache = self.prefill(ids, mask)
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=room, do_sample=sampled,
                 temperature=cfg.temperature if sampled else None, top_p=cfg.top_p if sampled else None, top_k=None,
                 num_return_sequences=cfg.n, output_logits=True, return_dict_in_generate=True,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, past_key_values=cache,
             )
         logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float()[..., :cfg.vocab_size], dim=-1)
         values, indices = (part.cpu() for part in logprobs.topk(cfg.top_k, dim=-1))  # (B·n, T, k)
@@ -100,8 +104,9 @@ class AnswerPredictor:
                 answer = answer[:answer.index(tokenizer.eos_token_id) + 1]
             answer = answer[:cfg.max_length - len(prompt)]
             dists = [list(zip(indices[r, t].tolist(), values[r, t].tolist(), strict=True)) for t in range(len(answer))]
-            input_ids, attention, topk_values, topk_indices = place_row(prompt, answer, dists, pad, cfg.max_length,
-                                                                        cfg.top_k)
+            input_ids, attention, topk_values, topk_indices = place_row(
+                prompt, answer, dists, pad, cfg.max_length, cfg.top_k,
+                prompt_dists=prompt_top[r // cfg.n] if prompt_top is not None else None)
             rows.append({"input_ids": input_ids, "attention_mask": attention, "topk_values": topk_values,
                          "topk_indices": topk_indices, "generated": len(answer), "prompt_tokens": len(prompt),
                          "text": prompts[r // cfg.n] + tokenizer.decode(answer),
@@ -110,6 +115,34 @@ class AnswerPredictor:
                 **{key: np.stack([row[key] for row in rows]) for key in rows[0] if key not in ("text", "answer")},
                 "text": np.asarray([row["text"] for row in rows], dtype=object),
                 "answer": np.asarray([row["answer"] for row in rows], dtype=object)}
+
+
+    def prefill(self, ids: Any, mask: Any) -> tuple[list[list[list[tuple[int, float]]]] | None, Any]:
+        """The teacher's top-k next-token log-probabilities at each prompt's positions (per prompt, position t
+        predicting prompt token t + 1, best first) and the key-value cache of every prompt token but the last,
+        which `generate` continues from: one pass gives both. Left-padded `ids`, `mask (B, W)`; (None, None) for
+        one-token prompts. Positions are numbered as generate numbers them (from each row's first real token)."""
+        import torch
+
+        cfg = self.settings
+        width = ids.shape[1]
+        if width < 2:
+            return None, None
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                         use_cache=True)
+        lengths = mask.sum(-1).tolist()
+        prompt_top = []
+        for row, length in enumerate(lengths):  # a row at a time: (W, V) float32 at most, not (B, W, V)
+            first = width - int(length)
+            logprobs = torch.log_softmax(out.logits[row, first:].float()[..., :cfg.vocab_size], dim=-1)
+            values, indices = (part.cpu() for part in logprobs.topk(cfg.top_k, dim=-1))
+            prompt_top.append([list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values,
+                                                                                              strict=True)])
+        cache = out.past_key_values
+        if cfg.n > 1:  # generate asks for n answers per prompt: each prompt's cache n times, in row order
+            cache.batch_repeat_interleave(cfg.n)
+        return prompt_top, cache
 
 
 def run_answers(settings: AnswerSettings, prompts: list[str], *, progress: Progress | None = None,

@@ -55,7 +55,8 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
     assert meta["kind"] == "answers" and meta["rows"] == 60
     assert meta["sampling"] == {"method": "sampled", "n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 5}
 
-    # the cache holds the teacher's own top-k log-probabilities on each answer token, one-hot in the prompt
+    # the cache holds the teacher's own top-k log-probabilities on each answer token, and on each prompt token
+    # (from the prefill generation continued from, the prompts left-padded in their batch)
     ids, mask, values, indices = (np.load(layout.soft_targets / f"{name}.npy") for name in
                                   ("input_ids", "attention_mask", "topk_values", "topk_indices"))
     answer_start = np.load(layout.soft_targets / "answer_start.npy")
@@ -68,12 +69,10 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
         with torch.no_grad():
             logits = teacher(torch.as_tensor(ids[row:row + 1, :n], dtype=torch.long)).logits[0, :, :len(tokenizer)]
         logprobs = torch.log_softmax(logits, dim=-1)
-        for t in range(p - 1, n - 1):  # position t's target is answer token t + 1
+        for t in range(n - 1):  # position t's target is token t + 1, of the prompt or the answer
             top = logprobs[t].topk(4)
             assert indices[row, t].tolist() == top.indices.tolist(), (row, t)
             assert np.allclose(values[row, t].astype(np.float32), top.values.numpy(), atol=2e-2)
-        assert (values[row, :p - 1, 0] == 0).all() and (values[row, :p - 1, 1:] < -1000).all()  # one-hot prompt
-        assert (indices[row, :p - 1, 0] == ids[row, 1:p]).all()
         assert answer_start[row] == p  # completion-only loss (the default): the loss starts at the answer
     assert (ids[0] != ids[1]).any() or (ids[2] != ids[3]).any()  # two sampled answers per prompt differ somewhere
     assert result.stages["train"]["steps"] == 3
@@ -108,3 +107,50 @@ def test_with_gpus_ray_is_given_a_batch_size_no_larger_than_asked():
     assert block_plan(990, 32, gpus=True) == (31, 32)
     assert block_plan(70, 16, gpus=True) == (5, 14)
     assert block_plan(5, 32, gpus=True) == (1, 5)
+
+
+@pytest.mark.parametrize(("family", "n"), [("llama", 1), ("llama", 2), ("gpt2", 1)])
+def test_answers_and_prompt_targets_in_a_padded_batch_are_those_of_each_prompt_alone(tiny_models, tmp_path, family,
+                                                                                      n):
+    """Prompts of different lengths, left-padded into one batch: the prefill that gives the prompts' soft targets
+    and the generation that continues from its cache give each prompt the answer and the top-k it gets alone
+    (positions counted from each row's first real token, which GPT-2's learned positions show; n answers per
+    prompt from one cache per prompt)."""
+    import torch
+    from kubedistill_jobs.local_answers import AnswerPredictor, AnswerSettings
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    if family == "gpt2":
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                           bos_token_id=tokenizer.cls_token_id))
+        with torch.no_grad():
+            model.transformer.wpe.weight.mul_(40.0)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with torch.no_grad():  # peaked distributions, so that the top-k order is not decided by float noise
+        model.get_input_embeddings().weight.mul_(40.0)
+    model.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    settings = AnswerSettings(source=str(tmp_path / "teacher"), max_length=20, top_k=3, vocab_size=len(tokenizer),
+                              n=n, temperature=1.0 if n > 1 else 0.0, max_new_tokens=4)
+    predictor = AnswerPredictor(settings)
+    prompts = ["the movie was", "a very warm day is quite lovely and the food", "bad"]
+    together = predictor({"text": np.array(prompts, dtype=object), "idx": np.arange(3)})
+    assert len(together["input_ids"]) == 3 * n
+    for i, prompt in enumerate(prompts):
+        alone = predictor({"text": np.array([prompt], dtype=object), "idx": np.array([0])})
+        p = int(together["prompt_tokens"][i * n])
+        for copy in range(n):
+            row = i * n + copy
+            assert together["prompt_tokens"][row] == alone["prompt_tokens"][copy] == p
+            # the prompt's positions (all of them) always; the answer's when greedy (sampling draws differ)
+            upto = p - 1 if n > 1 else int(together["attention_mask"][row].sum()) - 1
+            if n == 1:
+                assert together["input_ids"][row].tolist() == alone["input_ids"][copy].tolist(), prompt
+            assert together["topk_indices"][row, :upto].tolist() == alone["topk_indices"][copy, :upto].tolist()
+            assert np.allclose(together["topk_values"][row, :upto].astype(np.float32),
+                               alone["topk_values"][copy, :upto].astype(np.float32), atol=2e-2)
+        assert (together["topk_values"][i * n, :p - 1, 1:] > -1000).all()  # soft targets, not one-hot

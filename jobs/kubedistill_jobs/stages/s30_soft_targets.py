@@ -102,7 +102,7 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
 
 def _from_local_answers(context: Context, prompts: list[str], progress: Progress) -> dict[str, Any]:
     """Sequence-level KD from the local teacher: its answers (n per prompt) become the training texts, its
-    top-k log-probabilities on them the cache (one-hot targets inside the prompts), as from an endpoint; the
+    top-k log-probabilities on them and on the prompts the cache, as from an endpoint; the
     answers are recorded in teacher_outputs/."""
     from kubedistill_jobs import local_answers, teacher_record
 
