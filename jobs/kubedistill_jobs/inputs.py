@@ -95,15 +95,17 @@ class TrimmedVocabulary:
     tokenizer: Any  # the student's own tokenizer
     kept: np.ndarray  # (V',) int64: the teacher id of each student id
     teacher_size: int
-    candidates: int  # the teacher's cached top-k candidates
+    candidates: int  # the teacher's cached top-k candidates at positions with a next token (no filler slots)
     dropped_candidates: int  # of those, tokens the student lacks (their mass is the loss's remaining bucket)
     positions_one_hot: int = 0  # positions none of whose candidates the student has: the next token, one-hot
+    dropped_probability: float = 0.0  # the teacher's probability on those tokens, mean per position
 
     def record(self) -> dict[str, Any]:
         """train_report.json's `vocabulary`."""
         return {"method": "corpus", "teacher": self.teacher_size, "student": len(self.kept),
                 "dropped_candidates": self.dropped_candidates,
                 "dropped_candidate_share": round(self.dropped_candidates / max(self.candidates, 1), 6),
+                "dropped_probability": round(self.dropped_probability, 6),
                 "positions_one_hot": self.positions_one_hot}
 
 
@@ -125,19 +127,27 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -
     out = dict(train_data)
     out["input_ids"] = np.where(mask, ids, pad if pad is not None else 0).astype(train_data["input_ids"].dtype)
     dropped = candidates = uncovered = 0
+    dropped_probability = 0.0
     if "topk_indices" in out:
+        counted = np.pad(mask[:, 1:], ((0, 0), (0, 1)))  # (N, L): positions with a next token
+        teacher_values = out["topk_values"].astype(np.float32)
+        real = (teacher_values > vocabulary.DROPPED_LOGPROB / 2) & counted[..., None]  # not a one-hot's filler
         values, indices, lacking = vocabulary.map_topk(out["topk_values"], out["topk_indices"], vocab_map)
+        lost = lacking & real
+        dropped, candidates = int(lost.sum()), int(real.sum())
+        dropped_probability = float((np.exp(teacher_values) * lost).sum(-1)[counted].mean()) if counted.any() else 0.0
         # A position none of whose candidates the student has: a one-hot on the token that follows instead (it is
         # always kept), as the prompt's positions are, rather than a distribution with nothing in it.
-        none_kept = lacking.all(-1) & np.pad(mask[:, 1:], ((0, 0), (0, 1)))
+        none_kept = lacking.all(-1) & counted
         following = np.pad(out["input_ids"][:, 1:], ((0, 0), (0, 1)))
         indices[none_kept] = following[none_kept][:, None]
         values[none_kept] = np.asarray(vocabulary.DROPPED_LOGPROB, dtype=values.dtype)
         values[none_kept, 0] = 0
         out["topk_values"], out["topk_indices"] = values, indices
-        dropped, candidates, uncovered = int(lacking.sum()), int(lacking.size), int(none_kept.sum())
+        uncovered = int(none_kept.sum())
     return out, TrimmedVocabulary(tokenizer=tokenizer, kept=kept, teacher_size=len(teacher_tokenizer),
-                                  candidates=candidates, dropped_candidates=dropped, positions_one_hot=uncovered)
+                                  candidates=candidates, dropped_candidates=dropped, positions_one_hot=uncovered,
+                                  dropped_probability=dropped_probability)
 
 
 def student_init(spec: DistillationJobSpec, teacher: Any, download_dir: Path,

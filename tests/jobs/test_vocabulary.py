@@ -161,12 +161,18 @@ def test_a_position_with_no_kept_candidate_learns_the_next_token():
     arrays, trimmed = trim_vocabulary(teacher, {"input_ids": ids, "attention_mask": mask, "topk_values": values,
                                                 "topk_indices": indices.astype(np.int32)})
     record = trimmed.record()
-    assert record["positions_one_hot"] == 1 and record["dropped_candidates"] > 0
+    assert record["positions_one_hot"] == 1
+    # counted over the k candidates of each position with a next token, each of probability 1/(k + 1)
+    vocab_map = vocabulary_map(trimmed.tokenizer, teacher)
+    assert vocab_map is not None
+    counted = mask[:, 1:].astype(bool)
+    lacks = int((vocab_map[indices[:, :-1]] < 0)[counted].sum())
+    assert record["dropped_candidates"] == lacks >= k  # row 0's position 3 at least
+    assert record["dropped_candidate_share"] == pytest.approx(lacks / (counted.sum() * k), abs=1e-6)
+    assert record["dropped_probability"] == pytest.approx(lacks / (k + 1) / counted.sum(), rel=1e-3)
     assert arrays["topk_indices"][0, 3].tolist() == [arrays["input_ids"][0, 4]] * k
     assert arrays["topk_values"][0, 3, 0] == 0 and (arrays["topk_values"][0, 3, 1:] == np.float16(DROPPED_LOGPROB)
                                                      ).all()
-    vocab_map = vocabulary_map(trimmed.tokenizer, teacher)
-    assert vocab_map is not None
     assert (arrays["input_ids"][mask.astype(bool)] == vocab_map[ids[mask.astype(bool)]]).all()
 
 

@@ -52,8 +52,8 @@ def training_inputs(context: Context) -> TrainingInputs:
         tokenizer = trimmed.tokenizer
         record = trimmed.record()
         log.info("vocabulary trimmed to the training data's tokens: %d of the teacher's %d (%.2f%% of the "
-                 "teacher's top-k candidates fall outside)", record["student"], record["teacher"],
-                 100 * record["dropped_candidate_share"])
+                 "teacher's top-k candidates fall outside, %.2f%% of its probability)", record["student"],
+                 record["teacher"], 100 * record["dropped_candidate_share"], 100 * record["dropped_probability"])
     student, init = inputs.student_init(spec, teacher_model, layout.downloads / "student", calibration=calibration,
                                         kept_tokens=None if trimmed is None else trimmed.kept)
     student_params = models.count_parameters(student)
