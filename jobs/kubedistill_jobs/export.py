@@ -206,10 +206,12 @@ def write_generation_repository(
     teacher_precision: str = "fp32",
     recommended_threshold: float | None = None,
     confidence_signal: str = "token-quantile",
+    system_prompt: str | None = None,
     model_version: str,
 ) -> ServingManifest:
     """A causal-LM model repository at `repo`: the student (and a local teacher) built for generation
-    (genai_export), the student's chat template, serving.json. `work` keeps the GenAI builds.
+    (genai_export), the student's chat template, serving.json (with `system_prompt`, the system turn the
+    student was trained with, when a task prompt set one). `work` keeps the GenAI builds.
 
     The teacher is built at `teacher_precision` (default fp32: the model the evaluation compared against).
     """
@@ -235,6 +237,7 @@ def write_generation_repository(
         recommended_threshold=recommended_threshold,
         confidence_signal=confidence_signal,  # type: ignore[arg-type]
         chat_template=f"{STUDENT_MODEL}/{CHAT_TEMPLATE_FILE}" if has_template else None,
+        system_prompt=system_prompt if has_template else None,
         model_version=model_version,
     )
     manifest.write(repo)
@@ -263,6 +266,8 @@ def export(spec: DistillationJobSpec, layout: OutputLayout, report: Report) -> S
             teacher_folder=layout.teacher if result.teacher_onnx else None,
             recommended_threshold=generation.recommended_threshold if generation else None,
             confidence_signal=generation.signal if generation else "token-quantile",
+            # task_prompt.render's rule: the task's system turn, empty when it sets none
+            system_prompt=(spec.task.prompt.system or "") if spec.task.prompt is not None else None,
             model_version=report.model_version or "0",
         )
 

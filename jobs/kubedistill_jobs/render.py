@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubedistill.report import Cascade, Economics, Report, SignalSweep
+from kubedistill.report import Cascade, Economics, Report, Routing, SignalSweep
 
 MODEL_TITLES = {"teacher": "teacher (fp32)", "student": "student (fp32)", "student_quantized": "student (quantized)"}
 
@@ -21,7 +21,10 @@ def _pyplot() -> Any:
 
 # One look per signal (colour, line, marker), drawn widest first, so that where two curves coincide both show.
 SIGNAL_STYLES = {"max-probability": ("#1f77b4", "-", "o", 3.0), "margin": ("#ff7f0e", "--", "s", 2.0),
-                 "entropy": ("#2ca02c", ":", "^", 1.6)}
+                 "entropy": ("#2ca02c", ":", "^", 1.6),
+                 # a generated answer's signals
+                 "token-quantile": ("#1f77b4", "-", "o", 3.0), "min-token-probability": ("#ff7f0e", "--", "s", 2.0),
+                 "mean-logprob": ("#2ca02c", ":", "^", 1.6)}
 OTHER_STYLE = ("#7f7f7f", "-.", "d", 1.2)
 
 
@@ -48,12 +51,20 @@ def frontier_window(curves: dict[str, list[tuple[float, float]]], marks: list[tu
     return (-0.01 * x_hi, x_hi), (lo - pad, min(1.0 + pad, hi + pad))
 
 
+def served_routing(report: Report) -> tuple[Routing | None, str]:
+    """The frontier whose threshold is served (export.export), and what its quality is: a causal LM's generated
+    answers' (e.g. ROUGE-L against the references), else the class predictions' accuracy."""
+    if report.generation_routing is not None:
+        return report.generation_routing, "quality"
+    return report.routing, "accuracy"
+
+
 def plot_frontier(report: Report, path: Path) -> Path | None:
-    if report.routing is None:
+    routing, quality = served_routing(report)
+    if routing is None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    routing = report.routing
     signals = routing.signals or {
         routing.signal: SignalSweep(recommended_threshold=None, escalation_rate=None, accuracy=None,
                                     frontier=routing.frontier)
@@ -87,8 +98,8 @@ def plot_frontier(report: Report, path: Path) -> Path | None:
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.set_xlabel("share escalated to the teacher" + ("" if x_hi >= 1.0 else " (beyond: the teacher's accuracy)"))
-    ax.set_ylabel(f"cascade accuracy (vs {routing.reference or 'gold labels'})")
+    ax.set_xlabel("share escalated to the teacher" + ("" if x_hi >= 1.0 else f" (beyond: the teacher's {quality})"))
+    ax.set_ylabel(f"cascade {quality} (vs {routing.reference or 'gold labels'})")
     ax.set_title("Routing frontier (hollow marks: the other signals' recommendations)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
@@ -312,24 +323,28 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
               f"Retention is the quantized student's {metric} over the teacher's"
               + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
     lines += _generation_lines(report)
-    if report.routing is not None:
-        r = report.routing
+    served, quality = served_routing(report)
+    if served is not None:
+        r = served
         rec = r.recommended
         lines += ["## Routing", ""]
+        if r is report.generation_routing:
+            lines += [f"On the generated answers; quality: {r.reference}.", ""]
         if rec:
             lines.append(
                 f"Recommended threshold on `{r.signal}`: **{rec.threshold:.4f}** — escalates "
-                f"{rec.escalation_rate:.1%} of requests, cascade accuracy {rec.accuracy:.4f} "
-                f"(target {r.target:.0%} of the teacher's {_fmt(r.teacher_accuracy)})."
+                f"{rec.escalation_rate:.1%} of requests, cascade {quality} {rec.accuracy:.4f} "
+                f"(target {r.target:.0%} of the teacher's {_fmt(r.teacher_accuracy)}; the student alone "
+                f"{_fmt(r.student_accuracy)})."
             )
         if r.signals:
-            lines += ["", "| signal | threshold | escalated | cascade accuracy |", "|---|---:|---:|---:|"]
+            lines += ["", f"| signal | threshold | escalated | cascade {quality} |", "|---|---:|---:|---:|"]
             for name, s in r.signals.items():
                 rate = s.escalation_rate
                 lines.append(f"| {name} | {_fmt(s.recommended_threshold)} | "
                              f"{'–' if rate is None else f'{rate:.1%}'} | {_fmt(s.accuracy)} |")
         lines.append("")
-    if report.routing_note:
+    if report.routing_note and served is None:
         lines += [f"Routing: {report.routing_note}.", ""]
     if report.cascade is not None:
         lines += cascade_markdown(report.cascade)

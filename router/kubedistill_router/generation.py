@@ -163,7 +163,11 @@ class GenerationHandler:
 
     def _prompt(self, req: GenerationRequest, tokenizer: ChatTokenizer) -> list[int]:
         if req.chat:
-            ids = tokenizer.encode(tokenizer.render(req.messages or []))
+            messages = req.messages or []
+            default = self.manifest.system_prompt
+            if default is not None and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": default}, *messages]  # the turn it was trained with
+            ids = tokenizer.encode(tokenizer.render(messages))
         else:
             ids = tokenizer.encode(req.prompt or "", special=True)
         if not ids:

@@ -53,8 +53,10 @@ class GenerationRequest:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # what a remote teacher is sent
 
 
-HANDLED = frozenset({"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-                     "stop", "seed", "stream", "stream_options", "logprobs", "top_logprobs", "n"})
+_SHARED = frozenset({"model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options",
+                     "logprobs", "n"})
+# The fields each endpoint reads, as the OpenAI API has them.
+HANDLED = {True: _SHARED | {"messages", "max_completion_tokens", "top_logprobs"}, False: _SHARED | {"prompt"}}
 # Bookkeeping that does not change the answer (passed on to a remote teacher as sent).
 ANSWER_NEUTRAL = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
                             "parallel_tool_calls"})
@@ -66,18 +68,20 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _unsupported_fields(body: dict[str, Any]) -> None:
-    """BadRequest for the first field that would be ignored: an unknown one, or an option at another value
-    than its default."""
+def _unsupported_fields(body: dict[str, Any], chat: bool) -> None:
+    """BadRequest for the first field that would be ignored: one the endpoint does not know (another endpoint's
+    included), or an option at another value than its default."""
+    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     for name, value in body.items():
-        if name in HANDLED or name in ANSWER_NEUTRAL or value is None:
+        if name in HANDLED[chat] or name in ANSWER_NEUTRAL or value is None:
             continue
         if name not in DEFAULT_ONLY:
-            raise BadRequest(f"{name}: unrecognized request argument; this router supports "
-                             f"{', '.join(sorted(HANDLED - {'model'}))}")
+            raise BadRequest(f"{name}: unrecognized request argument for {endpoint}; it takes "
+                             f"{', '.join(sorted(HANDLED[chat]))} (and {', '.join(sorted(ANSWER_NEUTRAL))}, which "
+                             "do not change the answer)")
         if value not in DEFAULT_ONLY[name]:
-            raise BadRequest(f"{name}: not supported by this router (only {DEFAULT_ONLY[name][0]!r}, the default); "
-                             "leave it out")
+            default = orjson.dumps(DEFAULT_ONLY[name][0]).decode()
+            raise BadRequest(f"{name}: not supported by this router (only {default}, the default); leave it out")
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -143,7 +147,7 @@ def parse_request(body: Any, *, chat: bool, model_name: str, max_tokens_cap: int
         raise BadRequest(f"model: required, a string; this router serves {model_name!r}")
     if model != model_name:
         raise NotFound(f"model: {model!r} is not served here; this router serves {model_name!r} (GET /v1/models)")
-    _unsupported_fields(body)
+    _unsupported_fields(body, chat)
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest(f"n: only 1 choice per request is supported, got {n!r}")
@@ -166,6 +170,8 @@ def parse_request(body: Any, *, chat: bool, model_name: str, max_tokens_cap: int
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("stream_options: must be an object")
+    if options and not stream:
+        raise BadRequest("stream_options: only allowed when stream is true")
     if chat:
         logprobs = body.get("logprobs", False)
         if not isinstance(logprobs, bool):

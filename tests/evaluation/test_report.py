@@ -115,3 +115,28 @@ def test_eval_split_without_labels_gives_agreement_only(evaluated, fast_latency,
     assert report.labelled is False
     assert report.routing is not None and report.routing.reference == "teacher"
     assert "no gold labels" in unlabelled.report_md.read_text()
+
+
+def test_a_causal_lms_served_frontier_is_the_generation_one_in_report_md_and_plots(evaluated, tmp_path):
+    """The threshold a causal-LM export serves comes from the generation frontier: report.md and the frontier
+    plot show that one, in its own quality, and no note that there is no frontier."""
+    import math
+
+    from kubedistill_jobs.generation_eval import Answer, answer_quality, generation_routing
+
+    _, _, report = evaluated
+    sure, unsure = [math.log(0.9)] * 3, [math.log(0.3)] * 3
+    student = [Answer([1, 2], sure), Answer([3, 4], unsure), Answer([5, 6], sure)]
+    teacher = [Answer([1, 2], sure)] * 3
+    texts, gold = ["rates rise", "war ends", "talks fail"], ["rates rise", "rates rise", "talks fail"]
+    scores = answer_quality(texts, ["rates rise"] * 3, gold, "rouge_l")
+    routing, _ = generation_routing(student, teacher, None, target=0.99,
+                                    quality=(*scores, "dataset.referenceField (rouge_l)"))
+    causal = report.model_copy(update={"routing": None, "generation_routing": routing,
+                                       "routing_note": "no frontier: teacher and student tokenize differently"})
+    paths = render.plots(causal, None, tmp_path)
+    assert paths["frontier"].is_file()
+    text = render.markdown(causal, paths)
+    assert "## Routing" in text and "quality: dataset.referenceField (rouge_l)" in text
+    assert f"**{routing.recommended_threshold:.4f}**" in text and "cascade quality" in text
+    assert "no frontier" not in text

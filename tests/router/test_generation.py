@@ -203,6 +203,29 @@ async def test_teacher_down_degrades_to_student(gen_export, gen_triton, student_
         assert metrics[("kubedistill_router_time_to_first_token_seconds_count", ())] == 3
 
 
+async def test_a_chat_without_a_system_turn_gets_the_one_the_student_was_trained_with(gen_export, gen_triton,
+                                                                                    chat_tokenizer, tmp_path):
+    """serving.json's system_prompt (a task.prompt job's, empty by default) goes first in a chat request that has
+    no system turn: the student reads the prompt it learnt from, not the template's default system prompt
+    (SmolLM2's "You are a helpful AI assistant named SmolLM..."). A request's own system turn is kept."""
+    import shutil
+
+    repo = tmp_path / "model_repository"  # the same models, serving.json with the task's system turn
+    shutil.copytree(gen_export["repo"], repo)
+    manifest = ServingManifest.read(repo).model_copy(update={"system_prompt": ""})
+    manifest.write(repo)
+    empty = [{"role": "system", "content": ""}, *MESSAGES]
+    assert len(chat_tokenizer.encode(chat_tokenizer.render(MESSAGES))) > \
+        len(chat_tokenizer.encode(chat_tokenizer.render(empty)))  # the template's default is not empty
+    own = [{"role": "system", "content": "Answer in French."}, *MESSAGES]
+    for folder, sent, rendered in ((repo, MESSAGES, empty), (repo, own, own), (gen_export["repo"], MESSAGES, MESSAGES)):
+        async with running_router(router_config(folder, gen_triton.grpc_url, model_name=MODEL,
+                                                mode="student-only")) as base:
+            reply = await client(base).chat.completions.create(model=MODEL, messages=sent, max_tokens=2,
+                                                               temperature=0)
+        assert reply.usage.prompt_tokens == len(chat_tokenizer.encode(chat_tokenizer.render(rendered)))
+
+
 def test_a_tokenizer_saved_after_a_padded_batch_encodes_prompts_to_their_own_length(gen_export, tmp_path):
     """A fast tokenizer keeps the padding and truncation of its last padded batch call, and save_pretrained wrote
     them into tokenizer.json: the export saves without them, and the router ignores them in older outputs."""

@@ -49,11 +49,21 @@ def test_defaults_and_fields():
     ({"model": "m", "messages": [{"role": "user", "content": "a"}],
       "tools": [{"type": "function", "function": {"name": "f"}}]}, True, "tools"),
     ({"model": "m", "messages": [{"role": "user", "content": "a"}], "temprature": 0}, True, "temprature"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "prompt": "b"}, True, "prompt"),  # another
+    ({"model": "m", "prompt": "a", "messages": [{"role": "user", "content": "b"}]}, False, "messages"),  # endpoint's
+    ({"model": "m", "prompt": "a", "top_logprobs": 2}, False, "top_logprobs"),
+    ({"model": "m", "prompt": "a", "stream_options": {"include_usage": True}}, False, "stream_options"),
 ])
 def test_bad_requests_name_the_field(body, chat, field):
     with pytest.raises(BadRequest) as error:
         parse(body, chat=chat)
     assert error.value.message.startswith(field)
+
+
+def test_a_refusal_shows_json_values():
+    with pytest.raises(BadRequest) as error:
+        parse({"model": "m", "messages": [{"role": "user", "content": "a"}], "response_format": {"type": "json"}})
+    assert '{"type":"text"}' in error.value.message
 
 
 def test_default_values_and_bookkeeping_fields_are_accepted():
