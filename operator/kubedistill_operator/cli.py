@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           help=f"port of the Prometheus endpoint http://0.0.0.0:PORT/metrics (0 disables it; "
                           f"default: ${ENV_METRICS_PORT} or 8081)")
     operator.add_argument("--kubeconfig", default=None, metavar="FILE",
-                          help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
+                          help="kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config)")
     operator.add_argument("--resync-seconds", type=float, default=600.0, metavar="SECONDS",
                           help="seconds between full re-lists of the watched resources (a level-based resync; "
                           "default: 600)")

@@ -9,6 +9,7 @@ No kubernetes client: see `kubeapi`. Every failure is a `kopf.LoginError` that n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -93,6 +94,8 @@ def _from_kubeconfig(paths: list[Path]) -> kopf.ConnectionInfo:
         except OSError as error:
             raise kopf.LoginError(f"{where}: the tokenFile of user {context.value.get('user')!r} cannot be read: "
                                   f"{error}") from None
+    provided, provided_expiration = (None, None) if token else _auth_provider_token(
+        user.value.get("auth-provider"), where, context.value.get("user"))
     info = kopf.ConnectionInfo(
         server=cluster.value["server"],
         ca_path=cluster.path("certificate-authority"), ca_data=cluster.value.get("certificate-authority-data"),
@@ -100,26 +103,50 @@ def _from_kubeconfig(paths: list[Path]) -> kopf.ConnectionInfo:
         certificate_path=user.path("client-certificate"), certificate_data=user.value.get("client-certificate-data"),
         private_key_path=user.path("client-key"), private_key_data=user.value.get("client-key-data"),
         username=user.value.get("username"), password=user.value.get("password"),
-        token=token or _auth_provider_token(user.value.get("auth-provider"), where, context.value.get("user")),
+        token=token or provided, expiration=None if token else provided_expiration,
         default_namespace=context.value.get("namespace"))
     if user.value.get("exec") and not (info.token or info.certificate_path or info.certificate_data):
         info = _with_exec_credential(info, user.value["exec"], user.folder)
     return info
 
 
-def _auth_provider_token(provider: Any, where: str, user: Any) -> str | None:
-    """The token a legacy `auth-provider` stores in its config: `access-token` (gcp, azure) or `id-token` (oidc).
-    kubectl refreshes them; this client cannot, so a provider without one is an error, not a silent anonymous
-    login."""
+def _auth_provider_token(provider: Any, where: str, user: Any) -> tuple[str | None, datetime.datetime | None]:
+    """The token a legacy `auth-provider` stores in its config, `access-token` (gcp, azure) or `id-token`
+    (oidc), and when it expires (`expiry`, `expires-on`, or the id-token's `exp` claim). kubectl refreshes
+    them; this client cannot, so a provider without a token, or with an expired one, is an error naming the
+    fix, not a silent anonymous login or a 401 later."""
     if not provider:
-        return None
+        return None, None
     config = provider.get("config") or {}
     token = config.get("access-token") or config.get("id-token")
+    named = f"{where}: user {user!r} uses auth-provider {provider.get('name')!r}"
+    fix = ("refresh it with kubectl (oidc: the kubelogin plugin), or give the user an exec plugin (the gcp and "
+           "azure providers left kubectl in 1.26: gke-gcloud-auth-plugin, kubelogin) or a token")
     if not token:
-        raise kopf.LoginError(f"{where}: user {user!r} uses auth-provider {provider.get('name')!r} without an "
-                              "access-token or id-token in its config; run a kubectl command once to have it "
-                              "fetched, or give the user an exec plugin or a token")
-    return str(token)
+        raise kopf.LoginError(f"{named} without an access-token or id-token in its config; {fix}")
+    expiration = _expiry(config, str(token))
+    if expiration is not None and expiration <= datetime.datetime.now(datetime.UTC):
+        raise kopf.LoginError(f"{named} whose token expired at {expiration.isoformat()}; {fix}")
+    return str(token), expiration
+
+
+def _expiry(config: dict[str, Any], token: str) -> datetime.datetime | None:
+    """When a stored token expires, if it says: RFC 3339 `expiry` (gcp), epoch `expires-on` (azure), a JWT's
+    `exp` claim (oidc id-tokens)."""
+    import base64
+
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        if config.get("expiry"):
+            expiry = datetime.datetime.fromisoformat(str(config["expiry"]).replace("Z", "+00:00"))
+            return expiry if expiry.tzinfo else expiry.replace(tzinfo=datetime.UTC)
+        if config.get("expires-on"):
+            return datetime.datetime.fromtimestamp(int(config["expires-on"]), datetime.UTC)
+        parts = token.split(".")
+        if len(parts) == 3:  # a JWT: header.payload.signature, base64url without padding
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+            if isinstance(claims, dict) and isinstance(claims.get("exp"), (int, float)):
+                return datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
+    return None
 
 
 def _named(entries: dict[str, dict[str, _Entry]], kind: str, name: Any, where: str, named_by: str) -> _Entry:

@@ -73,12 +73,36 @@ def test_an_exec_plugin_that_fails_is_named(tmp_path, monkeypatch, user, message
         login(str(kubeconfig(tmp_path, "https://10.0.0.1:6443", user)))
 
 
-@pytest.mark.parametrize("provider", [{"name": "gcp", "config": {"access-token": "ya29.x", "expiry": "2999"}},
-                                      {"name": "oidc", "config": {"id-token": "eyJ.x", "idp-issuer-url": "u"}}])
-def test_an_auth_providers_stored_token_is_used(tmp_path, monkeypatch, provider):
+def jwt(exp: int) -> str:
+    import base64
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'iss': 'https://idp', 'exp': exp})}.c2ln"
+
+
+@pytest.mark.parametrize(("provider", "expires"), [
+    ({"name": "gcp", "config": {"access-token": "ya29.x", "expiry": "2999-01-01T00:00:00Z"}}, 2999),
+    ({"name": "azure", "config": {"access-token": "eyA.x", "expires-on": "32503680000"}}, 3000),
+    ({"name": "oidc", "config": {"id-token": jwt(32503680000), "idp-issuer-url": "u"}}, 3000),
+    ({"name": "oidc", "config": {"id-token": "opaque", "idp-issuer-url": "u"}}, None),
+])
+def test_an_auth_providers_stored_token_is_used_until_it_expires(tmp_path, monkeypatch, provider, expires):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     info = login(str(kubeconfig(tmp_path, "https://10.0.0.1:6443", {"auth-provider": provider})))
     assert info.token == (provider["config"].get("access-token") or provider["config"]["id-token"])
+    assert (info.expiration.year if info.expiration else None) == expires  # kopf logs in again before then
+
+
+@pytest.mark.parametrize("config", [{"access-token": "ya29.x", "expiry": "2020-01-01T00:00:00Z"},
+                                    {"access-token": "ya29.x", "expiry": "2020-01-01T00:00:00"},  # no zone: UTC
+                                    {"id-token": jwt(1577836800)}])
+def test_an_expired_auth_provider_token_is_refused_at_login(tmp_path, monkeypatch, config):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = kubeconfig(tmp_path, "https://10.0.0.1:6443", {"auth-provider": {"name": "oidc", "config": config}})
+    with pytest.raises(kopf.LoginError, match=r"token expired at 2020-01-01T00:00:00\+00:00; refresh it"):
+        login(str(path))
 
 
 def test_no_credentials_is_a_clear_error(tmp_path, monkeypatch):
