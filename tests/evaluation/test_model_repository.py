@@ -80,3 +80,22 @@ def test_tokenizer_json_is_required(compressed, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
         write_model_repository(tmp_path / "repo", task="sequence-classification", labels=["a", "b"], max_length=8,
                                student_onnx=layout.onnx / "student.onnx", tokenizer_dir=tmp_path, model_version="v")
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [(None, None), ({"user": "Title: {text}"}, ""),
+                                                  ({"system": "Be brief.", "user": "{text}"}, "Be brief.")])
+def test_a_causal_lm_export_serves_the_system_turn_the_student_was_trained_with(evaluated, monkeypatch, prompt,
+                                                                                 expected):
+    """task.prompt's system turn (empty when unset, as task_prompt.render renders it) reaches serving.json's
+    system_prompt, which the router puts first in a chat request without one; no task prompt: none."""
+    from kubedistill_jobs import export as export_module
+
+    from kubedistill.api.distillationjob import TaskPrompt
+
+    spec, layout, report = evaluated
+    task = spec.task.model_copy(update={"type": "causal-lm", "labels": None,
+                                        "prompt": TaskPrompt.model_validate(prompt) if prompt else None})
+    asked: dict = {}
+    monkeypatch.setattr(export_module, "write_generation_repository", lambda repo, **kwargs: asked.update(kwargs))
+    export(spec.model_copy(update={"task": task}), layout, report)
+    assert asked["system_prompt"] == expected
