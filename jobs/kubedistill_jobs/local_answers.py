@@ -22,6 +22,9 @@ from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill_jobs.endpoint_teacher import place_row
 
 Progress = Callable[[int, int], None]
+# The most memory the prefill's logits (prompts × tokens × vocabulary, as float32) may take at once: a batch of
+# long prompts over a large vocabulary is answered in parts (SmolLM2's 32 × 96 × 49,152 fit in one).
+PREFILL_LOGITS_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class AnswerPredictor:
     """A Ray Data callable class: loads the teacher once per actor, answers a batch of prompts."""
 
     def __init__(self, settings: AnswerSettings) -> None:
+        import inspect
         from pathlib import Path
 
         import torch
@@ -69,21 +73,38 @@ class AnswerPredictor:
         self.model = models.load_saved_model(Path(settings.source), "causal-lm").to(self.device).eval()
         self.tokenizer = models.load_tokenizer(settings.source)
         self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+        self.takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        cfg, tokenizer = self.settings, self.tokenizer
+        prompts = [str(t) for t in batch["text"]]
+        prompt_ids = [tokenizer(p, truncation=True, max_length=cfg.max_length - 1)["input_ids"] for p in prompts]
+        torch.manual_seed(cfg.seed + int(batch["idx"][0]))  # sampled answers are the same on a rerun
+        rows: list[dict[str, Any]] = []
+        # The prefill's logits are (rows, prompt tokens, vocabulary): as many rows at once as fit the budget.
+        per_row = max(len(ids) for ids in prompt_ids) * cfg.vocab_size * 4
+        size = max(1, PREFILL_LOGITS_BYTES // per_row)
+        for start in range(0, len(prompts), size):
+            rows += self.answer(prompts[start:start + size], prompt_ids[start:start + size])
+        return {"idx": np.repeat(batch["idx"], cfg.n),
+                **{key: np.stack([row[key] for row in rows]) for key in rows[0] if key not in ("text", "answer")},
+                "text": np.asarray([row["text"] for row in rows], dtype=object),
+                "answer": np.asarray([row["answer"] for row in rows], dtype=object)}
+
+    def answer(self, prompts: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
+        """One cache row per answer, `n` per prompt in order, the prompts left-padded into one batch."""
         import torch
 
         from kubedistill_jobs.precision import autocast
 
         cfg, tokenizer = self.settings, self.tokenizer
-        prompts = [str(t) for t in batch["text"]]
-        prompt_ids = [tokenizer(p, truncation=True, max_length=cfg.max_length - 1)["input_ids"] for p in prompts]
         width = max(len(ids) for ids in prompt_ids)
         pad = tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
         room = min(cfg.max_new_tokens, cfg.max_length - width)
-        torch.manual_seed(cfg.seed + int(batch["idx"][0]))  # sampled answers are the same on a rerun
         sampled = cfg.temperature > 0
         with torch.inference_mode(), autocast(self.device, cfg.mixed_precision)[0]:
             prompt_top, cache = self.prefill(ids, mask)
@@ -111,35 +132,40 @@ class AnswerPredictor:
                          "topk_indices": topk_indices, "generated": len(answer), "prompt_tokens": len(prompt),
                          "text": prompts[r // cfg.n] + tokenizer.decode(answer),
                          "answer": tokenizer.decode(answer, skip_special_tokens=True).strip()})
-        return {"idx": np.repeat(batch["idx"], cfg.n),
-                **{key: np.stack([row[key] for row in rows]) for key in rows[0] if key not in ("text", "answer")},
-                "text": np.asarray([row["text"] for row in rows], dtype=object),
-                "answer": np.asarray([row["answer"] for row in rows], dtype=object)}
-
+        return rows
 
     def prefill(self, ids: Any, mask: Any) -> tuple[list[list[list[tuple[int, float]]]] | None, Any]:
         """The teacher's top-k next-token log-probabilities at each prompt's positions (per prompt, position t
         predicting prompt token t + 1, best first) and the key-value cache of every prompt token but the last,
         which `generate` continues from: one pass gives both. Left-padded `ids`, `mask (B, W)`; (None, None) for
-        one-token prompts. Positions are numbered as generate numbers them (from each row's first real token)."""
+        one-token prompts. Positions are numbered as generate numbers them (from each row's first real token,
+        for a model that takes position ids). The cache is None, and generate runs its own prefill, where
+        reusing it is not safe: a cache other than transformers' DynamicCache (legacy tuples), recurrent layers
+        (generate would feed the prompt again), or a generation config that asks for its own cache."""
         import torch
+        from transformers import DynamicCache
 
         cfg = self.settings
         width = ids.shape[1]
         if width < 2:
             return None, None
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                         use_cache=True)
+        numbered = {}
+        if self.takes_positions:
+            numbered["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, :-1]
+        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **numbered)
         lengths = mask.sum(-1).tolist()
         prompt_top = []
-        for row, length in enumerate(lengths):  # a row at a time: (W, V) float32 at most, not (B, W, V)
+        for row, length in enumerate(lengths):  # the float32 log-softmax a row at a time
             first = width - int(length)
             logprobs = torch.log_softmax(out.logits[row, first:].float()[..., :cfg.vocab_size], dim=-1)
             values, indices = (part.cpu() for part in logprobs.topk(cfg.top_k, dim=-1))
             prompt_top.append([list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values,
                                                                                               strict=True)])
         cache = out.past_key_values
+        del out
+        if (not isinstance(cache, DynamicCache) or any(getattr(cache, "is_linear", None) or ())
+                or getattr(self.model.generation_config, "cache_implementation", None)):
+            return prompt_top, None
         if cfg.n > 1:  # generate asks for n answers per prompt: each prompt's cache n times, in row order
             cache.batch_repeat_interleave(cfg.n)
         return prompt_top, cache

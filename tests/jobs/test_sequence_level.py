@@ -111,12 +111,13 @@ def test_with_gpus_ray_is_given_a_batch_size_no_larger_than_asked():
 
 @pytest.mark.parametrize(("family", "n"), [("llama", 1), ("llama", 2), ("gpt2", 1)])
 def test_answers_and_prompt_targets_in_a_padded_batch_are_those_of_each_prompt_alone(tiny_models, tmp_path, family,
-                                                                                      n):
+                                                                                      n, monkeypatch):
     """Prompts of different lengths, left-padded into one batch: the prefill that gives the prompts' soft targets
     and the generation that continues from its cache give each prompt the answer and the top-k it gets alone
     (positions counted from each row's first real token, which GPT-2's learned positions show; n answers per
     prompt from one cache per prompt)."""
     import torch
+    from kubedistill_jobs import local_answers
     from kubedistill_jobs.local_answers import AnswerPredictor, AnswerSettings
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -132,7 +133,7 @@ def test_answers_and_prompt_targets_in_a_padded_batch_are_those_of_each_prompt_a
         model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     with torch.no_grad():  # peaked distributions, so that the top-k order is not decided by float noise
         model.get_input_embeddings().weight.mul_(40.0)
-    model.save_pretrained(tmp_path / "teacher")
+    model.eval().save_pretrained(tmp_path / "teacher")  # eval: GPT-2's dropout off for the comparison below
     tokenizer.save_pretrained(tmp_path / "teacher")
     settings = AnswerSettings(source=str(tmp_path / "teacher"), max_length=20, top_k=3, vocab_size=len(tokenizer),
                               n=n, temperature=1.0 if n > 1 else 0.0, max_new_tokens=4)
@@ -154,3 +155,20 @@ def test_answers_and_prompt_targets_in_a_padded_batch_are_those_of_each_prompt_a
             assert np.allclose(together["topk_values"][row, :upto].astype(np.float32),
                                alone["topk_values"][copy, :upto].astype(np.float32), atol=2e-2)
         assert (together["topk_values"][i * n, :p - 1, 1:] > -1000).all()  # soft targets, not one-hot
+    # and each row's top-k at every position is the model's own over the row's tokens, in one plain forward pass
+    for row in range(3 * n):
+        length = int(together["attention_mask"][row].sum())
+        with torch.no_grad():
+            logits = model(torch.as_tensor(together["input_ids"][row:row + 1, :length], dtype=torch.long)).logits[0]
+        top = torch.log_softmax(logits[:length - 1, :len(tokenizer)], dim=-1).topk(3)
+        # the best candidate, and the values in order (near-ties below the first may swap their ids)
+        assert together["topk_indices"][row, :length - 1, 0].tolist() == top.indices[:, 0].tolist(), row
+        assert np.allclose(together["topk_values"][row, :length - 1].astype(np.float32), top.values.numpy(),
+                           atol=2e-2)
+    # prompts answered in parts (a prefill's logits over the memory budget) are answered the same
+    monkeypatch.setattr(local_answers, "PREFILL_LOGITS_BYTES", 1)
+    parts = predictor({"text": np.array(prompts, dtype=object), "idx": np.arange(3)})
+    assert parts["prompt_tokens"].tolist() == together["prompt_tokens"].tolist()
+    if n == 1:
+        assert parts["input_ids"].tolist() == together["input_ids"].tolist()
+        assert parts["topk_indices"].tolist() == together["topk_indices"].tolist()
