@@ -237,9 +237,10 @@ class ServingManifest(BaseModel):
     chat_template: str | None = Field(default=None, description="Generation: the chat template file the router "
                                       "renders messages with, relative to the model repository (the student's own).")
     system_prompt: str | None = Field(
-        default=None, description="Generation: the system turn the student was trained with (task.prompt.system, "
-        "empty by default), put first in a chat request that has none, so that it reads what it learnt from and not "
-        "the template's default system prompt; None: the template's own default.")
+        default=None, description="Generation: the system turn the student was trained with (task.prompt.system; "
+        "empty otherwise, as the data stage renders conversations and prompts), put first in a chat request that has "
+        "none, so that it reads what it learnt from and not the template's default system prompt; None (exports "
+        "of earlier releases): the template's own default.")
     model_version: str = Field(description="Version of this export (the run id).")
 
     @classmethod

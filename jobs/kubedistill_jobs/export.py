@@ -266,8 +266,9 @@ def export(spec: DistillationJobSpec, layout: OutputLayout, report: Report) -> S
             teacher_folder=layout.teacher if result.teacher_onnx else None,
             recommended_threshold=generation.recommended_threshold if generation else None,
             confidence_signal=generation.signal if generation else "token-quantile",
-            # task_prompt.render's rule: the task's system turn, empty when it sets none
-            system_prompt=(spec.task.prompt.system or "") if spec.task.prompt is not None else None,
+            # The training prompts' rule (task_prompt.render, chats.render): the task's system turn, else an empty
+            # one, never the chat template's default.
+            system_prompt=(spec.task.prompt.system if spec.task.prompt is not None else None) or "",
             model_version=report.model_version or "0",
         )
 

@@ -135,7 +135,9 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -
         values, indices, lacking = vocabulary.map_topk(out["topk_values"], out["topk_indices"], vocab_map)
         lost = lacking & real
         dropped, candidates = int(lost.sum()), int(real.sum())
-        dropped_probability = float((np.exp(teacher_values) * lost).sum(-1)[counted].mean()) if counted.any() else 0.0
+        # log-probabilities (a cache of raw logits, from before they were cached so, would read above 1)
+        probability = np.exp(np.minimum(teacher_values, 0.0))
+        dropped_probability = float((probability * lost).sum(-1)[counted].mean()) if counted.any() else 0.0
         # A position none of whose candidates the student has: a one-hot on the token that follows instead (it is
         # always kept), as the prompt's positions are, rather than a distribution with nothing in it.
         none_kept = lacking.all(-1) & counted

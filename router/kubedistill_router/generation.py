@@ -20,6 +20,7 @@ marked `degraded`. Triton failing for the student is a 503.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -161,13 +162,27 @@ class GenerationHandler:
 
     # --- one request ------------------------------------------------------------------------------------------
 
+    def _with_system_turn(self, req: GenerationRequest) -> GenerationRequest:
+        """A chat request without a system turn gets the one the student was trained with (serving.json
+        system_prompt; the chat template's default system prompt is text it never read). A remote teacher is
+        sent it too when it says something."""
+        default = self.manifest.system_prompt
+        if not req.chat or default is None or any(m["role"] == "system" for m in req.messages or []):
+            return req
+        system = {"role": "system", "content": default}
+        raw = {**req.raw, "messages": [system, *req.raw["messages"]]} if default else req.raw
+        return dataclasses.replace(req, messages=[system, *(req.messages or [])], raw=raw, system_added=True)
+
     def _prompt(self, req: GenerationRequest, tokenizer: ChatTokenizer) -> list[int]:
         if req.chat:
             messages = req.messages or []
-            default = self.manifest.system_prompt
-            if default is not None and not any(m["role"] == "system" for m in messages):
-                messages = [{"role": "system", "content": default}, *messages]  # the turn it was trained with
-            ids = tokenizer.encode(tokenizer.render(messages))
+            try:
+                text = tokenizer.render(messages)
+            except BadRequest:
+                if not req.system_added:
+                    raise
+                text = tokenizer.render(messages[1:])  # a template without a system role, as training rendered it
+            ids = tokenizer.encode(text)
         else:
             ids = tokenizer.encode(req.prompt or "", special=True)
         if not ids:
@@ -180,8 +195,9 @@ class GenerationHandler:
 
     async def _serve(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         start = time.perf_counter()
-        req = parse_request(parse_json(await read_body(request)), chat=chat, model_name=self.config.model_name,
-                            max_tokens_cap=self.config.max_tokens)
+        req = self._with_system_turn(parse_request(parse_json(await read_body(request)), chat=chat,
+                                                   model_name=self.config.model_name,
+                                                   max_tokens_cap=self.config.max_tokens))
         prompt = self._prompt(req, self.tokenizer)
         writer = Writer(request, req, self.tokenizer, self.gen_metrics, start)
         mode = self.config.mode

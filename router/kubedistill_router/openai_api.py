@@ -51,6 +51,7 @@ class GenerationRequest:
     logprobs: bool
     top_logprobs: int
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # what a remote teacher is sent
+    system_added: bool = False  # messages[0] is the system turn the router put first (serving.json system_prompt)
 
 
 _SHARED = frozenset({"model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options",
@@ -63,7 +64,7 @@ ANSWER_NEUTRAL = frozenset({"user", "metadata", "store", "service_tier", "prompt
 # Options the router cannot honour: accepted only at these values (what leaving them out means).
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},), "tools": ([],), "functions": ([],),
-    "tool_choice": ("none",), "function_call": ("none",), "response_format": ({"type": "text"},),
+    "tool_choice": ("none", "auto"), "function_call": ("none", "auto"), "response_format": ({"type": "text"},),
     "modalities": (["text"],), "best_of": (1,), "echo": (False,), "suffix": ("",),
 }
 
@@ -79,9 +80,14 @@ def _unsupported_fields(body: dict[str, Any], chat: bool) -> None:
             raise BadRequest(f"{name}: unrecognized request argument for {endpoint}; it takes "
                              f"{', '.join(sorted(HANDLED[chat]))} (and {', '.join(sorted(ANSWER_NEUTRAL))}, which "
                              "do not change the answer)")
-        if value not in DEFAULT_ONLY[name]:
+        if not any(_same(value, default) for default in DEFAULT_ONLY[name]):
             default = orjson.dumps(DEFAULT_ONLY[name][0]).decode()
             raise BadRequest(f"{name}: not supported by this router (only {default}, the default); leave it out")
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal as JSON values: `false` is not `0`, `1` is not `true` (Python's == says they are)."""
+    return isinstance(value, bool) == isinstance(default, bool) and value == default
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:

@@ -82,12 +82,12 @@ def test_tokenizer_json_is_required(compressed, tmp_path):
                                student_onnx=layout.onnx / "student.onnx", tokenizer_dir=tmp_path, model_version="v")
 
 
-@pytest.mark.parametrize(("prompt", "expected"), [(None, None), ({"user": "Title: {text}"}, ""),
+@pytest.mark.parametrize(("prompt", "expected"), [(None, ""), ({"user": "Title: {text}"}, ""),
                                                   ({"system": "Be brief.", "user": "{text}"}, "Be brief.")])
 def test_a_causal_lm_export_serves_the_system_turn_the_student_was_trained_with(evaluated, monkeypatch, prompt,
                                                                                  expected):
-    """task.prompt's system turn (empty when unset, as task_prompt.render renders it) reaches serving.json's
-    system_prompt, which the router puts first in a chat request without one; no task prompt: none."""
+    """task.prompt's system turn reaches serving.json's system_prompt, which the router puts first in a chat
+    request without one; empty without one, as the data stage renders prompts and conversations."""
     from kubedistill_jobs import export as export_module
 
     from kubedistill.api.distillationjob import TaskPrompt

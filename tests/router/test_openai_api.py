@@ -53,6 +53,8 @@ def test_defaults_and_fields():
     ({"model": "m", "prompt": "a", "messages": [{"role": "user", "content": "b"}]}, False, "messages"),  # endpoint's
     ({"model": "m", "prompt": "a", "top_logprobs": 2}, False, "top_logprobs"),
     ({"model": "m", "prompt": "a", "stream_options": {"include_usage": True}}, False, "stream_options"),
+    ({"model": "m", "prompt": "a", "echo": 0}, False, "echo"),  # JSON's 0 is not false
+    ({"model": "m", "prompt": "a", "best_of": True}, False, "best_of"),
 ])
 def test_bad_requests_name_the_field(body, chat, field):
     with pytest.raises(BadRequest) as error:
@@ -71,6 +73,7 @@ def test_default_values_and_bookkeeping_fields_are_accepted():
                  "best_of": 1, "logit_bias": {}, "suffix": None, "user": "u-1", "metadata": {"team": "x"}},
                 chat=False)
     assert req.prompt == "a" and req.raw["user"] == "u-1"  # passed on to a remote teacher as sent
+    parse({"model": "m", "messages": [{"role": "user", "content": "a"}], "tool_choice": "auto"})  # no tools: none
 
 
 def test_another_model_is_not_found():
@@ -92,3 +95,39 @@ def test_text_stream_holds_back_a_possible_stop_and_cuts_at_it():
     assert stream.push(3) == "" and stream.stopped and stream.text == "ab"
     free = TextStream(Letters(), [])
     assert [free.push(i) for i in (0, 1)] == ["a", "b"] and free.flush() == ""
+
+
+def test_the_trained_system_turn_goes_first_and_a_template_without_one_still_renders():
+    """GenerationHandler's rule for a chat request without a system turn (serving.json system_prompt): the
+    models read it first; a remote teacher is sent it when it says something; a chat template that refuses a
+    system role renders the request without it, as training did (chats._template)."""
+    from types import SimpleNamespace
+
+    from kubedistill_router.generation import GenerationHandler
+
+    def handler(system_prompt):
+        return SimpleNamespace(manifest=SimpleNamespace(system_prompt=system_prompt), context_length=1000)
+
+    asked = parse({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    told = GenerationHandler._with_system_turn(handler("Be brief."), asked)
+    assert told.messages[0] == {"role": "system", "content": "Be brief."} and told.system_added
+    assert told.raw["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert asked.raw["messages"] == [{"role": "user", "content": "hi"}]  # the parsed request is left as it was
+    empty = GenerationHandler._with_system_turn(handler(""), asked)
+    assert empty.messages[0] == {"role": "system", "content": ""} and empty.raw is asked.raw  # nothing to send
+    own = parse({"model": "m", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]})
+    assert GenerationHandler._with_system_turn(handler(""), own) is own
+    assert GenerationHandler._with_system_turn(handler(None), asked) is asked  # an export of an earlier release
+
+    class NoSystemRole:  # a template that raises on a system turn (Gemma's)
+        def render(self, messages):
+            if any(m["role"] == "system" for m in messages):
+                raise BadRequest("messages: the model's chat template refused them: System role not supported")
+            return "|".join(m["content"] for m in messages)
+
+        def encode(self, text, special=False):
+            return [ord(c) for c in text]
+
+    assert GenerationHandler._prompt(handler(""), empty, NoSystemRole()) == [ord("h"), ord("i")]
+    with pytest.raises(BadRequest, match="System role"):  # the client's own system turn is not dropped
+        GenerationHandler._prompt(handler(""), own, NoSystemRole())
