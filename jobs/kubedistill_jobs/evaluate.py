@@ -268,7 +268,8 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
         model_prompts["teacher"] = [p for p, _ in _eval_prompts(spec, rows, teacher_tokenizer)[0]] \
             if spec.task.prompt is not None else \
             [teacher_tokenizer(tokenizer.decode(p), add_special_tokens=False)["input_ids"] for p, _ in prompts]
-    scored = spec.evaluation.generation_metric() is not None
+    primary = spec.evaluation.generation_metric()
+    scored = primary is not None
     sequence_level = spec.distillation.sequence_level
     max_tokens = sequence_level.max_new_tokens if sequence_level is not None else ANSWER_TOKENS
     precision = {"teacher": "fp32", "student_quantized": precision_for(spec.compression.quantization)}
@@ -296,7 +297,6 @@ def _generation(spec: DistillationJobSpec, layout: OutputLayout, rows: list[dict
     teacher_answers = answers["teacher"] if same_tokens else [
         Answer(tokenizer(teacher_tokenizer.decode(a.ids), add_special_tokens=False)["input_ids"], a.logprobs)
         for a in answers["teacher"]]
-    primary = spec.evaluation.generation_metric()
     quality = None
     if primary is not None:  # the frontier in the job's own terms: the primary metric on the decoded answers
         scores = answer_quality(texts["student_quantized"], texts["teacher"], references, primary)

@@ -211,7 +211,7 @@ def write_generation_repository(
 ) -> ServingManifest:
     """A causal-LM model repository at `repo`: the student (and a local teacher) built for generation
     (genai_export), the student's chat template, serving.json (with `system_prompt`, the system turn the
-    student was trained with, when a task prompt set one). `work` keeps the GenAI builds.
+    student was trained with, when the student has a chat template). `work` keeps the GenAI builds.
 
     The teacher is built at `teacher_precision` (default fp32: the model the evaluation compared against).
     """

@@ -182,11 +182,11 @@ def generation_routing(student: list[Answer], teacher: list[Answer], references:
     elif references is not None:
         s_quality = np.array([token_f1(s.ids, r) for s, r in zip(student, references, strict=True)])
         t_quality = np.array([token_f1(t.ids, r) for t, r in zip(teacher, references, strict=True)])
+        reference = "held-out continuations (token F1)"
     else:
         s_quality = np.array([token_f1(s.ids, t.ids) for s, t in zip(student, teacher, strict=True)])
         t_quality = np.ones(len(teacher))
-    if quality is None:
-        reference = "held-out continuations (token F1)" if references is not None else "the teacher's answers"
+        reference = "the teacher's answers"
     frontiers = {}
     for name in GENERATION_SIGNALS:
         conf = np.array([answer_confidence(a.logprobs, name) for a in student])

@@ -61,7 +61,6 @@ class AnswerPredictor:
     """A Ray Data callable class: loads the teacher once per actor, answers a batch of prompts."""
 
     def __init__(self, settings: AnswerSettings) -> None:
-        import inspect
         from pathlib import Path
 
         import torch
@@ -73,7 +72,7 @@ class AnswerPredictor:
         self.model = models.load_saved_model(Path(settings.source), "causal-lm").to(self.device).eval()
         self.tokenizer = models.load_tokenizer(settings.source)
         self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
-        self.takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+        self.takes_positions = models.takes_argument(self.model, "position_ids")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -78,6 +78,13 @@ def check_model_files(source: str, field: str, gguf_file: str | None = None) -> 
         raise ModelError(f"{field}: {path} has no config.json: not a transformers model folder{hint}")
 
 
+def takes_argument(model: Any, argument: str) -> bool:
+    """Whether `model.forward` has the keyword `argument` (transformers' `logits_to_keep`, `position_ids`)."""
+    import inspect
+
+    return argument in inspect.signature(model.forward).parameters
+
+
 def load_saved_model(path: Path, task: str) -> Any:
     """A model this pipeline saved (`teacher/`, `student/`), in fp32 and eval mode."""
     _quiet_transformers()

@@ -22,6 +22,7 @@ import numpy as np
 from kubedistill.api.distillationjob import DistillationJobSpec
 from kubedistill_jobs import precision
 from kubedistill_jobs.checkpoints import STATE_FILE, latest_checkpoint, save_checkpoint
+from kubedistill_jobs.models import takes_argument
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "topk_values", "topk_indices")
 # Called by every worker before each optimiser step with (step, rank, world size); tests inject faults with it.
@@ -100,13 +101,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _takes(model: Any, argument: str) -> bool:
-    """Whether `model.forward` has the keyword `argument`."""
-    import inspect
-
-    return argument in inspect.signature(model.forward).parameters
 
 
 def _load_teacher(cfg: LoopConfig, device: Any) -> Any:
@@ -279,8 +273,8 @@ class DistillationRecipe:
         # Positions before `first` count for no row (the prompts of a completion-only loss or of the student's
         # samples): their logits, the largest tensors of a step, are never computed.
         if self.keeps_logits is None:
-            self.keeps_logits = _takes(getattr(self.model, "module", self.model), "logits_to_keep") and (
-                self.teacher is None or _takes(self.teacher, "logits_to_keep"))
+            self.keeps_logits = takes_argument(getattr(self.model, "module", self.model), "logits_to_keep") and (
+                self.teacher is None or takes_argument(self.teacher, "logits_to_keep"))
         first = self.first_counted(batch) if self.keeps_logits else 0
         keep: dict[str, Any] = {"logits_to_keep": ids.shape[1] - first} if first else {}
         # (W,): a share of the prompts' positions and every answer position. A model without logits_to_keep
@@ -302,18 +296,17 @@ class DistillationRecipe:
                 student_h = out.hidden_states[-1][:, 0]
                 teacher_h = teacher_out.hidden_states[-1][:, 0] if teacher_out is not None else batch["features"]
         elif positions is not None:  # position t predicts token t + 1, for the W drawn positions t
-            drawn_logits = (lambda full: full) if self.keeps_logits else (lambda full: full[:, positions])
-            logits = losses.shared_vocab_logits(drawn_logits(out.logits), cfg.vocab_size)  # (B, W, V)
+            drawn = slice(None) if self.keeps_logits else positions  # only the drawn positions were computed
+            logits = losses.shared_vocab_logits(out.logits[:, drawn], cfg.vocab_size)  # (B, W, V)
             # the draw, then each row's answer: a row whose answer starts later keeps the prompt between out
-            drawn = positions < int(batch["answer_start"].min()) - 1  # (W,)
-            counted = drawn[None, :] | losses.answer_positions(batch["answer_start"], positions)  # (B, W)
+            in_prompt = positions < int(batch["answer_start"].min()) - 1  # (W,)
+            counted = in_prompt[None, :] | losses.answer_positions(batch["answer_start"], positions)  # (B, W)
             labels = ids[:, positions + 1].masked_fill((mask[:, positions + 1] == 0) | ~counted,
                                                        losses.IGNORE_INDEX)  # (B, W)
             token_mask = mask[:, positions + 1].bool() & counted  # (B, W)
             teacher_logits = None
             if teacher_out is not None:
-                teacher_logits = losses.shared_vocab_logits(drawn_logits(teacher_out.logits),
-                                                            cfg.vocab_size)  # (B, W, V)
+                teacher_logits = losses.shared_vocab_logits(teacher_out.logits[:, drawn], cfg.vocab_size)  # (B, W, V)
             elif "topk_values" in batch:
                 teacher_logits = batch["topk_values"][:, positions].float()
                 topk_indices = batch["topk_indices"][:, positions]

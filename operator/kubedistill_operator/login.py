@@ -137,8 +137,7 @@ def _expiry(config: dict[str, Any], token: str) -> datetime.datetime | None:
 
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         if config.get("expiry"):
-            expiry = datetime.datetime.fromisoformat(str(config["expiry"]).replace("Z", "+00:00"))
-            return expiry if expiry.tzinfo else expiry.replace(tzinfo=datetime.UTC)
+            return _timestamp(str(config["expiry"]))
         if config.get("expires-on"):
             return datetime.datetime.fromtimestamp(int(config["expires-on"]), datetime.UTC)
         parts = token.split(".")
@@ -147,6 +146,12 @@ def _expiry(config: dict[str, Any], token: str) -> datetime.datetime | None:
             if isinstance(claims, dict) and isinstance(claims.get("exp"), (int, float)):
                 return datetime.datetime.fromtimestamp(claims["exp"], datetime.UTC)
     return None
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    """An RFC 3339 time as kubeconfigs and ExecCredentials write it (`Z` for UTC; no zone read as UTC)."""
+    value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
 def _named(entries: dict[str, dict[str, _Entry]], kind: str, name: Any, where: str, named_by: str) -> _Entry:
@@ -177,7 +182,7 @@ def _with_exec_credential(info: kopf.ConnectionInfo, plugin: dict[str, Any], fol
     try:
         status = json.loads(done.stdout)["status"]
         expiry = status.get("expirationTimestamp")
-        expiration = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None
+        expiration = _timestamp(expiry) if expiry else None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise kopf.LoginError(f"{named} printed no ExecCredential with a status") from None
     return dataclasses.replace(  # certificate data as PEM, which kopf's ConnectionInfo takes as it is
