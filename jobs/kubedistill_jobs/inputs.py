@@ -109,11 +109,15 @@ class TrimmedVocabulary:
                 "positions_one_hot": self.positions_one_hot}
 
 
-def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
-                                                                                      TrimmedVocabulary]:
+def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray], *, completion_only: bool = False
+                    ) -> tuple[dict[str, np.ndarray], TrimmedVocabulary]:
     """The training arrays in the ids of a student vocabulary trimmed to the tokens they use (kubedistill_jobs
     .vocabulary): every token maps (the vocabulary is made from them), the teacher's top-k candidates the
-    student lacks go to the loss's remaining-mass bucket. Padding takes the student's pad id."""
+    student lacks go to the loss's remaining-mass bucket. Padding takes the student's pad id.
+
+    The record counts the positions the loss uses: with `completion_only` (and `answer_start (N,)` in the
+    arrays) the answers' alone; and only real candidates, not a one-hot's filler slots nor the one-hot itself
+    (a position the teacher gave no distribution for, as an endpoint teacher's prompt)."""
     from kubedistill_jobs import vocabulary
 
     mask = train_data["attention_mask"].astype(bool)
@@ -129,18 +133,23 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray]) -
     dropped = candidates = uncovered = 0
     dropped_probability = 0.0
     if "topk_indices" in out:
-        counted = np.pad(mask[:, 1:], ((0, 0), (0, 1)))  # (N, L): positions with a next token
+        has_next = np.pad(mask[:, 1:], ((0, 0), (0, 1)))  # (N, L): positions with a next token
+        counted = has_next.copy()
+        if completion_only and "answer_start" in out:  # the loss leaves the prompt out: so does the record
+            counted &= np.arange(mask.shape[1])[None, :] >= out["answer_start"].astype(np.int64)[:, None] - 1
         teacher_values = out["topk_values"].astype(np.float32)
-        real = (teacher_values > vocabulary.DROPPED_LOGPROB / 2) & counted[..., None]  # not a one-hot's filler
+        real = teacher_values > vocabulary.DROPPED_LOGPROB / 2  # not a one-hot's filler
+        real &= (counted & (real.sum(-1) > 1))[..., None]  # nor a one-hot: no candidates to drop
         values, indices, lacking = vocabulary.map_topk(out["topk_values"], out["topk_indices"], vocab_map)
         lost = lacking & real
         dropped, candidates = int(lost.sum()), int(real.sum())
         # log-probabilities (a cache of raw logits, from before they were cached so, would read above 1)
         probability = np.exp(np.minimum(teacher_values, 0.0))
-        dropped_probability = float((probability * lost).sum(-1)[counted].mean()) if counted.any() else 0.0
+        scored = real.any(-1)  # positions with a teacher distribution
+        dropped_probability = float((probability * lost).sum(-1)[scored].mean()) if scored.any() else 0.0
         # A position none of whose candidates the student has: a one-hot on the token that follows instead (it is
         # always kept), as the prompt's positions are, rather than a distribution with nothing in it.
-        none_kept = lacking.all(-1) & counted
+        none_kept = lacking.all(-1) & has_next
         following = np.pad(out["input_ids"][:, 1:], ((0, 0), (0, 1)))
         indices[none_kept] = following[none_kept][:, None]
         values[none_kept] = np.asarray(vocabulary.DROPPED_LOGPROB, dtype=values.dtype)

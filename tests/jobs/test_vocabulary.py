@@ -176,6 +176,40 @@ def test_a_position_with_no_kept_candidate_learns_the_next_token():
     assert (arrays["input_ids"][mask.astype(bool)] == vocab_map[ids[mask.astype(bool)]]).all()
 
 
+@pytest.mark.parametrize("prompt", ["one-hot", "distribution"])
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_the_record_counts_the_positions_the_loss_uses(completion_only, prompt):
+    """Answers with a distribution over k candidates, prompts with one too (a local teacher's prefill) or a one-hot
+    on the next token (an endpoint teacher's). A one-hot is never a candidate; with a completion-only loss the
+    prompt's positions are not counted at all."""
+    from kubedistill_jobs.inputs import trim_vocabulary
+
+    teacher = bpe_tokenizer(CORPUS + ELSEWHERE * 4)
+    encoded = teacher(CORPUS[:2], padding="max_length", max_length=16, truncation=True, return_tensors="np")
+    ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int8)
+    _, kept = trimmed_tokenizer(teacher, np.unique(ids[mask.astype(bool)]))
+    foreign = [i for i in range(len(teacher)) if i not in set(kept.tolist())][:8]  # the trimmed vocabulary lacks
+    k, answer_start = 4, np.asarray([5, 7], dtype=np.int32)
+    following = np.pad(ids[:, 1:], ((0, 0), (0, 1)))
+    indices = np.broadcast_to(following[..., None], (*ids.shape, k)).copy()
+    values = np.full((*ids.shape, k), DROPPED_LOGPROB, dtype=np.float16)
+    values[..., 0] = 0
+    has_next = np.pad(mask[:, 1:], ((0, 0), (0, 1))).astype(bool)
+    in_answer = np.arange(ids.shape[1])[None, :] >= answer_start[:, None] - 1
+    distributed = in_answer if prompt == "one-hot" else np.ones_like(in_answer)
+    indices[distributed, 1:] = foreign[:k - 1]  # the next token and k - 1 tokens the training text never uses
+    values[distributed] = np.log([0.7, 0.1, 0.1, 0.05]).astype(np.float16)
+    arrays = {"input_ids": ids, "attention_mask": mask, "topk_values": values,
+              "topk_indices": indices.astype(np.int32), "answer_start": answer_start}
+    _, trimmed = trim_vocabulary(teacher, arrays, completion_only=completion_only)
+    record = trimmed.record()
+    counted = int((has_next & (in_answer if completion_only else distributed)).sum())
+    assert trimmed.candidates == counted * k
+    assert record["dropped_candidates"] == counted * (k - 1)
+    assert record["dropped_probability"] == pytest.approx(0.25, rel=1e-2)  # per position with a distribution
+    assert record["positions_one_hot"] == 0
+
+
 @pytest.mark.parametrize("loss", ["reverse-kl", "jsd", "forward-kl"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_a_dropped_candidates_filler_id_counts_once_in_every_loss(loss, temperature):

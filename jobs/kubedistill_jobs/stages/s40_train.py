@@ -48,7 +48,9 @@ def training_inputs(context: Context) -> TrainingInputs:
     calibration = inputs.calibration_rows(spec, train_data)  # the teacher's own ids: it ranks the channels
     trimmed = None
     if spec.student.from_teacher is not None and spec.student.from_teacher.vocabulary == "corpus":
-        train_data, trimmed = inputs.trim_vocabulary(tokenizer, train_data)
+        sequence_level = spec.distillation.sequence_level
+        train_data, trimmed = inputs.trim_vocabulary(
+            tokenizer, train_data, completion_only=sequence_level is not None and sequence_level.completion_only_loss)
         tokenizer = trimmed.tokenizer
         record = trimmed.record()
         log.info("vocabulary trimmed to the training data's tokens: %d of the teacher's %d (%.2f%% of the "
