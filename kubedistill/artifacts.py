@@ -12,6 +12,8 @@ serves and what a StudentDeployment's init container fetches. One definition, us
       teacher_outputs/          what a language-model teacher said per row (rows.parquet + meta.json):
                                 reusable by another job (distillation.teacherOutputsUri)
       teacher_journal.jsonl     an endpoint teacher's answers as they arrive: a restarted run resumes from it
+      answers_journal/          a teacher's answers for sequence-level KD (local or endpoint), batch by batch as
+                                they finish: a restarted run answers only the rest (removed once cached)
       teachers/<i>/             each of several teachers (`teachers`): its own teacher/, teacher_outputs/, ...;
                                 teacher_outputs/ then holds their combination (meta.json: "ensemble")
       checkpoints/              training checkpoints (Ray Train)
@@ -135,6 +137,10 @@ class OutputLayout:
     @property
     def teacher_journal(self) -> Path:
         return self.root / "teacher_journal.jsonl"
+
+    @property
+    def answers_journal(self) -> Path:
+        return self.root / "answers_journal"
 
     @property
     def checkpoints(self) -> Path:

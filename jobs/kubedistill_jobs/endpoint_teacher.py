@@ -40,6 +40,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -386,16 +387,24 @@ class EndpointPredictor:
 
 def run_endpoint(config: EndpointConfig, tokenizer: Any, texts: list[str], max_length: int, *,
                  conversations: list[list[chats.Message] | None] | None = None, progress: Progress | None = None,
-                 actors: int = 2, concurrency: int = 8, batch_size: int = 8) -> dict[str, np.ndarray]:
+                 actors: int = 2, concurrency: int = 8, batch_size: int = 8,
+                 journal: Path | None = None) -> dict[str, np.ndarray]:
     """The cache arrays (and `text`, `prompt`, `generated`, `dropped` per row) for `texts`, in their order;
-    `conversations[i]`, where given, is row i's messages (then the teacher answers them)."""
+    `conversations[i]`, where given, is row i's messages (then the teacher answers them). `journal`: a folder
+    that keeps the answered batches, so that a rerun sends only the rows left (the API key is not part of what
+    it matches: a rotated key resumes)."""
+    from kubedistill_jobs.batch_journal import BatchJournal, fingerprint
     from kubedistill_jobs.teacher_outputs import map_rows
 
     chat = [json.dumps(c) if c else "" for c in conversations or [None] * len(texts)]
+    rows = {"text": texts, "chat": chat}
+    # the cache holds the tokenizer's ids: it is part of what the journal must match
+    settings = f"{config!r} max_length={max_length} tokenizer={len(tokenizer)}:{tokenizer.name_or_path}"
+    kept = None if journal is None else BatchJournal(journal, fingerprint(settings, rows))
     return map_rows(EndpointPredictor, {"config": config, "tokenizer": tokenizer, "max_length": max_length,
                                         "concurrency": concurrency},
-                    {"text": texts, "chat": chat}, batch_size=batch_size, actors=actors, resources={"num_cpus": 0.25},
-                    progress=progress)
+                    rows, batch_size=batch_size, actors=actors, resources={"num_cpus": 0.25},
+                    progress=progress, journal=kept)
 
 
 def probe(config: EndpointConfig, prompt: str, tokenizer: Any | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,13 +172,17 @@ class AnswerPredictor:
 
 
 def run_answers(settings: AnswerSettings, prompts: list[str], *, progress: Progress | None = None,
-                batch_size: int = 32) -> dict[str, np.ndarray]:
+                batch_size: int = 32, journal: Path | None = None) -> dict[str, np.ndarray]:
     """The cache arrays for every answer (`n` per prompt, prompt by prompt, in the prompts' order), with the
     rows' `text` (prompt + answer), `answer`, `generated` and `prompt_tokens`. Batches of 32 prompts: on a CPU
-    each decoding step costs little more for 32 rows than for 8 (86 against 51 tokens/s for SmolLM2-135M)."""
+    each decoding step costs little more for 32 rows than for 8 (86 against 51 tokens/s for SmolLM2-135M).
+    `journal`: a folder that keeps the answered batches, so that a rerun answers only the prompts left."""
+    from kubedistill_jobs.batch_journal import BatchJournal, fingerprint
     from kubedistill_jobs.teacher_outputs import actor_resources, map_rows
 
     actors, resources = actor_resources()
     per_prompt = (lambda done, total: progress(min(total, done // settings.n), total)) if progress else None
-    return map_rows(AnswerPredictor, {"settings": settings}, {"text": prompts}, batch_size=batch_size,
-                    actors=actors, resources=resources, progress=per_prompt)
+    rows = {"text": prompts}
+    kept = None if journal is None else BatchJournal(journal, fingerprint(repr(settings), rows))
+    return map_rows(AnswerPredictor, {"settings": settings}, rows, batch_size=batch_size,
+                    actors=actors, resources=resources, progress=per_prompt, journal=kept)

@@ -13,11 +13,13 @@ Outputs per row, by `kind`:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from kubedistill_jobs.batch_journal import BatchJournal
 
 Kind = Literal["features", "logits", "topk"]
 Progress = Callable[[int, int], None]
@@ -140,16 +142,39 @@ def map_rows(
     actors: int,
     resources: dict[str, float],
     progress: Progress | None = None,
+    journal: BatchJournal | None = None,
 ) -> dict[str, np.ndarray]:
     """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
-    its outputs as arrays in the rows' order (each output batch carries the rows' `idx`)."""
+    its outputs as arrays in the rows' order (each output batch carries the rows' `idx`). With a `journal`,
+    each finished batch is kept as it arrives and the rows an earlier, interrupted map finished are not mapped
+    again."""
+    n = len(next(iter(rows.values())))
+    parts = journal.load() if journal is not None else []
+    finished = {int(i) for part in parts for i in part["idx"]}
+    items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n) if i not in finished]
+    done = len(finished)
+    if progress:
+        progress(done, n)
+    if items:
+        for batch in _mapped(predictor, kwargs, items, batch_size, actors, resources):
+            if journal is not None:
+                journal.add(batch)
+            parts.append(batch)
+            done += len(batch["idx"])
+            if progress:
+                progress(done, n)
+    order = np.argsort(np.concatenate([p["idx"] for p in parts]), kind="stable")
+    return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0] if key != "idx"}
+
+
+def _mapped(predictor: type, kwargs: dict[str, Any], items: list[dict[str, Any]], batch_size: int, actors: int,
+            resources: dict[str, float]) -> Iterator[dict[str, np.ndarray]]:
+    """The output batches of `predictor` over `items`, as Ray Data finishes them."""
     import ray
     import ray.data
 
-    n = len(next(iter(rows.values())))
     ray.data.DataContext.get_current().print_on_execution_start = False
-    items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n)]
-    blocks, block_batch = block_plan(n, batch_size, bool(resources.get("num_gpus")))
+    blocks, block_batch = block_plan(len(items), batch_size, bool(resources.get("num_gpus")))
     # Ray Data restarts its map actors by default, and Ray then prints an advisory about their constructor
     # arguments (ray-project/ray#53727, #57733) to the terminal. Restarts guard against losing a node; on one
     # node (`kubedistill run`) there is none to lose, so none are asked for, and nothing is printed. Ray 2.60
@@ -166,14 +191,4 @@ def map_rows(
             **resources,
             **restarts,
         )
-    parts: list[dict[str, np.ndarray]] = []
-    done = 0
-    if progress:
-        progress(0, n)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        parts.append(batch)
-        done += len(batch["idx"])
-        if progress:
-            progress(done, n)
-    order = np.argsort(np.concatenate([p["idx"] for p in parts]), kind="stable")
-    return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0] if key != "idx"}
+    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")

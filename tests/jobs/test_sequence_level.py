@@ -53,6 +53,7 @@ def test_the_student_learns_the_local_teachers_sampled_answers(ray_local, tmp_pa
     assert all(g["text"].startswith(g["prompt"]) and len(g["text"]) > len(g["prompt"]) for g in generated)
     meta = json.loads((layout.teacher_outputs / "meta.json").read_text())
     assert meta["kind"] == "answers" and meta["rows"] == 60
+    assert not layout.answers_journal.exists()  # cached and recorded: the journal of answers is gone
     assert meta["sampling"] == {"method": "sampled", "n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 5}
 
     # the cache holds the teacher's own top-k log-probabilities on each answer token, and on each prompt token

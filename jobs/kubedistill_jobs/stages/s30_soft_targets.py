@@ -5,6 +5,7 @@ online mode."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -74,7 +75,8 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
     started = time.monotonic()
     texts, conversations = [r["text"] for r in rows], [r.get("messages") for r in rows]
     out = endpoint_teacher.run_endpoint(config, context.tokenizer, texts, spec.task.max_length,
-                                        conversations=conversations, progress=progress)
+                                        conversations=conversations, progress=progress,
+                                        journal=layout.answers_journal)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
     dropped = int(out["dropped"].sum())
@@ -86,6 +88,7 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
                         "source": "endpoint",
                         "api": config.api, "conversations": sum(c is not None for c in conversations),
                         "generated_tokens": generated, "dropped_candidates": dropped})
+    shutil.rmtree(layout.answers_journal, ignore_errors=True)  # cached: the stage's marker stands for it now
     context.set_split(None)  # the training texts are now the generations
     rate = generated / max(1e-9, time.monotonic() - started)
     answered, hard = sum(c is not None for c in conversations), int(out["hard"].sum())
@@ -109,7 +112,7 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     spec, layout = context.spec, context.layout
     settings = local_answers.AnswerSettings.from_spec(spec, str(layout.teacher), len(context.tokenizer))
     started = time.monotonic()
-    out = local_answers.run_answers(settings, prompts, progress=progress)
+    out = local_answers.run_answers(settings, prompts, progress=progress, journal=layout.answers_journal)
     seconds = max(1e-9, time.monotonic() - started)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
@@ -127,6 +130,7 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     teacher_record.write_answers(layout.teacher_outputs, answered, [str(a) for a in out["answer"]],
                                  out["prompt_tokens"], out["generated"],
                                  {"model": spec.teacher.uri, "sampling": settings.sampling(), "top_k": settings.top_k})
+    shutil.rmtree(layout.answers_journal, ignore_errors=True)  # cached and recorded: the marker stands for it now
     context.set_split(None)  # the training texts are now the teacher's answers
     empty = int((out["generated"] == 0).sum())
     return {"mode": "cached", "rows": rows, "prompts": len(prompts), "tokens": n_tokens, "generated_tokens": generated,

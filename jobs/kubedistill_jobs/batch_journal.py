@@ -1,0 +1,68 @@
+"""The finished batches of a long map over rows, kept on disk as they finish, so that a rerun after an interruption
+maps only the rows still missing: a teacher's answers cost minutes of generation, or an API's tokens.
+
+One folder per map: `journal.json` (what the map is: a fingerprint of its settings and rows) and one
+`batch-*.npz` per finished batch (its output arrays, with the rows' `idx`). A journal of another map (other
+settings, other rows) is cleared, never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+META = "journal.json"
+
+
+def fingerprint(settings: str, rows: Mapping[str, Sequence[Any]]) -> str:
+    """sha256 of the map's settings (a stable text: a dataclass's repr) and every row's values, column by column."""
+    digest = hashlib.sha256(settings.encode())
+    for key in sorted(rows):
+        digest.update(f"\0{key}\0{len(rows[key])}".encode())
+        for value in rows[key]:
+            digest.update(b"\0" + str(value).encode())
+    return digest.hexdigest()
+
+
+class BatchJournal:
+    """The batches of one map (`key`, from `fingerprint`) finished so far, in `folder`."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = folder, key
+
+    def load(self) -> list[dict[str, np.ndarray]]:
+        """The finished batches of this map; none (and the folder cleared) when it holds another map's."""
+        meta = self.folder / META
+        try:
+            same = json.loads(meta.read_text()).get("key") == self.key
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            self.clear()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps({"key": self.key}))
+            return []
+        batches = []
+        for path in sorted(self.folder.glob("batch-*.npz")):
+            with np.load(path, allow_pickle=True) as stored:  # object columns (texts): our own files
+                batches.append({name: stored[name] for name in stored.files})
+        return batches
+
+    def add(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Keep one finished batch (written whole, then renamed: an interrupted write leaves no batch)."""
+        name = f"batch-{uuid.uuid4().hex}"
+        partial = self.folder / f".{name}.npz"
+        with partial.open("wb") as out:
+            np.savez(out, **batch)
+        os.replace(partial, self.folder / f"{name}.npz")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
