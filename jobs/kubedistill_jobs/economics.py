@@ -25,11 +25,14 @@ class Measured:
     input_tokens_per_request: mean tokens of an eval text as the models see it (truncated at task.maxLength);
     tokens_per_item: for a causal LM, the mean tokens of one timed forward pass (throughput is items/s), so that
     throughput converts to tokens/s; None for classification (one request is one item). job_seconds: the
-    stages' measured durations up to the end of the evaluation."""
+    stages' measured durations up to the end of the evaluation. teacher_input_tokens_per_request: the same
+    texts in the teacher's own tokens (an endpoint's count, or the teacher's tokenizer), which a per-token price
+    applies to; None when only the student's count is known."""
 
     input_tokens_per_request: float | None
     job_seconds: float | None
     tokens_per_item: float | None = None
+    teacher_input_tokens_per_request: float | None = None
 
 
 @dataclass
@@ -79,6 +82,8 @@ def _tokens(spec: EconomicsSpec, report: Report, measured: Measured) -> tuple[di
         values["input_tokens_per_request"] = generation.prompt_tokens / generation.rows  # the teacher's own prompt
     elif measured.input_tokens_per_request is not None:
         values["input_tokens_per_request"] = measured.input_tokens_per_request
+        if measured.teacher_input_tokens_per_request is not None:
+            values["teacher_input_tokens_per_request"] = measured.teacher_input_tokens_per_request
     else:
         missing.append("inputTokensPerRequest")
     if spec.output_tokens_per_request is not None:
@@ -97,10 +102,12 @@ def _teacher_cost(spec: EconomicsSpec, report: Report, tokens: dict[str, float],
     if spec.teacher_price_per_million_input_tokens is not None:
         assert spec.teacher_price_per_million_output_tokens is not None  # the spec requires both
         inputs = ["teacherPricePerMillionInputTokens", "teacherPricePerMillionOutputTokens"]
-        used: list[str] = [k for k in ("input_tokens_per_request", "output_tokens_per_request") if k in tokens]
+        teacher_input = "teacher_input_tokens_per_request" if "teacher_input_tokens_per_request" in tokens \
+            else "input_tokens_per_request"  # the teacher's own tokens where measured: what its price counts
+        used: list[str] = [k for k in (teacher_input, "output_tokens_per_request") if k in tokens]
         if token_missing:
             return _Cost(None, inputs, used, token_missing)
-        cost = (tokens["input_tokens_per_request"] * spec.teacher_price_per_million_input_tokens
+        cost = (tokens[teacher_input] * spec.teacher_price_per_million_input_tokens
                 + tokens["output_tokens_per_request"] * spec.teacher_price_per_million_output_tokens) / MILLION
         return _Cost(cost, inputs, used, [])
     if spec.teacher_price_per_hour is None:
@@ -138,6 +145,11 @@ def economics(spec: EconomicsSpec, report: Report, measured: Measured) -> Econom
     if report.task == "causal-lm":
         notes.append("causal LM: throughput is of forward passes over eval texts; answer tokens are priced like "
                      "prompt tokens, so hourly costs are a lower bound for generation")
+    if spec.teacher_price_per_million_input_tokens is not None and spec.input_tokens_per_request is None \
+            and "teacher_input_tokens_per_request" not in tokens and measured.input_tokens_per_request is not None \
+            and tokens.get("input_tokens_per_request") == measured.input_tokens_per_request:
+        notes.append("the teacher's input tokens are counted with the student's tokenizer (the teacher's own count "
+                     "was not measured): set inputTokensPerRequest for what its API counts")
     student_rate, batch = _throughput(report, "student_quantized")
     teacher = _teacher_cost(spec, report, tokens, token_missing, items)
     if items is None:

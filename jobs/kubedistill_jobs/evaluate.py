@@ -216,7 +216,10 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         generation=answered.report if task == "causal-lm" else None,
         cascade=cascade_report(spec, tiers, logits, gold, params, latency) if tiers else None,
     )
-    report = with_economics(spec, layout, report, texts, tokenizers["student"], started)
+    teacher_tokens = [len(tokenizers["teacher"](t, truncation=True, max_length=max_length)["input_ids"])
+                      for t in texts] if spec.evaluation.economics else None
+    report = with_economics(spec, layout, report, texts, tokenizers["student"], started,
+                            teacher_tokens=teacher_tokens)
     return _finish(report, layout, progress, total)
 
 
@@ -415,7 +418,9 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
         eval_samples=len(texts), **_compression_fields(result),
     )
-    report = with_economics(spec, layout, report, texts, tokenizer, started)
+    # the echo scored each token after the first: the texts' lengths in the endpoint's own tokens
+    counted = [len(s) + 1 for s in scored if s] if teacher_metrics else None
+    report = with_economics(spec, layout, report, texts, tokenizer, started, teacher_tokens=counted)
     return _finish(report, layout, progress, total)
 
 
@@ -529,9 +534,10 @@ def job_seconds(layout: OutputLayout, evaluation_seconds: float) -> float:
 
 
 def with_economics(spec: DistillationJobSpec, layout: OutputLayout, report: Report, texts: list[str],
-                   tokenizer: Any, started: float | None) -> Report:
+                   tokenizer: Any, started: float | None, *, teacher_tokens: list[int] | None = None) -> Report:
     """The report with `economics` when the spec asks for it (evaluation.economics), measured on `texts` with
-    the student's `tokenizer` as the models see them (truncated at task.maxLength)."""
+    the student's `tokenizer` as the models see them (truncated at task.maxLength); `teacher_tokens`: each
+    text's length in the teacher's own tokens, where known (a per-token price counts those)."""
     from kubedistill_jobs.economics import Measured, economics
 
     prices = spec.evaluation.economics
@@ -549,7 +555,8 @@ def with_economics(spec: DistillationJobSpec, layout: OutputLayout, report: Repo
     mean_tokens = float(np.mean(lengths)) if lengths else None
     elapsed = time.monotonic() - started if started is not None else 0.0
     measured = Measured(input_tokens_per_request=mean_tokens, job_seconds=job_seconds(layout, elapsed),
-                        tokens_per_item=mean_tokens if spec.task.type == "causal-lm" else None)
+                        tokens_per_item=mean_tokens if spec.task.type == "causal-lm" else None,
+                        teacher_input_tokens_per_request=float(np.mean(teacher_tokens)) if teacher_tokens else None)
     econ = economics(prices, report, measured)
     if borrowed:
         econ.notes.append("the teacher's per-token prices are teacher.endpoint.pricing's")

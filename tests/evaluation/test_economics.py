@@ -83,6 +83,17 @@ def test_api_teacher_for_a_causal_lm_by_hand():
     assert econ.cost_ratio.value == pytest.approx(1350.0 / 295.0)
     assert econ.payback_days.value == pytest.approx(2.0 * 2 / ((1350.0 - 295.0) / 1e6 * 10_000))
     assert any("lower bound" in note for note in econ.notes)
+    assert any("counted with the student's tokenizer" in note for note in econ.notes)  # no count of its own
+    # the teacher's own count of the same texts, where measured, is what its price applies to; the student's
+    # throughput still converts the student's tokens
+    own = economics(spec, _report("causal-lm", 40.0, None, 0.2),
+                    Measured(input_tokens_per_request=200.0, job_seconds=7200.0, tokens_per_item=125.0,
+                             teacher_input_tokens_per_request=160.0))
+    assert own.teacher_per_million_requests.value == pytest.approx(160 * 3.0 + 50 * 15.0)
+    assert own.teacher_per_million_requests.measured == ["teacher_input_tokens_per_request",
+                                                         "output_tokens_per_request"]
+    assert own.student_per_million_requests.value == pytest.approx(25.0)
+    assert not any("student's tokenizer" in note for note in own.notes)
 
 
 def test_missing_inputs_are_named_not_guessed():

@@ -417,6 +417,24 @@ def test_pipeline_distils_evaluates_and_exports_from_an_endpoint(ray_local, tmp_
     assert f"endpoint {fresh.url} (model tiny)" in shown and "speedup unknown" in shown
     assert KEY not in shown and files_holding(tmp_path, KEY) == []  # nothing the run wrote holds the key
 
+    # a per-token price counts the endpoint's own tokens of each held-out text (those its echo scored)
+    for stage in ("evaluate", "export"):
+        layout.stage_marker(stage).unlink()
+    manifest["spec"]["evaluation"]["economics"] = {"teacherPricePerMillionInputTokens": 2.0,
+                                                   "teacherPricePerMillionOutputTokens": 4.0,
+                                                   "outputTokensPerRequest": 5}
+    priced = _pipeline(manifest).run().report.economics
+    from kubedistill_jobs.evaluate import _first_tokens
+    from transformers import AutoTokenizer
+
+    student_tokenizer = AutoTokenizer.from_pretrained(layout.student)
+    echoed = [r["body"]["prompt"] for r in fresh.requests if r["body"].get("echo")][-len(eval_texts):]
+    assert echoed == [_first_tokens(student_tokenizer, text, 14) for text in eval_texts]
+    own = float(np.mean([len(fresh.tokenizer(text)["input_ids"]) for text in echoed]))
+    assert priced.measured["teacher_input_tokens_per_request"] == pytest.approx(own)
+    assert priced.teacher_per_million_requests.value == pytest.approx(own * 2.0 + 5 * 4.0)
+    assert not any("student's tokenizer" in note for note in priced.notes)
+
     # an endpoint that does not score prompts: the teacher's metrics and retention are null, noted in the report
     for stage in ("evaluate", "export"):
         layout.stage_marker(stage).unlink()
