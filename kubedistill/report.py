@@ -326,6 +326,10 @@ class Report(_Keys):
 
     primary: str | None = Field(default=None, description="The metric retention and the gate use (evaluation."
                                                        "metrics); None: the task's default.")
+    perplexity_scope: Literal["answers", "texts"] | None = Field(
+        default=None, description="Causal LM: what perplexity (and next-token accuracy, agreement, the token-level "
+        "frontier) is over: `answers`, the reference answers' tokens each given its held-out prompt; `texts`, every "
+        "token of the held-out texts.")
     generation: GenerationEval | None = Field(
         default=None, description="Causal LM with a generation metric: how the models' answers were produced and "
         "how fast.")

@@ -159,6 +159,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         progress(0, total)
     tiers = prepare_tiers(spec, layout) if spec.evaluation.tiers else []
 
+    perplexity_scope = None
     if task == "sequence-classification":
         labels = spec.task.labels or []
         gold_values = [r.get("label") for r in rows]
@@ -172,8 +173,15 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         for tier in tiers:  # evaluation.tiers: scored as the teacher is (ONNX), timed with the others below
             logits[tier.name] = classify(session(tier.onnx, settings.threads), tier.tokenizer, texts, max_length)
     else:
-        stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length)
+        # with references (task.prompt), the task's perplexity: the reference answers' tokens given the prompts
+        references = [str(r.get("reference") or "") for r in rows]
+        answers = references if all(references) else None
+        stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length, answers)
                  for n, p in paths.items()}
+        if answers is not None and not all(s.tokens for s in stats.values()):  # the prompts fill maxLength
+            stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length)
+                     for n, p in paths.items()}
+        perplexity_scope = stats["teacher"].scope
         same_tokens = tokenizers["teacher"].get_vocab() == tokenizers["student"].get_vocab()
         quality = causal_quality(stats, same_tokens, target)
         generation, answered = _generation(spec, layout, rows, tokenizers, target)
@@ -213,6 +221,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
         generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
         primary=primary if task == "causal-lm" else None,
+        perplexity_scope=perplexity_scope,
         generation=answered.report if task == "causal-lm" else None,
         cascade=cascade_report(spec, tiers, logits, gold, params, latency) if tiers else None,
     )

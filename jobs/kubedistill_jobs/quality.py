@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,6 +76,7 @@ class TokenStats:
     correct: list[np.ndarray] = field(default_factory=list)
     conf: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in SIGNALS})
     argmax: list[np.ndarray] = field(default_factory=list)
+    scope: Literal["answers", "texts"] = "texts"  # Report.perplexity_scope
 
     @property
     def perplexity(self) -> float:
@@ -85,14 +86,44 @@ class TokenStats:
         return {"perplexity": self.perplexity, "next_token_accuracy": float(np.concatenate(self.correct).mean())}
 
 
-def causal_stats(sess: Any, tokenizer: Any, texts: list[str], max_length: int) -> TokenStats:
+def answer_batches(tokenizer: Any, prompts: list[str], answers: list[str], max_length: int,
+                   size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Each prompt's tokens then its answer's (the prompt as `tokenizer` reads it, the answer without special
+    tokens, at most `max_length` in all), `size` rows at a time, right-padded; with `(B, L-1)` bool: the
+    positions that predict an answer token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(prompts), size):
+        rows = []
+        for prompt, answer in zip(prompts[start:start + size], answers[start:start + size], strict=True):
+            prompt_ids = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]
+            ids = (prompt_ids + tokenizer(answer, add_special_tokens=False)["input_ids"])[:max_length]
+            rows.append((ids, len(prompt_ids)))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        predicts = np.zeros((len(rows), max(width - 1, 0)), dtype=bool)
+        for r, (ids, answer_start) in enumerate(rows):
+            input_ids[r, :len(ids)], mask[r, :len(ids)] = ids, 1
+            predicts[r, max(answer_start - 1, 0):len(ids) - 1] = True  # position t predicts token t + 1
+        yield {"input_ids": input_ids, "attention_mask": mask}, predicts
+
+
+def causal_stats(sess: Any, tokenizer: Any, texts: list[str], max_length: int,
+                 answers: list[str] | None = None) -> TokenStats:
+    """Next-token statistics over `texts`, every token after the first; with `answers` (each text's reference
+    continuation: the text is then a prompt), over the answers' tokens alone, each given its prompt (none where
+    the prompt fills `max_length`)."""
     from kubedistill_jobs.onnx_export import onnx_logits
 
-    stats = TokenStats()
-    for b in batches(tokenizer, texts, max_length, 4):  # (batch, seq, vocab) logits are large
+    stats = TokenStats(scope="texts" if answers is None else "answers")
+    if answers is None:  # (batch, seq, vocab) logits are large: 4 rows at a time
+        scored = ((b, b["attention_mask"][:, 1:].astype(bool) & b["attention_mask"][:, :-1].astype(bool))
+                  for b in batches(tokenizer, texts, max_length, 4))
+    else:
+        scored = answer_batches(tokenizer, texts, answers, max_length, 4)
+    for b, mask in scored:
         logits = onnx_logits(sess, b)[:, :-1, :len(tokenizer)]  # a padded embedding's extra rows are no tokens
         target = b["input_ids"][:, 1:]
-        mask = b["attention_mask"][:, 1:].astype(bool) & b["attention_mask"][:, :-1].astype(bool)
         logits = logits[mask]  # (tokens, vocab)
         target = target[mask]
         log_probs = logits - logits.max(-1, keepdims=True)
@@ -162,4 +193,6 @@ def causal_quality(stats: dict[str, TokenStats], same_tokens: bool, target: floa
     note = ("token-level: the cascade's next-token accuracy when tokens whose student confidence is below "
             "the threshold are predicted by the teacher") if same_tokens else (
             "no frontier: teacher and student tokenize differently")
-    return Quality(metrics, retention, agreement, frontiers, reference="held-out text", routing_note=note)
+    reference = "reference answers given the held-out prompts" if stats["teacher"].scope == "answers" else \
+        "held-out text"
+    return Quality(metrics, retention, agreement, frontiers, reference=reference, routing_note=note)

@@ -321,7 +321,9 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     lines += ["", f"Latency: {settings.runtime if settings else 'onnxruntime'}, "
               f"{settings.threads if settings else None} intra-op threads, {report.eval_samples} eval examples. "
               f"Retention is the quantized student's {metric} over the teacher's"
-              + (" (inverse ratio for perplexity)." if metric == "perplexity" else "."), ""]
+              + (" (inverse ratio for perplexity)." if metric == "perplexity" else ".")
+              + (" Perplexity is over the reference answers' tokens, each given its held-out prompt."
+                 if report.perplexity_scope == "answers" else ""), ""]
     lines += _generation_lines(report)
     served, quality = served_routing(report)
     if served is not None:

@@ -53,6 +53,7 @@ def test_causal_lm_pipeline(tmp_path, fast_latency):
         assert doc[name]["metrics"]["perplexity"] > 1
     assert report.retention == pytest.approx(
         report.teacher.metrics["perplexity"] / report.student_quantized.metrics["perplexity"])
+    assert report.perplexity_scope == "texts"  # no references: every token of the held-out texts
     assert report.routing is not None and report.routing.recommended_threshold is not None
     assert report.gate.passed == (report.retention >= 0.5)
     generation = report.generation_routing
@@ -144,3 +145,20 @@ def test_generation_metrics_against_references_drive_retention(tmp_path, fast_la
     assert [e.reference for e in found.examples] == [r["reference"] for r in rows[8:11]]
     assert found.examples[0].answers["student"] == found.examples[0].answers["teacher"]
     assert "## Generation" in layout.report_md.read_text()
+    # perplexity is the task's: the references' tokens, each given its prompt, by hand with the PyTorch teacher
+    import numpy as np
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(layout.teacher).eval()
+    assert report.perplexity_scope == "answers"
+    assert "Perplexity is over the reference answers' tokens" in layout.report_md.read_text()
+    nll, count = 0.0, 0
+    for row in rows[8:]:
+        prompt = tok(row["text"], truncation=True, max_length=32)["input_ids"]
+        ids = (prompt + tok(row["reference"], add_special_tokens=False)["input_ids"])[:32]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        nll -= sum(float(logprobs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
+        count += len(ids) - len(prompt)
+    assert count > 0 and teacher["perplexity"] == pytest.approx(float(np.exp(nll / count)), rel=1e-4)
