@@ -381,6 +381,7 @@ def job_results(report: Report, output_uri: str) -> JobResults:
         retention=_rounded(report.retention, 4),
         agreement=_rounded(report.agreement, 4),
         speedup=_rounded(report.speedup, 2),
+        generation_speedup=_rounded(report.generation.speedup, 2) if report.generation else None,
         compression=_rounded(report.compression, 2),
         teacher_metric=report.teacher.metrics.get(metric),
         student_metric=report.student_quantized.metrics.get(metric),

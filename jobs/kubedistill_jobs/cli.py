@@ -143,7 +143,10 @@ def print_summary(console: Any, result: Any, folder: Any) -> None:
         console.print(
             f"teacher {metric} {_num(report.teacher.metrics.get(metric))} · quantized student "
             f"{_num(report.student_quantized.metrics.get(metric))} · retention {_num(report.retention)} · "
-            f"speedup {_times(report.speedup)} · compression {_times(report.compression)}"
+            # a generation job times tokens/s (below) unless latency is listed: no "speedup unknown" beside it
+            + (f"speedup {_times(report.speedup)} · " if report.speedup is not None or report.generation is None
+               else "")
+            + f"compression {_times(report.compression)}"
             + (f" · generation {_times(report.generation.speedup)} the teacher's tokens/s"
                if report.generation is not None else "")
         )

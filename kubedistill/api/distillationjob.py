@@ -1309,6 +1309,9 @@ class JobResults(ApiModel):
     retention: float | None = Field(default=None, description="Quantized student's quality over the teacher's.")
     agreement: float | None = Field(default=None, description="Share of eval items where student and teacher agree.")
     speedup: float | None = Field(default=None, description="Teacher p50 latency over the quantized student's.")
+    generation_speedup: float | None = Field(
+        default=None, description="Causal LM: the quantized student's tokens/s over the teacher's, each generating "
+        "the held-out answers (report.json generation.speedup).")
     compression: float | None = Field(default=None, description="Teacher size over the quantized student's size.")
     teacher_metric: float | None = Field(default=None, description="Teacher's primary metric on the eval split.")
     student_metric: float | None = Field(default=None, description="Quantized student's primary metric.")

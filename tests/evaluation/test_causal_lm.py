@@ -162,3 +162,17 @@ def test_generation_metrics_against_references_drive_retention(tmp_path, fast_la
         nll -= sum(float(logprobs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
         count += len(ids) - len(prompt)
     assert count > 0 and teacher["perplexity"] == pytest.approx(float(np.exp(nll / count)), rel=1e-4)
+    # latency was not listed: the status and the run's summary give the generation speedup, no "unknown" one
+    from types import SimpleNamespace
+
+    from kubedistill_jobs.cli import print_summary
+    from rich.console import Console
+
+    from kubedistill.report import job_results
+
+    results = job_results(report, "file:///out")
+    assert results.speedup is None and results.generation_speedup == round(found.speedup, 2) > 0
+    console = Console(record=True, width=300)
+    print_summary(console, SimpleNamespace(stages={}, report=report), layout.root)
+    shown = console.export_text()
+    assert f"generation {found.speedup:.2f}x the teacher's tokens/s" in shown and "speedup unknown" not in shown
