@@ -145,8 +145,12 @@ def economics(spec: EconomicsSpec, report: Report, measured: Measured) -> Econom
     if report.task == "causal-lm":
         notes.append("causal LM: throughput is of forward passes over eval texts; answer tokens are priced like "
                      "prompt tokens, so hourly costs are a lower bound for generation")
-    if spec.teacher_price_per_million_input_tokens is not None and spec.input_tokens_per_request is None \
-            and "teacher_input_tokens_per_request" not in tokens and measured.input_tokens_per_request is not None \
+    if spec.teacher_price_per_million_input_tokens is not None and "teacher_input_tokens_per_request" in tokens:
+        notes.append(f"the teacher is priced on its own tokens ({tokens['teacher_input_tokens_per_request']:.1f} "
+                     f"per request); the student's throughput on the student's "
+                     f"({tokens['input_tokens_per_request']:.1f})")
+    elif spec.teacher_price_per_million_input_tokens is not None and spec.input_tokens_per_request is None \
+            and measured.input_tokens_per_request is not None \
             and tokens.get("input_tokens_per_request") == measured.input_tokens_per_request:
         notes.append("the teacher's input tokens are counted with the student's tokenizer (the teacher's own count "
                      "was not measured): set inputTokensPerRequest for what its API counts")
@@ -189,6 +193,10 @@ def economics(spec: EconomicsSpec, report: Report, measured: Measured) -> Econom
                        missing=sorted({*teacher.missing, *served.missing}))
 
     per_request_saving = None if teacher.value is None or served.value is None else teacher.value - served.value
+    if per_request_saving is not None and per_request_saving <= 0:
+        notes.append(f"the {served_name} costs as much as the teacher or more (it escalates "
+                     f"{point.escalation_rate:.1%} of requests)" if point is not None else
+                     f"the {served_name} costs as much as the teacher or more")
     daily = None
     saving_missing = sorted({*teacher.missing, *served.missing} | ({"requestsPerDay"}
                                                                      if spec.requests_per_day is None else set()))
@@ -219,7 +227,7 @@ def economics(spec: EconomicsSpec, report: Report, measured: Measured) -> Econom
         if daily > 0:
             payback_value = job_value / daily
         else:
-            notes.append(f"the {served_name} costs as much as the teacher or more: the job never pays back")
+            notes.append("with no saving per request the job never pays back")
     payback = CostFigure(value=payback_value, unit="days", inputs=sorted({*job.inputs, *monthly.inputs}),
                          measured=sorted({*job.measured, *monthly.measured}),
                          missing=sorted({*job.missing, *monthly.missing}))

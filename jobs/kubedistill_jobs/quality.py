@@ -192,7 +192,8 @@ def causal_quality(stats: dict[str, TokenStats], same_tokens: bool, target: floa
     retention = metrics["teacher"]["perplexity"] / metrics["student_quantized"]["perplexity"]
     note = ("token-level: the cascade's next-token accuracy when tokens whose student confidence is below "
             "the threshold are predicted by the teacher") if same_tokens else (
-            "no frontier: teacher and student tokenize differently")
+            "no token-level frontier: teacher and student tokenize differently (the generation frontier, "
+            "generation_routing, compares their answers instead where built)")
     reference = "reference answers given the held-out prompts" if stats["teacher"].scope == "answers" else \
         "held-out text"
     return Quality(metrics, retention, agreement, frontiers, reference=reference, routing_note=note)

@@ -270,9 +270,9 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         f"# Distillation report ({report.task})",
         "",
         f"Model version `{report.model_version}`; {verdict}.",
-        f"Speedup {_fmt(report.speedup)}× (batch 1, teacher p50 / quantized student p50), compression "
-        f"{_fmt(report.compression)}× (teacher size / quantized student size), agreement with the teacher "
-        f"{_fmt(report.agreement)}.",
+        _speedup_line(report)
+        + f"compression {_fmt(report.compression)}× (teacher size / quantized student size), agreement with the "
+        f"teacher {_fmt(report.agreement)}.",
         "",
     ]
     if report.teacher_note:
@@ -306,9 +306,10 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     ]
     for name, title in MODEL_TITLES.items():
         m = getattr(report, name)
-        if m.latency_ms is None:  # a remote endpoint teacher: quality only
-            lines.append(f"| {title} | – | – | " + " | ".join(_fmt(m.metrics.get(k)) for k in metric_keys)
-                         + " | – | – | – | – |")
+        if m.latency_ms is None:  # latency not listed, or a remote endpoint teacher: no timing
+            size = "–" if m.size_bytes is None else f"{m.size_bytes / 1e6:.2f}"
+            lines.append(f"| {title} | {'–' if m.params is None else f'{m.params:,}'} | {size} | "
+                         + " | ".join(_fmt(m.metrics.get(k)) for k in metric_keys) + " | – | – | – | – |")
             continue
         lines.append(
             f"| {title} | {m.params:,} | {(m.size_bytes or 0) / 1e6:.2f} | "
@@ -318,8 +319,11 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
             f"{_fmt((m.throughput or {}).get('batch32'), 5)} |"
         )
     settings = report.latency_settings
-    lines += ["", f"Latency: {settings.runtime if settings else 'onnxruntime'}, "
-              f"{settings.threads if settings else None} intra-op threads, {report.eval_samples} eval examples. "
+    timed = report.student_quantized.latency_ms is not None
+    lines += ["", (f"Latency: {settings.runtime if settings else 'onnxruntime'}, "
+                   f"{settings.threads if settings else None} intra-op threads. " if timed else
+                   "Latency: not measured (`latency` is not in evaluation.metrics). ")
+              + f"{report.eval_samples} eval examples. "
               f"Retention is the quantized student's {metric} over the teacher's"
               + (" (inverse ratio for perplexity)." if metric == "perplexity" else ".")
               + (" Perplexity is over the reference answers' tokens, each given its held-out prompt."
@@ -338,6 +342,9 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
                 f"{rec.escalation_rate:.1%} of requests, cascade {quality} {rec.accuracy:.4f} "
                 f"(target {r.target:.0%} of the teacher's {_fmt(r.teacher_accuracy)}; the student alone "
                 f"{_fmt(r.student_accuracy)})."
+                + (" At this point every request goes to the teacher: on this signal the student meets the "
+                   "target on no share of the requests (see the other signals below, or evaluation.routingTarget)."
+                   if rec.escalation_rate >= 1.0 else "")
             )
         if r.signals:
             lines += ["", f"| signal | threshold | escalated | cascade {quality} |", "|---|---:|---:|---:|"]
@@ -365,6 +372,18 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def _one_line(text: str | None) -> str:
+    """An answer inside a markdown list item: its line breaks shown as ⏎, so the list stays one item."""
+    return " ⏎ ".join(part.strip() for part in (text or "").splitlines() if part.strip())
+
+
+def _speedup_line(report: Report) -> str:
+    """The header's speedup: batch-1 latency when measured, else a causal LM's generation tokens/s."""
+    if report.speedup is not None or report.generation is None or report.generation.speedup is None:
+        return f"Speedup {_fmt(report.speedup)}× (batch 1, teacher p50 / quantized student p50), "
+    return f"Speedup {report.generation.speedup:.2f}× (generation, quantized student tokens/s / teacher's), "
+
+
 def _generation_lines(report: Report) -> list[str]:
     """How the generation metrics were measured: settings, each model's tokens/s, a few answers side by side."""
     found = report.generation
@@ -379,8 +398,8 @@ def _generation_lines(report: Report) -> list[str]:
              + (f"; the quantized student {found.speedup:.2f}× the teacher." if found.speedup is not None else "."),
              ""]
     for example in found.examples:
-        lines += [f"- reference: {example.reference or '–'}"]
-        lines += [f"  - {MODEL_TITLES.get(n, n)}: {text}" for n, text in example.answers.items()]
+        lines += [f"- reference: {_one_line(example.reference) or '–'}"]
+        lines += [f"  - {MODEL_TITLES.get(n, n)}: {_one_line(text)}" for n, text in example.answers.items()]
     return [*lines, ""]
 
 

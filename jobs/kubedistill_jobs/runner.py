@@ -17,6 +17,7 @@ from kubedistill.uris import UriError, local_path
 from kubedistill_jobs.storage import Output, resolve_output
 
 LOGGER = "kubedistill"
+LOGGERS = (LOGGER, "kubedistill_jobs")  # the pipeline's own, and its modules' (named by module)
 
 
 def load_job(path: str | Path, output: str | None = None, teacher_job: str | None = None) -> DistillationJob:
@@ -88,17 +89,19 @@ def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output
     in a pod; a terminal has the progress bars instead)."""
     output = resolve_output(job.spec.output.uri, job.metadata.name)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logger = logging.getLogger(LOGGER)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for handler in list(logger.handlers):  # one run per process: replace an earlier run's handlers
-        logger.removeHandler(handler)
     handlers: list[logging.Handler] = [logging.FileHandler(OutputLayout(output.local).log)]
     if console_log:
         handlers.append(logging.StreamHandler(sys.stdout))
     for handler in handlers:
         handler.setFormatter(formatter)
-        logger.addHandler(handler)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        for handler in list(logger.handlers):  # one run per process: replace an earlier run's handlers
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)
     return output
 
 

@@ -12,6 +12,7 @@ Outputs per row, by `kind`:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from kubedistill_jobs.batch_journal import BatchJournal
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["features", "logits", "topk"]
 Progress = Callable[[int, int], None]
@@ -147,10 +150,14 @@ def map_rows(
     """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
     its outputs as arrays in the rows' order (each output batch carries the rows' `idx`). With a `journal`,
     each finished batch is kept as it arrives and the rows an earlier, interrupted map finished are not mapped
-    again."""
+    again; the outputs then also hold `journaled (N,)` bool, the rows taken from it."""
     n = len(next(iter(rows.values())))
     parts = journal.load() if journal is not None else []
     finished = {int(i) for part in parts for i in part["idx"]}
+    if finished:
+        log.info("%d of %d rows were answered before this run (%s): only the other %d are mapped", len(finished), n,
+                 journal.folder if journal is not None else "", n - len(finished))
+    parts = [{**part, "journaled": np.ones(len(part["idx"]), dtype=bool)} for part in parts]
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n) if i not in finished]
     done = len(finished)
     if progress:
@@ -159,6 +166,7 @@ def map_rows(
         for batch in _mapped(predictor, kwargs, items, batch_size, actors, resources):
             if journal is not None:
                 journal.add(batch)
+                batch = {**batch, "journaled": np.zeros(len(batch["idx"]), dtype=bool)}
             parts.append(batch)
             done += len(batch["idx"])
             if progress:

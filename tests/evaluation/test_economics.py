@@ -94,6 +94,13 @@ def test_api_teacher_for_a_causal_lm_by_hand():
                                                          "output_tokens_per_request"]
     assert own.student_per_million_requests.value == pytest.approx(25.0)
     assert not any("student's tokenizer" in note for note in own.notes)
+    assert any("priced on its own tokens (160.0 per request)" in note for note in own.notes)
+    # a cascade that escalates everything costs more than the teacher alone: said, even with no job cost to pay back
+    everything = economics(spec.model_copy(update={"ray_cluster_price_per_hour": None}),
+                           _report("causal-lm", 40.0, None, 1.0),
+                           Measured(input_tokens_per_request=200.0, job_seconds=7200.0, tokens_per_item=125.0))
+    assert everything.monthly_saving.value is not None and everything.monthly_saving.value < 0
+    assert "the cascade costs as much as the teacher or more (it escalates 100.0% of requests)" in everything.notes
 
 
 def test_missing_inputs_are_named_not_guessed():

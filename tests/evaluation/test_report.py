@@ -140,3 +140,45 @@ def test_a_causal_lms_served_frontier_is_the_generation_one_in_report_md_and_plo
     assert "## Routing" in text and "quality: dataset.referenceField (rouge_l)" in text
     assert f"**{routing.recommended_threshold:.4f}**" in text and "cascade quality" in text
     assert "no frontier" not in text
+
+
+def test_a_generation_report_without_latency_reads_right(evaluated):
+    """`latency` not listed: sizes still shown, no latency claimed, the header's speedup is the generation one;
+    an answer with line breaks stays one list item; a recommended point that escalates everything says so."""
+    import math
+
+    from kubedistill_jobs.generation_eval import Answer, answer_quality, generation_routing
+
+    from kubedistill.report import GenerationEval, GenerationExample
+
+    _, _, report = evaluated
+    untimed = {name: getattr(report, name).model_copy(update={"latency_ms": None, "latency_ms_batch32": None,
+                                                              "throughput": None})
+               for name in ("teacher", "student", "student_quantized")}
+    # the student is unsure and wrong everywhere: only the teacher meets the target
+    unsure = [math.log(0.3)] * 2
+    student = [Answer([3, 4], unsure)] * 3
+    teacher = [Answer([1, 2], unsure)] * 3
+    gold = ["rates rise", "war ends", "talks fail"]
+    scores = answer_quality(["cats nap"] * 3, gold, gold, "rouge_l")
+    routing, _ = generation_routing(student, teacher, None, target=0.99,
+                                    quality=(*scores, "dataset.referenceField (rouge_l)"))
+    assert routing.recommended is not None and routing.recommended.escalation_rate == 1.0
+    generation = GenerationEval(prompts=3, max_new_tokens=8, reference="dataset.referenceField",
+                                precision={"teacher": "fp32", "student_quantized": "int4", "student": "fp32"},
+                                tokens_per_second={"teacher": 20.0, "student_quantized": 130.0, "student": 70.0},
+                                speedup=6.5, examples=[GenerationExample(
+                                    prompt="...", reference="Rates rise",
+                                    answers={"teacher": "Rates rise\n\nThe Daily Mirror", "student": "Cats nap",
+                                             "student_quantized": "Cats nap"})])
+    causal = report.model_copy(update={**untimed, "task": "causal-lm", "speedup": None, "speedup_batch32": None,
+                                       "routing": None, "generation_routing": routing, "generation": generation,
+                                       "primary": "rouge_l", "perplexity_scope": "answers"})
+    text = render.markdown(causal, {})
+    row = next(line for line in text.splitlines() if line.startswith("| student (quantized) |"))
+    assert f"| {report.student_quantized.params:,} | {report.student_quantized.size_bytes / 1e6:.2f} |" in row
+    assert "Latency: not measured" in text and "intra-op threads" not in text
+    assert "Speedup 6.50× (generation" in text and "Speedup –×" not in text
+    assert "  - teacher (fp32): Rates rise ⏎ The Daily Mirror" in text
+    assert "every request goes to the teacher" in text
+    assert "Perplexity is over the reference answers' tokens" in text

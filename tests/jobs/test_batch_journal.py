@@ -54,6 +54,8 @@ def test_an_interrupted_map_resumes_without_asking_the_teacher_again(ray_local, 
     finally:
         server.stop()
     assert list(resumed["text"]) == list(fresh["text"]) and list(resumed["prompt"]) == TEXTS
+    assert [TEXTS[i] for i in np.flatnonzero(resumed["journaled"])] == sorted(answered_before, key=TEXTS.index)
+    assert "journaled" not in fresh
     for key in ("input_ids", "attention_mask", "topk_indices", "generated"):
         assert (resumed[key] == fresh[key]).all(), key
     assert np.allclose(resumed["topk_values"].astype(np.float32), fresh["topk_values"].astype(np.float32), atol=1e-3)

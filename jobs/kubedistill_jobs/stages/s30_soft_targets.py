@@ -79,6 +79,7 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
                                         journal=layout.answers_journal)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
+    resumed, generated_now = _resumed(out)
     dropped = int(out["dropped"].sum())
     generated_rows = [{"text": str(text), "prompt": str(prompt)} for text, prompt in zip(out["text"], out["prompt"],
                                                                                         strict=True)]
@@ -90,7 +91,7 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
                         "generated_tokens": generated, "dropped_candidates": dropped})
     shutil.rmtree(layout.answers_journal, ignore_errors=True)  # cached: the stage's marker stands for it now
     context.set_split(None)  # the training texts are now the generations
-    rate = generated / max(1e-9, time.monotonic() - started)
+    rate = generated_now / max(1e-9, time.monotonic() - started)
     answered, hard = sum(c is not None for c in conversations), int(out["hard"].sum())
     what = f", {answered} conversations answered afresh" if answered else ""
     how = f"top-{k} logprobs" if not hard else (
@@ -98,9 +99,9 @@ def _from_endpoint(context: Context, rows: list[dict[str, Any]], progress: Progr
         else f"top-{k} logprobs ({hard} answers without: their text only)")
     return {"mode": "cached", "rows": len(rows), "tokens": n_tokens, "generated_tokens": generated,
             "dropped_candidates": dropped, "k": k, "api": config.api, "conversations": answered,
-            "hard_rows": hard, "hard_labels": hard == len(rows) and hard > 0,
+            "hard_rows": hard, "hard_labels": hard == len(rows) and hard > 0, "resumed_rows": resumed,
             "summary": f"{len(rows)} rows, {generated} generated tokens, {how} from the endpoint "
-                       f"({config.api}{what}, {rate:.0f} tokens/s)"}
+                       f"({config.api}{what}, {rate:.0f} tokens/s{_resumed_note(resumed)})"}
 
 
 def _from_local_answers(context: Context, prompts: list[str], progress: Progress) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     seconds = max(1e-9, time.monotonic() - started)
     arrays = {key: out[key] for key in ("input_ids", "attention_mask", "topk_values", "topk_indices")}
     n_tokens, generated = int(arrays["attention_mask"].sum()), int(out["generated"].sum())
+    resumed, generated_now = _resumed(out)
     # where each row's answer starts: a completion-only loss starts there, and promptTokenShare draws before it
     arrays["answer_start"] = np.asarray(out["prompt_tokens"], dtype=np.int32)
     answered = [prompt for prompt in prompts for _ in range(settings.n)]
@@ -134,10 +136,22 @@ def _from_local_answers(context: Context, prompts: list[str], progress: Progress
     context.set_split(None)  # the training texts are now the teacher's answers
     empty = int((out["generated"] == 0).sum())
     return {"mode": "cached", "rows": rows, "prompts": len(prompts), "tokens": n_tokens, "generated_tokens": generated,
-            "empty_answers": empty, "k": settings.top_k, "tokens_per_second": round(generated / seconds, 1),
+            "empty_answers": empty, "k": settings.top_k, "tokens_per_second": round(generated_now / seconds, 1),
+            "resumed_rows": resumed,
             "summary": f"{len(prompts)} prompts, {rows} teacher answers ({settings.sampling()['method']}), "
                        f"{generated} generated tokens with top-{settings.top_k} logprobs "
-                       f"({generated / seconds:.0f} tokens/s)"}
+                       f"({generated_now / seconds:.0f} tokens/s{_resumed_note(resumed)})"}
+
+
+def _resumed(out: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(rows an interrupted run had answered, kept in the journal; tokens generated in this run): the rate
+    counts this run's tokens alone."""
+    journaled = out.get("journaled", np.zeros(len(out["generated"]), dtype=bool))
+    return int(journaled.sum()), int(out["generated"][~journaled].sum())
+
+
+def _resumed_note(resumed: int) -> str:
+    return f"; {resumed} rows answered before an interruption, kept" if resumed else ""
 
 
 def _cross_tokenizer(context: Context, method: str, progress: Progress) -> dict[str, Any]:
