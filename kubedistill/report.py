@@ -330,6 +330,9 @@ class Report(_Keys):
         default=None, description="Causal LM: what perplexity (and next-token accuracy, agreement, the token-level "
         "frontier) is over: `answers`, the reference answers' tokens each given its held-out prompt; `texts`, every "
         "token of the held-out texts.")
+    perplexity_rows: int | None = Field(
+        default=None, description="With perplexity_scope `answers`: the held-out rows scored, those whose whole "
+        "reference fits after the prompt in task.maxLength in every model's tokens.")
     generation: GenerationEval | None = Field(
         default=None, description="Causal LM with a generation metric: how the models' answers were produced and "
         "how fast.")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,17 +53,39 @@ class BatchJournal:
             return []
         batches = []
         for path in sorted(self.folder.glob("batch-*.npz")):
-            with np.load(path, allow_pickle=True) as stored:  # object columns (texts): our own files
-                batches.append({name: stored[name] for name in stored.files})
+            try:
+                with np.load(path, allow_pickle=True) as stored:  # object columns (texts): our own files
+                    batches.append({name: stored[name] for name in stored.files})
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # cut short by a lost node: map it again
+                path.unlink(missing_ok=True)
         return batches
 
     def add(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Keep one finished batch (written whole, then renamed: an interrupted write leaves no batch)."""
+        """Keep one finished batch (written whole and synced, then renamed: an interrupted write leaves no
+        batch)."""
         name = f"batch-{uuid.uuid4().hex}"
         partial = self.folder / f".{name}.npz"
         with partial.open("wb") as out:
             np.savez(out, **batch)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, self.folder / f"{name}.npz")
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def complete_rows(batches: list[dict[str, np.ndarray]], per_row: int) -> tuple[list[dict[str, np.ndarray]], set[int]]:
+    """The journaled batches without the rows of an input row that has fewer than `per_row` outputs (its outputs
+    were split across batches and the run stopped between them), and the input rows that are complete."""
+    counts: dict[int, int] = {}
+    for batch in batches:
+        for i in batch["idx"]:
+            counts[int(i)] = counts.get(int(i), 0) + 1
+    complete = {i for i, count in counts.items() if count == per_row}
+    kept = []
+    for batch in batches:
+        whole = np.isin(batch["idx"], list(complete))
+        if whole.any():
+            kept.append({name: values[whole] for name, values in batch.items()})
+    return kept, complete

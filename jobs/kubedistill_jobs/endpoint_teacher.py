@@ -32,6 +32,7 @@ The API key comes from the env var KUBEDISTILL_TEACHER_API_KEY (`PipelineEnv`; t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -398,8 +399,10 @@ def run_endpoint(config: EndpointConfig, tokenizer: Any, texts: list[str], max_l
 
     chat = [json.dumps(c) if c else "" for c in conversations or [None] * len(texts)]
     rows = {"text": texts, "chat": chat}
-    # the cache holds the tokenizer's ids: it is part of what the journal must match
-    settings = f"{config!r} max_length={max_length} tokenizer={len(tokenizer)}:{tokenizer.name_or_path}"
+    # the cache holds the tokenizer's ids: its vocabulary is part of what the journal must match (not its path: an
+    # output folder moved elsewhere resumes)
+    vocabulary = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    settings = f"{config!r} max_length={max_length} vocabulary={vocabulary}"
     kept = None if journal is None else BatchJournal(journal, fingerprint(settings, rows))
     return map_rows(EndpointPredictor, {"config": config, "tokenizer": tokenizer, "max_length": max_length,
                                         "concurrency": concurrency},

@@ -37,6 +37,7 @@ from kubedistill_jobs.latency import LatencySettings, measure_latency
 from kubedistill_jobs.models import load_tokenizer
 from kubedistill_jobs.quality import (
     MODELS,
+    answers_fit,
     causal_quality,
     causal_stats,
     classification_quality,
@@ -159,7 +160,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         progress(0, total)
     tiers = prepare_tiers(spec, layout) if spec.evaluation.tiers else []
 
-    perplexity_scope = None
+    perplexity_scope, perplexity_rows = None, None
     if task == "sequence-classification":
         labels = spec.task.labels or []
         gold_values = [r.get("label") for r in rows]
@@ -173,12 +174,17 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         for tier in tiers:  # evaluation.tiers: scored as the teacher is (ONNX), timed with the others below
             logits[tier.name] = classify(session(tier.onnx, settings.threads), tier.tokenizer, texts, max_length)
     else:
-        # with references (task.prompt), the task's perplexity: the reference answers' tokens given the prompts
+        # with task.prompt and references, the task's perplexity: the reference answers' tokens given the prompts,
+        # on the rows whose whole reference fits after the prompt in every model's tokens (the same span for all)
         references = [str(r.get("reference") or "") for r in rows]
-        answers = references if all(references) else None
-        stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length, answers)
-                 for n, p in paths.items()}
-        if answers is not None and not all(s.tokens for s in stats.values()):  # the prompts fill maxLength
+        scored = answers_fit(list(tokenizers.values()), texts, references, max_length) \
+            if spec.task.prompt is not None and all(references) else []
+        if any(scored):
+            kept = [i for i, fits in enumerate(scored) if fits]
+            stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], [texts[i] for i in kept],
+                                     max_length, [references[i] for i in kept]) for n, p in paths.items()}
+            perplexity_rows = len(kept)
+        else:  # no references, or no prompt leaves room for its reference: every token of the texts
             stats = {n: causal_stats(session(p, settings.threads), tokenizers[n], texts, max_length)
                      for n, p in paths.items()}
         perplexity_scope = stats["teacher"].scope
@@ -221,7 +227,7 @@ def _evaluate(spec: DistillationJobSpec, layout: OutputLayout, model_version: st
         routing_note=quality.routing_note, eval_samples=len(rows), **_compression_fields(result),
         generation_routing=generation, cross_tokenizer=_cross_tokenizer(layout),
         primary=primary if task == "causal-lm" else None,
-        perplexity_scope=perplexity_scope,
+        perplexity_scope=perplexity_scope, perplexity_rows=perplexity_rows,
         generation=answered.report if task == "causal-lm" else None,
         cascade=cascade_report(spec, tiers, logits, gold, params, latency) if tiers else None,
     )
@@ -424,6 +430,7 @@ def evaluate_with_endpoint(spec: DistillationJobSpec, layout: OutputLayout, mode
         student_quantized=reports["student_quantized"], retention=retention, agreement=None, speedup=None,
         compression=None, routing=None, gate=verdict, model_version=model_version,
         latency_settings=settings.method(), quality_reference="held-out text", teacher_note=note,
+        perplexity_scope="texts",
         routing_note="no frontier: an endpoint teacher's per-token predictions are not compared",
         eval_samples=len(texts), **_compression_fields(result),
     )

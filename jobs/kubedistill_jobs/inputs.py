@@ -116,8 +116,9 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray], *
     student lacks go to the loss's remaining-mass bucket. Padding takes the student's pad id.
 
     The record counts the positions the loss uses: with `completion_only` (and `answer_start (N,)` in the
-    arrays) the answers' alone; and only real candidates, not a one-hot's filler slots nor the one-hot itself
-    (a position the teacher gave no distribution for, as an endpoint teacher's prompt)."""
+    arrays) the answers' alone (with `promptTokenShare` below 1, every prompt position, of which each step
+    draws a share); and only real candidates, not a one-hot's filler slots nor the one-hot itself (a position
+    the teacher gave no distribution for: the next token at probability 1 alone)."""
     from kubedistill_jobs import vocabulary
 
     mask = train_data["attention_mask"].astype(bool)
@@ -139,7 +140,8 @@ def trim_vocabulary(teacher_tokenizer: Any, train_data: dict[str, np.ndarray], *
             counted &= np.arange(mask.shape[1])[None, :] >= out["answer_start"].astype(np.int64)[:, None] - 1
         teacher_values = out["topk_values"].astype(np.float32)
         real = teacher_values > vocabulary.DROPPED_LOGPROB / 2  # not a one-hot's filler
-        real &= (counted & (real.sum(-1) > 1))[..., None]  # nor a one-hot: no candidates to drop
+        one_hot = (real.sum(-1) == 1) & (teacher_values.max(-1) == 0)  # the next token at probability 1, alone
+        real &= (counted & ~one_hot)[..., None]  # nor the one-hot itself: no candidates to drop
         values, indices, lacking = vocabulary.map_topk(out["topk_values"], out["topk_indices"], vocab_map)
         lost = lacking & real
         dropped, candidates = int(lost.sum()), int(real.sum())

@@ -12,6 +12,7 @@ teacher stopped, so the student learns to stop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,10 @@ def run_answers(settings: AnswerSettings, prompts: list[str], *, progress: Progr
     from kubedistill_jobs.teacher_outputs import actor_resources, map_rows
 
     actors, resources = actor_resources()
-    per_prompt = (lambda done, total: progress(min(total, done // settings.n), total)) if progress else None
+    per_prompt = (lambda done, total: progress(done // settings.n, total // settings.n)) if progress else None
     rows = {"text": prompts}
-    kept = None if journal is None else BatchJournal(journal, fingerprint(repr(settings), rows))
-    return map_rows(AnswerPredictor, {"settings": settings}, rows, batch_size=batch_size,
-                    actors=actors, resources=resources, progress=per_prompt, journal=kept)
+    # not the teacher's folder: an output folder moved elsewhere resumes (its spec fixes the teacher)
+    key = fingerprint(repr(dataclasses.replace(settings, source="")), rows)
+    return map_rows(AnswerPredictor, {"settings": settings}, rows, batch_size=batch_size, actors=actors,
+                    resources=resources, progress=per_prompt, journal=None if journal is None else
+                    BatchJournal(journal, key), per_row=settings.n)

@@ -86,6 +86,16 @@ class TokenStats:
         return {"perplexity": self.perplexity, "next_token_accuracy": float(np.concatenate(self.correct).mean())}
 
 
+def answers_fit(tokenizers: list[Any], prompts: list[str], answers: list[str], max_length: int) -> list[bool]:
+    """Per row: whether its whole answer fits after its prompt in `max_length` tokens for every tokenizer, so that
+    the models are scored on the same span (a model reading the prompt in more tokens would see less of it)."""
+    def fits(tokenizer: Any, prompt: str, answer: str) -> bool:
+        return len(tokenizer(prompt)["input_ids"]) + len(tokenizer(answer, add_special_tokens=False)["input_ids"]) \
+            <= max_length
+
+    return [all(fits(t, p, a) for t in tokenizers) for p, a in zip(prompts, answers, strict=True)]
+
+
 def answer_batches(tokenizer: Any, prompts: list[str], answers: list[str], max_length: int,
                    size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Each prompt's tokens then its answer's (the prompt as `tokenizer` reads it, the answer without special

@@ -320,14 +320,16 @@ def markdown(report: Report, plot_paths: dict[str, Path]) -> str:
         )
     settings = report.latency_settings
     timed = report.student_quantized.latency_ms is not None
+    rows = report.perplexity_rows if report.perplexity_rows is not None else report.eval_samples
     lines += ["", (f"Latency: {settings.runtime if settings else 'onnxruntime'}, "
                    f"{settings.threads if settings else None} intra-op threads. " if timed else
                    "Latency: not measured (`latency` is not in evaluation.metrics). ")
               + f"{report.eval_samples} eval examples. "
               f"Retention is the quantized student's {metric} over the teacher's"
               + (" (inverse ratio for perplexity)." if metric == "perplexity" else ".")
-              + (" Perplexity is over the reference answers' tokens, each given its held-out prompt."
-                 if report.perplexity_scope == "answers" else ""), ""]
+              + (f" Perplexity is over the reference answers' tokens, each given its held-out prompt ({rows} of "
+                 f"{report.eval_samples} rows: those whose whole reference fits in task.maxLength after the prompt, "
+                 "in every model's tokens)." if report.perplexity_scope == "answers" else ""), ""]
     lines += _generation_lines(report)
     served, quality = served_routing(report)
     if served is not None:

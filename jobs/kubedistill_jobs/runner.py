@@ -102,6 +102,10 @@ def prepare_output(job: DistillationJob, *, console_log: bool = False) -> Output
             logger.removeHandler(handler)
         for handler in handlers:
             logger.addHandler(handler)
+    if not console_log:  # in a terminal the modules' warnings still show, as they did before they had a handler
+        terminal = logging.StreamHandler(sys.stderr)
+        terminal.setLevel(logging.WARNING)
+        logging.getLogger("kubedistill_jobs").addHandler(terminal)
     return output
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kubedistill_jobs.batch_journal import BatchJournal
+from kubedistill_jobs.batch_journal import BatchJournal, complete_rows
 
 log = logging.getLogger(__name__)
 
@@ -146,22 +146,23 @@ def map_rows(
     resources: dict[str, float],
     progress: Progress | None = None,
     journal: BatchJournal | None = None,
+    per_row: int = 1,
 ) -> dict[str, np.ndarray]:
     """Map a callable class (`predictor(**kwargs)`, on a pool of `actors`) over `rows` through Ray Data;
-    its outputs as arrays in the rows' order (each output batch carries the rows' `idx`). With a `journal`,
-    each finished batch is kept as it arrives and the rows an earlier, interrupted map finished are not mapped
-    again; the outputs then also hold `journaled (N,)` bool, the rows taken from it."""
+    its outputs as arrays in the rows' order (each output batch carries the rows' `idx`; `per_row` outputs per
+    row). With a `journal`, each finished batch is kept as it arrives and the rows an earlier, interrupted map
+    finished are not mapped again; the outputs then also hold `journaled (N,)` bool, the rows taken from it.
+    `progress(done, total)` counts outputs."""
     n = len(next(iter(rows.values())))
-    parts = journal.load() if journal is not None else []
-    finished = {int(i) for part in parts for i in part["idx"]}
+    parts, finished = complete_rows(journal.load(), per_row) if journal is not None else ([], set())
     if finished:
         log.info("%d of %d rows were answered before this run (%s): only the other %d are mapped", len(finished), n,
                  journal.folder if journal is not None else "", n - len(finished))
     parts = [{**part, "journaled": np.ones(len(part["idx"]), dtype=bool)} for part in parts]
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n) if i not in finished]
-    done = len(finished)
+    done = sum(len(part["idx"]) for part in parts)
     if progress:
-        progress(done, n)
+        progress(done, n * per_row)
     if items:
         for batch in _mapped(predictor, kwargs, items, batch_size, actors, resources):
             if journal is not None:
@@ -170,7 +171,7 @@ def map_rows(
             parts.append(batch)
             done += len(batch["idx"])
             if progress:
-                progress(done, n)
+                progress(done, n * per_row)
     order = np.argsort(np.concatenate([p["idx"] for p in parts]), kind="stable")
     return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0] if key != "idx"}
 

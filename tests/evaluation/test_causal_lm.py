@@ -153,15 +153,24 @@ def test_generation_metrics_against_references_drive_retention(tmp_path, fast_la
     model = LlamaForCausalLM.from_pretrained(layout.teacher).eval()
     assert report.perplexity_scope == "answers"
     assert "Perplexity is over the reference answers' tokens" in layout.report_md.read_text()
-    nll, count = 0.0, 0
+    nll, count, scored = 0.0, 0, 0
     for row in rows[8:]:
-        prompt = tok(row["text"], truncation=True, max_length=32)["input_ids"]
-        ids = (prompt + tok(row["reference"], add_special_tokens=False)["input_ids"])[:32]
+        prompt = tok(row["text"])["input_ids"]
+        ids = prompt + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        if len(ids) > 32:  # the whole reference must fit after the prompt (for every model: one tokenizer here)
+            continue
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         nll -= sum(float(logprobs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
-        count += len(ids) - len(prompt)
+        count, scored = count + len(ids) - len(prompt), scored + 1
     assert count > 0 and teacher["perplexity"] == pytest.approx(float(np.exp(nll / count)), rel=1e-4)
+    assert report.perplexity_rows == scored
+    # references without task.prompt: the texts are not prompts, so perplexity stays over every token of them
+    plain = spec.model_copy(update={"task": spec.task.model_copy(update={"prompt": None})})
+    assert evaluate(plain, layout, "lm-2", settings=fast_latency).perplexity_scope == "texts"
+    report = evaluate(spec, layout, "lm-1", settings=fast_latency)  # the report of the job as it was
+    found = report.generation
+    assert found is not None
     # latency was not listed: the status and the run's summary give the generation speedup, no "unknown" one
     from types import SimpleNamespace
 
@@ -176,3 +185,22 @@ def test_generation_metrics_against_references_drive_retention(tmp_path, fast_la
     print_summary(console, SimpleNamespace(stages={}, report=report), layout.root)
     shown = console.export_text()
     assert f"generation {found.speedup:.2f}x the teacher's tokens/s" in shown and "speedup unknown" not in shown
+
+
+def test_only_rows_whose_reference_fits_for_every_model_are_scored():
+    """A model that reads the prompt in more tokens would see less of the reference: such rows are left out for
+    all models, so that every model is scored on the same span."""
+    from kubedistill_jobs.quality import answers_fit
+
+    class Words:  # one token per word
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": list(range(len(text.split()) + (1 if add_special_tokens else 0)))}
+
+    class Halves(Words):  # two tokens per word: a trimmed vocabulary splitting text it never saw
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": Words()(text, add_special_tokens)["input_ids"] * 2}
+
+    prompts, answers = ["a b c", "a b c d e f", "a"], ["x y", "x", "x y z w"]
+    assert answers_fit([Words()], prompts, answers, 8) == [True, True, True]
+    assert answers_fit([Words(), Halves()], prompts, answers, 8) == [False, False, False]
+    assert answers_fit([Words(), Halves()], prompts, answers, 12) == [True, False, True]

@@ -76,3 +76,38 @@ def test_a_journal_is_used_only_by_the_same_map(tmp_path):
     assert (loaded["topk_values"] == batch["topk_values"]).all() and loaded["topk_values"].dtype == np.float16
     assert BatchJournal(tmp_path / "journal", fingerprint("other settings", rows)).load() == []  # cleared
     assert BatchJournal(tmp_path / "journal", key).load() == []
+
+
+def test_a_row_whose_outputs_were_cut_between_batches_is_mapped_again(tmp_path, monkeypatch):
+    """n answers per prompt can arrive in two batches (Ray Data splits a large block); a run stopped between them
+    maps that prompt again, whole. Progress counts outputs from what the journal holds. A journal file cut short
+    by a lost node is mapped again too, never a reason to fail."""
+    from kubedistill_jobs import teacher_outputs
+    from kubedistill_jobs.batch_journal import complete_rows
+
+    def answers(idx: list[int]) -> dict[str, np.ndarray]:
+        return {"idx": np.asarray(idx), "text": np.asarray([f"answer to {i}" for i in idx], dtype=object)}
+
+    kept, complete = complete_rows([answers([0, 0, 1]), answers([3])], per_row=2)
+    assert complete == {0} and [list(b["idx"]) for b in kept] == [[0, 0]]
+
+    rows = {"text": ["p0", "p1", "p2", "p3"]}
+    journal = BatchJournal(tmp_path / "journal", fingerprint("n=2", rows))
+    journal.load()
+    journal.add(answers([0, 0, 1]))  # prompt 1's second answer never arrived
+    (journal.folder / "batch-cut-short.npz").write_bytes(b"PK\x03\x04 cut")  # renamed, then the node was lost
+    asked: list[list[int]] = []
+
+    def mapped(predictor, kwargs, items, batch_size, actors, resources):
+        asked.append([item["idx"] for item in items])
+        yield answers([i for item in items for i in (item["idx"], item["idx"])])
+
+    monkeypatch.setattr(teacher_outputs, "_mapped", mapped)
+    seen: list[tuple[int, int]] = []
+    out = teacher_outputs.map_rows(object, {}, rows, batch_size=8, actors=1, resources={},
+                                   progress=lambda done, total: seen.append((done, total)), journal=journal,
+                                   per_row=2)
+    assert asked == [[1, 2, 3]] and seen == [(2, 8), (8, 8)]
+    assert list(out["text"]) == [f"answer to {i}" for i in (0, 0, 1, 1, 2, 2, 3, 3)]
+    assert list(out["journaled"]) == [True, True] + [False] * 6
+    assert not (journal.folder / "batch-cut-short.npz").exists()

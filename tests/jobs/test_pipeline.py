@@ -164,21 +164,34 @@ def test_cli_refuses_bad_data_before_starting_ray(tmp_path, tiny_models):
     assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.labelField: labels in the data")
 
 
-def test_the_modules_log_lines_reach_pipeline_log(tmp_path):
-    """What a module logs by its own name (`data: rows dropped: ...`, a resumed journal) is in the run's log."""
+def test_the_modules_log_lines_reach_pipeline_log(tmp_path, capsys):
+    """What a module logs by its own name (`data: rows dropped: ...`, a resumed journal) is in the run's log; its
+    warnings also reach the terminal."""
     import logging
 
     from kubedistill_jobs import runner
 
-    job = DistillationJob.model_validate(job_manifest(tmp_path, tmp_path / "teacher", tmp_path / "data.jsonl"))
-    output = runner.prepare_output(job)
-    logging.getLogger("kubedistill_jobs.stages.s10_data").info("data: rows dropped: 3 without a label")
-    logging.getLogger("kubedistill.pipeline").info("stage started")
-    for handler in logging.getLogger("kubedistill_jobs").handlers:
-        handler.flush()
-    log = OutputLayout(output.local).log.read_text()
+    loggers = [logging.getLogger(name) for name in runner.LOGGERS]
+    before = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
+    try:
+        job = DistillationJob.model_validate(job_manifest(tmp_path, tmp_path / "teacher", tmp_path / "data.jsonl"))
+        output = runner.prepare_output(job)
+        logging.getLogger("kubedistill_jobs.stages.s10_data").info("data: rows dropped: 3 without a label")
+        logging.getLogger("kubedistill_jobs.chat_teacher").warning("2 of 9 answers matched no label")
+        logging.getLogger("kubedistill.pipeline").info("stage started")
+        for handler in logging.getLogger("kubedistill_jobs").handlers:
+            handler.flush()
+        log = OutputLayout(output.local).log.read_text()
+    finally:
+        for logger, (handlers, propagate, level) in zip(loggers, before, strict=True):
+            for handler in logger.handlers[:]:
+                logger.removeHandler(handler)
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
     assert "kubedistill_jobs.stages.s10_data: data: rows dropped: 3 without a label" in log
     assert "kubedistill.pipeline: stage started" in log
+    assert "2 of 9 answers matched no label" in log and "2 of 9 answers matched no label" in capsys.readouterr().err
 
 
 def test_a_spec_written_before_a_field_was_added_still_resumes(tmp_path):
