@@ -39,8 +39,10 @@ class BatchJournal:
     def __init__(self, folder: Path, key: str) -> None:
         self.folder, self.key = folder, key
 
-    def load(self) -> list[dict[str, np.ndarray]]:
-        """The finished batches of this map; none (and the folder cleared) when it holds another map's."""
+    def load(self, per_row: int = 1) -> list[dict[str, np.ndarray]]:
+        """The finished batches of this map; none (and the folder cleared) when it holds another map's. A row with
+        fewer than its `per_row` outputs (split across batches, the run stopped between them) is left out, and
+        out of the folder too, so that mapping it again leaves it with exactly `per_row`."""
         meta = self.folder / META
         try:
             same = json.loads(meta.read_text()).get("key") == self.key
@@ -58,7 +60,13 @@ class BatchJournal:
                     batches.append({name: stored[name] for name in stored.files})
             except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # cut short by a lost node: map it again
                 path.unlink(missing_ok=True)
-        return batches
+        kept = complete_rows(batches, per_row)
+        if sum(len(b["idx"]) for b in kept) < sum(len(b["idx"]) for b in batches):
+            for path in self.folder.glob("batch-*.npz"):
+                path.unlink()
+            for batch in kept:
+                self.add(batch)
+        return kept
 
     def add(self, batch: Mapping[str, np.ndarray]) -> None:
         """Keep one finished batch (written whole and synced, then renamed: an interrupted write leaves no
@@ -75,9 +83,9 @@ class BatchJournal:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def complete_rows(batches: list[dict[str, np.ndarray]], per_row: int) -> tuple[list[dict[str, np.ndarray]], set[int]]:
-    """The journaled batches without the rows of an input row that has fewer than `per_row` outputs (its outputs
-    were split across batches and the run stopped between them), and the input rows that are complete."""
+def complete_rows(batches: list[dict[str, np.ndarray]], per_row: int) -> list[dict[str, np.ndarray]]:
+    """The journaled batches without the outputs of an input row that has fewer than `per_row` of them (its
+    outputs were split across batches and the run stopped between them)."""
     counts: dict[int, int] = {}
     for batch in batches:
         for i in batch["idx"]:
@@ -88,4 +96,4 @@ def complete_rows(batches: list[dict[str, np.ndarray]], per_row: int) -> tuple[l
         whole = np.isin(batch["idx"], list(complete))
         if whole.any():
             kept.append({name: values[whole] for name, values in batch.items()})
-    return kept, complete
+    return kept

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kubedistill_jobs.batch_journal import BatchJournal, complete_rows
+from kubedistill_jobs.batch_journal import BatchJournal
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,11 @@ def map_rows(
     finished are not mapped again; the outputs then also hold `journaled (N,)` bool, the rows taken from it.
     `progress(done, total)` counts outputs."""
     n = len(next(iter(rows.values())))
-    parts, finished = complete_rows(journal.load(), per_row) if journal is not None else ([], set())
-    if finished:
+    parts = journal.load(per_row) if journal is not None else []
+    finished = {int(i) for part in parts for i in part["idx"]}
+    if finished and journal is not None:
         log.info("%d of %d rows were answered before this run (%s): only the other %d are mapped", len(finished), n,
-                 journal.folder if journal is not None else "", n - len(finished))
+                 journal.folder, n - len(finished))
     parts = [{**part, "journaled": np.ones(len(part["idx"]), dtype=bool)} for part in parts]
     items = [{"idx": i, **{k: v[i] for k, v in rows.items()}} for i in range(n) if i not in finished]
     done = sum(len(part["idx"]) for part in parts)
